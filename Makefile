@@ -1,0 +1,48 @@
+# Bronco: two commands do everything on a fresh machine.
+#   make test   set up, check the services, lint, run every test
+#   make run    set up, check the services, run the whole system
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup venv node check-services lint format test run contracts clean
+
+setup: venv node
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+node: node_modules/.installed
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+check-services: venv
+	$(PY) manage.py check_services
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+test: setup check-services lint
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+run: setup check-services
+	$(PY) manage.py migrate --noinput
+	$(VENV)/bin/honcho -f Procfile start
+
+contracts: node
+	node chain/contracts/build.js
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache var

@@ -1,0 +1,133 @@
+"""Settings shared by every environment. Each value comes from the environment, with a
+default that works on a developer machine (PostgreSQL and Redis on loopback)."""
+
+from pathlib import Path
+
+import dj_database_url
+from kombu import Queue
+
+from bronco_project.settings.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+BRONCO_ENV = env_str("BRONCO_ENV", "local")
+DEV_SECRET_KEY = "dev-only-insecure-key-never-use-in-production"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", DEV_SECRET_KEY)
+DEBUG = env_bool("DJANGO_DEBUG", True)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "orders",
+    "chain",
+    "trading",
+    "refunds",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "bronco_project.urls"
+WSGI_APPLICATION = "bronco_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "bronco_project" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DEV_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bronco"
+DATABASE_URL = env_str("DATABASE_URL", DEV_DATABASE_URL)
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# --- Celery -----------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 60)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 90)
+# Redis redelivers an unacked task after the visibility timeout: it must stay above the
+# longest countdown and the hard time limit, or a task would run again while still running.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+}
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_QUEUES = (Queue("default"), Queue("chain"), Queue("broker"))
+# Queues by the resource a task waits on, so a slow broker cannot starve settlement.
+CELERY_TASK_ROUTES = {
+    "chain.tasks.*": {"queue": "chain"},
+    "trading.tasks.*": {"queue": "broker"},
+    "orders.tasks.order_place": {"queue": "broker"},
+    "orders.tasks.order_poll": {"queue": "broker"},
+    "orders.tasks.order_cancel_at_broker": {"queue": "broker"},
+    "orders.tasks.order_finalize": {"queue": "chain"},
+    "orders.tasks.order_settlement_check": {"queue": "chain"},
+}
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Flower -----------------------------------------------------------------------------
+FLOWER_ADDRESS = env_str("FLOWER_ADDRESS", "127.0.0.1")
+FLOWER_PORT = env_int("FLOWER_PORT", 5555)
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH", "")
+
+# --- Orders -----------------------------------------------------------------------------
+ORDER_DEADLINE_SECONDS = env_int("ORDER_DEADLINE_SECONDS", 300)
+ORDER_POLL_INTERVAL_SECONDS = env_float("ORDER_POLL_INTERVAL_SECONDS", 1.0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# Each domain keeps its own settings in a module of its own.
+from bronco_project.settings.chain import *  # noqa: E402,F403
+from bronco_project.settings.trading import *  # noqa: E402,F403

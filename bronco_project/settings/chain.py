@@ -1,0 +1,1 @@
+"""Chain settings (node URLs, contract addresses, confirmations). Owned by the chain app."""

@@ -1,0 +1,3 @@
+"""Developer machine: the base defaults as they are."""
+
+from bronco_project.settings.base import *  # noqa: F403

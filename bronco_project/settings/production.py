@@ -1,0 +1,26 @@
+"""Production: refuses to start on a development default, and says which one."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+from bronco_project.settings.base import *  # noqa: F403
+from bronco_project.settings.base import (
+    DATABASE_URL,
+    DEBUG,
+    DEV_DATABASE_URL,
+    DEV_SECRET_KEY,
+    SECRET_KEY,
+)
+from bronco_project.settings.checks import production_problems
+
+_problems = production_problems(
+    debug=DEBUG,
+    secret_key=SECRET_KEY,
+    dev_secret_key=DEV_SECRET_KEY,
+    database_url=DATABASE_URL,
+    dev_database_url=DEV_DATABASE_URL,
+)
+if _problems:
+    raise ImproperlyConfigured("BRONCO_ENV=production refuses to start: " + "; ".join(_problems))
+
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True

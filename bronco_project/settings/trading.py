@@ -1,0 +1,1 @@
+"""Broker settings (OpenD host, account, rate limits, slippage). Owned by the trading app."""

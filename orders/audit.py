@@ -1,0 +1,131 @@
+"""Writing and verifying the audit hash chain.
+
+Rows are appended under a transaction-scoped PostgreSQL advisory lock, so concurrent writers
+take sequence numbers one after another and each row links to the true previous row.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.utils import timezone
+
+from orders.models import AuditLog
+
+GENESIS_HASH = "0" * 64
+_AUDIT_LOCK_KEY = 0x42524F4E  # "BRON": the advisory lock that serialises appends
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-normal form: what the row will hold after a round trip through the database."""
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def entry_hash(
+    *,
+    seq: int,
+    created_at: str,
+    actor: str,
+    action: str,
+    order_id: int | None,
+    before: Any,
+    after: Any,
+    prev_hash: str,
+) -> str:
+    payload = json.dumps(
+        {
+            "seq": seq,
+            "created_at": created_at,
+            "actor": actor,
+            "action": action,
+            "order_id": order_id,
+            "before": before,
+            "after": after,
+            "prev_hash": prev_hash,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        cls=DjangoJSONEncoder,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def audit_record(
+    *,
+    actor: str,
+    action: str,
+    order_id: int | None = None,
+    before: dict | None = None,
+    after: dict | None = None,
+) -> AuditLog:
+    """Append one entry. Runs inside the caller's transaction (atomic if there is none), so
+    the entry commits or rolls back together with the change it describes."""
+    if not actor:
+        raise ValueError("an audit entry must name its actor")
+    before_c = _canonical(before or {})
+    after_c = _canonical(after or {})
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_LOCK_KEY])
+        last = AuditLog.objects.order_by("-seq").values("seq", "entry_hash").first()
+        seq = (last["seq"] + 1) if last else 1
+        prev = last["entry_hash"] if last else GENESIS_HASH
+        created_at = timezone.now()
+        digest = entry_hash(
+            seq=seq,
+            created_at=created_at.isoformat(),
+            actor=actor,
+            action=action,
+            order_id=order_id,
+            before=before_c,
+            after=after_c,
+            prev_hash=prev,
+        )
+        return AuditLog.objects.create(
+            seq=seq,
+            created_at=created_at,
+            actor=actor,
+            action=action,
+            order_id=order_id,
+            before=before_c,
+            after=after_c,
+            prev_hash=prev,
+            entry_hash=digest,
+        )
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    seq: int
+    reason: str
+
+
+def audit_verify(*, batch_size: int = 2000) -> tuple[int, BrokenLink | None]:
+    """Walk the chain in order; return (rows checked, first broken link or None)."""
+    prev = GENESIS_HASH
+    expected_seq = 1
+    checked = 0
+    for row in AuditLog.objects.order_by("seq").iterator(chunk_size=batch_size):
+        if row.seq != expected_seq:
+            return checked, BrokenLink(expected_seq, f"entry {expected_seq} is missing")
+        if row.prev_hash != prev:
+            return checked, BrokenLink(row.seq, "prev_hash does not match the previous entry")
+        digest = entry_hash(
+            seq=row.seq,
+            created_at=row.created_at.isoformat(),
+            actor=row.actor,
+            action=row.action,
+            order_id=row.order_id,
+            before=row.before,
+            after=row.after,
+            prev_hash=row.prev_hash,
+        )
+        if digest != row.entry_hash:
+            return checked, BrokenLink(row.seq, "content does not match its hash (altered)")
+        prev = row.entry_hash
+        expected_seq += 1
+        checked += 1
+    return checked, None

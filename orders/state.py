@@ -1,0 +1,105 @@
+"""The order state machine. The only module that changes `Order.status`.
+
+Every change is a conditional UPDATE on (id, version): when another worker moved the row
+first, nothing is written and `StaleOrderVersion` is raised. A terminal order never changes
+status again. Each change writes its audit entry in the same transaction.
+"""
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from orders.audit import audit_record
+from orders.exceptions import IllegalTransition, StaleOrderVersion
+from orders.models import TERMINAL_STATUSES, Order, OrderStatus
+
+S = OrderStatus
+
+# from-status -> the statuses it may move to. SETTLING holds an order whose on-chain
+# settlement (mint/refund/payout) is sent but not yet confirmed: an order is terminal only
+# once its money is settled.
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.EXECUTING, S.SETTLING}),
+    S.EXECUTING: frozenset({S.SETTLING}),
+    S.SETTLING: frozenset({S.EXECUTED, S.CANCELED, S.FAILED}),
+    S.EXECUTED: frozenset(),
+    S.CANCELED: frozenset(),
+    S.FAILED: frozenset(),
+}
+
+# Fields a state change may carry along; status and version are the machine's own.
+_MUTABLE_FIELDS = frozenset(
+    f.name
+    for f in Order._meta.get_fields()
+    if getattr(f, "concrete", False)
+    and f.name not in {"id", "status", "version", "created_at", "updated_at", "client_id"}
+)
+
+
+def is_allowed(from_status: str, to_status: str) -> bool:
+    return to_status in TRANSITIONS.get(from_status, frozenset())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _apply(
+    *,
+    order: Order,
+    to_status: str | None,
+    actor: str,
+    action: str,
+    changes: Mapping[str, Any],
+) -> Order:
+    unknown = set(changes) - _MUTABLE_FIELDS
+    if unknown:
+        raise ValueError(f"not order fields a transition may set: {sorted(unknown)}")
+    if order.status in TERMINAL_STATUSES and (to_status or changes):
+        raise IllegalTransition(order.pk, order.status, to_status or order.status)
+    if to_status is not None and not is_allowed(order.status, to_status):
+        raise IllegalTransition(order.pk, order.status, to_status)
+
+    values: dict[str, Any] = dict(changes)
+    if to_status is not None:
+        values["status"] = to_status
+    before = {"status": order.status, "version": order.version}
+    before.update({k: _jsonable(getattr(order, k)) for k in changes})
+
+    with transaction.atomic():
+        updated = Order.objects.filter(
+            pk=order.pk, version=order.version, status=order.status
+        ).update(version=F("version") + 1, updated_at=timezone.now(), **values)
+        if updated != 1:
+            raise StaleOrderVersion(order.pk, order.version)
+        after = {"status": values.get("status", order.status), "version": order.version + 1}
+        after.update({k: _jsonable(v) for k, v in changes.items()})
+        audit_record(actor=actor, action=action, order_id=order.pk, before=before, after=after)
+
+    for key, value in values.items():
+        setattr(order, key, value)
+    order.version += 1
+    return order
+
+
+def order_transition(
+    *, order: Order, to_status: str, actor: str, action: str, **changes: Any
+) -> Order:
+    """Move `order` to `to_status` (with optional field changes) if the table allows it and
+    nobody moved it first. Returns the order as it now is."""
+    return _apply(order=order, to_status=to_status, actor=actor, action=action, changes=changes)
+
+
+def order_record(*, order: Order, actor: str, action: str, **changes: Any) -> Order:
+    """Change fields of a non-terminal order without changing its status (fills seen, broker
+    id saved, cancel requested), under the same version check and audit."""
+    return _apply(order=order, to_status=None, actor=actor, action=action, changes=changes)
