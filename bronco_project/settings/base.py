@@ -113,6 +113,13 @@ FLOWER_ADDRESS = env_str("FLOWER_ADDRESS", "127.0.0.1")
 FLOWER_PORT = env_int("FLOWER_PORT", 5555)
 FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH", "")
 
+# --- Listing ----------------------------------------------------------------------------
+# Vault symbol -> Futu stock code. The vault lists these symbols; orders name them.
+BRONCO_SYMBOLS = dict(
+    item.split(":", 1)
+    for item in env_list("BRONCO_SYMBOLS", "AAPL:US.AAPL,TSLA:US.TSLA,NVDA:US.NVDA,TCEHY:HK.00700")
+)
+
 # --- Orders -----------------------------------------------------------------------------
 ORDER_DEADLINE_SECONDS = env_int("ORDER_DEADLINE_SECONDS", 300)
 ORDER_POLL_INTERVAL_SECONDS = env_float("ORDER_POLL_INTERVAL_SECONDS", 1.0)

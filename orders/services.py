@@ -1,0 +1,128 @@
+"""Writes of the order lifecycle that other apps call (the listener creates orders here)."""
+
+import logging
+from dataclasses import dataclass
+
+from celery import current_app
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from orders.audit import audit_record
+from orders.models import Order, OrderType
+from orders.state import order_record
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_START_TASK = "orders.tasks.order_start"
+
+
+@dataclass(frozen=True)
+class ChainOrderRequest:
+    """What the listener decoded from a Deposit or Redeem log, in Bronco's types."""
+
+    chain_id: int
+    order_type: str
+    onchain_id: int
+    tx_hash: str
+    log_index: int
+    user_address: str
+    symbol: str
+    usdt_amount: int = 0
+    token_amount: int = 0
+
+
+def _enqueue_pipeline(order_id: int) -> None:
+    transaction.on_commit(
+        lambda: current_app.send_task(PIPELINE_START_TASK, args=[order_id]), robust=True
+    )
+
+
+def order_create_from_chain(*, request: ChainOrderRequest, actor: str) -> tuple[Order, bool]:
+    """Create the one order for a chain event, or return the existing one.
+
+    Idempotent by the unique key (chain id, type, on-chain id): a replayed or duplicated log
+    returns (order, False) and enqueues nothing. Must run inside the caller's transaction
+    (the listener's batch); the pipeline starts only after that transaction commits.
+    """
+    if request.order_type not in OrderType.values:
+        raise ValueError(f"unknown order type {request.order_type!r}")
+    existing = Order.objects.filter(
+        chain_id=request.chain_id, order_type=request.order_type, onchain_id=request.onchain_id
+    ).first()
+    if existing:
+        return existing, False
+    stock_code = settings.BRONCO_SYMBOLS.get(request.symbol, "")
+    try:
+        with transaction.atomic():
+            order = Order.objects.create(
+                order_type=request.order_type,
+                chain_id=request.chain_id,
+                onchain_id=request.onchain_id,
+                chain_tx_hash=request.tx_hash,
+                log_index=request.log_index,
+                user_address=request.user_address,
+                symbol=request.symbol,
+                stock_code=stock_code,
+                usdt_amount=request.usdt_amount,
+                token_amount=request.token_amount,
+                deadline=timezone.now()
+                + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS),
+            )
+            audit_record(
+                actor=actor,
+                action="order.created",
+                order_id=order.pk,
+                after={
+                    "type": order.order_type,
+                    "onchain_id": request.onchain_id,
+                    "tx_hash": request.tx_hash,
+                    "log_index": request.log_index,
+                    "user": request.user_address,
+                    "symbol": request.symbol,
+                    "usdt_amount": request.usdt_amount,
+                    "token_amount": request.token_amount,
+                },
+            )
+    except IntegrityError:
+        existing = Order.objects.get(
+            chain_id=request.chain_id, order_type=request.order_type, onchain_id=request.onchain_id
+        )
+        return existing, False
+    logger.info("order created", extra={"order_id": order.pk, "tx_hash": request.tx_hash})
+    _enqueue_pipeline(order.pk)
+    return order, True
+
+
+def order_request_cancel(
+    *, chain_id: int, deposit_id: int, tx_hash: str, actor: str
+) -> Order | None:
+    """Record a user's CancelRequested for a deposit. Idempotent: a second request for the
+    same deposit changes nothing. Returns None when no such deposit order exists yet (the
+    listener quarantines that event). The pipeline acts on the flag; a cancel arriving after
+    the order is terminal is recorded in the audit log only (no refund is owed)."""
+    order = Order.objects.filter(
+        chain_id=chain_id, order_type=OrderType.BUY, onchain_id=deposit_id
+    ).first()
+    if order is None:
+        return None
+    if order.cancel_requested_at is not None:
+        return order
+    if order.is_terminal:
+        audit_record(
+            actor=actor,
+            action="order.cancel_after_terminal",
+            order_id=order.pk,
+            after={"tx_hash": tx_hash, "status": order.status, "refund_owed": 0},
+        )
+        return order
+    order = order_record(
+        order=order,
+        actor=actor,
+        action="order.cancel_requested",
+        cancel_requested_at=timezone.now(),
+    )
+    transaction.on_commit(
+        lambda: current_app.send_task("orders.tasks.order_cancel", args=[order.pk]), robust=True
+    )
+    return order
