@@ -1,0 +1,129 @@
+"""The transition table: every allowed and every refused move, and random walks."""
+
+import itertools
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from orders.exceptions import IllegalTransition, StaleOrderVersion
+from orders.models import TERMINAL_STATUSES, AuditLog, Order, OrderStatus
+from orders.state import TRANSITIONS, is_allowed, order_record, order_transition
+from tests.factories import OrderFactory
+
+S = OrderStatus
+ALLOWED = {
+    (S.PENDING, S.EXECUTING),
+    (S.PENDING, S.SETTLING),
+    (S.EXECUTING, S.SETTLING),
+    (S.SETTLING, S.EXECUTED),
+    (S.SETTLING, S.CANCELED),
+    (S.SETTLING, S.FAILED),
+}
+ALL_PAIRS = list(itertools.product(S.values, S.values))
+
+
+def test_table_is_exactly_the_documented_one():
+    table = {(a, b) for a, targets in TRANSITIONS.items() for b in targets}
+    assert table == {(a.value, b.value) for a, b in ALLOWED}
+    assert set(TRANSITIONS) == set(S.values)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("from_status", "to_status"), ALL_PAIRS)
+def test_every_pair(from_status, to_status):
+    order = OrderFactory(status=from_status)
+    audits_before = AuditLog.objects.count()
+    if (from_status, to_status) in ALLOWED:
+        order_transition(order=order, to_status=to_status, actor="test", action="t")
+        order.refresh_from_db()
+        assert order.status == to_status
+        assert order.version == 1
+        assert AuditLog.objects.count() == audits_before + 1
+        entry = AuditLog.objects.latest("seq")
+        assert entry.before["status"] == from_status
+        assert entry.after["status"] == to_status
+        assert entry.actor == "test"
+    else:
+        with pytest.raises(IllegalTransition):
+            order_transition(order=order, to_status=to_status, actor="test", action="t")
+        order.refresh_from_db()
+        assert order.status == from_status
+        assert order.version == 0
+        assert AuditLog.objects.count() == audits_before
+
+
+@pytest.mark.django_db
+def test_stale_version_writes_nothing():
+    order = OrderFactory()
+    stale = Order.objects.get(pk=order.pk)
+    order_transition(order=order, to_status=S.EXECUTING, actor="a", action="placed")
+    with pytest.raises(StaleOrderVersion):
+        order_record(order=stale, actor="b", action="late", last_error="x")
+    stale.refresh_from_db()
+    assert stale.last_error == ""
+    assert AuditLog.objects.filter(action="late").count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("terminal", sorted(TERMINAL_STATUSES))
+def test_terminal_order_refuses_field_changes_too(terminal):
+    order = OrderFactory(status=terminal)
+    with pytest.raises(IllegalTransition):
+        order_record(order=order, actor="t", action="poke", refund_usdt=1)
+
+
+@pytest.mark.django_db
+def test_unknown_field_is_refused():
+    order = OrderFactory()
+    with pytest.raises(ValueError, match="not order fields"):
+        order_record(order=order, actor="t", action="poke", status="EXECUTED")
+
+
+def test_is_allowed_never_leaves_terminal():
+    for terminal in TERMINAL_STATUSES:
+        assert not any(is_allowed(terminal, s) for s in S.values)
+
+
+class OrderWalk(RuleBasedStateMachine):
+    """Random sequences of requested transitions: the order only ever moves along the table,
+    its version counts the moves, and a terminal order stays put."""
+
+    @initialize()
+    def make_order(self):
+        self.order = OrderFactory()
+        self.moves = 0
+        self.reached_terminal = None
+
+    @rule(wanted=st.sampled_from(S.values))
+    def request(self, wanted):
+        target = wanted
+        current = Order.objects.get(pk=self.order.pk)
+        if is_allowed(current.status, target):
+            order_transition(order=current, to_status=target, actor="walk", action="move")
+            self.moves += 1
+        else:
+            with pytest.raises(IllegalTransition):
+                order_transition(order=current, to_status=target, actor="walk", action="move")
+
+    @invariant()
+    def consistent(self):
+        current = Order.objects.get(pk=self.order.pk)
+        assert current.version == self.moves
+        assert current.status in S.values
+        if self.reached_terminal is not None:
+            assert current.status == self.reached_terminal
+        if current.status in TERMINAL_STATUSES:
+            self.reached_terminal = current.status
+        assert AuditLog.objects.filter(order_id=current.pk).count() == self.moves
+
+
+@pytest.mark.django_db
+def test_random_walks():
+    # Hypothesis' state machine runner inside a db-enabled test (one transaction per run).
+    from hypothesis.stateful import run_state_machine_as_test
+
+    run_state_machine_as_test(
+        OrderWalk, settings=settings(max_examples=40, stateful_step_count=12, deadline=None)
+    )

@@ -1,0 +1,73 @@
+"""Admin pages render for staff and send anonymous visitors to the login page."""
+
+import pytest
+from django.urls import reverse
+
+from orders.audit import audit_record
+from tests.factories import OrderFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+PAGES = [
+    ("admin:orders_order_changelist", None),
+    ("admin:orders_auditlog_changelist", None),
+    ("admin:orders_order_change", "order"),
+]
+
+
+@pytest.fixture
+def order():
+    order = OrderFactory(futu_order_id="FUTU-777")
+    audit_record(actor="test", action="order.created", order_id=order.pk, after={"x": 1})
+    return order
+
+
+def _url(name, arg, order):
+    return reverse(name, args=[order.pk]) if arg else reverse(name)
+
+
+@pytest.mark.parametrize(("name", "arg"), PAGES)
+def test_staff_sees_page(client, order, name, arg):
+    client.force_login(UserFactory(is_superuser=True))
+    response = client.get(_url(name, arg, order))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("name", "arg"), PAGES)
+def test_anonymous_is_sent_to_login(client, order, name, arg):
+    response = client.get(_url(name, arg, order))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:login"))
+
+
+def test_order_page_shows_its_audit_entries(client, order):
+    client.force_login(UserFactory(is_superuser=True))
+    body = client.get(reverse("admin:orders_order_change", args=[order.pk])).content.decode()
+    assert "order.created" in body
+
+
+@pytest.mark.parametrize(
+    "query", ["FUTU-777", "0xabab", lambda o: o.chain_tx_hash, lambda o: str(o.pk)]
+)
+def test_search_finds_order(client, order, query):
+    OrderFactory(user_address="0x" + "cd" * 20)  # a decoy that must not match
+    client.force_login(UserFactory(is_superuser=True))
+    q = query(order) if callable(query) else query
+    response = client.get(reverse("admin:orders_order_changelist"), {"q": q})
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 1
+
+
+def test_filter_by_status(client, order):
+    OrderFactory(status="FAILED")
+    client.force_login(UserFactory(is_superuser=True))
+    response = client.get(reverse("admin:orders_order_changelist"), {"status__exact": "FAILED"})
+    assert response.context["cl"].result_count == 1
+
+
+def test_money_fields_are_read_only(client, order):
+    client.force_login(UserFactory(is_superuser=True))
+    response = client.get(reverse("admin:orders_order_change", args=[order.pk]))
+    form_fields = response.context["adminform"].form.fields
+    for name in ("usdt_amount", "refund_usdt", "fees_usdt", "payout_usdt", "tokens_minted"):
+        assert name not in form_fields
