@@ -23,8 +23,20 @@ def _redact(url: str) -> str:
 
 
 class Command(BaseCommand):
+    """Also creates the configured database when the server answers but the database does
+    not exist yet (never in production), so a fresh machine needs no manual step."""
+
     help = "Check that PostgreSQL and Redis answer; exit non-zero naming the one that does not."
     requires_system_checks: list = []
+
+    def _ensure_database(self, conn: "psycopg2.extensions.connection", name: str) -> None:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+            if cursor.fetchone() or settings.BRONCO_ENV == "production":
+                return
+            conn.autocommit = True
+            cursor.execute(f'CREATE DATABASE "{name}"')
+            self.stdout.write(f"Created database {name}.")
 
     def handle(self, *args: object, **options: object) -> None:
         failures = []
@@ -38,7 +50,10 @@ class Command(BaseCommand):
                 port=db.get("PORT") or None,
                 connect_timeout=3,
             )
-            conn.close()
+            try:
+                self._ensure_database(conn, db["NAME"])
+            finally:
+                conn.close()
         except psycopg2.Error as exc:
             failures.append(("PostgreSQL", settings.DATABASE_URL, str(exc).strip()))
         try:
