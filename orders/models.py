@@ -33,6 +33,9 @@ class OrderStatus(models.TextChoices):
 
 TERMINAL_STATUSES = frozenset({OrderStatus.EXECUTED, OrderStatus.CANCELED, OrderStatus.FAILED})
 OPEN_STATUSES = frozenset(set(OrderStatus) - TERMINAL_STATUSES)
+# Sorted lists for constraints and indexes, so migrations are stable.
+_TERMINAL_VALUES = sorted(s.value for s in TERMINAL_STATUSES)
+_OPEN_VALUES = sorted(s.value for s in OPEN_STATUSES)
 
 _NON_NEGATIVE = (
     "usdt_amount",
@@ -107,6 +110,10 @@ class Order(models.Model):
     settlement_tx_hash = models.CharField(max_length=66, blank=True, db_index=True)
 
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    broker_cancel_sent_at = models.DateTimeField(null=True, blank=True)
+    scan_claimed_at = models.DateTimeField(
+        null=True, blank=True, help_text="Bookkeeping of the compensation scan, not a transition"
+    )
     deadline = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -125,7 +132,7 @@ class Order(models.Model):
                 condition=Q(order_type__in=OrderType.values), name="order_type_valid"
             ),
             models.CheckConstraint(
-                condition=Q(outcome="") | Q(outcome__in=[s.value for s in TERMINAL_STATUSES]),
+                condition=Q(outcome="") | Q(outcome__in=_TERMINAL_VALUES),
                 name="order_outcome_terminal",
             ),
             *[
@@ -140,7 +147,7 @@ class Order(models.Model):
             models.Index(
                 fields=("deadline",),
                 name="order_open_by_deadline",
-                condition=Q(status__in=[s.value for s in OPEN_STATUSES]),
+                condition=Q(status__in=_OPEN_VALUES),
             ),
         ]
 
@@ -185,3 +192,43 @@ class AuditLog(models.Model):
 
     def delete(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
         raise AuditImmutable("audit entries are append-only; this one cannot be deleted")
+
+
+class AlertSeverity(models.TextChoices):
+    INFO = "info", "Info"
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"
+
+
+class Alert(models.Model):
+    """Something an operator must look at. One open alert per key: raising it again while it
+    is open bumps its count instead of adding a row."""
+
+    key = models.CharField(max_length=120, help_text="rule or condition, e.g. listener_lag")
+    severity = models.CharField(
+        max_length=10, choices=AlertSeverity.choices, default=AlertSeverity.WARNING
+    )
+    source = models.CharField(max_length=120, help_text="component that raised it")
+    message = models.TextField()
+    details = models.JSONField(default=dict, blank=True)
+    count = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    last_seen_at = models.DateTimeField(auto_now=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-last_seen_at",)
+        constraints = [
+            models.UniqueConstraint(
+                fields=("key",),
+                condition=Q(resolved_at__isnull=True),
+                name="alert_one_open_per_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(severity__in=AlertSeverity.values), name="alert_severity_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.key}: {self.message[:60]}"
