@@ -4,7 +4,7 @@ USDT has 6 decimals on chain; stock tokens have 18, so an allocation of a fracti
 is still an exact integer. Nothing here ever touches float.
 """
 
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from django.db import models
 
@@ -66,3 +66,13 @@ class UintField(models.DecimalField):
         if value is None:
             return None
         return Decimal(int(value))
+
+
+def market_to_usdt_units_up(amount: Decimal, *, ccy_per_usdt: Decimal) -> int:
+    """Market-currency amount -> USDT base units, rounding up: what we charge a user."""
+    return int((Decimal(amount) * USDT_UNIT / ccy_per_usdt).to_integral_value(rounding=ROUND_UP))
+
+
+def market_to_usdt_units_down(amount: Decimal, *, ccy_per_usdt: Decimal) -> int:
+    """Market-currency amount -> USDT base units, rounding down: what we pay a user."""
+    return int((Decimal(amount) * USDT_UNIT / ccy_per_usdt).to_integral_value(rounding=ROUND_DOWN))

@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 from celery import current_app
 from django.conf import settings
@@ -9,12 +10,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from orders.audit import audit_record
+from orders.exceptions import IllegalTransition, StaleOrderVersion
 from orders.models import Order, OrderType
 from orders.state import order_record
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_START_TASK = "orders.tasks.order_start"
+_CANCEL_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -97,32 +100,43 @@ def order_create_from_chain(*, request: ChainOrderRequest, actor: str) -> tuple[
 def order_request_cancel(
     *, chain_id: int, deposit_id: int, tx_hash: str, actor: str
 ) -> Order | None:
-    """Record a user's CancelRequested for a deposit. Idempotent: a second request for the
-    same deposit changes nothing. Returns None when no such deposit order exists yet (the
-    listener quarantines that event). The pipeline acts on the flag; a cancel arriving after
-    the order is terminal is recorded in the audit log only (no refund is owed)."""
-    order = Order.objects.filter(
-        chain_id=chain_id, order_type=OrderType.BUY, onchain_id=deposit_id
-    ).first()
-    if order is None:
-        return None
-    if order.cancel_requested_at is not None:
-        return order
-    if order.is_terminal:
-        audit_record(
-            actor=actor,
-            action="order.cancel_after_terminal",
-            order_id=order.pk,
-            after={"tx_hash": tx_hash, "status": order.status, "refund_owed": 0},
+    """Record a user's CancelRequested for a deposit and wake the pipeline.
+
+    Idempotent: a second request for the same deposit changes nothing. Returns None when no
+    such deposit order exists (the listener quarantines that event). A pipeline stage may move
+    the order at the same moment: the conditional update then loses, and we re-read and try
+    again. A cancel that arrives after the order is terminal is recorded in the audit log
+    only: no refund is owed beyond what settlement already paid.
+    """
+    for _ in range(_CANCEL_ATTEMPTS):
+        order = Order.objects.filter(
+            chain_id=chain_id, order_type=OrderType.BUY, onchain_id=deposit_id
+        ).first()
+        if order is None:
+            return None
+        if order.cancel_requested_at is not None:
+            return order
+        if order.is_terminal:
+            audit_record(
+                actor=actor,
+                action="order.cancel_after_terminal",
+                order_id=order.pk,
+                after={"tx_hash": tx_hash, "status": order.status, "refund_owed": 0},
+            )
+            return order
+        try:
+            with transaction.atomic():
+                order = order_record(
+                    order=order,
+                    actor=actor,
+                    action="order.cancel_requested",
+                    cancel_requested_at=timezone.now(),
+                )
+        except (StaleOrderVersion, IllegalTransition):
+            continue
+        transaction.on_commit(
+            partial(current_app.send_task, "orders.tasks.order_cancel", args=[order.pk]),
+            robust=True,
         )
         return order
-    order = order_record(
-        order=order,
-        actor=actor,
-        action="order.cancel_requested",
-        cancel_requested_at=timezone.now(),
-    )
-    transaction.on_commit(
-        lambda: current_app.send_task("orders.tasks.order_cancel", args=[order.pk]), robust=True
-    )
-    return order
+    raise StaleOrderVersion(order.pk, order.version)
