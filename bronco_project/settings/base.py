@@ -6,7 +6,14 @@ from pathlib import Path
 import dj_database_url
 from kombu import Queue
 
-from bronco_project.settings.env import env_bool, env_float, env_int, env_list, env_str
+from bronco_project.settings.env import (
+    env_bool,
+    env_decimal,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -123,6 +130,13 @@ BRONCO_SYMBOLS = dict(
 # --- Orders -----------------------------------------------------------------------------
 ORDER_DEADLINE_SECONDS = env_int("ORDER_DEADLINE_SECONDS", 300)
 ORDER_POLL_INTERVAL_SECONDS = env_float("ORDER_POLL_INTERVAL_SECONDS", 1.0)
+ORDER_RETRY_SECONDS = env_float("ORDER_RETRY_SECONDS", 5.0)
+ORDER_SETTLE_CHECK_SECONDS = env_float("ORDER_SETTLE_CHECK_SECONDS", 1.0)
+# A deposit below this (USDT) is refused and refunded.
+ORDER_MIN_USDT = env_decimal("ORDER_MIN_USDT", "1")
+# The compensation scan re-drives an open order that made no progress for this long.
+ORDER_STALL_SECONDS = env_int("ORDER_STALL_SECONDS", 60)
+COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 30)
 
 LOGGING = {
     "version": 1,
