@@ -144,7 +144,15 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Every handler carries the redacting filter: a secret logged by mistake never lands.
+    "filters": {"redact_secrets": {"()": "bronco_project.secrets.SecretRedactingFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
@@ -152,3 +160,51 @@ LOGGING = {
 # Each domain keeps its own settings in a module of its own.
 from bronco_project.settings.chain import *  # noqa: E402,F403
 from bronco_project.settings.trading import *  # noqa: E402,F403
+
+# --- Secrets: Vault KV v2 (bronco_project.secrets) -------------------------------------
+# Unset VAULT_ADDR: secrets come from the environment (dev and tests only; production.py
+# refuses to start without Vault).
+VAULT_ADDR = env_str("VAULT_ADDR", "")
+VAULT_TOKEN = env_str("VAULT_TOKEN", "")
+VAULT_ROLE_ID = env_str("VAULT_ROLE_ID", "")
+VAULT_SECRET_ID = env_str("VAULT_SECRET_ID", "")
+VAULT_APPROLE_MOUNT = env_str("VAULT_APPROLE_MOUNT", "approle")
+VAULT_KV_MOUNT = env_str("VAULT_KV_MOUNT", "secret")
+# Secret NAME lives at <VAULT_KV_MOUNT>/<VAULT_SECRET_PATH>/NAME, in field VAULT_SECRET_FIELD.
+VAULT_SECRET_PATH = env_str("VAULT_SECRET_PATH", "bronco")
+VAULT_SECRET_FIELD = env_str("VAULT_SECRET_FIELD", "value")
+VAULT_CACHE_TTL_SECONDS = env_float("VAULT_CACHE_TTL_SECONDS", 60.0)
+VAULT_TIMEOUT_SECONDS = env_float("VAULT_TIMEOUT_SECONDS", 5.0)
+# CA bundle for a Vault with a private CA; empty: the system's.
+VAULT_CACERT = env_str("VAULT_CACERT", "")
+
+# --- Alerts (orders.alerts, orders.alert_rules) ----------------------------------------
+ADMINS = [(addr, addr) for addr in env_list("DJANGO_ADMINS", "")]
+SERVER_EMAIL = env_str("DJANGO_SERVER_EMAIL", "bronco@localhost")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+# Optional JSON webhook (Slack-style incoming hook, PagerDuty bridge, ...).
+ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL", "")
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 3.0)
+# An alert still open is notified again after this long (0: only once).
+ALERT_RENOTIFY_SECONDS = env_int("ALERT_RENOTIFY_SECONDS", 3600)
+ALERT_RULES_INTERVAL_SECONDS = env_int("ALERT_RULES_INTERVAL_SECONDS", 60)
+ALERT_ORDER_FAILURE_WINDOW_SECONDS = env_int("ALERT_ORDER_FAILURE_WINDOW_SECONDS", 900)
+ALERT_ORDER_FAILURE_RATE = env_float("ALERT_ORDER_FAILURE_RATE", 0.2)
+ALERT_ORDER_FAILURE_MIN_ORDERS = env_int("ALERT_ORDER_FAILURE_MIN_ORDERS", 5)
+ALERT_REFUND_FAILURE_WINDOW_SECONDS = env_int("ALERT_REFUND_FAILURE_WINDOW_SECONDS", 3600)
+ALERT_REFUND_FAILURES_MAX = env_int("ALERT_REFUND_FAILURES_MAX", 0)
+ALERT_SETTLEMENT_LATENCY_SECONDS = env_int("ALERT_SETTLEMENT_LATENCY_SECONDS", 600)
+ALERT_LISTENER_LAG_BLOCKS = env_int("ALERT_LISTENER_LAG_BLOCKS", 50)
+
+# --- Metrics (orders.metrics) -----------------------------------------------------------
+# Counters and histograms live in Redis so every process (web, each prefork worker) adds
+# to the same numbers. Empty URL: REDIS_URL.
+METRICS_REDIS_URL = env_str("METRICS_REDIS_URL", "")
+METRICS_KEY_PREFIX = env_str("METRICS_KEY_PREFIX", "bronco:metrics")
+# When set, /metrics requires "Authorization: Bearer <token>".
+METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "")

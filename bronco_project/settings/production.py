@@ -9,6 +9,10 @@ from bronco_project.settings.base import (
     DEV_DATABASE_URL,
     DEV_SECRET_KEY,
     SECRET_KEY,
+    VAULT_ADDR,
+    VAULT_ROLE_ID,
+    VAULT_SECRET_ID,
+    VAULT_TOKEN,
 )
 from bronco_project.settings.checks import production_problems
 
@@ -18,6 +22,10 @@ _problems = production_problems(
     dev_secret_key=DEV_SECRET_KEY,
     database_url=DATABASE_URL,
     dev_database_url=DEV_DATABASE_URL,
+    vault_addr=VAULT_ADDR,
+    vault_token=VAULT_TOKEN,
+    vault_role_id=VAULT_ROLE_ID,
+    vault_secret_id=VAULT_SECRET_ID,
 )
 if _problems:
     raise ImproperlyConfigured("BRONCO_ENV=production refuses to start: " + "; ".join(_problems))
