@@ -1,0 +1,66 @@
+"""Read-mostly admin views of what the chain app records."""
+
+from django.contrib import admin
+
+from chain.models import (
+    ChainAlert,
+    ChainCursor,
+    ChainEvent,
+    ContractDeployment,
+    NonceSequence,
+    QuarantinedLog,
+    SettlementAttempt,
+    SettlementTx,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(ChainEvent)
+class ChainEventAdmin(ReadOnlyAdmin):
+    list_display = ("id", "name", "block_number", "tx_hash", "log_index", "order_id", "removed_at")
+    list_filter = ("name",)
+    search_fields = ("tx_hash",)
+
+
+@admin.register(QuarantinedLog)
+class QuarantinedLogAdmin(ReadOnlyAdmin):
+    list_display = ("id", "reason", "address", "tx_hash", "log_index", "created_at", "resolved_at")
+    list_filter = ("reason",)
+    search_fields = ("tx_hash", "address")
+
+
+@admin.register(ChainAlert)
+class ChainAlertAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "message", "created_at", "acknowledged_at")
+    list_filter = ("kind",)
+
+
+class SettlementAttemptInline(admin.TabularInline):
+    model = SettlementAttempt
+    extra = 0
+    can_delete = False
+    fields = ("tx_hash", "nonce", "max_fee_per_gas", "max_priority_fee_per_gas", "created_at")
+    readonly_fields = fields
+
+
+@admin.register(SettlementTx)
+class SettlementTxAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "onchain_id", "order_id", "status", "nonce", "tx_hash", "sent_at")
+    list_filter = ("kind", "status", "already_settled")
+    search_fields = ("tx_hash",)
+    inlines = (SettlementAttemptInline,)
+
+
+admin.site.register(ChainCursor, ReadOnlyAdmin)
+admin.site.register(ContractDeployment, ReadOnlyAdmin)
+admin.site.register(NonceSequence, ReadOnlyAdmin)

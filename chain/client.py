@@ -1,0 +1,617 @@
+"""The web3 adapter: the only module that touches web3 objects.
+
+Everything it returns is a Bronco type (the dataclasses below, ints, checksummed address
+strings, 0x-hex strings); every node or web3 error leaves it translated into
+`chain.exceptions`. `ChainClient` is synchronous over HTTP (one per thread and URL, see
+`chain_client`); `ChainSubscription` is the asynchronous WebSocket side used by the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import websockets
+from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+from eth_account import Account
+from eth_utils import keccak, to_checksum_address
+from hexbytes import HexBytes
+from web3 import AsyncWeb3, HTTPProvider, Web3, WebSocketProvider
+from web3.exceptions import (
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3Exception,
+    Web3RPCError,
+)
+
+from chain.exceptions import (
+    ChainUnavailable,
+    ContractReverted,
+    RangeTooLarge,
+    TransactionRejected,
+)
+
+ARTIFACTS_PATH = Path(__file__).resolve().parent / "contracts" / "artifacts.json"
+
+_RANGE_ERROR_HINTS = (
+    "range",
+    "too many",
+    "limit exceeded",
+    "exceed",
+    "response size",
+    "query returned more than",
+    "block range",
+)
+
+
+# --- Bronco types ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawLog:
+    """A log as the node delivered it, before any decoding."""
+
+    address: str
+    topics: tuple[str, ...]
+    data: str
+    block_number: int
+    block_hash: str
+    tx_hash: str
+    log_index: int
+    removed: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.tx_hash, self.log_index)
+
+
+@dataclass(frozen=True)
+class NewHead:
+    number: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    number: int
+    hash: str
+    timestamp: int
+    base_fee_per_gas: int
+
+
+@dataclass(frozen=True)
+class DecodedEvent:
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    tx_hash: str
+    status: int
+    block_number: int
+    block_hash: str
+    gas_used: int
+    contract_address: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == 1
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    tx_hash: str
+    raw: str
+    nonce: int
+    gas_limit: int
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+
+@dataclass(frozen=True)
+class FeeQuote:
+    base_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+
+class UndecodableLog(Exception):
+    """A log that is not one of the vault's events, or whose data does not decode."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --- artifacts and ABI ----------------------------------------------------------------------
+
+
+@functools.cache
+def artifacts() -> dict[str, Any]:
+    """The committed compiled contracts (chain/contracts/artifacts.json)."""
+    return json.loads(ARTIFACTS_PATH.read_text())
+
+
+def contract_abi(name: str) -> list[dict[str, Any]]:
+    return artifacts()["contracts"][name]["abi"]
+
+
+def _signature(item: dict[str, Any]) -> str:
+    return f"{item['name']}({','.join(_abi_type(i) for i in item['inputs'])})"
+
+
+def _abi_type(item: dict[str, Any]) -> str:
+    if item["type"].startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in item["components"])
+        return f"({inner}){item['type'][5:]}"
+    return item["type"]
+
+
+@functools.cache
+def _event_table(contract: str) -> dict[str, dict[str, Any]]:
+    """topic0 -> event ABI entry."""
+    table = {}
+    for item in contract_abi(contract):
+        if item["type"] == "event":
+            table["0x" + keccak(text=_signature(item)).hex()] = item
+    return table
+
+
+@functools.cache
+def _error_table() -> dict[str, dict[str, Any]]:
+    """4-byte selector -> custom error ABI entry, over every contract we ship."""
+    table = {}
+    for contract in artifacts()["contracts"].values():
+        for item in contract["abi"]:
+            if item["type"] == "error":
+                table["0x" + keccak(text=_signature(item))[:4].hex()] = item
+    return table
+
+
+def event_topic(name: str, contract: str = "BroncoVault") -> str:
+    for topic, item in _event_table(contract).items():
+        if item["name"] == name:
+            return topic
+    raise KeyError(name)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def decode_log(raw: RawLog, contract: str = "BroncoVault") -> DecodedEvent:
+    """Decode one of `contract`'s events, strictly: the topic count and data length must be
+    exactly the ABI's, or UndecodableLog says why. Addresses come back checksummed,
+    bytes32 as 0x-hex, integers as int."""
+    if not raw.topics:
+        raise UndecodableLog("unknown_topic", "anonymous log")
+    item = _event_table(contract).get(raw.topics[0].lower())
+    if item is None:
+        raise UndecodableLog("unknown_topic", raw.topics[0])
+    indexed = [i for i in item["inputs"] if i["indexed"]]
+    plain = [i for i in item["inputs"] if not i["indexed"]]
+    if len(raw.topics) != 1 + len(indexed):
+        raise UndecodableLog("undecodable", f"{item['name']}: {len(raw.topics) - 1} indexed topics")
+    data = bytes(HexBytes(raw.data))
+    if all(_abi_type(i) in _STATIC_TYPES for i in plain) and len(data) != 32 * len(plain):
+        raise UndecodableLog("undecodable", f"{item['name']}: {len(data)} data bytes")
+    try:
+        args: dict[str, Any] = {}
+        for spec, topic in zip(indexed, raw.topics[1:], strict=True):
+            (args[spec["name"]],) = abi_decode([_abi_type(spec)], bytes(HexBytes(topic)))
+        values = abi_decode([_abi_type(i) for i in plain], data, strict=True)
+        args.update({spec["name"]: v for spec, v in zip(plain, values, strict=True)})
+    except (DecodingError, ValueError, TypeError, OverflowError) as exc:
+        raise UndecodableLog("undecodable", f"{item['name']}: {exc}") from exc
+    for spec in item["inputs"]:
+        if spec["type"] == "address":
+            args[spec["name"]] = to_checksum_address(args[spec["name"]])
+    return DecodedEvent(name=item["name"], args={k: _jsonable(v) for k, v in args.items()})
+
+
+_STATIC_TYPES = frozenset({"address", "bool", "bytes32"} | {f"uint{n}" for n in range(8, 257, 8)})
+
+
+def symbol_to_bytes32(symbol: str) -> bytes:
+    raw = symbol.encode("ascii")
+    if not raw or len(raw) > 32:
+        raise ValueError(f"symbol {symbol!r} must be 1-32 ASCII characters")
+    return raw.ljust(32, b"\0")
+
+
+def bytes32_to_symbol(value: str | bytes) -> str:
+    """The ASCII symbol in a right-zero-padded bytes32; ValueError when it is not one."""
+    raw = bytes(HexBytes(value))
+    text = raw.rstrip(b"\0")
+    if not text or b"\0" in text or len(raw) != 32:
+        raise ValueError(f"not a padded ASCII symbol: 0x{raw.hex()}")
+    decoded = text.decode("ascii")
+    if not decoded.isprintable() or " " in decoded:
+        raise ValueError(f"not a printable symbol: {decoded!r}")
+    return decoded
+
+
+def decode_revert(data: Any) -> tuple[str, tuple]:
+    """(custom error name, args) from revert data, or ("", ()) when it is not one of ours."""
+    if isinstance(data, dict):
+        data = data.get("data")
+    if not isinstance(data, str | bytes) or not data:
+        return "", ()
+    blob = bytes(HexBytes(data))
+    item = _error_table().get("0x" + blob[:4].hex())
+    if item is None:
+        return "", ()
+    try:
+        values = abi_decode([_abi_type(i) for i in item["inputs"]], blob[4:])
+    except (DecodingError, ValueError):
+        return item["name"], ()
+    return item["name"], tuple(_jsonable(v) for v in values)
+
+
+def address_of_key(private_key: str) -> str:
+    return Account.from_key(private_key).address
+
+
+# --- the synchronous HTTP client ------------------------------------------------------------
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    return str(value)
+
+
+def _raw_log(entry: Any) -> RawLog:
+    return RawLog(
+        address=to_checksum_address(entry["address"]),
+        topics=tuple(_hex(t) for t in entry["topics"]),
+        data=_hex(entry["data"]),
+        block_number=int(entry["blockNumber"]),
+        block_hash=_hex(entry["blockHash"]),
+        tx_hash=_hex(entry["transactionHash"]),
+        log_index=int(entry["logIndex"]),
+        removed=bool(entry.get("removed", False)),
+    )
+
+
+def _receipt(r: Any) -> Receipt:
+    contract = r.get("contractAddress")
+    return Receipt(
+        tx_hash=_hex(r["transactionHash"]),
+        status=int(r["status"]),
+        block_number=int(r["blockNumber"]),
+        block_hash=_hex(r["blockHash"]),
+        gas_used=int(r["gasUsed"]),
+        contract_address=to_checksum_address(contract) if contract else None,
+    )
+
+
+def _translate(exc: BaseException) -> Exception:
+    if isinstance(exc, ContractLogicError):
+        name, args = decode_revert(exc.data)
+        return ContractReverted(str(exc.message or exc), error_name=name, error_args=args)
+    if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError):
+        return ChainUnavailable(str(exc))
+    if isinstance(exc, Web3RPCError):
+        message = str(exc.message).lower()
+        if any(hint in message for hint in _RANGE_ERROR_HINTS):
+            return RangeTooLarge(exc.message)
+        return TransactionRejected(exc.message)
+    return ChainUnavailable(f"{type(exc).__name__}: {exc}")
+
+
+class ChainClient:
+    """Synchronous JSON-RPC over HTTP. Not shared between threads: use `chain_client()`."""
+
+    def __init__(self, rpc_url: str, *, timeout: float = 15.0) -> None:
+        self.rpc_url = rpc_url
+        self._w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (Web3Exception, requests.exceptions.RequestException, OSError) as exc:
+            raise _translate(exc) from exc
+
+    # chain state
+    def chain_id(self) -> int:
+        return int(self._run(lambda: self._w3.eth.chain_id))
+
+    def block_number(self) -> int:
+        return int(self._run(lambda: self._w3.eth.block_number))
+
+    def block(self, number: int | str = "latest") -> BlockHeader | None:
+        try:
+            b = self._run(self._w3.eth.get_block, number)
+        except TransactionRejected:
+            return None
+        return BlockHeader(
+            number=int(b["number"]),
+            hash=_hex(b["hash"]),
+            timestamp=int(b["timestamp"]),
+            base_fee_per_gas=int(b.get("baseFeePerGas") or 0),
+        )
+
+    def block_hash(self, number: int) -> str | None:
+        header = self.block(number)
+        return header.hash if header else None
+
+    def get_logs(
+        self,
+        *,
+        from_block: int,
+        to_block: int,
+        address: str | Sequence[str],
+        topics: Sequence[Any] | None = None,
+    ) -> list[RawLog]:
+        params: dict[str, Any] = {
+            "fromBlock": hex(from_block),
+            "toBlock": hex(to_block),
+            "address": address,
+        }
+        if topics:
+            params["topics"] = list(topics)
+        entries = self._run(self._w3.eth.get_logs, params)
+        return sorted((_raw_log(e) for e in entries), key=lambda r: (r.block_number, r.log_index))
+
+    def code_at(self, address: str) -> bytes:
+        return bytes(self._run(self._w3.eth.get_code, to_checksum_address(address)))
+
+    def balance(self, address: str) -> int:
+        return int(self._run(self._w3.eth.get_balance, to_checksum_address(address)))
+
+    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
+        """A raw JSON-RPC call (anvil's evm_* / anvil_* methods in dev and tests)."""
+        response = self._run(self._w3.provider.make_request, method, params or [])
+        if "error" in response:
+            raise TransactionRejected(str(response["error"]))
+        return response.get("result")
+
+    # contracts
+    def call(self, contract: str, address: str, fn: str, *args: Any) -> Any:
+        c = self._w3.eth.contract(address=to_checksum_address(address), abi=contract_abi(contract))
+        return _jsonable(self._run(getattr(c.functions, fn)(*args).call))
+
+    def _tx_data(self, contract: str, address: str | None, fn: str, args: tuple) -> dict:
+        abi = contract_abi(contract)
+        if address is None:
+            c = self._w3.eth.contract(
+                abi=abi, bytecode=artifacts()["contracts"][contract]["bytecode"]
+            )
+            return {"data": c.constructor(*args).data_in_transaction}
+        c = self._w3.eth.contract(address=to_checksum_address(address), abi=abi)
+        return {
+            "to": to_checksum_address(address),
+            "data": c.encode_abi(fn, args=list(args)),
+        }
+
+    def estimate_gas(
+        self, *, contract: str, address: str | None, fn: str, args: tuple, sender: str
+    ) -> int:
+        """Gas for the call; ContractReverted (with the custom error name) when it would
+        revert."""
+        tx = self._tx_data(contract, address, fn, args) | {"from": to_checksum_address(sender)}
+        return int(self._run(self._w3.eth.estimate_gas, tx))
+
+    def fee_quote(self, *, min_priority_fee: int) -> FeeQuote:
+        header = self.block("latest")
+        try:
+            tip = int(self._run(lambda: self._w3.eth.max_priority_fee))
+        except TransactionRejected:
+            tip = 0
+        return FeeQuote(
+            base_fee_per_gas=header.base_fee_per_gas if header else 0,
+            max_priority_fee_per_gas=max(tip, min_priority_fee),
+        )
+
+    def pending_nonce(self, address: str) -> int:
+        return int(
+            self._run(self._w3.eth.get_transaction_count, to_checksum_address(address), "pending")
+        )
+
+    def sign(
+        self,
+        *,
+        private_key: str,
+        contract: str,
+        address: str | None,
+        fn: str,
+        args: tuple,
+        nonce: int,
+        gas_limit: int,
+        max_fee_per_gas: int,
+        max_priority_fee_per_gas: int,
+        chain_id: int,
+    ) -> SignedTx:
+        """An EIP-1559 (type 2) transaction, signed locally; nothing is sent."""
+        tx = self._tx_data(contract, address, fn, args) | {
+            "type": 2,
+            "chainId": chain_id,
+            "nonce": nonce,
+            "gas": gas_limit,
+            "maxFeePerGas": max_fee_per_gas,
+            "maxPriorityFeePerGas": max_priority_fee_per_gas,
+            "value": 0,
+        }
+        signed = Account.sign_transaction(tx, private_key)
+        return SignedTx(
+            tx_hash=_hex(signed.hash),
+            raw=_hex(signed.raw_transaction),
+            nonce=nonce,
+            gas_limit=gas_limit,
+            max_fee_per_gas=max_fee_per_gas,
+            max_priority_fee_per_gas=max_priority_fee_per_gas,
+        )
+
+    def send_raw(self, raw: str) -> str:
+        """Broadcast; a node that already has the transaction is not an error."""
+        try:
+            return _hex(self._run(self._w3.eth.send_raw_transaction, raw))
+        except TransactionRejected as exc:
+            if "already known" in str(exc).lower() or "already imported" in str(exc).lower():
+                return _hex(keccak(HexBytes(raw)))
+            raise
+
+    def receipt(self, tx_hash: str) -> Receipt | None:
+        try:
+            r = self._w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
+        except (Web3Exception, requests.exceptions.RequestException, OSError) as exc:
+            raise _translate(exc) from exc
+        return _receipt(r) if r and r.get("blockNumber") is not None else None
+
+    def transaction_known(self, tx_hash: str) -> bool:
+        try:
+            self._w3.eth.get_transaction(tx_hash)
+        except TransactionNotFound:
+            return False
+        except (Web3Exception, requests.exceptions.RequestException, OSError) as exc:
+            raise _translate(exc) from exc
+        return True
+
+    def wait_receipt(self, tx_hash: str, *, timeout: float = 30.0) -> Receipt:
+        deadline = time.monotonic() + timeout
+        while True:
+            receipt = self.receipt(tx_hash)
+            if receipt is not None:
+                return receipt
+            if time.monotonic() > deadline:
+                raise ChainUnavailable(f"no receipt for {tx_hash} after {timeout}s")
+            time.sleep(0.02)
+
+    def transact(
+        self,
+        *,
+        private_key: str,
+        contract: str,
+        address: str | None,
+        fn: str = "",
+        args: tuple = (),
+        timeout: float = 30.0,
+    ) -> Receipt:
+        """Estimate, sign, send and wait: for deploys, admin calls, and users in dev/tests.
+        Raises ContractReverted when the call would revert."""
+        sender = address_of_key(private_key)
+        gas = self.estimate_gas(contract=contract, address=address, fn=fn, args=args, sender=sender)
+        fees = self.fee_quote(min_priority_fee=1_000_000_000)
+        signed = self.sign(
+            private_key=private_key,
+            contract=contract,
+            address=address,
+            fn=fn,
+            args=args,
+            nonce=self.pending_nonce(sender),
+            gas_limit=gas * 13 // 10,
+            max_fee_per_gas=2 * fees.base_fee_per_gas + fees.max_priority_fee_per_gas,
+            max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            chain_id=self.chain_id(),
+        )
+        self.send_raw(signed.raw)
+        try:
+            return self.wait_receipt(signed.tx_hash, timeout=timeout)
+        except TimeExhausted as exc:
+            raise ChainUnavailable(str(exc)) from exc
+
+
+_local = threading.local()
+
+
+def chain_client(rpc_url: str | None = None, *, timeout: float | None = None) -> ChainClient:
+    """This thread's client for `rpc_url` (default: settings.CHAIN_RPC_URL)."""
+    from django.conf import settings
+
+    url = rpc_url or settings.CHAIN_RPC_URL
+    cache = getattr(_local, "clients", None)
+    if cache is None:
+        cache = _local.clients = {}
+    client = cache.get(url)
+    if client is None:
+        client = cache[url] = ChainClient(
+            url, timeout=timeout or getattr(settings, "CHAIN_RPC_TIMEOUT_SECONDS", 15.0)
+        )
+    return client
+
+
+# --- the asynchronous WebSocket subscription --------------------------------------------------
+
+_WS_ERRORS = (
+    websockets.exceptions.WebSocketException,
+    OSError,
+    asyncio.TimeoutError,
+    Web3Exception,
+)
+
+
+class ChainSubscription:
+    """`eth_subscribe` to newHeads and to the logs of `address`, over one WebSocket.
+
+    Use as `async with ChainSubscription(url, address) as sub:` then `await sub.next(t)`,
+    which returns a NewHead, a RawLog (possibly `removed=True`), or None on timeout.
+    Connection problems raise ChainUnavailable; the caller reconnects and backfills.
+    """
+
+    def __init__(self, ws_url: str, address: str) -> None:
+        self.ws_url = ws_url
+        self.address = to_checksum_address(address)
+        self._w3: Any = None
+        self._iter: Any = None
+        self._heads_id = ""
+        self._logs_id = ""
+
+    async def __aenter__(self) -> ChainSubscription:
+        try:
+            self._w3 = await AsyncWeb3(
+                WebSocketProvider(self.ws_url, max_connection_retries=1, request_timeout=10)
+            )
+            self._heads_id = str(await self._w3.eth.subscribe("newHeads"))
+            self._logs_id = str(await self._w3.eth.subscribe("logs", {"address": self.address}))
+        except _WS_ERRORS as exc:
+            await self._close()
+            raise ChainUnavailable(f"subscribe failed: {exc}") from exc
+        self._iter = self._w3.socket.process_subscriptions().__aiter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._w3 is not None:
+            try:
+                await self._w3.provider.disconnect()
+            except _WS_ERRORS:
+                pass  # the socket is already gone; nothing left to release
+            self._w3 = None
+
+    async def block_number(self) -> int:
+        try:
+            return int(await self._w3.eth.block_number)
+        except _WS_ERRORS as exc:
+            raise ChainUnavailable(str(exc)) from exc
+
+    async def next(self, timeout: float) -> NewHead | RawLog | None:
+        try:
+            message = await asyncio.wait_for(self._iter.__anext__(), timeout)
+        except TimeoutError:
+            return None
+        except (StopAsyncIteration, *_WS_ERRORS) as exc:
+            raise ChainUnavailable(f"subscription lost: {type(exc).__name__}: {exc}") from exc
+        result = message["result"]
+        if str(message["subscription"]) == self._heads_id:
+            return NewHead(number=int(result["number"]), hash=_hex(result["hash"]))
+        return _raw_log(result)

@@ -1,0 +1,295 @@
+"""Turning confirmed vault logs into Bronco records: the listener's write side.
+
+`chain_logs_commit` is the one transaction per batch: it locks the contract's checkpoint row,
+writes one `ChainEvent` per new log, creates orders (and cancel requests) through the orders
+app's services, quarantines what it cannot act on, and moves the checkpoint. The orders app
+enqueues its pipeline on commit, so nothing leaves the process for a batch that rolls back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.db import DataError, IntegrityError, transaction
+from django.utils import timezone
+
+from chain.client import DecodedEvent, RawLog, UndecodableLog, bytes32_to_symbol, decode_log
+from chain.models import ChainAlert, ChainCursor, ChainEvent, QuarantinedLog
+from orders.audit import audit_record
+from orders.exceptions import OrderError
+from orders.models import OrderType
+from orders.services import ChainOrderRequest, order_create_from_chain, order_request_cancel
+
+logger = logging.getLogger(__name__)
+
+_ORDER_EVENTS = {"Deposit": OrderType.BUY, "Redeem": OrderType.SELL}
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    committed: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    checkpoint: int = 0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    block_number: int
+    block_hash: str
+    head_number: int
+
+
+def cursor_ensure(*, chain_id: int, address: str, start_block: int) -> Checkpoint:
+    """The contract's checkpoint, created at `start_block - 1` when there is none yet."""
+    cursor, _ = ChainCursor.objects.get_or_create(
+        chain_id=chain_id,
+        address=address,
+        defaults={"block_number": max(start_block, 0) - 1, "block_hash": ""},
+    )
+    return Checkpoint(cursor.block_number, cursor.block_hash, cursor.head_number)
+
+
+def cursor_record_head(*, chain_id: int, address: str, head: int) -> None:
+    ChainCursor.objects.filter(chain_id=chain_id, address=address).update(
+        head_number=head, updated_at=timezone.now()
+    )
+
+
+def cursor_rebase_hash(*, chain_id: int, address: str, block_hash: str) -> None:
+    """After a deep-reorg alert: remember the new canonical hash so it alerts once."""
+    ChainCursor.objects.filter(chain_id=chain_id, address=address).update(block_hash=block_hash)
+
+
+def chain_logs_commit(
+    *,
+    chain_id: int,
+    vault: str,
+    logs: Sequence[RawLog],
+    to_block: int,
+    to_block_hash: str,
+    head: int,
+    actor: str,
+) -> BatchResult:
+    """Act on every log of the confirmed range (checkpoint, to_block] and move the checkpoint
+    to `to_block`, all in one transaction.
+
+    Idempotent: the checkpoint row is locked first and logs at or below it are skipped, and a
+    log already recorded (unique chain id, tx hash, log index) is skipped, so overlapping
+    deliveries (subscription and backfill, or a restarted listener) never act twice.
+    """
+    with transaction.atomic():
+        cursor = ChainCursor.objects.select_for_update().get(chain_id=chain_id, address=vault)
+        if to_block <= cursor.block_number:
+            cursor.head_number = head
+            cursor.save(update_fields=["head_number", "updated_at"])
+            return BatchResult(checkpoint=cursor.block_number)
+        fresh = sorted(
+            (log for log in logs if log.block_number > cursor.block_number),
+            key=lambda log: (log.block_number, log.log_index),
+        )
+        tx_hashes = {log.tx_hash for log in fresh}
+        seen = set(
+            ChainEvent.objects.filter(chain_id=chain_id, tx_hash__in=tx_hashes).values_list(
+                "tx_hash", "log_index"
+            )
+        ) | set(
+            QuarantinedLog.objects.filter(chain_id=chain_id, tx_hash__in=tx_hashes).values_list(
+                "tx_hash", "log_index"
+            )
+        )
+        events: list[ChainEvent] = []
+        duplicates = quarantined = 0
+        for log in fresh:
+            if log.key in seen:
+                duplicates += 1
+                continue
+            seen.add(log.key)
+            event = _act_on(chain_id=chain_id, vault=vault, log=log, actor=actor)
+            if event is None:
+                quarantined += 1
+            else:
+                events.append(event)
+        ChainEvent.objects.bulk_create(events)
+        cursor.block_number = to_block
+        cursor.block_hash = to_block_hash
+        cursor.head_number = max(head, to_block)
+        cursor.save(update_fields=["block_number", "block_hash", "head_number", "updated_at"])
+    return BatchResult(
+        committed=len(events), duplicates=duplicates, quarantined=quarantined, checkpoint=to_block
+    )
+
+
+def _act_on(*, chain_id: int, vault: str, log: RawLog, actor: str) -> ChainEvent | None:
+    """The ChainEvent to write for `log` (its order created), or None when quarantined."""
+    if log.address.lower() != vault.lower():
+        log_quarantine(chain_id=chain_id, log=log, reason="foreign_address", actor=actor)
+        return None
+    try:
+        decoded = decode_log(log)
+    except UndecodableLog as exc:
+        log_quarantine(
+            chain_id=chain_id, log=log, reason=exc.reason, detail=exc.detail, actor=actor
+        )
+        return None
+    try:
+        with transaction.atomic():
+            order_id = _order_for(chain_id=chain_id, log=log, decoded=decoded, actor=actor)
+    except _Unactionable as exc:
+        log_quarantine(
+            chain_id=chain_id, log=log, reason=exc.reason, detail=exc.detail, actor=actor
+        )
+        return None
+    except (ValueError, TypeError, OrderError, IntegrityError, DataError) as exc:
+        log_quarantine(
+            chain_id=chain_id,
+            log=log,
+            reason="rejected",
+            detail=f"{type(exc).__name__}: {exc}",
+            actor=actor,
+        )
+        return None
+    return ChainEvent(
+        chain_id=chain_id,
+        tx_hash=log.tx_hash,
+        log_index=log.log_index,
+        block_number=log.block_number,
+        block_hash=log.block_hash,
+        address=log.address,
+        name=decoded.name,
+        args=decoded.args,
+        order_id=order_id,
+    )
+
+
+class _Unactionable(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _order_for(*, chain_id: int, log: RawLog, decoded: DecodedEvent, actor: str) -> int | None:
+    args = decoded.args
+    if decoded.name in _ORDER_EVENTS:
+        try:
+            symbol = bytes32_to_symbol(args["symbol"])
+        except ValueError as exc:
+            raise _Unactionable("undecodable", str(exc)) from exc
+        is_buy = decoded.name == "Deposit"
+        request = ChainOrderRequest(
+            chain_id=chain_id,
+            order_type=_ORDER_EVENTS[decoded.name],
+            onchain_id=int(args["depositId"] if is_buy else args["redeemId"]),
+            tx_hash=log.tx_hash,
+            log_index=log.log_index,
+            user_address=args["user"],
+            symbol=symbol,
+            usdt_amount=int(args["usdtAmount"]) if is_buy else 0,
+            token_amount=0 if is_buy else int(args["shares"]),
+        )
+        order, _created = order_create_from_chain(request=request, actor=actor)
+        return order.pk
+    if decoded.name == "CancelRequested":
+        order = order_request_cancel(
+            chain_id=chain_id, deposit_id=int(args["depositId"]), tx_hash=log.tx_hash, actor=actor
+        )
+        if order is None:
+            raise _Unactionable("cancel_for_unknown_deposit", f"deposit {args['depositId']}")
+        return order.pk
+    return None
+
+
+def log_quarantine(
+    *, chain_id: int, log: RawLog, reason: str, actor: str, detail: str = ""
+) -> QuarantinedLog:
+    """Park a log the listener cannot act on, with an audit entry and an alert line.
+    Idempotent per (chain id, tx hash, log index)."""
+    row, created = QuarantinedLog.objects.get_or_create(
+        chain_id=chain_id,
+        tx_hash=log.tx_hash,
+        log_index=log.log_index,
+        defaults={
+            "block_number": log.block_number,
+            "block_hash": log.block_hash,
+            "address": log.address,
+            "topics": list(log.topics),
+            "data": log.data,
+            "reason": reason,
+            "detail": detail[:2000],
+        },
+    )
+    if created:
+        audit_record(
+            actor=actor,
+            action="chain.log_quarantined",
+            after={
+                "tx_hash": log.tx_hash,
+                "log_index": log.log_index,
+                "address": log.address,
+                "reason": reason,
+            },
+        )
+        logger.error(
+            "ALERT chain log quarantined: %s %s#%s from %s (%s)",
+            reason,
+            log.tx_hash,
+            log.log_index,
+            log.address,
+            detail,
+            extra={"tx_hash": log.tx_hash, "alert": "chain_quarantine"},
+        )
+    return row
+
+
+def chain_alert_raise(
+    *,
+    chain_id: int,
+    kind: str,
+    message: str,
+    details: dict,
+    actor: str,
+    order_id: int | None = None,
+) -> ChainAlert:
+    """Record something an operator must look at, with an audit entry. Never undoes anything."""
+    with transaction.atomic():
+        alert = ChainAlert.objects.create(
+            chain_id=chain_id, kind=kind, message=message, details=details
+        )
+        audit_record(actor=actor, action=f"chain.alert.{kind}", order_id=order_id, after=details)
+    logger.critical("ALERT %s: %s", kind, message, extra={"alert": kind, **details})
+    return alert
+
+
+def removed_log_handle(*, chain_id: int, log: RawLog, actor: str) -> bool:
+    """A `removed: true` log from the node. If we had acted on it (it was confirmed), mark the
+    event removed and raise an alert: the order stands, an operator decides. Returns True
+    when it alerted; False when the log was never acted on (nothing to do)."""
+    event = ChainEvent.objects.filter(
+        chain_id=chain_id,
+        tx_hash=log.tx_hash,
+        log_index=log.log_index,
+        block_hash=log.block_hash,
+        removed_at__isnull=True,
+    ).first()
+    if event is None:
+        return False
+    with transaction.atomic():
+        ChainEvent.objects.filter(pk=event.pk).update(removed_at=timezone.now())
+        chain_alert_raise(
+            chain_id=chain_id,
+            kind="confirmed_event_removed",
+            message=f"confirmed {event.name} {log.tx_hash}#{log.log_index} removed by a reorg",
+            details={
+                "tx_hash": log.tx_hash,
+                "log_index": log.log_index,
+                "block_number": log.block_number,
+                "event": event.name,
+                "order_id": event.order_id,
+            },
+            actor=actor,
+            order_id=event.order_id,
+        )
+    return True

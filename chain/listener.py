@@ -1,0 +1,316 @@
+"""The chain listener behind `manage.py listen_chain`.
+
+What it guarantees:
+- Every vault log up to `head - confirmations + 1` is acted on exactly once, in block order,
+  by `chain.ingest.chain_logs_commit` (one transaction per batch, checkpoint included).
+- The set of logs acted on for a confirmed range always comes from `eth_getLogs` over that
+  range, read when the range is confirmed. The WebSocket subscription (newHeads + the vault's
+  logs) is what makes it react at once; its logs are held as unconfirmed, and one that is
+  gone from the canonical range when it is confirmed (a reorg before confirmation) is dropped
+  and counted, while the replacement is taken from `eth_getLogs`. Relying on the pushed logs
+  alone would race the newHeads/logs delivery order, which nodes do not promise.
+- On start and after every reconnect it subscribes first and then backfills from the
+  checkpoint in chunks (halved when the node refuses a range), so nothing falls in the gap.
+- A `removed: true` log for an event already acted on, or a checkpoint block that is no longer
+  canonical, raises an alert (ChainAlert + audit); nothing is ever silently undone.
+- Bad input never stops it: such logs are quarantined; node outages are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+
+from chain.client import ChainClient, ChainSubscription, NewHead, RawLog
+from chain.exceptions import ChainUnavailable, RangeTooLarge
+from chain.ingest import (
+    chain_alert_raise,
+    chain_logs_commit,
+    cursor_ensure,
+    cursor_rebase_hash,
+    cursor_record_head,
+    removed_log_handle,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "listen_chain"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    chain_id: int
+    vault: str
+    rpc_url: str
+    ws_url: str
+    confirmations: int = 1
+    chunk_blocks: int = 2000
+    poll_interval: float = 1.0
+    reconnect_max_delay: float = 10.0
+    start_block: int = 0
+    idle_check_seconds: float = 5.0
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> ListenerConfig:
+        from chain.deployment import contract_set
+
+        contracts = contract_set()
+        values: dict[str, Any] = {
+            "chain_id": settings.CHAIN_ID,
+            "vault": contracts.vault,
+            "rpc_url": settings.CHAIN_RPC_URL,
+            "ws_url": settings.CHAIN_WS_URL,
+            "confirmations": settings.CHAIN_CONFIRMATIONS,
+            "chunk_blocks": settings.CHAIN_BACKFILL_CHUNK_BLOCKS,
+            "poll_interval": settings.CHAIN_POLL_INTERVAL_SECONDS,
+            "reconnect_max_delay": settings.CHAIN_RECONNECT_MAX_DELAY_SECONDS,
+            "start_block": settings.CHAIN_START_BLOCK or contracts.deploy_block,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class ListenerStats:
+    committed: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    orphaned_dropped: int = 0
+    alerts: int = 0
+    reconnects: int = 0
+    batches: int = 0
+    head: int = 0
+    checkpoint: int = -1
+    chunk_halvings: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def lag(self) -> int:
+        """Blocks between the head seen and the checkpoint (what metrics export)."""
+        return max(0, self.head - self.checkpoint)
+
+
+class ChainListener:
+    """Run with `run(mode="ws"|"poll")`; it returns when `stop_event` is set."""
+
+    def __init__(self, config: ListenerConfig, *, stop_event: threading.Event | None = None):
+        if config.confirmations < 1:
+            raise ValueError("confirmations must be at least 1 (the including block)")
+        self.config = config
+        self.stop_event = stop_event or threading.Event()
+        self.stats = ListenerStats()
+        self._chunk = config.chunk_blocks
+        self._unconfirmed: dict[tuple[str, int, str], RawLog] = {}
+        self._unconfirmed_lock = threading.Lock()
+        self._client: ChainClient | None = None
+        self._checkpoint_hash = ""
+
+    # --- the sync core (runs in one thread: the caller's in poll mode, an executor in ws) ---
+
+    @property
+    def client(self) -> ChainClient:
+        if self._client is None:
+            self._client = ChainClient(self.config.rpc_url)
+        return self._client
+
+    def _load_checkpoint(self) -> None:
+        checkpoint = cursor_ensure(
+            chain_id=self.config.chain_id,
+            address=self.config.vault,
+            start_block=self.config.start_block,
+        )
+        self.stats.checkpoint = checkpoint.block_number
+        self._checkpoint_hash = checkpoint.block_hash
+
+    def catch_up(self, head: int) -> int:
+        """Act on every log confirmed at `head` past the checkpoint. Returns events written."""
+        close_old_connections()
+        self._load_checkpoint()
+        self.stats.head = head
+        self._check_checkpoint_canonical()
+        target = head - self.config.confirmations + 1
+        if target <= self.stats.checkpoint:
+            cursor_record_head(chain_id=self.config.chain_id, address=self.config.vault, head=head)
+            return 0
+        written = 0
+        start = self.stats.checkpoint + 1
+        while start <= target and not self.stop_event.is_set():
+            end = min(start + self._chunk - 1, target)
+            try:
+                logs = self.client.get_logs(
+                    from_block=start, to_block=end, address=self.config.vault
+                )
+            except RangeTooLarge:
+                if self._chunk == 1:
+                    raise
+                self._chunk = max(1, self._chunk // 2)
+                self.stats.chunk_halvings += 1
+                logger.warning("node refused a log range; chunk now %s blocks", self._chunk)
+                continue
+            end_hash = self.client.block_hash(end) or ""
+            result = chain_logs_commit(
+                chain_id=self.config.chain_id,
+                vault=self.config.vault,
+                logs=logs,
+                to_block=end,
+                to_block_hash=end_hash,
+                head=head,
+                actor=ACTOR,
+            )
+            self.stats.batches += 1
+            self.stats.committed += result.committed
+            self.stats.duplicates += result.duplicates
+            self.stats.quarantined += result.quarantined
+            self.stats.checkpoint = result.checkpoint
+            self._checkpoint_hash = end_hash
+            self._settle_unconfirmed(up_to=end, canonical=logs)
+            written += result.committed
+            start = end + 1
+        return written
+
+    def _check_checkpoint_canonical(self) -> None:
+        number, known = self.stats.checkpoint, self._checkpoint_hash
+        if number < 0 or not known:
+            return
+        current = self.client.block_hash(number)
+        if current == known:
+            return
+        self.stats.alerts += 1
+        chain_alert_raise(
+            chain_id=self.config.chain_id,
+            kind="deep_reorg",
+            message=f"checkpoint block {number} is no longer canonical (beyond confirmations)",
+            details={"block_number": number, "was": known, "now": current or ""},
+            actor=ACTOR,
+        )
+        cursor_rebase_hash(
+            chain_id=self.config.chain_id, address=self.config.vault, block_hash=current or ""
+        )
+        self._checkpoint_hash = current or ""
+
+    def _settle_unconfirmed(self, *, up_to: int, canonical: list[RawLog]) -> None:
+        """Forget pushed logs now confirmed; count those the canonical range no longer has."""
+        keep = {(log.tx_hash, log.log_index, log.block_hash) for log in canonical}
+        with self._unconfirmed_lock:
+            for key, log in list(self._unconfirmed.items()):
+                if log.block_number <= up_to:
+                    del self._unconfirmed[key]
+                    if key not in keep:
+                        self.stats.orphaned_dropped += 1
+                        logger.info(
+                            "unconfirmed %s#%s vanished in a reorg before confirmation: dropped",
+                            log.tx_hash,
+                            log.log_index,
+                        )
+
+    def on_pushed_log(self, log: RawLog) -> None:
+        """A log from the subscription: hold it until confirmed, or drop it when removed."""
+        key = (log.tx_hash, log.log_index, log.block_hash)
+        with self._unconfirmed_lock:
+            if not log.removed:
+                if log.block_number > self.stats.checkpoint:
+                    self._unconfirmed[key] = log
+                return
+            if self._unconfirmed.pop(key, None) is not None:
+                self.stats.orphaned_dropped += 1
+                logger.info("unconfirmed %s#%s removed by the node: dropped", *key[:2])
+                return
+        close_old_connections()
+        if removed_log_handle(chain_id=self.config.chain_id, log=log, actor=ACTOR):
+            self.stats.alerts += 1
+
+    @property
+    def unconfirmed_count(self) -> int:
+        with self._unconfirmed_lock:
+            return len(self._unconfirmed)
+
+    # --- poll mode ---------------------------------------------------------------------------
+
+    def run_poll(self) -> None:
+        delay = self.config.poll_interval
+        while not self.stop_event.is_set():
+            try:
+                self.catch_up(self.client.block_number())
+                delay = self.config.poll_interval
+            except (ChainUnavailable, RangeTooLarge, DatabaseError) as exc:
+                delay = self._note_failure(exc, delay)
+            self.stop_event.wait(delay)
+
+    def _note_failure(self, exc: Exception, delay: float) -> float:
+        self.stats.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        del self.stats.errors[:-20]
+        logger.warning("listener: %s: %s; retrying in %.1fs", type(exc).__name__, exc, delay)
+        if isinstance(exc, DatabaseError):
+            connection.close()
+        return min(max(delay, 0.2) * 2, self.config.reconnect_max_delay)
+
+    # --- WebSocket mode ------------------------------------------------------------------------
+
+    def run_ws(self) -> None:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listener-db")
+        try:
+            asyncio.run(self._ws_main(executor))
+        finally:
+            executor.submit(connection.close).result()
+            executor.shutdown(wait=True)
+
+    async def _ws_main(self, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+
+        def in_core(fn: Callable[..., Any], *args: Any) -> Any:
+            return loop.run_in_executor(executor, fn, *args)
+
+        delay = 0.2
+        first = True
+        while not self.stop_event.is_set():
+            if not first:
+                self.stats.reconnects += 1
+            first = False
+            try:
+                async with ChainSubscription(self.config.ws_url, self.config.vault) as sub:
+                    head = await sub.block_number()
+                    await in_core(self.catch_up, head)
+                    delay = 0.2
+                    idle = 0.0
+                    while not self.stop_event.is_set():
+                        item = await sub.next(0.25)
+                        if item is None:
+                            idle += 0.25
+                            if idle >= self.config.idle_check_seconds:
+                                idle = 0.0
+                                await in_core(self.catch_up, await sub.block_number())
+                            continue
+                        idle = 0.0
+                        if isinstance(item, NewHead):
+                            await in_core(self.catch_up, item.number)
+                        else:
+                            await in_core(self.on_pushed_log, item)
+                            if not item.removed and item.block_number > self.stats.head:
+                                await in_core(self.catch_up, item.block_number)
+            except (ChainUnavailable, RangeTooLarge, DatabaseError) as exc:
+                delay = self._note_failure(exc, delay)
+                await loop.run_in_executor(None, self.stop_event.wait, delay)
+
+    def run(self, mode: str = "ws") -> None:
+        if mode not in ("ws", "poll"):
+            raise ValueError(f"unknown mode {mode!r}")
+        logger.info(
+            "listener starting",
+            extra={"mode": mode, "vault": self.config.vault, "chain_id": self.config.chain_id},
+        )
+        if mode == "poll":
+            try:
+                self.run_poll()
+            finally:
+                connection.close()
+        else:
+            self.run_ws()
+        logger.info("listener stopped at block %s", self.stats.checkpoint)

@@ -1,0 +1,38 @@
+"""`manage.py listen_chain [--mode ws|poll]`: turn vault events into orders (chain.listener)."""
+
+import signal
+import threading
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from chain.listener import ChainListener, ListenerConfig
+
+
+class Command(BaseCommand):
+    help = "Listen to the vault: subscribe (or poll), backfill, and create orders from events."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--mode", choices=("ws", "poll"), default="ws")
+        parser.add_argument("--confirmations", type=int, default=None)
+        parser.add_argument("--start-block", type=int, default=None)
+        parser.add_argument("--poll-interval", type=float, default=None)
+
+    def handle(self, *args: object, **options: object) -> None:
+        config = ListenerConfig.from_settings(
+            confirmations=options["confirmations"],
+            start_block=options["start_block"],
+            poll_interval=options["poll_interval"],
+        )
+        stop = threading.Event()
+
+        def request_stop(signum: int, frame: object) -> None:
+            self.stderr.write(f"signal {signum}: stopping after the current batch")
+            stop.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        self.stdout.write(
+            f"listening to {config.vault} on chain {config.chain_id} ({options['mode']}, "
+            f"{config.confirmations} confirmations)"
+        )
+        ChainListener(config, stop_event=stop).run(mode=str(options["mode"]))

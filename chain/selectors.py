@@ -1,0 +1,115 @@
+"""Reads of on-chain state and of the chain app's records, in Bronco types, for
+reconciliation, the reserve check and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from chain.client import bytes32_to_symbol, chain_client, symbol_to_bytes32
+from chain.deployment import contract_set
+from chain.models import ChainCursor, SettlementKind, SettlementTx
+
+
+@dataclass(frozen=True)
+class DepositInfo:
+    deposit_id: int
+    user: str
+    symbol: str
+    usdt_amount: int
+    cancel_requested: bool
+    settled: bool
+
+
+@dataclass(frozen=True)
+class RedeemInfo:
+    redeem_id: int
+    user: str
+    symbol: str
+    shares: int
+    settled: bool
+
+
+_ZERO = "0x0000000000000000000000000000000000000000"
+
+
+def _vault() -> str:
+    return contract_set().vault
+
+
+def usdt_address() -> str:
+    contracts = contract_set()
+    return contracts.usdt or chain_client().call("BroncoVault", contracts.vault, "usdt")
+
+
+def token_address(*, symbol: str) -> str | None:
+    """The stock token of `symbol`, or None when the vault never listed it."""
+    address = chain_client().call("BroncoVault", _vault(), "tokenOf", symbol_to_bytes32(symbol))
+    return None if address == _ZERO else address
+
+
+def vault_usdt_balance() -> int:
+    """USDT (base units) held by the vault: deposits not yet settled plus the payout reserve."""
+    return usdt_balance(address=_vault())
+
+
+def usdt_balance(*, address: str) -> int:
+    return int(chain_client().call("MockUSDT", usdt_address(), "balanceOf", address))
+
+
+def token_balance(*, symbol: str, address: str) -> int:
+    token = token_address(symbol=symbol)
+    return (
+        0 if token is None else int(chain_client().call("StockToken", token, "balanceOf", address))
+    )
+
+
+def token_total_supply(*, symbol: str) -> int:
+    token = token_address(symbol=symbol)
+    return 0 if token is None else int(chain_client().call("StockToken", token, "totalSupply"))
+
+
+def token_total_supplies() -> dict[str, int]:
+    """symbol -> total supply (18-decimal base units) for every symbol in BRONCO_SYMBOLS."""
+    return {symbol: token_total_supply(symbol=symbol) for symbol in settings.BRONCO_SYMBOLS}
+
+
+def deposit_info(*, deposit_id: int) -> DepositInfo | None:
+    user, symbol, amount, cancel, settled = chain_client().call(
+        "BroncoVault", _vault(), "deposits", deposit_id
+    )
+    if user == _ZERO:
+        return None
+    return DepositInfo(deposit_id, user, bytes32_to_symbol(symbol), int(amount), cancel, settled)
+
+
+def redeem_info(*, redeem_id: int) -> RedeemInfo | None:
+    user, symbol, shares, settled = chain_client().call(
+        "BroncoVault", _vault(), "redeems", redeem_id
+    )
+    if user == _ZERO:
+        return None
+    return RedeemInfo(redeem_id, user, bytes32_to_symbol(symbol), int(shares), settled)
+
+
+def is_settled(*, kind: str, onchain_id: int) -> bool:
+    """What the vault says: has this deposit / redeem id been settled (by anyone)?"""
+    fn = "isDepositSettled" if kind == SettlementKind.DEPOSIT else "isRedeemSettled"
+    return bool(chain_client().call("BroncoVault", _vault(), fn, onchain_id))
+
+
+def settlement_get(*, kind: str, onchain_id: int) -> SettlementTx | None:
+    return SettlementTx.objects.filter(
+        chain_id=settings.CHAIN_ID, kind=kind, onchain_id=onchain_id
+    ).first()
+
+
+def listener_lag(*, chain_id: int | None = None, address: str | None = None) -> int | None:
+    """Blocks between the head the listener last saw and its checkpoint (None: never ran).
+    Without an address, the largest lag over the chain's cursors."""
+    cursors = ChainCursor.objects.filter(chain_id=chain_id or settings.CHAIN_ID)
+    if address:
+        cursors = cursors.filter(address=address)
+    lags = [c.lag for c in cursors]
+    return max(lags) if lags else None

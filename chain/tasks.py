@@ -1,0 +1,31 @@
+"""Celery doors of the chain app (queue "chain"). Thin: each loads ids and calls a service."""
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from chain.exceptions import ChainUnavailable
+from chain.models import SettlementStatus, SettlementTx
+from chain.services import settlement_check
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=(ChainUnavailable,),
+    retry_backoff=True,
+    max_retries=5,
+    soft_time_limit=120,
+    time_limit=150,
+)
+def settlements_sweep() -> int:
+    """Beat: check every settlement still open (re-broadcast lost ones, replace stuck ones).
+    Safe to run twice: settlement_check holds each row's lock."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=5)
+    open_rows = SettlementTx.objects.filter(
+        chain_id=settings.CHAIN_ID,
+        status__in=[SettlementStatus.SIGNED, SettlementStatus.SENT],
+        created_at__lt=cutoff,
+    ).values_list("kind", "onchain_id")[:500]
+    for kind, onchain_id in open_rows:
+        settlement_check(kind=kind, onchain_id=int(onchain_id), actor="chain.settlements_sweep")
+    return len(open_rows)
