@@ -1,1 +1,78 @@
-"""Broker settings (OpenD host, account, rate limits, slippage). Owned by the trading app."""
+"""Broker settings (OpenD host, account, rate limits, slippage, fees, FX). Owned by the
+trading app. Every value comes from the environment; money is Decimal."""
+
+from bronco_project.settings.env import env_bool, env_decimal, env_float, env_int, env_str
+
+# --- OpenD gateway ----------------------------------------------------------------------
+FUTU_OPEND_HOST = env_str("FUTU_OPEND_HOST", "127.0.0.1")
+FUTU_OPEND_PORT = env_int("FUTU_OPEND_PORT", 11111)
+# Market filter of the trade context (futu TrdMarket name) and the securities firm.
+FUTU_TRD_MARKET = env_str("FUTU_TRD_MARKET", "US")
+FUTU_SECURITY_FIRM = env_str("FUTU_SECURITY_FIRM", "FUTUSECURITIES")
+# SIMULATE unless REAL is set explicitly: a misconfigured machine paper-trades.
+FUTU_TRD_ENV = "REAL" if env_str("FUTU_TRD_ENV", "SIMULATE").upper() == "REAL" else "SIMULATE"
+# 0 = the first account of FUTU_TRD_ENV in the account list.
+FUTU_ACC_ID = env_int("FUTU_ACC_ID", 0)
+# Trade password: from the environment for now (Vault comes later). The dev default exists
+# only outside production; production.py-style checks refuse an empty one for REAL.
+_DEV_TRADE_PASSWORD = "123456" if env_str("BRONCO_ENV", "local") != "production" else ""
+FUTU_TRADE_PASSWORD = env_str("FUTU_TRADE_PASSWORD", _DEV_TRADE_PASSWORD)
+# How long a call waits for a (re)connection before it fails with BrokerUnavailable.
+FUTU_CONNECT_TIMEOUT_SECONDS = env_float("FUTU_CONNECT_TIMEOUT_SECONDS", 5.0)
+# The remark lookup before every submission reads OpenD's order cache (not rate limited);
+# set true to force a server refresh (then it counts against the order-list limit).
+FUTU_REMARK_LOOKUP_REFRESH = env_bool("FUTU_REMARK_LOOKUP_REFRESH", False)
+# Allow US orders to fill in pre-market and after-hours sessions.
+FUTU_FILL_OUTSIDE_RTH = env_bool("FUTU_FILL_OUTSIDE_RTH", False)
+
+# --- Futu's documented request limits, per account, per window -------------------------
+# place_order: 15 per 30 s and >= 0.02 s apart; modify/cancel: 20 per 30 s and >= 0.04 s
+# apart; order list (refresh), history orders, funds (refresh), positions (refresh): 10 per
+# 30 s; market snapshot: 60 per 30 s. The window is one setting so tests can shrink it,
+# the same in the limiter and the simulator.
+FUTU_RATE_WINDOW_SECONDS = env_float("FUTU_RATE_WINDOW_SECONDS", 30.0)
+FUTU_RATE_LIMITS = {
+    "place": (
+        env_int("FUTU_RATE_PLACE_PER_WINDOW", 15),
+        env_float("FUTU_RATE_PLACE_MIN_INTERVAL", 0.02),
+    ),
+    "modify": (
+        env_int("FUTU_RATE_MODIFY_PER_WINDOW", 20),
+        env_float("FUTU_RATE_MODIFY_MIN_INTERVAL", 0.04),
+    ),
+    "order_list": (env_int("FUTU_RATE_ORDER_LIST_PER_WINDOW", 10), 0.0),
+    "history_order_list": (env_int("FUTU_RATE_HISTORY_ORDER_LIST_PER_WINDOW", 10), 0.0),
+    "funds": (env_int("FUTU_RATE_FUNDS_PER_WINDOW", 10), 0.0),
+    "positions": (env_int("FUTU_RATE_POSITIONS_PER_WINDOW", 10), 0.0),
+    "snapshot": (env_int("FUTU_RATE_SNAPSHOT_PER_WINDOW", 60), 0.0),
+}
+# Safety margins so clock and network jitter between our grant and Futu's count never
+# push a request over: the limiter's window and spacing are this much wider than Futu's.
+FUTU_RATE_WINDOW_MARGIN_SECONDS = env_float("FUTU_RATE_WINDOW_MARGIN_SECONDS", 0.25)
+FUTU_RATE_INTERVAL_MARGIN_SECONDS = env_float("FUTU_RATE_INTERVAL_MARGIN_SECONDS", 0.03)
+# A wait up to this long happens in place; a longer one raises RateLimited(retry_after).
+FUTU_RATE_MAX_INLINE_WAIT_SECONDS = env_float("FUTU_RATE_MAX_INLINE_WAIT_SECONDS", 0.5)
+FUTU_RATE_KEY_PREFIX = env_str("FUTU_RATE_KEY_PREFIX", "bronco:futu-rate")
+
+# --- Pricing ----------------------------------------------------------------------------
+# Limit price = quote x (1 +/- slippage), rounded to the tick.
+TRADING_SLIPPAGE = env_decimal("TRADING_SLIPPAGE", "0.005")
+# Market prefix of a Futu code -> its trading currency.
+TRADING_MARKET_CURRENCY = {"US": "USD", "HK": "HKD"}
+# Units of the market currency one USDT buys (USDT -> USD 1:1 by default).
+TRADING_FX_RATES = {
+    "USD": env_decimal("TRADING_FX_USD_PER_USDT", "1"),
+    "HKD": env_decimal("TRADING_FX_HKD_PER_USDT", "7.80"),
+}
+# Broker fees per market: commission rate on the notional and a minimum per order, in the
+# market currency. fee = max(notional x rate, minimum), rounded up to the cent.
+TRADING_FEES = {
+    "US": (
+        env_decimal("TRADING_FEE_RATE_US", "0.0005"),
+        env_decimal("TRADING_FEE_MIN_US", "0.99"),
+    ),
+    "HK": (
+        env_decimal("TRADING_FEE_RATE_HK", "0.0003"),
+        env_decimal("TRADING_FEE_MIN_HK", "3.00"),
+    ),
+}
