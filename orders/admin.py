@@ -64,3 +64,6 @@ class AuditLogAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+import orders.admin_alerts  # noqa: E402,F401

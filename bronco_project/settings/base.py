@@ -200,6 +200,8 @@ ALERT_REFUND_FAILURE_WINDOW_SECONDS = env_int("ALERT_REFUND_FAILURE_WINDOW_SECON
 ALERT_REFUND_FAILURES_MAX = env_int("ALERT_REFUND_FAILURES_MAX", 0)
 ALERT_SETTLEMENT_LATENCY_SECONDS = env_int("ALERT_SETTLEMENT_LATENCY_SECONDS", 600)
 ALERT_LISTENER_LAG_BLOCKS = env_int("ALERT_LISTENER_LAG_BLOCKS", 50)
+# The beat task lives outside orders/tasks.py; the worker must import it.
+CELERY_IMPORTS = ("orders.ops_tasks",)
 
 # --- Metrics (orders.metrics) -----------------------------------------------------------
 # Counters and histograms live in Redis so every process (web, each prefork worker) adds
