@@ -2,8 +2,10 @@ from django.contrib import admin
 from django.urls import path
 
 from bronco_project import views
+from orders.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health", views.health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
 ]

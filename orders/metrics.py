@@ -1,0 +1,321 @@
+"""Prometheus metrics, served at /metrics.
+
+Two kinds of numbers:
+
+- **State, read at scrape time** by `BroncoCollector`: orders by status, the age of the
+  oldest settling order, open alerts, the listener's lag (`chain.selectors.listener_lag`)
+  and the reserve (`refunds.selectors.reserve_status`), each when that source exists.
+- **Events, counted where they happen**: stage latencies (`observe_stage`), broker errors,
+  rate-limit waits, refund failures. These happen in Celery prefork workers, separate
+  processes from the web process that answers the scrape.
+
+Why the events live in Redis rather than in prometheus-client's multiprocess mode: that mode
+shares mmap files in one directory, so the web process only sees workers on its own host
+and filesystem (docker-compose runs web and workers in separate containers), the directory
+must be wiped between deployments by exactly one process, and `PROMETHEUS_MULTIPROC_DIR`
+must be set before any import of prometheus_client in every process. Redis is already what
+every Bronco process talks to: each event is one atomic MULTI/EXEC of HINCRBY(FLOAT) on a
+hash per metric (`<METRICS_KEY_PREFIX>:<name>`), the numbers survive worker recycling, and
+any web replica serves the same totals. prometheus-client still does the exposition.
+
+Counting never breaks the caller: when Redis is down the event is dropped and a warning is
+logged (at most once a minute per process). Label values must come from small fixed sets
+(stage names, operation names, exception class names), never ids.
+"""
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+
+import redis
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from orders.alert_rules import oldest_settling_age_seconds, optional_callable
+from orders.models import Alert, AlertSeverity, Order, OrderStatus
+
+logger = logging.getLogger(__name__)
+
+_SEP = "\x1f"  # between the label part and the bucket part of a histogram hash field
+USDT_UNITS = 10**6
+
+_clients: dict[str, redis.Redis] = {}
+_last_warning = 0.0
+
+
+def _redis() -> redis.Redis:
+    url = settings.METRICS_REDIS_URL or settings.REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        # Short timeouts: a metric must never hold up an order for long.
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        _clients[url] = client
+    return client
+
+
+def _key(name: str) -> str:
+    return f"{settings.METRICS_KEY_PREFIX}:{name}"
+
+
+def _warn_dropped(exc: Exception) -> None:
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning >= 60:
+        _last_warning = now
+        logger.warning("metrics: Redis unavailable, events dropped: %s", type(exc).__name__)
+
+
+class RedisCounter:
+    """A labelled counter summed over every process, exposed as `<name>_total`."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+
+    def _field(self, labels: dict[str, str]) -> str:
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
+        return json.dumps([str(labels[n]) for n in self.labelnames])
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        field = self._field(labels)
+        try:
+            _redis().hincrbyfloat(_key(self.name), field, amount)
+        except redis.RedisError as exc:
+            _warn_dropped(exc)
+
+    def collect(self, raw: dict[bytes, bytes]) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for field, value in sorted(raw.items()):
+            family.add_metric(json.loads(field), float(value))
+        return family
+
+
+class RedisHistogram:
+    """A labelled histogram summed over every process. Each observation increments its own
+    bucket, the sum and the count in one transaction; the scrape makes buckets cumulative."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.buckets = tuple(sorted(float(b) for b in buckets)) + (float("inf"),)
+
+    def observe(self, value: float, **labels: str) -> None:
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
+        label_part = json.dumps([str(labels[n]) for n in self.labelnames])
+        index = next(i for i, bound in enumerate(self.buckets) if value <= bound)
+        key = _key(self.name)
+        try:
+            pipe = _redis().pipeline(transaction=True)
+            pipe.hincrby(key, f"{label_part}{_SEP}{index}", 1)
+            pipe.hincrbyfloat(key, f"{label_part}{_SEP}sum", value)
+            pipe.hincrby(key, f"{label_part}{_SEP}count", 1)
+            pipe.execute()
+        except redis.RedisError as exc:
+            _warn_dropped(exc)
+
+    def collect(self, raw: dict[bytes, bytes]) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        series: dict[str, dict[str, float]] = {}
+        for field, value in raw.items():
+            label_part, _, part = field.decode().partition(_SEP)
+            series.setdefault(label_part, {})[part] = float(value)
+        for label_part, parts in sorted(series.items()):
+            cumulative, buckets = 0.0, []
+            for i, bound in enumerate(self.buckets):
+                cumulative += parts.get(str(i), 0.0)
+                buckets.append((floatToGoString(bound), cumulative))
+            family.add_metric(json.loads(label_part), buckets, parts.get("sum", 0.0))
+        return family
+
+
+STAGE_LATENCY = RedisHistogram(
+    "bronco_stage_latency_seconds",
+    "Time an order spent in a pipeline stage (validate, place, fill, settle, ...)",
+    labelnames=("stage",),
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+BROKER_ERRORS = RedisCounter(
+    "bronco_broker_errors",
+    "Broker calls that failed, by operation and error class",
+    labelnames=("operation", "error"),
+)
+RATE_LIMIT_WAITS = RedisCounter(
+    "bronco_rate_limit_waits",
+    "Broker requests that had to wait for the shared rate limiter",
+    labelnames=("bucket",),
+)
+RATE_LIMIT_WAIT_SECONDS = RedisCounter(
+    "bronco_rate_limit_wait_seconds",
+    "Seconds spent waiting for the shared rate limiter",
+    labelnames=("bucket",),
+)
+REFUND_FAILURES = RedisCounter(
+    "bronco_refund_failures",
+    "Refund attempts that failed, by reason",
+    labelnames=("reason",),
+)
+EVENT_METRICS: tuple[RedisCounter | RedisHistogram, ...] = (
+    STAGE_LATENCY,
+    BROKER_ERRORS,
+    RATE_LIMIT_WAITS,
+    RATE_LIMIT_WAIT_SECONDS,
+    REFUND_FAILURES,
+)
+
+
+# --- What the rest of Bronco calls -----------------------------------------------------
+def observe_stage(stage: str, seconds: float) -> None:
+    """Record that an order spent `seconds` in pipeline stage `stage`."""
+    STAGE_LATENCY.observe(max(0.0, seconds), stage=stage)
+
+
+def count_broker_error(*, operation: str, error: str) -> None:
+    """A broker call failed. `error`: the exception class name (BrokerRejected, ...)."""
+    BROKER_ERRORS.inc(operation=operation, error=error)
+
+
+def count_rate_limit_wait(*, bucket: str, seconds: float) -> None:
+    """A request waited `seconds` for the rate limiter's `bucket` (place, modify, ...)."""
+    RATE_LIMIT_WAITS.inc(bucket=bucket)
+    RATE_LIMIT_WAIT_SECONDS.inc(max(0.0, seconds), bucket=bucket)
+
+
+def count_refund_failure(*, reason: str) -> None:
+    """A refund attempt failed (`reason`: a short fixed word or the exception class name)."""
+    REFUND_FAILURES.inc(reason=reason)
+
+
+# --- Scrape -----------------------------------------------------------------------------
+class BroncoCollector:
+    """Reads the current state at scrape time. A source that fails is reported through
+    `bronco_metrics_source_up{source}` = 0 and logged; the rest of the scrape still works."""
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "bronco_metrics_source_up",
+            "1 when the source answered this scrape, 0 when it failed",
+            labels=("source",),
+        )
+        for source, read in (
+            ("database", self._database),
+            ("redis", self._events),
+            ("listener", self._listener),
+            ("reserve", self._reserve),
+        ):
+            try:
+                families = list(read())
+            except Exception:
+                logger.exception("metrics: source %s failed", source)
+                up.add_metric([source], 0)
+                continue
+            up.add_metric([source], 1)
+            yield from families
+        yield up
+
+    def _database(self) -> Iterator[Metric]:
+        counts = dict.fromkeys(OrderStatus.values, 0)
+        counts.update(
+            Order.objects.order_by()
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .values_list("status", "n")
+        )
+        orders = GaugeMetricFamily(
+            "bronco_orders", "Orders currently in each status", labels=("status",)
+        )
+        for status, n in counts.items():
+            orders.add_metric([status], n)
+        yield orders
+        yield GaugeMetricFamily(
+            "bronco_orders_settling_oldest_seconds",
+            "How long the longest-settling order has been in SETTLING (0: none)",
+            value=oldest_settling_age_seconds(),
+        )
+        alerts = dict.fromkeys(AlertSeverity.values, 0)
+        alerts.update(
+            Alert.objects.filter(resolved_at__isnull=True)
+            .order_by()
+            .values_list("severity")
+            .annotate(n=Count("id"))
+            .values_list("severity", "n")
+        )
+        open_alerts = GaugeMetricFamily(
+            "bronco_alerts_open", "Open alerts by severity", labels=("severity",)
+        )
+        for severity, n in alerts.items():
+            open_alerts.add_metric([severity], n)
+        yield open_alerts
+
+    def _events(self) -> Iterator[Metric]:
+        pipe = _redis().pipeline(transaction=False)
+        for metric in EVENT_METRICS:
+            pipe.hgetall(_key(metric.name))
+        for metric, raw in zip(EVENT_METRICS, pipe.execute(), strict=True):
+            yield metric.collect(raw)
+
+    def _listener(self) -> Iterator[Metric]:
+        listener_lag = optional_callable("chain.selectors", "listener_lag")
+        lag = listener_lag() if listener_lag is not None else None
+        if lag is not None:
+            yield GaugeMetricFamily(
+                "bronco_listener_lag_blocks",
+                "Blocks between the chain head the listener saw and its checkpoint",
+                value=lag,
+            )
+
+    def _reserve(self) -> Iterator[Metric]:
+        reserve_status = optional_callable("refunds.selectors", "reserve_status")
+        status = reserve_status() if reserve_status is not None else None
+        if status is None:
+            return
+        for name, help_text in (
+            ("balance", "USDT the vault holds"),
+            ("committed", "USDT committed to refunds not yet paid"),
+            ("floor", "Configured reserve floor"),
+        ):
+            value = status[name] if isinstance(status, dict) else getattr(status, name)
+            yield GaugeMetricFamily(
+                f"bronco_reserve_{name}_usdt", help_text, value=int(value) / USDT_UNITS
+            )
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(BroncoCollector())
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The Prometheus scrape endpoint. With METRICS_BEARER_TOKEN set, requires it."""
+    token = settings.METRICS_BEARER_TOKEN
+    if token:
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+
+def reset_event_metrics() -> None:
+    """Delete every counted event under METRICS_KEY_PREFIX (tests, or a deliberate reset)."""
+    _redis().delete(*(_key(m.name) for m in EVENT_METRICS))
