@@ -83,7 +83,9 @@ def alert_raise(
             )
             if claimed:
                 alert.notified_at = now
-                transaction.on_commit(lambda: alert_notify(alert=alert, event="raised"))
+                transaction.on_commit(
+                    lambda: alert_notify(alert=alert, event="raised"), robust=True
+                )
     log = logger.warning if severity != AlertSeverity.CRITICAL else logger.error
     log("alert %s (%s, count %d): %s", key, severity, alert.count, message)
     return alert
@@ -114,7 +116,7 @@ def alert_resolve(*, key: str, actor: str | None = None) -> Alert | None:
                 after={"alert_id": alert.pk, "key": key, "count": alert.count},
             )
         if alert.notified_at is not None:
-            transaction.on_commit(lambda: alert_notify(alert=alert, event="resolved"))
+            transaction.on_commit(lambda: alert_notify(alert=alert, event="resolved"), robust=True)
     logger.info("alert %s resolved%s", key, f" by {actor}" if actor else "")
     return alert
 
