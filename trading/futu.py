@@ -38,6 +38,7 @@ from futu import (
     OrderStatus,
     OrderType,
     SecurityFirm,
+    SysConfig,
     TimeInForce,
     TradeDealHandlerBase,
     TradeOrderHandlerBase,
@@ -66,6 +67,9 @@ logger = logging.getLogger(__name__)
 # The SDK logs every request at INFO to the console and at DEBUG to a file in $HOME.
 futu_logger.console_level = logging.WARNING
 futu_logger.file_level = logging.WARNING
+# The SDK's callback threads are non-daemon by default: a process holding a session could
+# never exit (a Celery worker would hang at shutdown). Sessions hold no state worth that.
+SysConfig.set_all_thread_daemon(True)
 
 # Every Futu order status -> Bronco's. `is_final` on the Bronco side says no fill can follow.
 FUTU_STATUS_MAP: Mapping[str, BrokerStatus] = {

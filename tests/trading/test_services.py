@@ -1,0 +1,164 @@
+"""The services the order pipeline calls: idempotent placing across a crash, a burst from
+several processes under Futu's limit, cancel by client id, buy/sell plans, pushes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from orders.money import TOKEN_UNIT, USDT_UNIT
+from tests.fixtures.broker import clear_rate_limits, start_simulator
+from trading.broker import BrokerOrder, BrokerStatus
+from trading.exceptions import BrokerRejected, DepositTooSmall, MarketClosed, NoQuote
+from trading.services import (
+    broker_cancel_order,
+    broker_funds,
+    broker_place_order,
+    broker_positions,
+    broker_query_order,
+    broker_quote,
+    plan_buy,
+    plan_sell,
+    register_order_update_callback,
+    unregister_order_update_callback,
+)
+
+pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_worker(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.trading.broker_worker", *args],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "bronco_project.settings.test", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_crash_after_place_before_save_retry_finds_the_order(broker_settings):
+    worker = run_worker(
+        broker_settings.env, "place", "bronco-crash-1", "US.TSLA", "2", "251", "--crash"
+    )
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 17, err
+    assert len(broker_settings.orders(remark="bronco-crash-1")) == 1
+    # The retry (here: this process, a fresh broker session) finds it by remark.
+    order = broker_place_order(
+        client_id="bronco-crash-1",
+        code="US.TSLA",
+        side="BUY",
+        qty=Decimal(2),
+        limit_price=Decimal("251"),
+    )
+    sim_orders = broker_settings.orders(remark="bronco-crash-1")
+    assert len(sim_orders) == 1
+    assert order.broker_order_id == sim_orders[0]["order_id"]
+    assert broker_query_order(client_id="bronco-crash-1") == order
+
+
+def test_burst_of_40_from_4_processes_stays_under_futu_limit():
+    """40 place requests from 4 processes: the simulator never sees more than 15 in any
+    window, and all 40 succeed. The window is shrunk to 3 s, the same in both."""
+    window = "3"
+    handle = start_simulator(rate_window=3.0)
+    try:
+        clear_rate_limits(handle.acc_id)
+        env = {**handle.env, "FUTU_RATE_WINDOW_SECONDS": window}
+        workers = [run_worker(env, "burst", f"burst-{n}", "10", "US.AAPL", "191") for n in range(4)]
+        results = []
+        for w in workers:
+            out, err = w.communicate(timeout=180)
+            assert w.returncode == 0, err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        placed = [oid for r in results for oid in r["placed"]]
+        assert len(placed) == len(set(placed)) == 40
+        stats = handle.control.rate_stats(kind="place")
+        assert stats["requests"] == 40
+        assert stats["refused"] == 0
+        assert stats["max_in_window"] <= 15
+        assert sum(r["waits"] for r in results) > 0  # the limiter made work wait
+        assert len(handle.control.orders()) == 40
+    finally:
+        handle.control.close()
+        handle.sim.stop()
+
+
+def test_cancel_by_client_id_and_idempotent(broker_settings):
+    broker_settings.set_security(code="US.TSLA", fill_mode="none")
+    placed = broker_place_order(
+        client_id="svc-c1", code="US.TSLA", side="BUY", qty=Decimal(3), limit_price=Decimal("251")
+    )
+    assert placed.status == BrokerStatus.WORKING
+    cancelled = broker_cancel_order(client_id="svc-c1")
+    assert cancelled.status == BrokerStatus.CANCELLED and cancelled.filled_qty == 0
+    assert broker_cancel_order(client_id="svc-c1") == cancelled
+    assert broker_cancel_order(broker_order_id=placed.broker_order_id) == cancelled
+    with pytest.raises(BrokerRejected):
+        broker_cancel_order(client_id="svc-unknown")
+
+
+def test_plan_buy_and_sell(broker_settings):
+    plan = plan_buy(code="HK.00700", usdt_units=20_000 * USDT_UNIT)
+    assert plan.limit_price == Decimal("382.00") and plan.qty == 400
+    assert plan.max_cost_usdt_units <= 20_000 * USDT_UNIT
+    order = broker_place_order(
+        client_id="svc-hk", code="HK.00700", side="BUY", qty=plan.qty, limit_price=plan.limit_price
+    )
+    assert order.status == BrokerStatus.FILLED
+    sell = plan_sell(code="HK.00700", token_units=250 * TOKEN_UNIT)
+    assert sell.qty == 200 and sell.limit_price == Decimal("378.00")
+    with pytest.raises(DepositTooSmall, match="one lot"):
+        plan_buy(code="HK.00700", usdt_units=100 * USDT_UNIT)
+    broker_settings.set_market_open(market="HK", is_open=False)
+    with pytest.raises(MarketClosed):
+        plan_buy(code="HK.00700", usdt_units=20_000 * USDT_UNIT)
+    broker_settings.set_security(code="US.AAPL", suspended=True)
+    with pytest.raises(NoQuote):
+        plan_buy(code="US.AAPL", usdt_units=20_000 * USDT_UNIT)
+
+
+def test_reads_for_reconciliation(broker_settings):
+    broker_place_order(
+        client_id="svc-r", code="US.NVDA", side="BUY", qty=Decimal(4), limit_price=Decimal("121")
+    )
+    assert {p.code: p.qty for p in broker_positions()} == {"US.NVDA": Decimal(4)}
+    funds = broker_funds()
+    assert funds.currency == "USD" and funds.cash == Decimal("10000000") - 480 - Decimal("0.99")
+    assert broker_quote(code="US.NVDA").price == Decimal("120")
+
+
+def test_pushes_feed_registered_callbacks(broker_settings):
+    got: list[BrokerOrder] = []
+    final = threading.Event()
+
+    def on_update(order: BrokerOrder) -> None:
+        got.append(order)
+        if order.is_final:
+            final.set()
+
+    register_order_update_callback(on_update)
+    try:
+        broker_settings.set_security(code="US.TSLA", fill_mode="none")
+        order = broker_place_order(
+            client_id="svc-push",
+            code="US.TSLA",
+            side="BUY",
+            qty=Decimal(1),
+            limit_price=Decimal("251"),
+        )
+        broker_settings.fill(order_id=order.broker_order_id)
+        assert final.wait(5)
+    finally:
+        unregister_order_update_callback(on_update)
+    assert got[-1].broker_order_id == order.broker_order_id
+    assert got[-1].status == BrokerStatus.FILLED
