@@ -576,9 +576,17 @@ class ChainSubscription:
 
     async def __aenter__(self) -> ChainSubscription:
         try:
-            self._w3 = await AsyncWeb3(
-                WebSocketProvider(self.ws_url, max_connection_retries=1, request_timeout=10)
+            # Connect as `async with AsyncWeb3(...)` does: `await AsyncWeb3(...)` would install
+            # signal handlers, which only the main thread may, and which are the caller's.
+            self._w3 = AsyncWeb3(
+                WebSocketProvider(
+                    self.ws_url,
+                    max_connection_retries=1,
+                    request_timeout=10,
+                    subscription_response_queue_size=10_000,
+                )
             )
+            await self._w3.provider.connect()
             self._heads_id = str(await self._w3.eth.subscribe("newHeads"))
             self._logs_id = str(await self._w3.eth.subscribe("logs", {"address": self.address}))
         except _WS_ERRORS as exc:

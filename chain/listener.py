@@ -259,7 +259,7 @@ class ChainListener:
         try:
             asyncio.run(self._ws_main(executor))
         finally:
-            executor.submit(connection.close).result()
+            executor.submit(lambda: connection.close()).result()
             executor.shutdown(wait=True)
 
     async def _ws_main(self, executor: ThreadPoolExecutor) -> None:
@@ -296,7 +296,7 @@ class ChainListener:
                             if not item.removed and item.block_number > self.stats.head:
                                 await in_core(self.catch_up, item.block_number)
             except (ChainUnavailable, RangeTooLarge, DatabaseError) as exc:
-                delay = self._note_failure(exc, delay)
+                delay = await in_core(self._note_failure, exc, delay)
                 await loop.run_in_executor(None, self.stop_event.wait, delay)
 
     def run(self, mode: str = "ws") -> None:

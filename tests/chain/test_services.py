@@ -1,0 +1,215 @@
+"""The settlement sender against a real anvil node: nonces under concurrency, stuck
+transactions replaced, repeated settlements recognised, idempotency."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from chain import selectors
+from chain.client import address_of_key
+from chain.exceptions import SettlementRejected
+from chain.models import NonceSequence, SettlementAttempt, SettlementStatus, SettlementTx
+from chain.services import SettlementState, settlement_check, settlement_submit
+from orders.models import AuditLog
+from tests.fixtures.chain import OPERATOR_KEY, deploy_contract_set, point_settings_at, wait_for
+
+pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
+
+
+def deposits(user, n, amount=10**6):
+    user.approve()
+    return [user.deposit_id(user.deposit("AAPL", amount)) for _ in range(n)]
+
+
+def check_until(kind, onchain_id, state=SettlementState.CONFIRMED):
+    return wait_for(lambda: settlement_check(kind=kind, onchain_id=onchain_id) == state)
+
+
+def test_fifty_settlements_from_four_workers_take_fifty_consecutive_nonces(
+    chain_settings, chain_user
+):
+    ids = deposits(chain_user(6), 50)
+    errors = []
+
+    def worker(chunk):
+        try:
+            for deposit_id in chunk:
+                settlement_submit(
+                    kind="deposit",
+                    onchain_id=deposit_id,
+                    usdt_amount=10**5,
+                    token_amount=10**15,
+                    order_id=None,
+                    actor="test-worker",
+                )
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(ids[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    rows = list(SettlementTx.objects.filter(onchain_id__in=ids))
+    nonces = sorted(r.nonce for r in rows)
+    assert len(rows) == 50
+    assert nonces == list(range(nonces[0], nonces[0] + 50))
+    for deposit_id in ids:
+        check_until("deposit", deposit_id)
+        assert selectors.is_settled(kind="deposit", onchain_id=deposit_id)
+    sender = address_of_key(OPERATOR_KEY)
+    assert NonceSequence.objects.get(address=sender).next_nonce == nonces[-1] + 1
+    assert AuditLog.objects.filter(action="chain.settlement_confirmed").count() == 50
+
+
+def test_submit_is_idempotent_and_refuses_what_the_vault_would_refuse(chain_settings, chain_user):
+    (deposit_id,) = deposits(chain_user(7), 1, amount=3 * 10**6)
+    kwargs = dict(kind="deposit", onchain_id=deposit_id, order_id=None, actor="test")
+    first = settlement_submit(usdt_amount=10**6, token_amount=5, **kwargs)
+    again = settlement_submit(usdt_amount=10**6, token_amount=5, **kwargs)
+    assert again.pk == first.pk and SettlementAttempt.objects.filter(settlement=first).count() == 1
+    with pytest.raises(ValueError):
+        settlement_submit(usdt_amount=2 * 10**6, token_amount=5, **kwargs)
+    check_until("deposit", deposit_id)
+    info = selectors.deposit_info(deposit_id=deposit_id)
+    assert info.settled and info.usdt_amount == 3 * 10**6 and info.symbol == "AAPL"
+
+    (other,) = deposits(chain_user(7), 1, amount=10**6)
+    with pytest.raises(SettlementRejected, match="RefundAboveDeposit"):
+        settlement_submit(
+            kind="deposit",
+            onchain_id=other,
+            usdt_amount=10**6 + 1,
+            token_amount=0,
+            order_id=None,
+            actor="test",
+        )
+    with pytest.raises(SettlementRejected, match="UnknownDeposit"):
+        settlement_submit(
+            kind="deposit",
+            onchain_id=10**9,
+            usdt_amount=0,
+            token_amount=0,
+            order_id=None,
+            actor="test",
+        )
+    assert not SettlementTx.objects.filter(onchain_id__in=[other, 10**9]).exists()
+
+
+def test_a_settlement_already_made_on_chain_is_recognised(chain_settings, chain_user, anvil):
+    (deposit_id,) = deposits(chain_user(8), 1)
+    # An earlier attempt whose record was lost: the vault already has it settled.
+    anvil.client().transact(
+        private_key=OPERATOR_KEY,
+        contract="BroncoVault",
+        address=chain_settings.vault,
+        fn="settleDeposit",
+        args=(deposit_id, 1, 0),
+    )
+    nonce_before = anvil.client().pending_nonce(address_of_key(OPERATOR_KEY))
+    row = settlement_submit(
+        kind="deposit",
+        onchain_id=deposit_id,
+        usdt_amount=0,
+        token_amount=1,
+        order_id=None,
+        actor="test",
+    )
+    assert row.status == SettlementStatus.CONFIRMED and row.already_settled
+    assert row.nonce is None
+    assert anvil.client().pending_nonce(address_of_key(OPERATOR_KEY)) == nonce_before
+    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.CONFIRMED
+    assert AuditLog.objects.filter(action="chain.settlement_already_settled").exists()
+
+
+@pytest.fixture
+def manual_chain(anvil_factory, settings):
+    """A node of its own with automine off: blocks are mined only when the test says."""
+    node = anvil_factory()
+    contracts = deploy_contract_set(node)
+    point_settings_at(settings, node, contracts)
+    return node, contracts
+
+
+def test_a_stuck_settlement_is_replaced_with_the_same_nonce_and_a_higher_fee(
+    manual_chain, chain_user, settings
+):
+    node, contracts = manual_chain
+    user = chain_user(2, node=node, contracts=contracts)
+    (deposit_id,) = deposits(user, 1)
+    node.rpc("evm_setAutomine", [False])
+    row = settlement_submit(
+        kind="deposit",
+        onchain_id=deposit_id,
+        usdt_amount=0,
+        token_amount=10**18,
+        order_id=None,
+        actor="test",
+    )
+    assert row.status == SettlementStatus.SENT
+    settings.CHAIN_SETTLEMENT_STUCK_SECONDS = 3600
+    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.PENDING
+    assert row.attempts.count() == 1  # not waited long enough yet
+    settings.CHAIN_SETTLEMENT_STUCK_SECONDS = 0
+    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.PENDING
+    first, second = row.attempts.order_by("id")
+    assert first.nonce == second.nonce
+    assert second.max_fee_per_gas > first.max_fee_per_gas
+    assert second.max_priority_fee_per_gas > first.max_priority_fee_per_gas
+    settings.CHAIN_SETTLEMENT_STUCK_SECONDS = 3600
+    node.rpc("evm_mine")
+    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.CONFIRMED
+    row.refresh_from_db()
+    assert row.tx_hash == second.tx_hash and not row.already_settled
+    client = node.client()
+    assert client.receipt(first.tx_hash) is None and client.receipt(second.tx_hash).succeeded
+    assert AuditLog.objects.filter(action="chain.settlement_replaced").count() == 1
+
+
+def test_losing_a_settlement_race_on_chain_counts_as_settled(manual_chain, chain_user):
+    node, contracts = manual_chain
+    user = chain_user(3, node=node, contracts=contracts)
+    (deposit_id,) = deposits(user, 1)
+    node.rpc("evm_setAutomine", [False])
+    client = node.client()
+    operator = address_of_key(OPERATOR_KEY)
+    # Someone else's attempt with the same key reaches the pool first.
+    gas = client.estimate_gas(
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="settleDeposit",
+        args=(deposit_id, 7, 0),
+        sender=operator,
+    )
+    fees = client.fee_quote(min_priority_fee=10**9)
+    earlier = client.sign(
+        private_key=OPERATOR_KEY,
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="settleDeposit",
+        args=(deposit_id, 7, 0),
+        nonce=client.pending_nonce(operator),
+        gas_limit=gas * 2,
+        max_fee_per_gas=2 * fees.base_fee_per_gas + 10**9,
+        max_priority_fee_per_gas=10**9,
+        chain_id=contracts.chain_id,
+    )
+    client.send_raw(earlier.raw)
+    row = settlement_submit(
+        kind="deposit",
+        onchain_id=deposit_id,
+        usdt_amount=0,
+        token_amount=7,
+        order_id=None,
+        actor="test",
+    )
+    assert row.nonce == earlier.nonce + 1
+    node.rpc("evm_mine")
+    assert client.receipt(row.tx_hash).status == 0  # ours reverted: AlreadySettled
+    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.CONFIRMED
+    row.refresh_from_db()
+    assert row.already_settled and row.status == SettlementStatus.CONFIRMED
