@@ -1,0 +1,402 @@
+"""The order pipeline: validate -> place -> poll -> finalize -> settle.
+
+Each stage is a service that loads fresh state, does its one step, and returns what should
+run next (`Next`) rather than enqueuing it itself, so tasks stay thin doors and the stages can
+be driven directly in tests. Every stage is safe to run twice or concurrently with itself:
+
+- validate and poll only write through `orders.state` (conditional UPDATE on the version);
+- place holds the order's row lock across "look the remark up at the broker, place if
+  absent, save the broker id", so two placers serialise and the second finds the order
+  already EXECUTING; a crash after the broker accepted is healed by the remark look-up;
+- finalize moves EXECUTING -> SETTLING once (the loser of a race gets StaleOrderVersion);
+- settle submits through `chain.services`, idempotent per deposit / redeem id, and the vault
+  itself refuses a second settlement of an id.
+
+Broker calls go only through `trading.services`; settlement only through `chain.services`.
+"""
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from chain import selectors as chain_selectors
+from chain import services as chain_services
+from chain.services import SettlementState
+from orders.allocation import Settlement, allocate_buy, allocate_sell
+from orders.audit import audit_record
+from orders.models import Order, OrderStatus, OrderType
+from orders.money import usdt_to_units
+from orders.state import order_record, order_transition
+from trading import pricing
+from trading import services as broker
+from trading.broker import BrokerOrder, BrokerStatus
+from trading.exceptions import (
+    BrokerRejected,
+    BrokerUnavailable,
+    DepositTooSmall,
+    MarketClosed,
+    NoQuote,
+    RateLimited,
+)
+
+logger = logging.getLogger(__name__)
+
+S = OrderStatus
+
+VALIDATE = "orders.tasks.order_validate"
+PLACE = "orders.tasks.order_place"
+POLL = "orders.tasks.order_poll"
+SETTLE = "orders.tasks.order_settle"
+
+
+@dataclass(frozen=True)
+class Next:
+    task: str
+    countdown: float = 0.0
+
+
+def _actor(stage: str) -> str:
+    return f"task:orders.{stage}"
+
+
+def _past_deadline(order: Order) -> bool:
+    return order.deadline is not None and timezone.now() >= order.deadline
+
+
+def _ccy_per_usdt(code: str) -> Decimal:
+    return pricing.fx_rate(code)
+
+
+def _kind(order: Order) -> str:
+    return "deposit" if order.order_type == OrderType.BUY else "redeem"
+
+
+# --- settling without the broker ---------------------------------------------------------
+
+
+def _return_everything(order: Order) -> Settlement:
+    if order.order_type == OrderType.BUY:
+        return allocate_buy(
+            usdt_in=order.usdt_amount,
+            filled_qty=Decimal(0),
+            avg_price=None,
+            fee=Decimal(0),
+            ccy_per_usdt=Decimal(1),
+        )
+    return allocate_sell(
+        tokens_in=order.token_amount,
+        filled_qty=Decimal(0),
+        avg_price=None,
+        fee=Decimal(0),
+        ccy_per_usdt=Decimal(1),
+    )
+
+
+def _settle_untraded(order: Order, *, outcome: str, reason: str, stage: str) -> Next:
+    """PENDING -> SETTLING with everything returned to the user. Only called when no broker
+    order exists for this client id (callers look the remark up first)."""
+    s = _return_everything(order)
+    order_transition(
+        order=order,
+        to_status=S.SETTLING,
+        actor=_actor(stage),
+        action="order.refused" if outcome == S.FAILED else "order.canceled_before_trade",
+        outcome=outcome,
+        last_error=reason,
+        refund_usdt=s.refund_usdt,
+        tokens_returned=s.tokens_returned,
+    )
+    logger.info(
+        "order settles untraded",
+        extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "reason": reason},
+    )
+    return Next(SETTLE)
+
+
+# --- validate ----------------------------------------------------------------------------
+
+
+def order_validate(*, order_id: int) -> Next | None:
+    """Check the order, take a quote, lock the limit price and size it."""
+    order = Order.objects.get(pk=order_id)
+    if order.status != S.PENDING:
+        return None
+    if order.price is not None:  # validated already; carry on
+        return Next(PLACE)
+    if order.cancel_requested_at is not None:
+        return _settle_untraded(
+            order, outcome=S.CANCELED, reason="cancelled by the user", stage="validate"
+        )
+    if not order.stock_code:
+        return _settle_untraded(
+            order,
+            outcome=S.FAILED,
+            reason=f"symbol {order.symbol!r} is not listed",
+            stage="validate",
+        )
+    if order.order_type == OrderType.BUY and order.usdt_amount < usdt_to_units(
+        settings.ORDER_MIN_USDT
+    ):
+        return _settle_untraded(
+            order,
+            outcome=S.FAILED,
+            reason=f"deposit below the minimum of {settings.ORDER_MIN_USDT} USDT",
+            stage="validate",
+        )
+    if order.order_type == OrderType.SELL and order.token_amount <= 0:
+        return _settle_untraded(
+            order, outcome=S.FAILED, reason="nothing to redeem", stage="validate"
+        )
+
+    try:
+        if order.order_type == OrderType.BUY:
+            plan = broker.plan_buy(code=order.stock_code, usdt_units=order.usdt_amount)
+        else:
+            plan = broker.plan_sell(code=order.stock_code, token_units=order.token_amount)
+    except DepositTooSmall as exc:
+        return _settle_untraded(order, outcome=S.FAILED, reason=str(exc), stage="validate")
+    except (NoQuote, MarketClosed, BrokerUnavailable, RateLimited) as exc:
+        if _past_deadline(order):
+            return _settle_untraded(
+                order, outcome=S.FAILED, reason=f"{exc} until the deadline", stage="validate"
+            )
+        wait = getattr(exc, "retry_after", None) or settings.ORDER_RETRY_SECONDS
+        return Next(VALIDATE, countdown=wait)
+    qty, limit = plan.qty, plan.limit_price
+
+    order_record(
+        order=order,
+        actor=_actor("validate"),
+        action="order.validated",
+        qty=qty,
+        price=limit,
+    )
+    return Next(PLACE)
+
+
+# --- place -------------------------------------------------------------------------------
+
+
+def order_place(*, order_id: int) -> Next | None:
+    """Place the broker order once. Holds the order's row lock from the remark look-up to
+    saving the broker id, so concurrent placers serialise; the look-up makes a retry after a
+    crash adopt the order the broker already has instead of placing a second one."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+        if order.status != S.PENDING:
+            return None
+        if order.price is None:
+            return Next(VALIDATE)
+        try:
+            placed = broker.broker_query_order(client_id=order.client_id)
+            if placed is None:
+                if order.cancel_requested_at is not None:
+                    return _settle_untraded(
+                        order,
+                        outcome=S.CANCELED,
+                        reason="cancelled by the user",
+                        stage="place",
+                    )
+                if _past_deadline(order):
+                    return _settle_untraded(
+                        order,
+                        outcome=S.FAILED,
+                        reason="could not reach the broker before the deadline",
+                        stage="place",
+                    )
+                placed = broker.broker_place_order(
+                    client_id=order.client_id,
+                    code=order.stock_code,
+                    side=order.order_type,
+                    qty=order.qty,
+                    limit_price=order.price,
+                )
+        except RateLimited as exc:
+            return Next(PLACE, countdown=max(exc.retry_after, 0.05))
+        except BrokerUnavailable:
+            return Next(PLACE, countdown=settings.ORDER_RETRY_SECONDS)
+        except BrokerRejected as exc:
+            return _settle_untraded(
+                order, outcome=S.FAILED, reason=f"broker rejected: {exc}", stage="place"
+            )
+        order_transition(
+            order=order,
+            to_status=S.EXECUTING,
+            actor=_actor("place"),
+            action="order.placed",
+            futu_order_id=placed.broker_order_id,
+        )
+    logger.info(
+        "order placed",
+        extra={
+            "order_id": order.pk,
+            "tx_hash": order.chain_tx_hash,
+            "futu_order_id": placed.broker_order_id,
+        },
+    )
+    return Next(POLL, countdown=settings.ORDER_POLL_INTERVAL_SECONDS)
+
+
+# --- poll --------------------------------------------------------------------------------
+
+
+def order_poll(*, order_id: int) -> Next | None:
+    """Query the broker; record new fills; finalize when the broker order is final; cancel it
+    when the user asked or the deadline passed. Pushed updates go through here too."""
+    order = Order.objects.get(pk=order_id)
+    if order.status != S.EXECUTING:
+        return None
+    try:
+        current = broker.broker_query_order(client_id=order.client_id)
+    except (BrokerUnavailable, RateLimited) as exc:
+        return Next(POLL, countdown=getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS))
+    if current is None:
+        audit_record(
+            actor=_actor("poll"),
+            action="order.broker_lost",
+            order_id=order.pk,
+            after={"futu_order_id": order.futu_order_id},
+        )
+        logger.error("broker does not know order", extra={"order_id": order.pk})
+        return Next(POLL, countdown=settings.ORDER_RETRY_SECONDS)
+
+    if current.filled_qty != order.filled_qty or current.avg_fill_price != order.avg_fill_price:
+        order = order_record(
+            order=order,
+            actor=_actor("poll"),
+            action="order.fill_seen",
+            filled_qty=current.filled_qty,
+            avg_fill_price=current.avg_fill_price,
+        )
+    if current.is_final:
+        return order_finalize(order=order, broker_order=current)
+
+    wants_cancel = order.cancel_requested_at is not None or _past_deadline(order)
+    if wants_cancel and order.broker_cancel_sent_at is None:
+        try:
+            broker.broker_cancel_order(client_id=order.client_id)
+        except (BrokerUnavailable, RateLimited) as exc:
+            return Next(POLL, countdown=getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS))
+        except BrokerRejected as exc:
+            # Typically "already filled": the next poll sees the final state.
+            logger.info("cancel refused by broker: %s", exc, extra={"order_id": order.pk})
+        order_record(
+            order=order,
+            actor=_actor("poll"),
+            action="order.broker_cancel_sent",
+            broker_cancel_sent_at=timezone.now(),
+        )
+    return Next(POLL, countdown=settings.ORDER_POLL_INTERVAL_SECONDS)
+
+
+def order_finalize(*, order: Order, broker_order: BrokerOrder) -> Next:
+    """Allocate the final fill to the order and move it to SETTLING with its amounts."""
+    filled = broker_order.filled_qty
+    avg = broker_order.avg_fill_price
+    fee = pricing.fee_for(order.stock_code, filled, avg) if filled > 0 else Decimal(0)
+    rate = _ccy_per_usdt(order.stock_code)
+    if order.order_type == OrderType.BUY:
+        s = allocate_buy(
+            usdt_in=order.usdt_amount,
+            filled_qty=filled,
+            avg_price=avg,
+            fee=fee,
+            ccy_per_usdt=rate,
+        )
+    else:
+        s = allocate_sell(
+            tokens_in=order.token_amount,
+            filled_qty=filled,
+            avg_price=avg,
+            fee=fee,
+            ccy_per_usdt=rate,
+        )
+    if filled > 0:
+        outcome = S.EXECUTED
+    elif broker_order.status == BrokerStatus.FAILED:
+        outcome = S.FAILED
+    else:
+        outcome = S.CANCELED
+    order_transition(
+        order=order,
+        to_status=S.SETTLING,
+        actor=_actor("finalize"),
+        action="order.finalized",
+        outcome=outcome,
+        filled_qty=filled,
+        avg_fill_price=avg,
+        cost_usdt=s.cost_usdt,
+        fees_usdt=s.fees_usdt,
+        refund_usdt=s.refund_usdt,
+        payout_usdt=s.payout_usdt,
+        tokens_minted=s.tokens_minted,
+        tokens_returned=s.tokens_returned,
+        last_error=broker_order.last_error,
+    )
+    if s.capped:
+        logger.error("charge capped at the deposit", extra={"order_id": order.pk})
+    return Next(SETTLE)
+
+
+# --- settle ------------------------------------------------------------------------------
+
+
+def order_settle(*, order_id: int) -> Next | None:
+    """Send (once) and confirm the on-chain settlement; on confirmation the order takes its
+    terminal outcome. A settlement that reverts for any reason but "already settled" is
+    alerted and retried, never dropped."""
+    order = Order.objects.get(pk=order_id)
+    if order.status != S.SETTLING:
+        return None
+    kind = _kind(order)
+    usdt = order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt
+    tokens = order.tokens_minted if order.order_type == OrderType.BUY else order.tokens_returned
+    if not order.settlement_tx_hash:
+        tx = chain_services.settlement_submit(
+            kind=kind,
+            onchain_id=int(order.onchain_id),
+            usdt_amount=usdt,
+            token_amount=tokens,
+            order_id=order.pk,
+            actor=_actor("settle"),
+        )
+        order = order_record(
+            order=order,
+            actor=_actor("settle"),
+            action="order.settlement_sent",
+            settlement_tx_hash=tx.tx_hash,
+        )
+    state = chain_services.settlement_check(
+        kind=kind, onchain_id=int(order.onchain_id), actor=_actor("settle")
+    )
+    if state == SettlementState.CONFIRMED:
+        record = chain_selectors.settlement_get(kind=kind, onchain_id=int(order.onchain_id))
+        updates = {}
+        if record is not None and record.tx_hash and record.tx_hash != order.settlement_tx_hash:
+            updates["settlement_tx_hash"] = record.tx_hash
+        order_transition(
+            order=order,
+            to_status=order.outcome,
+            actor=_actor("settle"),
+            action="order.settled",
+            **updates,
+        )
+        logger.info(
+            "order settled",
+            extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "outcome": order.outcome},
+        )
+        return None
+    if state == SettlementState.REVERTED:
+        logger.error("settlement reverted", extra={"order_id": order.pk})
+        audit_record(
+            actor=_actor("settle"),
+            action="order.settlement_reverted",
+            order_id=order.pk,
+            after={"tx_hash": order.settlement_tx_hash},
+        )
+        return Next(SETTLE, countdown=settings.ORDER_RETRY_SECONDS)
+    return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)

@@ -1,0 +1,238 @@
+"""The pipeline's stages driven in this process against the real OpenD simulator (over the
+futu-api SDK) and a real anvil chain: what the user ends up holding on chain is exact.
+
+The stages run in order as their `Next` says, without Celery, so each scenario is quick and
+deterministic; tests/e2e runs the same flows through a real worker and the listener.
+"""
+
+import time
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from chain import selectors as chain_selectors
+from orders import pipeline
+from orders.models import AuditLog, Order, OrderStatus
+from orders.money import TOKEN_UNIT, USDT_UNIT
+from orders.services import ChainOrderRequest, order_create_from_chain, order_request_cancel
+
+pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
+
+STAGES = {
+    pipeline.VALIDATE: pipeline.order_validate,
+    pipeline.PLACE: pipeline.order_place,
+    pipeline.POLL: pipeline.order_poll,
+    pipeline.SETTLE: pipeline.order_settle,
+}
+
+
+def drive(order_id: int, *, first: str = pipeline.VALIDATE, timeout: float = 60.0, until=None):
+    """Run stages as each one's Next says until the order is done (or `until()` holds)."""
+    nxt = pipeline.Next(first)
+    deadline = time.monotonic() + timeout
+    while nxt is not None:
+        if until is not None and until():
+            return nxt
+        assert time.monotonic() < deadline, f"order {order_id} did not finish: next {nxt}"
+        time.sleep(min(nxt.countdown, 0.1))
+        nxt = STAGES[nxt.task](order_id=order_id)
+    return None
+
+
+@pytest.fixture
+def stack(settings, chain_settings, broker_settings):
+    settings.ORDER_POLL_INTERVAL_SECONDS = 0.05
+    settings.ORDER_SETTLE_CHECK_SECONDS = 0.05
+    settings.ORDER_RETRY_SECONDS = 0.1
+    broker_settings.set_security(code="US.AAPL", price="100.00", fill_mode="full", lot_size=1)
+    return chain_settings, broker_settings
+
+
+def _deposit(user, contracts, symbol: str, usdt_units: int) -> Order:
+    receipt = user.deposit(symbol, usdt_units)
+    order, created = order_create_from_chain(
+        request=ChainOrderRequest(
+            chain_id=contracts.chain_id,
+            order_type="BUY",
+            onchain_id=user.deposit_id(receipt),
+            tx_hash=receipt.tx_hash,
+            log_index=0,
+            user_address=user.address,
+            symbol=symbol,
+            usdt_amount=usdt_units,
+        ),
+        actor="test",
+    )
+    assert created
+    return order
+
+
+def _balances(user, symbol="AAPL"):
+    return (
+        chain_selectors.usdt_balance(address=user.address),
+        chain_selectors.token_balance(symbol=symbol, address=user.address),
+    )
+
+
+def _assert_buy_conserved(order: Order):
+    assert order.cost_usdt + order.fees_usdt + order.refund_usdt == order.usdt_amount
+    assert order.tokens_minted == int(order.filled_qty * TOKEN_UNIT)
+
+
+def test_full_fill_mints_shares_and_refunds_the_rest(stack, chain_user):
+    contracts, _ = stack
+    user = chain_user(2)
+    usdt_before, tokens_before = _balances(user)
+    order = _deposit(user, contracts, "AAPL", 1_000 * USDT_UNIT)
+    usdt_after_deposit, _ = _balances(user)
+    assert usdt_after_deposit == usdt_before - 1_000 * USDT_UNIT
+
+    drive(order.pk)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.EXECUTED
+    assert order.qty == Decimal(9)  # 1000 USDT at a 100.50 limit with fees: 9 whole shares
+    assert order.filled_qty == Decimal(9)
+    _assert_buy_conserved(order)
+    usdt_now, tokens_now = _balances(user)
+    assert tokens_now - tokens_before == 9 * TOKEN_UNIT
+    assert usdt_now - usdt_after_deposit == order.refund_usdt
+    assert order.refund_usdt > 0
+    assert chain_selectors.is_settled(kind="deposit", onchain_id=int(order.onchain_id))
+    actions = list(AuditLog.objects.filter(order=order).values_list("action", flat=True))
+    for step in (
+        "order.created",
+        "order.validated",
+        "order.placed",
+        "order.finalized",
+        "order.settled",
+    ):
+        assert step in actions
+
+
+def test_rejection_refunds_everything(stack, chain_user):
+    contracts, sim = stack
+    sim.set_security(code="US.AAPL", fill_mode="reject")
+    user = chain_user(3)
+    usdt_before, tokens_before = _balances(user)
+    order = _deposit(user, contracts, "AAPL", 500 * USDT_UNIT)
+
+    drive(order.pk)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.FAILED
+    assert order.refund_usdt == 500 * USDT_UNIT
+    assert "reject" in order.last_error.lower()
+    assert _balances(user) == (usdt_before, tokens_before)
+
+
+def test_partial_fill_then_deadline_settles_the_filled_part(stack, chain_user, settings):
+    contracts, sim = stack
+    sim.set_security(code="US.AAPL", fill_mode="partial", partial_ratio="0.5")
+    user = chain_user(4)
+    usdt_before, tokens_before = _balances(user)
+    order = _deposit(user, contracts, "AAPL", 1_000 * USDT_UNIT)
+    Order.objects.filter(pk=order.pk).update(
+        deadline=timezone.now() + timezone.timedelta(seconds=2)
+    )
+
+    drive(order.pk)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.EXECUTED
+    assert Decimal(0) < order.filled_qty < order.qty
+    _assert_buy_conserved(order)
+    usdt_now, tokens_now = _balances(user)
+    assert tokens_now - tokens_before == order.tokens_minted
+    assert usdt_before - usdt_now == order.cost_usdt + order.fees_usdt
+    assert AuditLog.objects.filter(order=order, action="order.broker_cancel_sent").exists()
+
+
+def test_cancel_before_fill_refunds_everything(stack, chain_user):
+    contracts, sim = stack
+    sim.set_security(code="US.AAPL", fill_mode="none")
+    user = chain_user(5)
+    usdt_before, tokens_before = _balances(user)
+    order = _deposit(user, contracts, "AAPL", 300 * USDT_UNIT)
+    # Placed and working at the broker, then the user cancels on chain.
+    drive(order.pk, until=lambda: Order.objects.get(pk=order.pk).status == OrderStatus.EXECUTING)
+    cancel = user.request_cancel(int(order.onchain_id))
+    order_request_cancel(
+        chain_id=contracts.chain_id,
+        deposit_id=int(order.onchain_id),
+        tx_hash=cancel.tx_hash,
+        actor="test",
+    )
+
+    drive(order.pk, first=pipeline.POLL)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.CANCELED
+    assert order.filled_qty == 0
+    assert order.refund_usdt == 300 * USDT_UNIT
+    assert _balances(user) == (usdt_before, tokens_before)
+    assert sim.orders(remark=order.client_id)[0]["status"].startswith("CANCELLED")
+
+
+def test_deposit_too_small_is_refused_and_refunded(stack, chain_user):
+    contracts, _ = stack
+    user = chain_user(6)
+    usdt_before, _ = _balances(user)
+    order = _deposit(user, contracts, "AAPL", 50 * USDT_UNIT)  # one share costs ~100.5
+
+    drive(order.pk)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.FAILED
+    assert "does not buy one lot" in order.last_error
+    assert _balances(user)[0] == usdt_before
+
+
+def test_redeem_pays_proceeds_and_returns_unsold_fraction(stack, chain_user):
+    contracts, sim = stack
+    user = chain_user(7)
+    buy = _deposit(user, contracts, "AAPL", 1_000 * USDT_UNIT)
+    drive(buy.pk)
+    usdt_before, tokens_before = _balances(user)
+    assert tokens_before >= 9 * TOKEN_UNIT
+
+    sim.set_price(code="US.AAPL", price="110.00")
+    redeem_units = 5 * TOKEN_UNIT + TOKEN_UNIT // 2  # 5.5 shares: 5 sell, 0.5 comes back
+    receipt = user.redeem("AAPL", redeem_units)
+    order, _ = order_create_from_chain(
+        request=ChainOrderRequest(
+            chain_id=contracts.chain_id,
+            order_type="SELL",
+            onchain_id=user.redeem_id(receipt),
+            tx_hash=receipt.tx_hash,
+            log_index=0,
+            user_address=user.address,
+            symbol="AAPL",
+            token_amount=redeem_units,
+        ),
+        actor="test",
+    )
+    drive(order.pk)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.EXECUTED
+    assert order.filled_qty == Decimal(5)
+    assert order.tokens_returned == TOKEN_UNIT // 2
+    assert order.payout_usdt + order.fees_usdt == order.cost_usdt
+    assert order.payout_usdt > 500 * USDT_UNIT
+    usdt_now, tokens_now = _balances(user)
+    assert usdt_now - usdt_before == order.payout_usdt
+    assert tokens_before - tokens_now == 5 * TOKEN_UNIT
+
+
+def test_second_settle_run_pays_nothing_twice(stack, chain_user):
+    contracts, _ = stack
+    user = chain_user(8)
+    order = _deposit(user, contracts, "AAPL", 1_000 * USDT_UNIT)
+    drive(order.pk)
+    order.refresh_from_db()
+    usdt_now, tokens_now = _balances(user)
+    # A redelivered settle task, and one for an order reset behind our back, do nothing.
+    assert pipeline.order_settle(order_id=order.pk) is None
+    assert _balances(user) == (usdt_now, tokens_now)
