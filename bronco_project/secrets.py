@@ -3,8 +3,8 @@
 With `VAULT_ADDR` set, `get_secret(name)` reads `<VAULT_KV_MOUNT>/<VAULT_SECRET_PATH>/<name>`
 (field `VAULT_SECRET_FIELD`) through hvac, authenticated by `VAULT_TOKEN` or by AppRole
 (`VAULT_ROLE_ID` + `VAULT_SECRET_ID`). Without it (dev and tests only; production refuses to
-start without Vault) the value comes from the environment variable named in
-`ENV_FALLBACK`.
+start without Vault) the value comes from the setting named in `ENV_FALLBACK` (itself read
+from the environment variable of that name), or that environment variable directly.
 
 Guarantees:
 - A value is cached per process for `VAULT_CACHE_TTL_SECONDS`, so a burst of broker calls
@@ -142,12 +142,18 @@ def clear_secret_cache() -> None:
 def get_secret(name: str) -> str:
     """The current value of secret `name`. Raises SecretUnavailable when it cannot be read."""
     addr = settings.VAULT_ADDR
+    if not addr:
+        # Dev and tests: settings are already in memory, so nothing to cache, and a test
+        # that overrides the setting sees its value at once.
+        value = _read_environment(name)
+        register_secret_value(value)
+        return value
     key = (addr, settings.VAULT_KV_MOUNT, settings.VAULT_SECRET_PATH, name)
     now = _monotonic()
     cached = _cache.get(key)
     if cached is not None and cached.expires_at > now:
         return cached.value
-    value = _read_vault(name) if addr else _read_environment(name)
+    value = _read_vault(name)
     register_secret_value(value)
     with _lock:
         _cache[key] = _Cached(value, now + settings.VAULT_CACHE_TTL_SECONDS)
@@ -159,7 +165,7 @@ def _read_environment(name: str) -> str:
     if settings.BRONCO_ENV == "production":
         raise SecretUnavailable(f"secret {name!r}: production reads secrets only from Vault")
     var = ENV_FALLBACK.get(name, name.upper())
-    value = os.environ.get(var) or getattr(settings, var, "")
+    value = getattr(settings, var, "") or os.environ.get(var, "")
     if not isinstance(value, str) or not value:
         raise SecretUnavailable(f"secret {name!r}: VAULT_ADDR is unset and {var} is empty")
     return value

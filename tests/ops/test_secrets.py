@@ -82,19 +82,24 @@ def test_rotated_approle_token_is_renewed_by_logging_in_again(vault_approle_sett
     )
 
 
-def test_without_vault_addr_the_environment_is_used(settings, monkeypatch):
+def test_without_vault_addr_the_setting_from_the_environment_is_used(settings, monkeypatch):
     settings.VAULT_ADDR = ""
+    settings.FUTU_TRADE_PASSWORD = "from-the-setting-1"
+    settings.CHAIN_OPERATOR_PRIVATE_KEY = "0x" + "ab" * 32
+    assert get_secret("futu_trade_password") == "from-the-setting-1"
+    assert get_secret("operator_private_key") == "0x" + "ab" * 32
+    settings.FUTU_TRADE_PASSWORD = ""
     monkeypatch.setenv("FUTU_TRADE_PASSWORD", "from-the-env-1")
-    clear_secret_cache()
     assert get_secret("futu_trade_password") == "from-the-env-1"
-    clear_secret_cache()
+    monkeypatch.delenv("FUTU_TRADE_PASSWORD")
+    with pytest.raises(SecretUnavailable, match="FUTU_TRADE_PASSWORD is empty"):
+        get_secret("futu_trade_password")
 
 
 def test_production_never_falls_back_to_the_environment(settings, monkeypatch):
     settings.VAULT_ADDR = ""
     settings.BRONCO_ENV = "production"
     monkeypatch.setenv("FUTU_TRADE_PASSWORD", "from-the-env-2")
-    clear_secret_cache()
     with pytest.raises(SecretUnavailable, match="only from Vault"):
         get_secret("futu_trade_password")
 
