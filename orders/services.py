@@ -3,10 +3,11 @@
 import logging
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from orders.audit import audit_record
@@ -14,10 +15,14 @@ from orders.exceptions import IllegalTransition, StaleOrderVersion
 from orders.models import Order, OrderType
 from orders.state import order_record
 
+if TYPE_CHECKING:
+    from trading.broker import BrokerOrder
+
 logger = logging.getLogger(__name__)
 
 PIPELINE_START_TASK = "orders.tasks.order_start"
 _CANCEL_ATTEMPTS = 5
+POLL_TASK = "orders.tasks.order_poll"
 
 
 @dataclass(frozen=True)
@@ -140,3 +145,16 @@ def order_request_cancel(
         )
         return order
     raise StaleOrderVersion(order.pk, order.version)
+
+
+def order_broker_pushed(broker_order: "BrokerOrder") -> None:
+    """A broker push (fill, cancel, failure) for one of our orders: enqueue a poll of it, so
+    pushed and polled updates go through one path. Runs on the SDK's callback thread: it only
+    looks the order up and enqueues. An extra poll is harmless (stages re-read state)."""
+    close_old_connections()
+    order_id = (
+        Order.objects.filter(client_id=broker_order.client_id).values_list("pk", flat=True).first()
+    )
+    if order_id is None:
+        return
+    current_app.send_task(POLL_TASK, args=[order_id])

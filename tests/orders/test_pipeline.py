@@ -236,3 +236,36 @@ def test_second_settle_run_pays_nothing_twice(stack, chain_user):
     # A redelivered settle task, and one for an order reset behind our back, do nothing.
     assert pipeline.order_settle(order_id=order.pk) is None
     assert _balances(user) == (usdt_now, tokens_now)
+
+
+def test_broker_push_drives_the_order_through_the_poll_path(stack, chain_user):
+    """A fill pushed by OpenD enqueues a poll (the same path as polling) that a real worker,
+    taking it from Redis, runs to settlement."""
+    from celery.contrib.testing.worker import start_worker
+
+    from bronco_project.celery import app
+
+    contracts, sim = stack
+    sim.set_security(code="US.AAPL", fill_mode="none")
+    user = chain_user(9)
+    order = _deposit(user, contracts, "AAPL", 1_000 * USDT_UNIT)
+    drive(order.pk, until=lambda: Order.objects.get(pk=order.pk).status == OrderStatus.EXECUTING)
+    broker_id = Order.objects.get(pk=order.pk).futu_order_id
+
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        shutdown_timeout=10,
+        queues=["default", "broker", "chain"],
+    ):
+        sim.fill(order_id=broker_id)  # no poll scheduled: only the push can move it
+        deadline = time.monotonic() + 30
+        while Order.objects.get(pk=order.pk).status != OrderStatus.EXECUTED:
+            assert time.monotonic() < deadline, "the push did not drive the order"
+            time.sleep(0.1)
+
+    order.refresh_from_db()
+    assert order.filled_qty == order.qty
+    _assert_buy_conserved(order)
