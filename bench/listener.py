@@ -1,0 +1,279 @@
+"""Listener benchmark: backfill throughput and live latency, on a real anvil node.
+
+    .venv/bin/python bench/listener.py [--backfill 10000] [--live 500] [--rate 25]
+
+Starts its own anvil, deploys the contracts, and uses its own database (bronco_bench_chain,
+dropped and re-created) and Redis database 13 (flushed), so it never touches dev or test data.
+
+1. Backfill: mines N Deposit events (8 users, 200 per block), then times the listener's
+   catch-up from its checkpoint to the head: chunked eth_getLogs + one transaction per chunk
+   writing ChainEvents, orders, audit entries and the checkpoint (orders enqueue on commit).
+2. Live: sends M deposits at a fixed rate with automine on, and measures from "mined" (the
+   receipt first answers, polled every millisecond) to "the order row is visible to another
+   connection" (a watcher polling every millisecond), in WebSocket mode, then `--mode poll`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DB_NAME = "bronco_bench_chain"
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bronco_project.settings.local")
+os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+os.environ["REDIS_URL"] = os.environ["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/13"
+os.environ["CELERY_RESULT_BACKEND"] = "redis://127.0.0.1:6379/13"
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+
+def reset_database() -> None:
+    import psycopg2
+
+    conn = psycopg2.connect("postgres://postgres@127.0.0.1:5432/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {DB_NAME}")
+    conn.close()
+
+
+def mine_deposits(node, contracts, n: int, per_block: int = 200) -> int:  # type: ignore[no-untyped-def]
+    """n Deposit events from anvil's unlocked accounts #2-#9, via JSON-RPC batches."""
+    import requests
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    from chain.client import address_of_key, symbol_to_bytes32
+    from tests.fixtures.chain import ALL_KEYS
+
+    users = [address_of_key(k) for k in ALL_KEYS[2:]]
+    client = node.client()
+    for key in ALL_KEYS[2:]:
+        client.transact(
+            private_key=key,
+            contract="MockUSDT",
+            address=contracts.usdt,
+            fn="approve",
+            args=(contracts.vault, 2**256 - 1),
+        )
+    selector = keccak(text="deposit(bytes32,uint256)")[:4]
+    node.rpc("evm_setAutomine", [False])
+    session = requests.Session()
+    nonces = {user: client.pending_nonce(user) for user in users}
+    sent = 0
+    while sent < n:
+        batch = []
+        for i in range(min(per_block, n - sent)):
+            data = selector + encode(
+                ["bytes32", "uint256"], [symbol_to_bytes32("AAPL"), 10**6 + sent + i]
+            )
+            user = users[(sent + i) % len(users)]
+            nonces[user] += 1
+            batch.append(
+                {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "eth_sendTransaction",
+                    "params": [
+                        {
+                            "from": user,
+                            "nonce": hex(nonces[user] - 1),
+                            "to": contracts.vault,
+                            "data": "0x" + data.hex(),
+                            "gas": hex(150_000),
+                        }
+                    ],
+                }
+            )
+        answers = session.post(node.rpc_url, json=batch, timeout=60).json()
+        errors = [a["error"] for a in answers if "error" in a]
+        if errors:
+            raise RuntimeError(f"deposit batch refused: {errors[:3]}")
+        node.rpc("evm_mine")
+        sent += len(batch)
+    node.rpc("evm_setAutomine", [True])
+    return sent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def measure_live(node, contracts, config, mode: str, n: int, rate: float) -> dict:  # type: ignore[no-untyped-def]
+    import psycopg2
+    import requests
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    from chain.client import address_of_key, symbol_to_bytes32
+    from tests.fixtures.chain import ALL_KEYS, listener_running
+
+    sender = address_of_key(ALL_KEYS[2])
+    selector = keccak(text="deposit(bytes32,uint256)")[:4]
+    mined_at: dict[str, float] = {}
+    seen_at: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        conn = psycopg2.connect(os.environ["DATABASE_URL"])
+        conn.autocommit = True
+        last = 0
+        with conn.cursor() as cur:
+            cur.execute("SELECT coalesce(max(id), 0) FROM orders_order")
+            last = cur.fetchone()[0]
+            while not stop.is_set():
+                cur.execute(
+                    "SELECT id, chain_tx_hash FROM orders_order WHERE id > %s ORDER BY id", [last]
+                )
+                now = time.perf_counter()
+                for row_id, tx_hash in cur.fetchall():
+                    seen_at.setdefault(tx_hash, now)
+                    last = max(last, row_id)
+                time.sleep(0.001)
+        conn.close()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    session = requests.Session()
+    with listener_running(config, mode=mode):
+        time.sleep(1.0)  # connected and caught up
+        interval = 1.0 / rate
+        next_at = time.perf_counter()
+        for i in range(n):
+            data = selector + encode(["bytes32", "uint256"], [symbol_to_bytes32("TSLA"), 5 + i])
+            answer = session.post(
+                node.rpc_url,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "eth_sendTransaction",
+                    "params": [
+                        {
+                            "from": sender,
+                            "to": contracts.vault,
+                            "data": "0x" + data.hex(),
+                            "gas": hex(150_000),
+                        }
+                    ],
+                },
+                timeout=30,
+            ).json()
+            tx_hash = answer["result"]
+            # anvil answers before its automine block is sealed: "mined" is when the receipt
+            # (block included) first shows, polled every millisecond.
+            while True:
+                receipt = session.post(
+                    node.rpc_url,
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 2,
+                        "method": "eth_getTransactionReceipt",
+                        "params": [tx_hash],
+                    },
+                    timeout=30,
+                ).json()
+                if receipt.get("result"):
+                    break
+                time.sleep(0.001)
+            mined_at[tx_hash] = time.perf_counter()
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+        deadline = time.monotonic() + 60
+        while len(set(mined_at) & set(seen_at)) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    stop.set()
+    watcher.join()
+    latencies = [(seen_at[h] - t) * 1000 for h, t in mined_at.items() if h in seen_at]
+    return {
+        "events": n,
+        "seen": len(latencies),
+        "p50": percentile(latencies, 0.50),
+        "p99": percentile(latencies, 0.99),
+        "max": max(latencies),
+        "mean": statistics.fmean(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backfill", type=int, default=10_000)
+    parser.add_argument("--live", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=25.0, help="live deposits per second")
+    parser.add_argument("--chunk", type=int, default=2000, help="backfill chunk (blocks)")
+    parser.add_argument("--poll-interval", type=float, default=0.25)
+    args = parser.parse_args()
+
+    reset_database()
+    import django
+
+    django.setup()
+    import redis
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from chain.listener import ChainListener
+    from chain.models import ChainEvent
+    from tests.fixtures.chain import deploy_contract_set, listener_config, start_anvil
+
+    call_command("migrate", verbosity=0)
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    node = start_anvil()
+    try:
+        contracts = deploy_contract_set(node)
+        start_block = node.client().block_number() + 1
+        t0 = time.perf_counter()
+        mined = mine_deposits(node, contracts, args.backfill)
+        generate_s = time.perf_counter() - t0
+        head = node.client().block_number()
+
+        config = listener_config(
+            node,
+            contracts,
+            start_block=start_block,
+            chunk_blocks=args.chunk,
+            poll_interval=args.poll_interval,
+        )
+        listener = ChainListener(config)
+        t0 = time.perf_counter()
+        listener.catch_up(head)
+        backfill_s = time.perf_counter() - t0
+        assert ChainEvent.objects.filter(name="Deposit").count() == mined, "backfill missed logs"
+
+        ws = measure_live(node, contracts, config, "ws", args.live, args.rate)
+        poll = measure_live(node, contracts, config, "poll", args.live, args.rate)
+    finally:
+        node.stop()
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+
+    print()
+    print(
+        f"anvil 1.7.1, confirmations=1, backfill chunk={args.chunk} blocks, "
+        f"poll interval={args.poll_interval}s, live rate={args.rate}/s"
+    )
+    print(f"(generated {mined} deposits in {generate_s:.1f}s over {head - start_block + 1} blocks)")
+    print()
+    print(f"| {'measure':<38} | {'ws':>10} | {'poll':>10} |")
+    print(f"|{'-' * 40}|{'-' * 12}|{'-' * 12}|")
+    rate = mined / backfill_s
+    print(f"| {f'backfill {mined} Deposit logs (s)':<38} | {backfill_s:>10.2f} | {'(same)':>10} |")
+    print(f"| {'backfill throughput (logs/s)':<38} | {rate:>10.0f} | {'(same)':>10} |")
+    for key, label in (("p50", "p50"), ("p99", "p99"), ("max", "max"), ("mean", "mean")):
+        row = f"live mined -> order committed {label} (ms)"
+        print(f"| {row:<38} | {ws[key]:>10.1f} | {poll[key]:>10.1f} |")
+    print(
+        f"| {'live events seen / sent':<38} | {ws['seen']:>6}/{ws['events']:<3} "
+        f"| {poll['seen']:>6}/{poll['events']:<3} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
