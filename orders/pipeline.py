@@ -28,7 +28,8 @@ from chain import services as chain_services
 from chain.services import SettlementState
 from orders.allocation import Settlement, allocate_buy, allocate_sell
 from orders.audit import audit_record
-from orders.models import Order, OrderStatus, OrderType
+from orders.metrics import observe_stage
+from orders.models import AuditLog, Order, OrderStatus, OrderType
 from orders.money import usdt_to_units
 from orders.state import order_record, order_transition
 from trading import pricing
@@ -69,6 +70,21 @@ def _past_deadline(order: Order) -> bool:
 
 def _ccy_per_usdt(code: str) -> Decimal:
     return pricing.fx_rate(code)
+
+
+_SETTLING_ACTIONS = ("order.finalized", "order.refused", "order.canceled_before_trade")
+
+
+def _observe(order: Order, stage: str, *, since: tuple[str, ...]) -> None:
+    """Stage latency: from the audit entry that opened the stage to now."""
+    started = (
+        AuditLog.objects.filter(order_id=order.pk, action__in=since)
+        .order_by("-seq")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if started is not None:
+        observe_stage(stage, (timezone.now() - started).total_seconds())
 
 
 def _kind(order: Order) -> str:
@@ -175,6 +191,7 @@ def order_validate(*, order_id: int) -> Next | None:
         qty=qty,
         price=limit,
     )
+    _observe(order, "validate", since=("order.created",))
     return Next(PLACE)
 
 
@@ -230,6 +247,7 @@ def order_place(*, order_id: int) -> Next | None:
             action="order.placed",
             futu_order_id=placed.broker_order_id,
         )
+    _observe(order, "place", since=("order.validated",))
     logger.info(
         "order placed",
         extra={
@@ -339,6 +357,7 @@ def order_finalize(*, order: Order, broker_order: BrokerOrder) -> Next:
     )
     if s.capped:
         logger.error("charge capped at the deposit", extra={"order_id": order.pk})
+    _observe(order, "execute", since=("order.placed",))
     return Next(SETTLE)
 
 
@@ -385,6 +404,8 @@ def order_settle(*, order_id: int) -> Next | None:
             action="order.settled",
             **updates,
         )
+        _observe(order, "settle", since=_SETTLING_ACTIONS)
+        _observe(order, "end_to_end", since=("order.created",))
         logger.info(
             "order settled",
             extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "outcome": order.outcome},

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from orders.audit import audit_record
@@ -151,10 +151,14 @@ def order_broker_pushed(broker_order: "BrokerOrder") -> None:
     """A broker push (fill, cancel, failure) for one of our orders: enqueue a poll of it, so
     pushed and polled updates go through one path. Runs on the SDK's callback thread: it only
     looks the order up and enqueues. An extra poll is harmless (stages re-read state)."""
-    close_old_connections()
-    order_id = (
-        Order.objects.filter(client_id=broker_order.client_id).values_list("pk", flat=True).first()
-    )
+    try:
+        order_id = (
+            Order.objects.filter(client_id=broker_order.client_id)
+            .values_list("pk", flat=True)
+            .first()
+        )
+    finally:
+        connection.close()  # the SDK's thread is long-lived: hold no connection between pushes
     if order_id is None:
         return
     current_app.send_task(POLL_TASK, args=[order_id])

@@ -9,6 +9,7 @@ import time
 from decimal import Decimal
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from chain import selectors as chain_selectors
@@ -109,6 +110,9 @@ def test_full_fill_mints_shares_and_refunds_the_rest(stack, chain_user):
         "order.settled",
     ):
         assert step in actions
+    scrape = Client().get("/metrics").content.decode()
+    for stage in ("validate", "place", "execute", "settle", "end_to_end"):
+        assert f'bronco_stage_latency_seconds_count{{stage="{stage}"}}' in scrape
 
 
 def test_rejection_refunds_everything(stack, chain_user):
