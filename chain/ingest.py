@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from chain.client import DecodedEvent, RawLog, UndecodableLog, bytes32_to_symbol, decode_log
 from chain.models import ChainAlert, ChainCursor, ChainEvent, QuarantinedLog
+from orders.alerts import alert_raise
 from orders.audit import audit_record
 from orders.exceptions import OrderError
 from orders.models import OrderType
@@ -259,6 +260,14 @@ def chain_alert_raise(
             chain_id=chain_id, kind=kind, message=message, details=details
         )
         audit_record(actor=actor, action=f"chain.alert.{kind}", order_id=order_id, after=details)
+        # The operators' one alert list (admin, mail, webhook) shows chain alerts too.
+        alert_raise(
+            key=f"chain.{kind}",
+            message=message,
+            severity="critical",
+            source=actor,
+            details={"chain_id": chain_id, **details},
+        )
     logger.critical("ALERT %s: %s", kind, message, extra={"alert": kind, **details})
     return alert
 

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from bronco_project.secrets import SecretUnavailable, get_secret
 from chain import selectors
 from chain.client import ChainClient, Receipt, SignedTx, address_of_key, chain_client
 from chain.deployment import contract_set
@@ -51,10 +52,12 @@ class SettlementState(StrEnum):
 
 
 def _operator_key() -> str:
-    key = settings.CHAIN_OPERATOR_PRIVATE_KEY
-    if not key:
-        raise NotConfigured("CHAIN_OPERATOR_PRIVATE_KEY is not set")
-    return key
+    """The operator's signing key: from Vault when VAULT_ADDR is set (production always),
+    else from CHAIN_OPERATOR_PRIVATE_KEY. Never logged (the log filter redacts it too)."""
+    try:
+        return get_secret("operator_private_key")
+    except SecretUnavailable as exc:
+        raise NotConfigured(str(exc)) from None
 
 
 def _call_for(kind: str, onchain_id: int, usdt_amount: int, token_amount: int) -> tuple:

@@ -50,6 +50,8 @@ from futu.common.constant import ContextStatus
 from futu.common.ft_logger import logger as futu_logger
 from futu.common.network_manager import NetManager
 
+from bronco_project.secrets import SecretUnavailable, get_secret
+from orders.metrics import count_broker_error
 from trading.broker import BrokerOrder, BrokerStatus, Funds, OrderUpdateCallback, Position, Quote
 from trading.broker import Side as BrokerSide
 from trading.exceptions import (
@@ -266,7 +268,7 @@ class FutuBroker:
             security_firm=settings.FUTU_SECURITY_FIRM,
             trd_env=settings.FUTU_TRD_ENV,
             acc_id=settings.FUTU_ACC_ID,
-            trade_password=settings.FUTU_TRADE_PASSWORD,
+            trade_password=_trade_password(settings.FUTU_TRD_ENV),
             connect_timeout=settings.FUTU_CONNECT_TIMEOUT_SECONDS,
             on_order_update=on_order_update,
             remark_lookup_refresh=settings.FUTU_REMARK_LOOKUP_REFRESH,
@@ -388,6 +390,7 @@ class FutuBroker:
             if ret == RET_OK:
                 return data
             error = classify_error(data, retry_after=self._retry_after(kind))
+            count_broker_error(operation=kind, error=type(error).__name__)
             if isinstance(error, BrokerUnavailable):
                 with self._lock:
                     self._teardown()
@@ -651,3 +654,14 @@ def _reset_sdk_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_sdk_after_fork)
+
+
+def _trade_password(trd_env: str) -> str:
+    """The trade password from Vault (or, outside production without Vault, the setting).
+    Paper trading does not unlock, so it may go without one; real trading may not."""
+    try:
+        return get_secret("futu_trade_password")
+    except SecretUnavailable:
+        if trd_env == "REAL":
+            raise
+        return ""

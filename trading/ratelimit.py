@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
+from orders.metrics import count_rate_limit_wait
 from trading.exceptions import RateLimited
 
 # KEYS[1]: sorted set of grant times (microseconds), KEYS[2]: last grant time.
@@ -121,6 +122,7 @@ class RedisRateLimiter:
             wait = self.try_acquire(kind)
             if wait <= 0:
                 return
+            count_rate_limit_wait(bucket=kind, seconds=wait)
             if time.monotonic() + wait > deadline:
                 raise RateLimited(wait, f"{kind} budget of account {self.account} is used up")
             time.sleep(wait)
