@@ -14,6 +14,8 @@ GOOD = {
     "dev_secret_key": "dev",
     "database_url": "postgres://bronco:pw@db/bronco",
     "dev_database_url": "postgres://postgres@127.0.0.1:5432/bronco",
+    "vault_addr": "https://vault.internal:8200",
+    "vault_token": "s.token",
 }
 
 
@@ -26,6 +28,11 @@ def test_each_dev_default_is_named():
     assert "DJANGO_SECRET_KEY" in production_problems(**{**GOOD, "secret_key": "dev"})[0]
     bad_db = {**GOOD, "database_url": GOOD["dev_database_url"]}
     assert "DATABASE_URL" in production_problems(**bad_db)[0]
+    assert "VAULT_ADDR" in production_problems(**{**GOOD, "vault_addr": ""})[0]
+    no_creds = {**GOOD, "vault_token": ""}
+    assert "Vault credentials" in production_problems(**no_creds)[0]
+    approle = {**no_creds, "vault_role_id": "r", "vault_secret_id": "s"}
+    assert production_problems(**approle) == []
 
 
 def test_manage_py_refuses_to_start_in_production_with_dev_defaults():

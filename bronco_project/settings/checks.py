@@ -8,13 +8,12 @@ def production_problems(
     dev_secret_key: str,
     database_url: str,
     dev_database_url: str,
-    vault_addr: str | None = None,
+    vault_addr: str,
     vault_token: str = "",
     vault_role_id: str = "",
     vault_secret_id: str = "",
 ) -> list[str]:
-    """Every development default found. `vault_addr=None` means the caller does not check
-    Vault (production.py always passes it; "" is a problem)."""
+    """Every development default found, each named with what to set instead."""
     problems = []
     if debug:
         problems.append("DJANGO_DEBUG is on; set DJANGO_DEBUG=false")
@@ -22,14 +21,13 @@ def production_problems(
         problems.append("DJANGO_SECRET_KEY is the dev key or shorter than 32 characters")
     if database_url == dev_database_url:
         problems.append("DATABASE_URL is the dev default with no password; set DATABASE_URL")
-    if vault_addr is not None:
-        if not vault_addr:
-            problems.append(
-                "VAULT_ADDR is not set; production reads the trade password and the operator "
-                "key only from Vault"
-            )
-        elif not vault_token and not (vault_role_id and vault_secret_id):
-            problems.append(
-                "Vault credentials missing; set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID"
-            )
+    if not vault_addr:
+        problems.append(
+            "VAULT_ADDR is not set; production reads the trade password and the operator "
+            "key only from Vault"
+        )
+    elif not vault_token and not (vault_role_id and vault_secret_id):
+        problems.append(
+            "Vault credentials missing; set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID"
+        )
     return problems
