@@ -12,6 +12,9 @@ import {StockToken} from "./StockToken.sol";
 /// operator buys or sells the shares at the broker and settles each deposit and redeem id
 /// exactly once: the contract itself refuses a second settlement (AlreadySettled), so a
 /// retried settlement transaction can never pay twice. A refund never exceeds the deposit.
+/// Before its settlement, an operator may refund part or all of a deposit manually
+/// (refundDeposit), at most once per refund id; manual refunds plus the settlement's refund
+/// never exceed the deposit either.
 /// Pause stops new deposits and redeems; cancel requests and settlement keep working so
 /// that in-flight orders can always complete.
 contract BroncoVault is AccessControl, Pausable {
@@ -42,6 +45,10 @@ contract BroncoVault is AccessControl, Pausable {
 
     mapping(uint256 => DepositInfo) public deposits;
     mapping(uint256 => RedeemInfo) public redeems;
+    /// @notice USDT refunded manually (refundDeposit) per deposit, before its settlement.
+    mapping(uint256 => uint256) public refundedOf;
+    /// @notice Refund ids already paid: each pays at most once.
+    mapping(uint256 => bool) public refundIdUsed;
     mapping(bytes32 => StockToken) public tokenOf;
     mapping(bytes32 => bool) public isListed;
     bytes32[] private _symbols;
@@ -59,6 +66,9 @@ contract BroncoVault is AccessControl, Pausable {
     event RedeemSettled(
         uint256 indexed redeemId, address indexed user, uint256 usdtPaid, uint256 sharesReturned
     );
+    event DepositRefunded(
+        uint256 indexed depositId, uint256 indexed refundId, address indexed user, uint256 amount
+    );
     event SymbolListed(bytes32 indexed symbol, address token);
     event SymbolUnlisted(bytes32 indexed symbol);
     event ReserveWithdrawn(address indexed to, uint256 amount);
@@ -73,6 +83,7 @@ contract BroncoVault is AccessControl, Pausable {
     error CancelAlreadyRequested(uint256 depositId);
     error AlreadySettled(uint256 id);
     error RefundAboveDeposit(uint256 depositId, uint256 refund, uint256 deposited);
+    error RefundIdUsed(uint256 refundId);
 
     constructor(IERC20 usdt_, address admin, address operator) {
         if (address(usdt_) == address(0) || admin == address(0)) revert ZeroAddress();
@@ -175,13 +186,34 @@ contract BroncoVault is AccessControl, Pausable {
         DepositInfo storage d = deposits[depositId];
         if (d.user == address(0)) revert UnknownDeposit(depositId);
         if (d.settled) revert AlreadySettled(depositId);
-        if (usdtRefund > d.usdtAmount) {
-            revert RefundAboveDeposit(depositId, usdtRefund, d.usdtAmount);
+        uint256 refunded = refundedOf[depositId];
+        if (usdtRefund + refunded > d.usdtAmount) {
+            revert RefundAboveDeposit(depositId, usdtRefund + refunded, d.usdtAmount);
         }
         d.settled = true;
         if (sharesToMint > 0) tokenOf[d.symbol].mint(d.user, sharesToMint);
         if (usdtRefund > 0) usdt.safeTransfer(d.user, usdtRefund);
         emit DepositSettled(depositId, d.user, sharesToMint, usdtRefund);
+    }
+
+    /// @notice Manual refund of part of a deposit not yet settled, paid to the depositor.
+    /// Each refund id pays at most once (RefundIdUsed), so a retried transaction never pays
+    /// twice; manual refunds together never exceed the deposit (RefundAboveDeposit).
+    function refundDeposit(uint256 depositId, uint256 refundId, uint256 amount)
+        external
+        onlyRole(OPERATOR_ROLE)
+    {
+        if (amount == 0) revert ZeroAmount();
+        if (refundIdUsed[refundId]) revert RefundIdUsed(refundId);
+        DepositInfo storage d = deposits[depositId];
+        if (d.user == address(0)) revert UnknownDeposit(depositId);
+        if (d.settled) revert AlreadySettled(depositId);
+        uint256 refunded = refundedOf[depositId] + amount;
+        if (refunded > d.usdtAmount) revert RefundAboveDeposit(depositId, refunded, d.usdtAmount);
+        refundIdUsed[refundId] = true;
+        refundedOf[depositId] = refunded;
+        usdt.safeTransfer(d.user, amount);
+        emit DepositRefunded(depositId, refundId, d.user, amount);
     }
 
     function settleRedeem(uint256 redeemId, uint256 usdtPayout, uint256 sharesToReturn)
