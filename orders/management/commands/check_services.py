@@ -30,11 +30,11 @@ class Command(BaseCommand):
     requires_system_checks: list = []
 
     def _ensure_database(self, conn: "psycopg2.extensions.connection", name: str) -> None:
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         with conn.cursor() as cursor:
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
             if cursor.fetchone() or settings.BRONCO_ENV == "production":
                 return
-            conn.autocommit = True
             cursor.execute(f'CREATE DATABASE "{name}"')
             self.stdout.write(f"Created database {name}.")
 
