@@ -1,10 +1,52 @@
 """Operators' view of orders and the audit trail. Money fields are read-only: money moves
-only through the pipeline and the refunds app, never by editing a row."""
+only through the pipeline and the refunds app, never by editing a row.
 
-from django.contrib import admin
-from django.http import HttpRequest
+Operator actions on an order (retry its stage, cancel it, refund it) each need their own
+permission (`orders.retry_order`, `orders.cancel_order`, `orders.refund_order`), call one
+service, and are audited with `admin:<username>` as the actor. A user without the permission
+gets a 403 page (per-order actions) or does not see the bulk action at all. The operations
+dashboard lives at `admin/orders/order/dashboard/` (orders.admin_dashboard).
+"""
 
-from orders.models import AuditLog, Order
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+
+from orders import admin_dashboard
+from orders.exceptions import OrderError
+from orders.models import AuditLog, Order, OrderType
+from orders.services import order_operator_cancel, order_operator_retry
+
+logger = logging.getLogger(__name__)
+
+# The admin index links the dashboard (and otherwise renders as Django's own).
+admin.site.index_template = "admin/orders/bronco_index.html"
+
+
+def admin_actor(request: HttpRequest) -> str:
+    """How the audit trail names an operator acting through the admin."""
+    return f"admin:{request.user.get_username()}"
+
+
+class RefundForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), strip=True
+    )
+    amount = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Amount (USDT base units)",
+        help_text="6 decimals: 1 USDT = 1000000. Leave empty to refund everything still owed.",
+    )
 
 
 class AuditLogInline(admin.TabularInline):
@@ -41,12 +83,244 @@ class OrderAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = (AuditLogInline,)
     readonly_fields = tuple(f.name for f in Order._meta.concrete_fields)
+    actions = ("retry_orders", "cancel_orders")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    # --- Operator permissions ------------------------------------------------------------
+    def has_retry_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("orders.retry_order")
+
+    def has_cancel_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("orders.cancel_order")
+
+    def has_refund_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("orders.refund_order")
+
+    # --- Pages ---------------------------------------------------------------------------
+    def get_urls(self) -> list[URLPattern]:
+        def wrap(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+            return self.admin_site.admin_view(view)
+
+        return [
+            path("dashboard/", wrap(self.dashboard_view), name="orders_dashboard"),
+            path("<path:object_id>/retry/", wrap(self.retry_view), name="orders_order_retry"),
+            path("<path:object_id>/cancel/", wrap(self.cancel_view), name="orders_order_cancel"),
+            path("<path:object_id>/refund/", wrap(self.refund_view), name="orders_order_refund"),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "can_retry": self.has_retry_permission(request),
+            "can_cancel": self.has_cancel_permission(request),
+            "can_refund": self.has_refund_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Staff with view permission on orders only (admin_view already requires staff)."""
+        if not self.has_view_permission(request):
+            return self._refused(request, "view the operations dashboard", "orders.view_order")
+        window = admin_dashboard._window_hours(request.GET.get("hours"))
+        context = {
+            **self.admin_site.each_context(request),
+            **admin_dashboard.dashboard_context(window_hours=window),
+            "title": "Operations dashboard",
+            "opts": self.opts,
+        }
+        return TemplateResponse(request, "admin/orders/dashboard.html", context)
+
+    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        order = self._order_or_404(request, object_id)
+        if not self.has_retry_permission(request, order):
+            return self._refused(request, "retry orders", "orders.retry_order", order)
+        if request.method == "POST":
+            try:
+                task = order_operator_retry(order_id=order.pk, actor=admin_actor(request))
+            except OrderError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"Order {order.pk}: {task} enqueued again.", messages.SUCCESS
+                )
+            return self._back_to(order)
+        return self._confirm(
+            request,
+            order,
+            action="retry",
+            title=f"Retry order {order.pk}",
+            explain=(
+                "Enqueues the task of the stage this order's status calls for, as the "
+                "compensation scan would. Harmless if the order already moved on."
+            ),
+            submit="Yes, retry its stage",
+        )
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        order = self._order_or_404(request, object_id)
+        if not self.has_cancel_permission(request, order):
+            return self._refused(request, "cancel orders", "orders.cancel_order", order)
+        if request.method == "POST":
+            try:
+                order_operator_cancel(order_id=order.pk, actor=admin_actor(request))
+            except OrderError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"Order {order.pk}: cancel requested. The pipeline cancels it at the "
+                    "broker and refunds what was not filled.",
+                    messages.SUCCESS,
+                )
+            return self._back_to(order)
+        return self._confirm(
+            request,
+            order,
+            action="cancel",
+            title=f"Cancel order {order.pk}",
+            explain=(
+                "Cancels the broker order (if any) and refunds on chain whatever was not "
+                "filled. Shares already bought are still minted to the user."
+            ),
+            submit="Yes, cancel this order",
+        )
+
+    def refund_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        order = self._order_or_404(request, object_id)
+        if not self.has_refund_permission(request, order):
+            return self._refused(request, "refund orders", "orders.refund_order", order)
+        form = RefundForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            try:  # the refunds app is optional here: import it only when it is used
+                from refunds.exceptions import RefundRefused
+                from refunds.services import refund_request
+            except ImportError:
+                logger.exception("admin refund: the refunds app is unavailable")
+                self.message_user(request, "Refunds are unavailable here.", messages.ERROR)
+                return self._back_to(order)
+            try:
+                refund = refund_request(
+                    order_id=order.pk,
+                    reason=form.cleaned_data["reason"],
+                    requested_by=admin_actor(request),
+                    amount=form.cleaned_data["amount"],
+                )
+            except RefundRefused as exc:
+                self.message_user(request, f"Refund refused: {exc}", messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"Refund {refund.pk} for order {order.pk}: {refund.amount} USDT base units, "
+                    f"{refund.get_status_display()}.",
+                    messages.SUCCESS,
+                )
+                return self._back_to(order)
+        return self._confirm(
+            request,
+            order,
+            action="refund",
+            title=f"Refund order {order.pk}",
+            explain=(
+                "Pays USDT back to the user on chain. Above the approval threshold a second, "
+                "different operator must approve it first."
+            ),
+            submit="Request refund",
+            form=form,
+        )
+
+    # --- Bulk actions on the change list -------------------------------------------------
+    @admin.action(description="Retry the current stage of selected orders", permissions=("retry",))
+    def retry_orders(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        done, refused = 0, []
+        for pk in queryset.order_by("pk").values_list("pk", flat=True):
+            try:
+                order_operator_retry(order_id=pk, actor=admin_actor(request))
+                done += 1
+            except OrderError as exc:
+                refused.append(str(exc))
+        self._report(request, f"Re-enqueued {done} order(s).", refused)
+
+    @admin.action(description="Cancel selected deposits", permissions=("cancel",))
+    def cancel_orders(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        done, refused = 0, []
+        for pk in queryset.order_by("pk").values_list("pk", flat=True):
+            try:
+                order_operator_cancel(order_id=pk, actor=admin_actor(request))
+                done += 1
+            except OrderError as exc:
+                refused.append(str(exc))
+        self._report(request, f"Cancel requested for {done} order(s).", refused)
+
+    # --- Helpers -------------------------------------------------------------------------
+    def _order_or_404(self, request: HttpRequest, object_id: str) -> Order:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return get_object_or_404(Order, pk=object_id)
+
+    def _back_to(self, order: Order) -> HttpResponseRedirect:
+        return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
+
+    def _report(self, request: HttpRequest, summary: str, refused: list[str]) -> None:
+        self.message_user(request, summary, messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
+
+    def _confirm(
+        self,
+        request: HttpRequest,
+        order: Order,
+        *,
+        action: str,
+        title: str,
+        explain: str,
+        submit: str,
+        form: forms.Form | None = None,
+    ) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.opts,
+            "original": order,
+            "action": action,
+            "explain": explain,
+            "submit": submit,
+            "form": form,
+            "is_buy": order.order_type == OrderType.BUY,
+        }
+        return TemplateResponse(request, "admin/orders/order/action_confirm.html", context)
+
+    def _refused(
+        self, request: HttpRequest, what: str, perm: str, order: Order | None = None
+    ) -> TemplateResponse:
+        logger.warning(
+            "admin action refused: %s may not %s",
+            admin_actor(request),
+            what,
+            extra={"order_id": order.pk if order else None, "permission": perm},
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Permission denied",
+            "opts": self.opts,
+            "original": order,
+            "what": what,
+            "perm": perm,
+        }
+        return TemplateResponse(
+            request, "admin/orders/order/action_refused.html", context, status=403
+        )
 
 
 @admin.register(AuditLog)

@@ -150,6 +150,12 @@ class Order(models.Model):
                 condition=Q(status__in=_OPEN_VALUES),
             ),
         ]
+        # Operator actions in Django admin (orders.admin), each audited as admin:<username>.
+        permissions = [
+            ("retry_order", "Can re-enqueue an order's current pipeline stage"),
+            ("cancel_order", "Can cancel an open deposit order as an operator"),
+            ("refund_order", "Can request a manual refund of an order"),
+        ]
 
     def __str__(self) -> str:
         return f"Order {self.pk} {self.order_type} {self.stock_code} {self.status}"

@@ -11,7 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from orders.audit import audit_record
-from orders.exceptions import IllegalTransition, StaleOrderVersion
+from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
 from orders.models import Order, OrderType
 from orders.state import order_record
 
@@ -162,3 +162,78 @@ def order_broker_pushed(broker_order: "BrokerOrder") -> None:
     if order_id is None:
         return
     current_app.send_task(POLL_TASK, args=[order_id])
+
+
+def order_operator_cancel(*, order_id: int, actor: str) -> Order:
+    """An operator cancels an open deposit: the same path as a user's on-chain cancel (the
+    cancel flag, then `order_cancel` re-drives the order's stage after commit, which cancels
+    it at the broker and refunds what was not filled).
+
+    Idempotent: an order whose cancel was already requested is returned unchanged. Refuses,
+    with `OrderError`, a redeem (its shares are the user's to sell) and a terminal order
+    (settled already: a refund is the remedy, not a cancel). Retries a lost optimistic race.
+    """
+    order = None
+    for _ in range(_CANCEL_ATTEMPTS):
+        order = Order.objects.filter(pk=order_id).first()
+        if order is None:
+            raise OrderError(f"order {order_id} does not exist")
+        if order.order_type != OrderType.BUY:
+            raise OrderError(f"order {order_id} is a redeem: only deposits can be cancelled")
+        if order.is_terminal:
+            raise OrderError(
+                f"order {order_id} is already {order.status}: nothing to cancel "
+                "(request a refund if money is still owed)"
+            )
+        if order.cancel_requested_at is not None:
+            return order
+        try:
+            with transaction.atomic():
+                order = order_record(
+                    order=order,
+                    actor=actor,
+                    action="order.operator_cancel_requested",
+                    cancel_requested_at=timezone.now(),
+                )
+        except (StaleOrderVersion, IllegalTransition):
+            continue
+        transaction.on_commit(
+            partial(current_app.send_task, "orders.tasks.order_cancel", args=[order.pk]),
+            robust=True,
+        )
+        logger.info(
+            "operator cancel requested",
+            extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "actor": actor},
+        )
+        return order
+    raise StaleOrderVersion(order_id, order.version if order else 0)
+
+
+def order_operator_retry(*, order_id: int, actor: str) -> str:
+    """An operator re-drives an open order: enqueue (after commit) the task of the stage its
+    status calls for, as the compensation scan would, and audit who asked. Safe at any
+    moment: every stage re-reads state and does nothing when the order moved on. Returns
+    the task name; refuses a terminal or unknown order with `OrderError`."""
+    from orders.scans import next_stage_for  # scans -> pipeline -> chain: import late
+
+    order = Order.objects.filter(pk=order_id).first()
+    if order is None:
+        raise OrderError(f"order {order_id} does not exist")
+    nxt = next_stage_for(order_id=order_id)
+    if nxt is None:
+        raise OrderError(f"order {order_id} is {order.status}: there is no stage to retry")
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="order.retry_requested",
+            order_id=order.pk,
+            after={"status": order.status, "task": nxt.task},
+        )
+        transaction.on_commit(
+            partial(current_app.send_task, nxt.task, args=[order.pk]), robust=True
+        )
+    logger.info(
+        "operator retry enqueued",
+        extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "task": nxt.task},
+    )
+    return nxt.task
