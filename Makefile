@@ -32,8 +32,16 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Browser tests (marker `browser`) drive Debian's Chromium; no browser is ever downloaded.
+.PHONY: browser-deps
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends chromium; \
+	fi
+
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-test: setup check-services lint
+test: setup check-services lint browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

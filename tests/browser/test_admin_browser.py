@@ -1,0 +1,134 @@
+"""The admin as operators use it, in a real browser: log in, filter orders, open one, act on
+it with the permission, be refused without it; and the operations dashboard."""
+
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from orders.alerts import alert_raise
+from orders.audit import audit_record
+from orders.models import AuditLog, Order, OrderStatus
+from tests.browser.conftest import PASSWORD, login, shot
+from tests.factories import OrderFactory, UserFactory
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def staff(username: str, *perms: str):
+    user = UserFactory(username=username, password=PASSWORD)
+    user.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="orders", codename__in=("view_order", "view_auditlog", *perms)
+        )
+    )
+    return user
+
+
+@pytest.fixture
+def orders():
+    """A small book: two working at the broker, one pending, one settled."""
+    now = timezone.now()
+    working = [
+        OrderFactory(
+            status=OrderStatus.EXECUTING, stock_code=code, deadline=now + timedelta(hours=1)
+        )
+        for code in ("US.AAPL", "US.TSLA")
+    ]
+    OrderFactory(status=OrderStatus.PENDING)
+    OrderFactory(status=OrderStatus.EXECUTED)
+    return working
+
+
+@pytest.fixture
+def sent():
+    """Catch the tasks the admin enqueues (the live server runs in this process)."""
+    app = mock.Mock()
+    with mock.patch("orders.services.current_app", app):
+        yield app.send_task
+
+
+def _filter_executing_and_open(page, live_server, order: Order) -> None:
+    page.goto(f"{live_server.url}/admin/orders/order/")
+    page.locator("#changelist-filter").get_by_role("link", name="Executing at the broker").click()
+    page.wait_for_url("**status__exact=EXECUTING**")
+    rows = page.locator("#result_list tbody tr")
+    assert rows.count() == 2
+    assert "2 orders" in page.locator(".paginator").inner_text()
+    page.locator("#result_list").get_by_role("link", name=str(order.pk), exact=True).click()
+    page.wait_for_url(f"**/admin/orders/order/{order.pk}/change/**")
+
+
+def test_operator_with_the_permission_cancels_an_order(page, live_server, orders, sent):
+    order = orders[0]
+    staff("operator", "cancel_order")
+    login(page, live_server, "operator")
+    _filter_executing_and_open(page, live_server, order)
+    shot(page, "01_operator_order_page")
+
+    page.click("#action-cancel")
+    page.wait_for_url(f"**/admin/orders/order/{order.pk}/cancel/**")
+    shot(page, "02_operator_cancel_confirm")
+    page.click("#confirm-cancel")
+    page.wait_for_url(f"**/admin/orders/order/{order.pk}/change/**")
+    message = page.locator("ul.messagelist li.success").inner_text()
+    assert f"Order {order.pk}: cancel requested" in message
+    shot(page, "03_operator_cancel_done")
+
+    order.refresh_from_db()
+    assert order.cancel_requested_at is not None
+    sent.assert_called_once_with("orders.tasks.order_cancel", args=[order.pk])
+    entry = AuditLog.objects.filter(order=order).order_by("-seq").first()
+    assert (entry.actor, entry.action) == ("admin:operator", "order.operator_cancel_requested")
+    # The audit entry shows on the order page too.
+    page.reload()
+    assert "admin:operator" in page.locator("#audit_entries-group").inner_text()
+
+
+def test_staff_without_the_permission_is_refused(page, live_server, orders, sent):
+    order = orders[0]
+    staff("viewer")
+    login(page, live_server, "viewer")
+    _filter_executing_and_open(page, live_server, order)
+    for action in ("retry", "cancel", "refund"):
+        assert page.locator(f"#action-{action}").count() == 0
+    shot(page, "04_viewer_order_page_without_actions")
+
+    for action in ("cancel", "refund"):
+        response = page.goto(f"{live_server.url}/admin/orders/order/{order.pk}/{action}/")
+        assert response.status == 403
+        assert f"orders.{action}_order" in page.locator("#content-main").inner_text()
+        shot(page, f"05_viewer_{action}_refused")
+
+    order.refresh_from_db()
+    assert order.cancel_requested_at is None and order.version == 0
+    assert not AuditLog.objects.filter(order=order, actor="admin:viewer").exists()
+    sent.assert_not_called()
+
+
+def test_dashboard(page, live_server, orders):
+    t0 = timezone.now() - timedelta(minutes=20)
+    for i, order in enumerate(orders):
+        steps = (("order.created", 0), ("order.validated", 1 + i), ("order.placed", 2 + 2 * i))
+        for action, offset in steps:
+            with mock.patch(
+                "django.utils.timezone.now", return_value=t0 + timedelta(seconds=offset)
+            ):
+                audit_record(actor="test", action=action, order_id=order.pk)
+    stalled = OrderFactory(status=OrderStatus.SETTLING, deadline=t0)
+    alert_raise(key="listener_lag", message="listener is 80 blocks behind", source="rules")
+    staff("viewer")
+    login(page, live_server, "viewer")
+
+    page.locator("#bronco-operations").get_by_role("link", name="Dashboard").click()
+    page.wait_for_url("**/admin/orders/order/dashboard/")
+    assert page.locator("#tile-status td[data-status=EXECUTING]").inner_text() == "2"
+    assert str(stalled.pk) in page.locator("#tile-stuck").inner_text()
+    assert "listener is 80 blocks behind" in page.locator("#tile-alerts").inner_text()
+    latency = page.locator("#tile-latency tr[data-stage=place]").inner_text()
+    assert latency.split()[1:] == ["2", "1.50", "1.99"]  # placed 1 s and 2 s after validation
+    assert page.locator("#orders-per-hour rect.total").count() == 24
+    assert page.locator("#tile-reserve").is_visible()
+    shot(page, "06_dashboard")
