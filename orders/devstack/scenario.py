@@ -146,12 +146,17 @@ def scenario_plan(
     code = settings.BRONCO_SYMBOLS
     fillable = [s for s in symbols if code[s] in _FILLABLE] or symbols
 
+    # Each user's first deposit buys shares at once, so it has something to redeem.
+    at_once = [s for s in fillable if code[s] == "US.AAPL"] or fillable
     planned: list[list[Deposit]] = [[] for _ in range(users)]
     for i in range(deposits):
-        symbol = rng.choices(symbols, weights)[0]
         if i < users and redeems:
-            symbol = rng.choice(fillable)  # every user gets something to redeem
-        planned[i % users].append(Deposit(symbol, _amount(rng, code[symbol])))
+            symbol = rng.choice(at_once)
+            amount = int(Decimal(str(round(rng.uniform(500, 2_500), 2))) * USDT_UNIT)
+        else:
+            symbol = rng.choices(symbols, weights)[0]
+            amount = _amount(rng, code[symbol])
+        planned[i % users].append(Deposit(symbol, amount))
     cancellable = [
         (u, j)
         for u, user_deposits in enumerate(planned)

@@ -76,7 +76,10 @@ class Command(BaseCommand):
             fresh=options["fresh"],
         )
         stack = DevStack(config, out=self._say)
-        # SIGTERM (docker stop, a CI timeout) stops the children like Ctrl-C does.
+        # Ctrl-C must reach the `finally` below: the futu SDK, imported with the trading app,
+        # replaces SIGINT with an immediate os._exit(0). SIGTERM (docker stop, a CI timeout)
+        # stops the children the same way.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         code = 0
         try:
