@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup venv node check-services lint format test run contracts clean
+.PHONY: setup venv node check-services lint format test run run-procfile bench-e2e contracts clean
 
 setup: venv node
 
@@ -45,9 +45,21 @@ test: setup check-services lint browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The whole system plus the demo scenario, then serve until Ctrl-C (orders/devstack).
+# Pass options with ARGS, e.g. make run ARGS=--once, ARGS="--fresh --deposits 50".
+ARGS ?=
 run: setup check-services
+	$(PY) manage.py run_stack $(ARGS)
+
+# Only the Bronco processes (web, a worker per queue, beat, listener, Flower) with honcho,
+# for a chain, an OpenD and a Vault that already run elsewhere (see README).
+run-procfile: setup check-services
 	$(PY) manage.py migrate --noinput
 	$(VENV)/bin/honcho -f Procfile start
+
+# End-to-end benchmark (bench/e2e.py); pass options with ARGS.
+bench-e2e: setup
+	$(PY) bench/e2e.py $(ARGS)
 
 contracts: node
 	node chain/contracts/build.js
