@@ -146,6 +146,7 @@ class NonceSequence(models.Model):
 class SettlementKind(models.TextChoices):
     DEPOSIT = "deposit", "settleDeposit"
     REDEEM = "redeem", "settleRedeem"
+    REFUND = "refund", "refundDeposit"
 
 
 class SettlementStatus(models.TextChoices):
@@ -156,7 +157,9 @@ class SettlementStatus(models.TextChoices):
 
 
 class SettlementTx(models.Model):
-    """The one settlement of a deposit or redeem id (unique on chain, kind, id).
+    """The one settlement of a deposit or redeem id, or the one payment of a manual refund id
+    (unique on chain, kind, id; for a refund `onchain_id` is the refund id and `deposit_id`
+    the deposit it pays back).
 
     The nonce and the signed transaction are committed before it is broadcast, so a crash at
     any point leaves a row that `settlement_check` can re-broadcast or replace.
@@ -165,6 +168,9 @@ class SettlementTx(models.Model):
     chain_id = models.BigIntegerField()
     kind = models.CharField(max_length=8, choices=SettlementKind.choices)
     onchain_id = UintField()
+    deposit_id = UintField(
+        null=True, blank=True, help_text="For a refund: the vault deposit id it pays back"
+    )
     order_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     usdt_amount = UintField()
     token_amount = UintField()
@@ -202,6 +208,10 @@ class SettlementTx(models.Model):
             models.CheckConstraint(
                 condition=Q(usdt_amount__gte=0) & Q(token_amount__gte=0),
                 name="settlement_amounts_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="refund") | (Q(deposit_id__isnull=False) & Q(usdt_amount__gt=0)),
+                name="settlement_refund_names_its_deposit",
             ),
         ]
         indexes = [

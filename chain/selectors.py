@@ -93,10 +93,23 @@ def redeem_info(*, redeem_id: int) -> RedeemInfo | None:
     return RedeemInfo(redeem_id, user, bytes32_to_symbol(symbol), int(shares), settled)
 
 
+_SETTLED_VIEW = {
+    SettlementKind.DEPOSIT: "isDepositSettled",
+    SettlementKind.REDEEM: "isRedeemSettled",
+    SettlementKind.REFUND: "refundIdUsed",
+}
+
+
 def is_settled(*, kind: str, onchain_id: int) -> bool:
-    """What the vault says: has this deposit / redeem id been settled (by anyone)?"""
-    fn = "isDepositSettled" if kind == SettlementKind.DEPOSIT else "isRedeemSettled"
-    return bool(chain_client().call("BroncoVault", _vault(), fn, onchain_id))
+    """What the vault says: has this deposit / redeem id been settled, or this refund id paid
+    (by anyone)?"""
+    view = _SETTLED_VIEW[SettlementKind(kind)]
+    return bool(chain_client().call("BroncoVault", _vault(), view, onchain_id))
+
+
+def deposit_refunded(*, deposit_id: int) -> int:
+    """USDT (base units) the vault refunded manually for this deposit (refundDeposit)."""
+    return int(chain_client().call("BroncoVault", _vault(), "refundedOf", deposit_id))
 
 
 def settlement_get(*, kind: str, onchain_id: int) -> SettlementTx | None:

@@ -1,5 +1,6 @@
 """The settlement sender: the one service that builds, signs, sends and tracks the vault's
-settlement transactions (settleDeposit / settleRedeem).
+settlement transactions (settleDeposit / settleRedeem) and manual refunds (refundDeposit,
+kind "refund", keyed by the refund id).
 
 Guarantees:
 - At most one SettlementTx per (chain, kind, id); the vault itself refuses a second settlement,
@@ -9,7 +10,8 @@ Guarantees:
 - The nonce and the signed transaction are committed before broadcasting: whatever crashes,
   `settlement_check` finds the row and re-broadcasts or replaces it (same nonce, higher fee).
 - An "already settled" revert (or the vault reporting the id settled) is recognised as settled
-  by an earlier attempt, not as an error.
+  by an earlier attempt, not as an error; for a refund, "RefundIdUsed" (the vault reporting
+  the refund id paid) is.
 """
 
 from __future__ import annotations
@@ -60,11 +62,29 @@ def _operator_key() -> str:
         raise NotConfigured(str(exc)) from None
 
 
-def _call_for(kind: str, onchain_id: int, usdt_amount: int, token_amount: int) -> tuple:
+# The revert that means "an earlier attempt already did this", per kind.
+_ALREADY_DONE = {
+    SettlementKind.DEPOSIT: "AlreadySettled",
+    SettlementKind.REDEEM: "AlreadySettled",
+    SettlementKind.REFUND: "RefundIdUsed",
+}
+
+
+def _call_for(
+    kind: str,
+    onchain_id: int,
+    usdt_amount: int,
+    token_amount: int,
+    deposit_id: int | None = None,
+) -> tuple:
     if kind == SettlementKind.DEPOSIT:
         return "settleDeposit", (onchain_id, token_amount, usdt_amount)
     if kind == SettlementKind.REDEEM:
         return "settleRedeem", (onchain_id, usdt_amount, token_amount)
+    if kind == SettlementKind.REFUND:
+        if deposit_id is None or usdt_amount <= 0 or token_amount != 0:
+            raise ValueError("a refund names its deposit and pays a positive USDT amount only")
+        return "refundDeposit", (deposit_id, onchain_id, usdt_amount)
     raise ValueError(f"unknown settlement kind {kind!r}")
 
 
@@ -102,27 +122,31 @@ def settlement_submit(
     token_amount: int,
     order_id: int | None,
     actor: str,
+    deposit_id: int | None = None,
 ) -> SettlementTx:
     """Settle a deposit (settleDeposit(id, sharesToMint=token_amount, usdtRefund=usdt_amount))
-    or a redeem (settleRedeem(id, usdtPayout=usdt_amount, sharesToReturn=token_amount)).
+    or a redeem (settleRedeem(id, usdtPayout=usdt_amount, sharesToReturn=token_amount)), or
+    pay a manual refund (kind "refund": refundDeposit(deposit_id, refundId=onchain_id,
+    usdt_amount); token_amount 0).
 
     Idempotent: a second call for the same (kind, id) returns the existing SettlementTx and
     sends nothing. When the vault already reports the id settled (an earlier attempt whose
-    record was lost), the row is CONFIRMED with `already_settled` and nothing is sent.
-    Raises SettlementRejected when the vault would refuse it for good (unknown id, refund
-    above the deposit), ChainUnavailable when the node cannot be reached (retry the task).
+    record was lost; for a refund: RefundIdUsed), the row is CONFIRMED with `already_settled`
+    and nothing is sent. Raises SettlementRejected when the vault would refuse it for good
+    (unknown id, refund above the deposit, a refund of a settled deposit), ChainUnavailable
+    when the node cannot be reached (retry the task).
     The transaction is broadcast after the caller's transaction commits; follow it with
     `settlement_check`.
     """
     if usdt_amount < 0 or token_amount < 0:
         raise ValueError("settlement amounts are never negative")
-    fn, args = _call_for(kind, onchain_id, usdt_amount, token_amount)
+    fn, args = _call_for(kind, onchain_id, usdt_amount, token_amount, deposit_id)
     chain_id = settings.CHAIN_ID
     existing = SettlementTx.objects.filter(
         chain_id=chain_id, kind=kind, onchain_id=onchain_id
     ).first()
     if existing is not None:
-        _check_same(existing, usdt_amount, token_amount)
+        _check_same(existing, usdt_amount, token_amount, deposit_id)
         return existing
 
     key = _operator_key()
@@ -133,6 +157,7 @@ def settlement_submit(
         "chain_id": chain_id,
         "kind": kind,
         "onchain_id": onchain_id,
+        "deposit_id": deposit_id,
         "order_id": order_id,
         "usdt_amount": usdt_amount,
         "token_amount": token_amount,
@@ -143,7 +168,7 @@ def settlement_submit(
             contract="BroncoVault", address=vault, fn=fn, args=args, sender=sender
         )
     except ContractReverted as exc:
-        if exc.error_name != "AlreadySettled":
+        if exc.error_name != _ALREADY_DONE[SettlementKind(kind)]:
             raise SettlementRejected(f"{fn}({onchain_id}): {exc.error_name or exc}") from exc
         return _record_already_settled(base=base, actor=actor)
 
@@ -184,17 +209,24 @@ def settlement_submit(
             transaction.on_commit(lambda: _broadcast(pk=row_pk, raw=raw, actor=actor))
     if row is None:
         existing = SettlementTx.objects.get(chain_id=chain_id, kind=kind, onchain_id=onchain_id)
-        _check_same(existing, usdt_amount, token_amount)
+        _check_same(existing, usdt_amount, token_amount, deposit_id)
         return existing
     row.refresh_from_db()
     return row
 
 
-def _check_same(row: SettlementTx, usdt_amount: int, token_amount: int) -> None:
-    if (row.usdt_amount, row.token_amount) != (usdt_amount, token_amount):
+def _check_same(
+    row: SettlementTx, usdt_amount: int, token_amount: int, deposit_id: int | None
+) -> None:
+    if (row.usdt_amount, row.token_amount, row.deposit_id) != (
+        usdt_amount,
+        token_amount,
+        deposit_id,
+    ):
         raise ValueError(
             f"settlement {row.kind} {row.onchain_id} exists with other amounts "
-            f"({row.usdt_amount}, {row.token_amount}) != ({usdt_amount}, {token_amount})"
+            f"({row.usdt_amount}, {row.token_amount}, deposit {row.deposit_id}) != "
+            f"({usdt_amount}, {token_amount}, deposit {deposit_id})"
         )
 
 
@@ -202,6 +234,7 @@ def _audit_view(row: SettlementTx) -> dict:
     return {
         "kind": row.kind,
         "onchain_id": int(row.onchain_id),
+        **({"deposit_id": int(row.deposit_id)} if row.deposit_id is not None else {}),
         "usdt_amount": int(row.usdt_amount),
         "token_amount": int(row.token_amount),
         "sender": row.sender,
@@ -407,7 +440,13 @@ def _resign(
             )
             return
         max_fee = settings.CHAIN_MAX_FEE_PER_GAS_WEI
-    fn, args = _call_for(row.kind, int(row.onchain_id), int(row.usdt_amount), int(row.token_amount))
+    fn, args = _call_for(
+        row.kind,
+        int(row.onchain_id),
+        int(row.usdt_amount),
+        int(row.token_amount),
+        None if row.deposit_id is None else int(row.deposit_id),
+    )
     nonce = (
         nonce_allocate(client=client, chain_id=row.chain_id, address=row.sender)
         if new_nonce

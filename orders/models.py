@@ -47,6 +47,7 @@ _NON_NEGATIVE = (
     "cost_usdt",
     "fees_usdt",
     "refund_usdt",
+    "manual_refund_usdt",
     "payout_usdt",
     "tokens_minted",
     "tokens_returned",
@@ -98,6 +99,13 @@ class Order(models.Model):
     )
     fees_usdt = UintField(default=0)
     refund_usdt = UintField(default=0)
+    manual_refund_usdt = UintField(
+        default=0,
+        help_text=(
+            "USDT refunded manually by operators before settlement (refunds app); a deposit "
+            "trades and settles only usdt_amount - manual_refund_usdt"
+        ),
+    )
     payout_usdt = UintField(default=0)
     tokens_minted = UintField(default=0)
     tokens_returned = UintField(default=0)

@@ -12,6 +12,14 @@ be driven directly in tests. Every stage is safe to run twice or concurrently wi
 - settle submits through `chain.services`, idempotent per deposit / redeem id, and the vault
   itself refuses a second settlement of an id.
 
+Manual refunds (the refunds app) take units of a PENDING deposit before it trades: the order
+records them in `manual_refund_usdt`, and every stage works with what remains
+(`usdt_amount - manual_refund_usdt`: sizing, allocation, the settlement's refund). An order
+refunded in full is closed like a cancel before trade (settled with nothing to mint or
+refund). Settle waits while a manual refund of the order is still unpaid, since the vault
+refunds a deposit only before it is settled, and waits for the vault's reserve before a
+settlement that pays USDT; it records the settlement's refund as an automatic Refund.
+
 Broker calls go only through `trading.services`; settlement only through `chain.services`.
 """
 
@@ -32,6 +40,8 @@ from orders.metrics import observe_stage
 from orders.models import AuditLog, Order, OrderStatus, OrderType
 from orders.money import usdt_to_units
 from orders.state import order_record, order_transition
+from refunds import selectors as refund_selectors
+from refunds import services as refund_services
 from trading import pricing
 from trading import services as broker
 from trading.broker import BrokerOrder, BrokerStatus
@@ -91,13 +101,18 @@ def _kind(order: Order) -> str:
     return "deposit" if order.order_type == OrderType.BUY else "redeem"
 
 
+def _available_usdt(order: Order) -> int:
+    """What a deposit has to trade and settle: the deposit less manual refunds."""
+    return int(order.usdt_amount) - int(order.manual_refund_usdt)
+
+
 # --- settling without the broker ---------------------------------------------------------
 
 
 def _return_everything(order: Order) -> Settlement:
     if order.order_type == OrderType.BUY:
         return allocate_buy(
-            usdt_in=order.usdt_amount,
+            usdt_in=_available_usdt(order),
             filled_qty=Decimal(0),
             avg_price=None,
             fee=Decimal(0),
@@ -143,6 +158,10 @@ def order_validate(*, order_id: int) -> Next | None:
         return None
     if order.price is not None:  # validated already; carry on
         return Next(PLACE)
+    if order.order_type == OrderType.BUY and _available_usdt(order) <= 0:
+        return _settle_untraded(
+            order, outcome=S.CANCELED, reason="refunded manually in full", stage="validate"
+        )
     if order.cancel_requested_at is not None:
         return _settle_untraded(
             order, outcome=S.CANCELED, reason="cancelled by the user", stage="validate"
@@ -154,7 +173,7 @@ def order_validate(*, order_id: int) -> Next | None:
             reason=f"symbol {order.symbol!r} is not listed",
             stage="validate",
         )
-    if order.order_type == OrderType.BUY and order.usdt_amount < usdt_to_units(
+    if order.order_type == OrderType.BUY and _available_usdt(order) < usdt_to_units(
         settings.ORDER_MIN_USDT
     ):
         return _settle_untraded(
@@ -170,7 +189,7 @@ def order_validate(*, order_id: int) -> Next | None:
 
     try:
         if order.order_type == OrderType.BUY:
-            plan = broker.plan_buy(code=order.stock_code, usdt_units=order.usdt_amount)
+            plan = broker.plan_buy(code=order.stock_code, usdt_units=_available_usdt(order))
         else:
             plan = broker.plan_sell(code=order.stock_code, token_units=order.token_amount)
     except DepositTooSmall as exc:
@@ -319,7 +338,7 @@ def order_finalize(*, order: Order, broker_order: BrokerOrder) -> Next:
     rate = _ccy_per_usdt(order.stock_code)
     if order.order_type == OrderType.BUY:
         s = allocate_buy(
-            usdt_in=order.usdt_amount,
+            usdt_in=_available_usdt(order),
             filled_qty=filled,
             avg_price=avg,
             fee=fee,
@@ -367,7 +386,9 @@ def order_finalize(*, order: Order, broker_order: BrokerOrder) -> Next:
 def order_settle(*, order_id: int) -> Next | None:
     """Send (once) and confirm the on-chain settlement; on confirmation the order takes its
     terminal outcome. A settlement that reverts for any reason but "already settled" is
-    alerted and retried, never dropped."""
+    alerted and retried, never dropped. Before sending, waits (re-scheduled) while a manual
+    refund of the order is unpaid, and while the vault's reserve does not cover the USDT the
+    settlement pays (alerted)."""
     order = Order.objects.get(pk=order_id)
     if order.status != S.SETTLING:
         return None
@@ -375,6 +396,12 @@ def order_settle(*, order_id: int) -> Next | None:
     usdt = order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt
     tokens = order.tokens_minted if order.order_type == OrderType.BUY else order.tokens_returned
     if not order.settlement_tx_hash:
+        if refund_selectors.order_refunds_in_flight(order_id=order.pk):
+            return Next(SETTLE, countdown=settings.REFUND_CHECK_SECONDS)
+        if not refund_services.reserve_covers(
+            amount=usdt, order_id=order.pk, actor=_actor("settle")
+        ):
+            return Next(SETTLE, countdown=settings.RESERVE_WAIT_SECONDS)
         tx = chain_services.settlement_submit(
             kind=kind,
             onchain_id=int(order.onchain_id),
@@ -397,13 +424,17 @@ def order_settle(*, order_id: int) -> Next | None:
         updates = {}
         if record is not None and record.tx_hash and record.tx_hash != order.settlement_tx_hash:
             updates["settlement_tx_hash"] = record.tx_hash
-        order_transition(
-            order=order,
-            to_status=order.outcome,
-            actor=_actor("settle"),
-            action="order.settled",
-            **updates,
-        )
+        with transaction.atomic():
+            order_transition(
+                order=order,
+                to_status=order.outcome,
+                actor=_actor("settle"),
+                action="order.settled",
+                **updates,
+            )
+            refund_services.refund_record_automatic(
+                order=order, tx_hash=order.settlement_tx_hash, actor=_actor("settle")
+            )
         _observe(order, "settle", since=_SETTLING_ACTIONS)
         _observe(order, "end_to_end", since=("order.created",))
         logger.info(

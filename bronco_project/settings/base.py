@@ -210,3 +210,22 @@ METRICS_REDIS_URL = env_str("METRICS_REDIS_URL", "")
 METRICS_KEY_PREFIX = env_str("METRICS_KEY_PREFIX", "bronco:metrics")
 # When set, /metrics requires "Authorization: Bearer <token>".
 METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "")
+
+# --- Refunds (refunds app) ----------------------------------------------------------------
+# A manual refund above this (USDT) waits for a second, different operator to approve it.
+REFUND_APPROVAL_THRESHOLD_USDT = env_decimal("REFUND_APPROVAL_THRESHOLD_USDT", "10000")
+# USDT the vault keeps back: a refund or a USDT-paying settlement is sent only while the
+# vault's balance less this floor covers it; otherwise it waits (and an alert fires).
+RESERVE_FLOOR_USDT = env_decimal("RESERVE_FLOOR_USDT", "0")
+# How soon a sent refund is checked for its receipt, and again while it is pending.
+REFUND_CHECK_SECONDS = env_float("REFUND_CHECK_SECONDS", 2.0)
+# Beat: retry refunds waiting for the reserve (and approved ones a crash left unsent).
+REFUND_RETRY_INTERVAL_SECONDS = env_int("REFUND_RETRY_INTERVAL_SECONDS", 30)
+# Beat: check sent refunds whose own check task was lost.
+REFUND_CHECK_SWEEP_SECONDS = env_int("REFUND_CHECK_SWEEP_SECONDS", 60)
+# An approved refund not sent after this long is picked up by the retry beat.
+REFUND_STALE_APPROVED_SECONDS = env_int("REFUND_STALE_APPROVED_SECONDS", 60)
+# The settle stage re-checks the reserve this often while a settlement waits for it.
+RESERVE_WAIT_SECONDS = env_float("RESERVE_WAIT_SECONDS", 30.0)
+# Refund tasks wait on the chain.
+CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "refunds.tasks.*": {"queue": "chain"}}
