@@ -87,6 +87,57 @@ def test_operator_with_the_permission_cancels_an_order(page, live_server, orders
     assert "admin:operator" in page.locator("#audit_entries-group").inner_text()
 
 
+@pytest.mark.broker
+def test_operator_with_the_permission_refunds_a_deposit(
+    page, live_server, settings, broker_settings
+):
+    """A pending deposit the broker does not know (asked of the OpenD simulator) is
+    refundable; above the approval threshold the refund waits for a second operator, so
+    nothing is paid on chain here."""
+    from refunds.models import Refund, RefundStatus
+
+    settings.REFUND_APPROVAL_THRESHOLD_USDT = 10
+    order = OrderFactory(status=OrderStatus.PENDING, usdt_amount=500 * 10**6)
+    working = OrderFactory(status=OrderStatus.EXECUTING, usdt_amount=300 * 10**6)
+    staff("refunder", "refund_order")
+    login(page, live_server, "refunder")
+    page.goto(f"{live_server.url}/admin/orders/order/")
+    page.locator("#changelist-filter").get_by_role("link", name="Pending").click()
+    page.wait_for_url("**status__exact=PENDING**")
+    page.locator("#result_list").get_by_role("link", name=str(order.pk), exact=True).click()
+    page.wait_for_url(f"**/admin/orders/order/{order.pk}/change/**")
+    shot(page, "07_refunder_order_page")
+
+    page.click("#action-refund")
+    page.wait_for_url(f"**/admin/orders/order/{order.pk}/refund/**")
+    page.fill("#id_reason", "user deposited twice by mistake")
+    page.fill("#id_amount", str(200 * 10**6))
+    shot(page, "08_refunder_refund_form")
+    page.click("#confirm-refund")
+    page.wait_for_url(f"**/admin/orders/order/{order.pk}/change/**")
+    refund = Refund.objects.get(order=order)
+    message = page.locator("ul.messagelist li.success").inner_text()
+    assert f"Refund {refund.pk} for order {order.pk}: 200000000 USDT base units" in message
+    assert "Awaiting a second operator" in message
+    shot(page, "09_refunder_refund_requested")
+    assert (refund.requested_by, refund.status) == (
+        "admin:refunder",
+        RefundStatus.AWAITING_APPROVAL,
+    )
+    assert AuditLog.objects.filter(
+        order=order, actor="admin:refunder", action="refund.requested"
+    ).exists()
+
+    # An order still working at the broker: refused, and the operator is told why.
+    page.goto(f"{live_server.url}/admin/orders/order/{working.pk}/refund/")
+    page.fill("#id_reason", "user asked")
+    page.click("#confirm-refund")
+    refusal = page.locator("ul.messagelist li.error").inner_text()
+    assert "Refund refused:" in refusal and "still working at the broker" in refusal
+    shot(page, "10_refunder_refund_refused_by_the_service")
+    assert not Refund.objects.filter(order=working).exists()
+
+
 def test_staff_without_the_permission_is_refused(page, live_server, orders, sent):
     order = orders[0]
     staff("viewer")

@@ -286,3 +286,78 @@ def test_bulk_retry_enqueues_each_open_order(client, sent, django_capture_on_com
         )
     assert sent() == [(pipeline.VALIDATE, [pending.pk]), (pipeline.SETTLE, [settling.pk])]
     assert _audits(settling) == [("admin:ops", "order.retry_requested")]
+
+
+# --- refund (through refunds.services.refund_request) ------------------------------------
+@pytest.fixture
+def refundable(settings):
+    """A PENDING deposit unknown to the broker (the one case a manual refund is allowed),
+    with the approval threshold below it so the refund waits for a second operator and
+    nothing is paid on chain here."""
+    settings.REFUND_APPROVAL_THRESHOLD_USDT = 10
+    with mock.patch("refunds.services.broker.broker_query_order", return_value=None):
+        yield OrderFactory(usdt_amount=500 * 10**6)
+
+
+def test_refund_requests_a_refund_named_after_the_operator(
+    client, refundable, django_capture_on_commit_callbacks
+):
+    from refunds.models import Refund, RefundStatus
+
+    client.force_login(staff("ops", "refund_order"))
+    page = client.get(_url("refund", refundable))
+    assert page.status_code == 200 and 'name="reason"' in page.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            _url("refund", refundable),
+            {"reason": "user wrote to support", "amount": str(200 * 10**6)},
+            follow=True,
+        )
+
+    refund = Refund.objects.get(order=refundable)
+    assert (refund.amount, refund.requested_by) == (200 * 10**6, "admin:ops")
+    assert refund.status == RefundStatus.AWAITING_APPROVAL
+    assert refund.reason == "user wrote to support"
+    assert f"Refund {refund.pk} for order {refundable.pk}" in response.content.decode()
+    assert ("admin:ops", "refund.requested") in _audits(refundable)
+
+
+def test_refund_without_amount_takes_everything_that_remains(client, refundable):
+    from refunds.models import Refund
+
+    client.force_login(staff("ops", "refund_order"))
+    client.post(_url("refund", refundable), {"reason": "duplicate deposit"})
+    assert Refund.objects.get(order=refundable).amount == 500 * 10**6
+
+
+@pytest.mark.parametrize(
+    ("fields", "amount", "message"),
+    [
+        ({"status": OrderStatus.EXECUTING}, "", "still working at the broker"),
+        ({"status": OrderStatus.EXECUTED}, "", "already refunded/settled"),
+        ({}, str(600 * 10**6), "above what remains"),
+    ],
+)
+def test_refused_refund_shows_why_and_changes_nothing(client, settings, fields, amount, message):
+    from refunds.models import Refund
+
+    settings.REFUND_APPROVAL_THRESHOLD_USDT = 10
+    order = OrderFactory(usdt_amount=500 * 10**6, **fields)
+    client.force_login(staff("ops", "refund_order"))
+    with mock.patch("refunds.services.broker.broker_query_order", return_value=None):
+        response = client.post(_url("refund", order), {"reason": "asked", "amount": amount})
+    assert response.status_code == 200  # the form again, with the refusal on top
+    body = response.content.decode()
+    assert "Refund refused:" in body and message in body
+    assert not Refund.objects.filter(order=order).exists()
+    assert _audits(order) == []
+
+
+def test_refund_form_needs_a_reason(client, refundable):
+    from refunds.models import Refund
+
+    client.force_login(staff("ops", "refund_order"))
+    response = client.post(_url("refund", refundable), {"reason": "  ", "amount": "5"})
+    assert response.status_code == 200
+    assert response.context["form"].errors["reason"]
+    assert not Refund.objects.exists()
