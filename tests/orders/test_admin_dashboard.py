@@ -238,3 +238,22 @@ def test_chart_has_a_bar_per_hour_and_no_outside_asset(client, viewer):
     # Everything the page loads or links is served by Bronco itself (no CDN).
     for url in re.findall(r'(?:src|href)="([^"]*)"', body):
         assert url.startswith(("/", "?", "#")), url
+
+
+@pytest.mark.chain
+def test_reserve_tile_reads_the_vault_through_the_refunds_app(
+    client, viewer, chain_settings, settings
+):
+    """The real `refunds.selectors.reserve_status` against the anvil vault."""
+    from chain.selectors import vault_usdt_balance
+
+    settings.RESERVE_FLOOR_USDT = 250
+    OrderFactory(status=OrderStatus.SETTLING, refund_usdt=3 * 10**6)  # committed, not yet paid
+    balance = vault_usdt_balance()
+    client.force_login(viewer)
+    response = _page(client)
+    tile = response.context["reserve"]
+    assert tile["balance"]["units"] == balance
+    assert tile["committed"]["units"] == 3 * 10**6
+    assert tile["floor"]["units"] == 250 * 10**6
+    assert "250.00 USDT" in response.content.decode()
