@@ -17,7 +17,11 @@ PAGES = [
 
 @pytest.fixture
 def order():
-    order = OrderFactory(futu_order_id="FUTU-777")
+    # Letters only where the search looks (client id, tx hash, address), so searching for
+    # the numeric id can match nothing but the id.
+    order = OrderFactory(
+        futu_order_id="FUTU-777", client_id="bronco-order", chain_tx_hash="0x" + "ab" * 32
+    )
     audit_record(actor="test", action="order.created", order_id=order.pk, after={"x": 1})
     return order
 
@@ -50,7 +54,9 @@ def test_order_page_shows_its_audit_entries(client, order):
     "query", ["FUTU-777", "0xabab", lambda o: o.chain_tx_hash, lambda o: str(o.pk)]
 )
 def test_search_finds_order(client, order, query):
-    OrderFactory(user_address="0x" + "cd" * 20)  # a decoy that must not match
+    OrderFactory(  # a decoy that must not match
+        user_address="0x" + "cd" * 20, client_id="bronco-decoy", chain_tx_hash="0x" + "cd" * 32
+    )
     client.force_login(UserFactory(is_superuser=True))
     q = query(order) if callable(query) else query
     response = client.get(reverse("admin:orders_order_changelist"), {"q": q})
