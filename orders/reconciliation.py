@@ -231,6 +231,22 @@ def _logs(*, address: str, start: int, end: int, topics: list | None = None) -> 
 # --- the database on its own -------------------------------------------------------------
 
 
+def _manual_refund(order: Order) -> int:
+    """USDT refunded by operators before settlement (the refunds app), when the schema has
+    it: paid by the vault apart from the deposit's settlement."""
+    return int(getattr(order, "manual_refund_usdt", 0) or 0)
+
+
+def _manual_refunds_paid() -> int:
+    """USDT the vault paid for manual refunds, by the settlement records of kind refund."""
+    return sum(
+        int(amount)
+        for amount in SettlementTx.objects.filter(
+            chain_id=settings.CHAIN_ID, kind="refund", status=SettlementStatus.CONFIRMED
+        ).values_list("usdt_amount", flat=True)
+    )
+
+
 def _label(order: Order) -> str:
     kind = "deposit" if order.order_type == OrderType.BUY else "redeem"
     return f"order {order.pk} ({kind} {int(order.onchain_id)}, {order.symbol})"
@@ -248,13 +264,16 @@ def _check_orders(
             continue
         sold_or_bought = shares_to_token_units(o.filled_qty)
         if o.order_type == OrderType.BUY:
-            charged = o.cost_usdt + o.fees_usdt + o.refund_usdt
+            manual = _manual_refund(o)
+            charged = o.cost_usdt + o.fees_usdt + o.refund_usdt + manual
             if charged != o.usdt_amount:
                 result.add(
                     "db",
                     _label(o),
                     f"USDT in {o.usdt_amount} != cost {o.cost_usdt} + fees {o.fees_usdt} "
-                    f"+ refund {o.refund_usdt} (= {charged})",
+                    f"+ refund {o.refund_usdt}"
+                    + (f" + manual refunds {manual}" if manual else "")
+                    + f" (= {charged})",
                 )
             if o.tokens_minted != sold_or_bought:
                 result.add(
@@ -322,7 +341,9 @@ def _check_orders_against_chain(
 
     settlements = {
         (s.kind, int(s.onchain_id)): s
-        for s in SettlementTx.objects.filter(chain_id=settings.CHAIN_ID)
+        for s in SettlementTx.objects.filter(
+            chain_id=settings.CHAIN_ID, kind__in=("deposit", "redeem")
+        )
     }
     for o in orders:
         events = chain.deposits if o.order_type == OrderType.BUY else chain.redeems
@@ -413,13 +434,15 @@ def _check_chain_totals(result: Reconciliation, orders: list[Order], chain: _Cha
             "vault USDT",
             f"balance {chain.vault_usdt} != transfers in {chain.usdt_in} - out {chain.usdt_out}",
         )
-    expected_out = refunds + payouts + chain.withdrawn
+    manual = _manual_refunds_paid()
+    expected_out = refunds + payouts + manual + chain.withdrawn
     if chain.usdt_out != expected_out:
         result.add(
             "db/chain",
             "vault USDT",
             f"paid out {chain.usdt_out} on chain != refunds {refunds} + payouts {payouts} "
-            f"+ reserve withdrawn {chain.withdrawn} (= {expected_out}) in the database",
+            f"+ manual refunds {manual} + reserve withdrawn {chain.withdrawn} "
+            f"(= {expected_out}) in the database",
         )
     chain_deposits = sum(int(e["usdtAmount"]) for e in chain.deposits.values())
     if deposits != chain_deposits and all(
@@ -435,6 +458,7 @@ def _check_chain_totals(result: Reconciliation, orders: list[Order], chain: _Cha
             "usdt_deposited": chain_deposits,
             "usdt_refunded": refunds,
             "usdt_paid_out": payouts,
+            "usdt_refunded_manually": manual,
             "usdt_reserve_in": chain.usdt_in - chain_deposits,
         }
     )

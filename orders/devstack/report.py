@@ -160,6 +160,7 @@ def run_report(orders: Sequence[Order], *, log_times: dict[int, float] | None = 
             money["spent_on_shares"] += o.cost_usdt
             money["fees"] += o.fees_usdt
             money["refunded"] += o.refund_usdt
+            money["refunded_manually"] += int(getattr(o, "manual_refund_usdt", 0) or 0)
             shares[o.symbol]["minted"] += o.tokens_minted
         else:
             money["proceeds"] += o.cost_usdt
@@ -233,6 +234,7 @@ def render(report: RunReport) -> str:
                 ["spent on shares", _usdt(m.get("spent_on_shares", 0))],
                 ["broker fees", _usdt(m.get("fees", 0))],
                 ["refunded", _usdt(m.get("refunded", 0))],
+                ["refunded by operators", _usdt(m.get("refunded_manually", 0))],
                 ["sale proceeds", _usdt(m.get("proceeds", 0))],
                 ["paid out", _usdt(m.get("paid_out", 0))],
             ],

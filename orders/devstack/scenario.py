@@ -65,6 +65,12 @@ SIM_SCRIPT: dict[str, tuple[dict[str, Any], str]] = {
         "rejected by the exchange",
     ),
 }
+# Benchmarks: every US symbol fills in full at once, so latency is Bronco's, not a script's.
+FILLS_SCRIPT: dict[str, tuple[dict[str, Any], str]] = {
+    code: ({"fill_mode": "full", "fill_delay": 0.0}, "fills in full at once")
+    for code in ("US.AAPL", "US.NVDA", "US.TSLA")
+}
+MIXES = {"demo": SIM_SCRIPT, "fills": FILLS_SCRIPT}
 _SYMBOL_WEIGHTS = {"AAPL": 35, "NVDA": 25, "TSLA": 25, "TCEHY": 15}
 _FILLABLE = ("US.AAPL", "US.NVDA", "US.TSLA")
 _CANCELLABLE = ("US.NVDA", "US.TSLA")
@@ -117,8 +123,8 @@ def user_key(seed: int, index: int) -> str:
     return "0x" + keccak(text=f"bronco-scenario-user:{seed}:{index}").hex()
 
 
-def _amount(rng: random.Random, code: str) -> int:
-    roll = rng.random()
+def _amount(rng: random.Random, code: str, *, refusals: bool = True) -> int:
+    roll = rng.random() if refusals else 1.0
     if code.startswith("HK."):
         # One lot of HK.00700 is ~38,000 HKD (~4,900 USDT): half the deposits cover it.
         usdt = rng.uniform(5_200, 9_000) if roll < 0.5 else rng.uniform(300, 2_000)
@@ -127,23 +133,26 @@ def _amount(rng: random.Random, code: str) -> int:
     elif roll < 0.07:
         usdt = rng.uniform(20, 90)  # less than one share: refused before the broker
     else:
-        usdt = rng.uniform(100, 2_500)
+        usdt = rng.uniform(100 if refusals else 300, 2_500)
     return int(Decimal(str(round(usdt, 2))) * USDT_UNIT)
 
 
 def scenario_plan(
-    *, users: int, deposits: int, redeems: int, cancels: int, seed: int
+    *, users: int, deposits: int, redeems: int, cancels: int, seed: int, mix: str = "demo"
 ) -> ScenarioPlan:
     """A deterministic plan. Cancels go to deposits of symbols that leave time to cancel;
-    each user's redeems come after at least one of its deposits on a fillable symbol."""
+    each user's redeems come after at least one of its deposits on a fillable symbol.
+    `mix="fills"` (benchmarks): only US symbols that fill at once, no refusals."""
     if users < 1:
         raise ValueError("at least one user")
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {sorted(MIXES)}")
     rng = random.Random(seed)
-    symbols = [s for s in settings.BRONCO_SYMBOLS if s in _SYMBOL_WEIGHTS] or list(
-        settings.BRONCO_SYMBOLS
-    )
-    weights = [_SYMBOL_WEIGHTS.get(s, 10) for s in symbols]
     code = settings.BRONCO_SYMBOLS
+    symbols = [s for s in code if s in _SYMBOL_WEIGHTS] or list(code)
+    if mix == "fills":
+        symbols = [s for s in symbols if code[s] in _FILLABLE] or symbols
+    weights = [_SYMBOL_WEIGHTS.get(s, 10) for s in symbols]
     fillable = [s for s in symbols if code[s] in _FILLABLE] or symbols
 
     # Each user's first deposit buys shares at once, so it has something to redeem.
@@ -155,7 +164,7 @@ def scenario_plan(
             amount = int(Decimal(str(round(rng.uniform(500, 2_500), 2))) * USDT_UNIT)
         else:
             symbol = rng.choices(symbols, weights)[0]
-            amount = _amount(rng, code[symbol])
+            amount = _amount(rng, code[symbol], refusals=mix == "demo")
         planned[i % users].append(Deposit(symbol, amount))
     cancellable = [
         (u, j)
@@ -176,7 +185,9 @@ def scenario_plan(
         )
         if first is None:
             continue
-        actions.insert(rng.randint(first + 1, len(actions)), Redeem(half=rng.random() < 0.2))
+        # Late in the user's run, when it holds more than its first symbol.
+        at = rng.randint(max(first + 1, len(actions) * 2 // 3), len(actions))
+        actions.insert(at, Redeem(half=rng.random() < 0.2))
     return ScenarioPlan(seed=seed, users=plans, keys=[user_key(seed, i) for i in range(users)])
 
 
@@ -245,11 +256,13 @@ class ScenarioDriver:
         *,
         rate: float = 0.0,
         sim_control: Any = None,
+        mix: str = "demo",
         out: Callable[[str], None] = print,
     ) -> None:
         self.plan = plan
         self.rate = rate
         self.sim = sim_control
+        self.script = MIXES[mix]
         self.out = out
         self.contracts = contract_set()
         self.state = DriverState()
@@ -266,7 +279,7 @@ class ScenarioDriver:
         for market in ("US", "HK"):
             self.sim.set_market_open(market=market, is_open=True)
         for symbol, code in sorted(settings.BRONCO_SYMBOLS.items()):
-            script = SIM_SCRIPT.get(code)
+            script = self.script.get(code)
             if script is None:
                 continue
             changes, meaning = script

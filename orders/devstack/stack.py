@@ -42,7 +42,7 @@ CELERY = [PY, "-m", "celery", "-A", "bronco_project"]
 # The simulator starts every account with this cash (trading.opend_sim.market).
 SIM_OPENING_CASH = "USD=10000000,HKD=50000000"
 # (queue, concurrency): a worker per queue, so a slow broker never starves settlement.
-WORKERS = (("broker", 2), ("chain", 2), ("default", 1))
+WORKERS = (("broker", 2), ("chain", 2), ("default", 2))
 SECRET_NAMES = ("futu_trade_password", "operator_private_key")
 _VAULT_POLICY = "bronco-read"
 

@@ -70,6 +70,12 @@ class Command(BaseCommand):
             default=os.environ.get(OPENING_CASH_ENV, ""),
             help="broker cash before Bronco's first order, for reconciliation",
         )
+        parser.add_argument(
+            "--mix",
+            choices=("demo", "fills"),
+            default="demo",
+            help="demo: fills, partial fills, rejections, refusals; fills: every order fills",
+        )
         parser.add_argument("--no-reconcile", action="store_true")
         parser.add_argument("--json", default="", help="also write the results to this file")
 
@@ -117,12 +123,15 @@ def run_scenario(options: dict[str, Any], *, write: Any, flush: Any = None) -> d
         redeems=options["redeems"],
         cancels=options["cancels"],
         seed=options["seed"],
+        mix=options.get("mix", "demo"),
     )
     try:
         sim = _sim(options["sim_control"])
     except (OSError, RuntimeError, ValueError) as exc:
         raise CommandError(f"simulator control {options['sim_control']}: {exc}") from exc
-    driver = ScenarioDriver(plan, rate=options["rate"], sim_control=sim)
+    driver = ScenarioDriver(
+        plan, rate=options["rate"], sim_control=sim, mix=options.get("mix", "demo")
+    )
     write(
         f"Scenario: {len(plan.users)} users, {plan.deposits} deposits ({plan.cancels} with a "
         f"cancel request), {plan.redeems} redeems, seed {plan.seed}, "
