@@ -329,7 +329,9 @@ def settlement_check(
         row = SettlementTx.objects.select_for_update().get(pk=row.pk)
         if row.status in (SettlementStatus.CONFIRMED, SettlementStatus.REVERTED):
             return SettlementState(row.status)
-        attempts = list(row.attempts.order_by("-id"))
+        # Only the current nonce's attempts count: a resubmission after a revert takes a
+        # fresh nonce, and the reverted attempt's receipt must not be judged again.
+        attempts = list(row.attempts.filter(nonce=row.nonce).order_by("-id"))
         receipt = None
         for attempt in attempts:
             receipt = client.receipt(attempt.tx_hash)
@@ -484,3 +486,64 @@ def _resign(
         before=before,
         after=_audit_view(row) | {"max_fee_per_gas": max_fee, "new_nonce": new_nonce},
     )
+
+
+def settlement_resubmit(
+    *, kind: str, onchain_id: int, actor: str = "settlement_resubmit"
+) -> SettlementState:
+    """Try a REVERTED settlement again (the vault was short of USDT, gas ran out, ...).
+
+    Under the row lock: the call is estimated first; if the vault now reports the id done
+    ("already settled") the row becomes CONFIRMED; if it would still revert, the row stays
+    REVERTED and nothing is sent (the caller alerts and tries later); otherwise it is signed
+    again with a fresh nonce and sent, and `settlement_check` follows that attempt. Returns
+    the state after the attempt. Safe to call repeatedly and concurrently.
+    """
+    client = chain_client()
+    with transaction.atomic():
+        row = SettlementTx.objects.select_for_update().get(
+            chain_id=settings.CHAIN_ID, kind=kind, onchain_id=onchain_id
+        )
+        if row.status != SettlementStatus.REVERTED:
+            return (
+                SettlementState(row.status)
+                if row.status == SettlementStatus.CONFIRMED
+                else SettlementState.PENDING
+            )
+        fn, args = _call_for(
+            row.kind,
+            int(row.onchain_id),
+            int(row.usdt_amount),
+            int(row.token_amount),
+            None if row.deposit_id is None else int(row.deposit_id),
+        )
+        try:
+            client.estimate_gas(
+                contract="BroncoVault",
+                address=contract_set().vault,
+                fn=fn,
+                args=args,
+                sender=row.sender,
+            )
+        except ContractReverted as exc:
+            before = _audit_view(row)
+            if exc.error_name == _ALREADY_DONE[SettlementKind(row.kind)]:
+                row.status = SettlementStatus.CONFIRMED
+                row.already_settled = True
+                row.confirmed_at = timezone.now()
+                row.save()
+                audit_record(
+                    actor=actor,
+                    action="chain.settlement_already_settled",
+                    order_id=row.order_id,
+                    before=before,
+                    after=_audit_view(row),
+                )
+                return SettlementState.CONFIRMED
+            row.last_error = f"still reverts: {exc.error_name or exc}"[:2000]
+            row.save(update_fields=["last_error", "updated_at"])
+            return SettlementState.REVERTED
+        latest = row.attempts.order_by("-id").first()
+        row.status = SettlementStatus.SIGNED
+        _resign(client=client, row=row, latest=latest, new_nonce=True, actor=actor)
+    return SettlementState.PENDING
