@@ -34,6 +34,7 @@ from django.utils import timezone
 from chain import selectors as chain_selectors
 from chain import services as chain_services
 from chain.services import SettlementState
+from orders.alerts import alert_raise
 from orders.allocation import Settlement, allocate_buy, allocate_sell
 from orders.audit import audit_record
 from orders.metrics import observe_stage
@@ -443,12 +444,25 @@ def order_settle(*, order_id: int) -> Next | None:
         )
         return None
     if state == SettlementState.REVERTED:
+        # Not "already settled" (that counts as confirmed): alert, and try again once the
+        # vault would accept it. Never dropped: the order stays SETTLING until it settles.
         logger.error("settlement reverted", extra={"order_id": order.pk})
+        alert_raise(
+            key=f"settlement_reverted:{kind}:{int(order.onchain_id)}",
+            message=f"{kind} {int(order.onchain_id)} (order {order.pk}) settlement reverted; "
+            "retrying",
+            severity="critical",
+            source=_actor("settle"),
+            details={"order_id": order.pk, "tx_hash": order.settlement_tx_hash},
+        )
         audit_record(
             actor=_actor("settle"),
             action="order.settlement_reverted",
             order_id=order.pk,
             after={"tx_hash": order.settlement_tx_hash},
+        )
+        chain_services.settlement_resubmit(
+            kind=kind, onchain_id=int(order.onchain_id), actor=_actor("settle")
         )
         return Next(SETTLE, countdown=settings.ORDER_RETRY_SECONDS)
     return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)

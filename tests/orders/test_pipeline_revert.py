@@ -1,0 +1,85 @@
+"""A settlement that reverts on chain for a reason other than "already settled" raises an
+alert and is retried until it settles: never dropped, never paid twice."""
+
+import pytest
+from django.db import transaction
+
+from chain import selectors as chain_selectors
+from chain.models import SettlementTx
+from chain.services import SettlementState, settlement_check, settlement_submit
+from orders import pipeline
+from orders.models import Alert, AuditLog, Order, OrderStatus
+from orders.money import USDT_UNIT
+from tests.fixtures.chain import DEPLOYER_KEY, deploy_contract_set, point_settings_at, wait_for
+from tests.orders.test_pipeline import _deposit, drive
+
+pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def own_stack(settings, anvil_factory, broker_settings):
+    node = anvil_factory()
+    contracts = deploy_contract_set(node)
+    point_settings_at(settings, node, contracts)
+    settings.ORDER_POLL_INTERVAL_SECONDS = 0.05
+    settings.ORDER_SETTLE_CHECK_SECONDS = 0.05
+    settings.ORDER_RETRY_SECONDS = 0.1
+    broker_settings.set_security(code="US.AAPL", price="100.00", fill_mode="reject")
+    return node, contracts
+
+
+def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chain_user):
+    node, contracts = own_stack
+    user = chain_user(2, node=node, contracts=contracts)
+    usdt_before = chain_selectors.usdt_balance(address=user.address)
+    order = _deposit(user, contracts, "AAPL", 500 * USDT_UNIT)  # rejected: all refunded
+    drive(order.pk, until=lambda: Order.objects.get(pk=order.pk).status == OrderStatus.SETTLING)
+    order.refresh_from_db()
+    assert order.refund_usdt == 500 * USDT_UNIT
+
+    # The settlement is signed while the vault holds the USDT and mined after it was
+    # withdrawn, so it reverts on chain (not "already settled").
+    vault_usdt = chain_selectors.vault_usdt_balance()
+    with transaction.atomic():
+        settlement_submit(
+            kind="deposit",
+            onchain_id=int(order.onchain_id),
+            usdt_amount=order.refund_usdt,
+            token_amount=0,
+            order_id=order.pk,
+            actor="test",
+        )
+        node.client().transact(
+            private_key=DEPLOYER_KEY,
+            contract="BroncoVault",
+            address=contracts.vault,
+            fn="withdrawReserve",
+            args=("0x000000000000000000000000000000000000dEaD", vault_usdt),
+        )
+    assert wait_for(
+        lambda: (
+            settlement_check(kind="deposit", onchain_id=int(order.onchain_id))
+            == SettlementState.REVERTED
+        )
+    )
+    # Funds come back (an operator tops the vault up); the pipeline retries on its own.
+    funder = chain_user(3, node=node, contracts=contracts)
+    node.client().transact(
+        private_key=funder.key,
+        contract="MockUSDT",
+        address=contracts.usdt,
+        fn="transfer",
+        args=(contracts.vault, 600 * USDT_UNIT),
+    )
+
+    drive(order.pk, first=pipeline.SETTLE)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.FAILED
+    alert = Alert.objects.get(key=f"settlement_reverted:deposit:{int(order.onchain_id)}")
+    assert alert.severity == "critical"
+    assert AuditLog.objects.filter(order=order, action="order.settlement_reverted").exists()
+    row = SettlementTx.objects.get(kind="deposit", onchain_id=int(order.onchain_id))
+    assert order.settlement_tx_hash == row.tx_hash
+    assert row.attempts.values("nonce").distinct().count() == 2
+    assert chain_selectors.usdt_balance(address=user.address) == usdt_before
