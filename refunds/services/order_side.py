@@ -1,0 +1,131 @@
+"""The order side of a manual refund: may this deposit be refunded now, and holding or
+releasing the refunded units on the order (through `orders.state`, under its row lock)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from orders.alerts import alert_raise
+from orders.models import AlertSeverity, Order, OrderStatus, OrderType
+from orders.state import order_record
+from refunds.exceptions import RefundRefused
+from refunds.models import Refund
+from refunds.services.records import VALIDATE_TASK, enqueue_on_commit, usdt_text
+from trading import services as broker
+from trading.exceptions import BrokerUnavailable, RateLimited
+
+logger = logging.getLogger(__name__)
+
+# --- the order side ----------------------------------------------------------------------
+
+
+def order_lock(order_id: int) -> Order:
+    order = Order.objects.select_for_update(of=("self",)).filter(pk=order_id).first()
+    if order is None:
+        raise RefundRefused(
+            f"no order {order_id}: check the id (orders are listed in the admin under Orders)"
+        )
+    return order
+
+
+class RefusedForNow(RefundRefused):
+    """Refused for now (the broker could not be asked); trying again later may succeed."""
+
+
+def order_refusal(order: Order) -> None:
+    """Raise RefundRefused unless nothing of this deposit is spent or working at the broker.
+    Call with the order's row lock held."""
+    if order.order_type != OrderType.BUY:
+        raise RefundRefused(
+            f"order {order.pk} is a redeem (SELL), not a deposit: its USDT proceeds are paid by "
+            "its settlement; only deposits are refunded manually"
+        )
+    if order.is_terminal or order.status == OrderStatus.SETTLING:
+        settled = "settled" if order.is_terminal else "settling on chain"
+        raise RefundRefused(
+            f"order {order.pk} is already refunded/settled: {order.status} ({settled}; "
+            f"settlement refund {usdt_text(order.refund_usdt)}, manual refunds "
+            f"{usdt_text(order.manual_refund_usdt)}); nothing remains to refund here - if the user "
+            "is still owed money, check the order's settlement transaction"
+        )
+    if order.status == OrderStatus.EXECUTING:
+        raise RefundRefused(
+            f"order {order.pk} is still working at the broker (EXECUTING, Futu order "
+            f"{order.futu_order_id or '?'}): wait for it to finish or cancel it; its settlement "
+            "refunds whatever is not filled"
+        )
+    try:
+        placed = broker.broker_query_order(client_id=order.client_id)
+    except (BrokerUnavailable, RateLimited) as exc:
+        raise RefusedForNow(
+            f"order {order.pk}: cannot tell whether the broker has it ({exc}); try again when "
+            "the broker answers"
+        ) from exc
+    if placed is not None:
+        raise RefundRefused(
+            f"order {order.pk} is still working at the broker (Futu order "
+            f"{placed.broker_order_id}, {placed.status}): the pipeline is taking it over; wait "
+            "for its settlement, which refunds whatever is not filled"
+        )
+
+
+def order_remaining(order: Order) -> int:
+    """What a manual refund may still take: nothing of a PENDING deposit is spent yet."""
+    return int(order.usdt_amount) - int(order.manual_refund_usdt)
+
+
+def amount_check(order: Order, amount: int) -> None:
+    remaining = order_remaining(order)
+    if remaining <= 0:
+        raise RefundRefused(
+            f"order {order.pk} is already refunded in full manually "
+            f"({usdt_text(order.manual_refund_usdt)}); nothing remains"
+        )
+    if amount > remaining:
+        raise RefundRefused(
+            f"amount {usdt_text(amount)} is above what remains of order {order.pk}: "
+            f"{usdt_text(remaining)} (deposit {usdt_text(order.usdt_amount)} less "
+            f"{usdt_text(order.manual_refund_usdt)} refunded manually); ask for at most that"
+        )
+
+
+def order_hold(order: Order, refund: Refund, *, actor: str) -> None:
+    """Record the refund on its (locked, PENDING) order: the pipeline then sizes, trades and
+    settles only what remains, and closes the order when nothing does (validate re-runs)."""
+    order_record(
+        order=order,
+        actor=actor,
+        action="order.manual_refund",
+        manual_refund_usdt=int(order.manual_refund_usdt) + int(refund.amount),
+        qty=None,
+        price=None,
+    )
+    enqueue_on_commit(VALIDATE_TASK, order.pk)
+
+
+def order_release(refund: Refund, *, actor: str) -> None:
+    """A failed manual refund's amount goes back to its order: to be traded (PENDING) or
+    refunded by the settlement (SETTLING, not yet sent)."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update(of=("self",)).get(pk=refund.order_id)
+        if order.is_terminal or order.settlement_tx_hash:
+            alert_raise(
+                key=f"refund_unreleased_{refund.pk}",
+                severity=AlertSeverity.CRITICAL,
+                source="refunds",
+                message=(
+                    f"refund {refund.pk} of order {order.pk} failed after the order's "
+                    f"settlement was sent: {usdt_text(refund.amount)} must be paid to "
+                    f"{order.user_address} by hand"
+                ),
+                details={"refund_id": refund.pk, "order_id": order.pk, "amount": refund.amount},
+            )
+            return
+        changes: dict[str, int] = {
+            "manual_refund_usdt": int(order.manual_refund_usdt) - int(refund.amount)
+        }
+        if order.status == OrderStatus.SETTLING:
+            changes["refund_usdt"] = int(order.refund_usdt) + int(refund.amount)
+        order_record(order=order, actor=actor, action="order.manual_refund_released", **changes)
