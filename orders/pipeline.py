@@ -64,6 +64,8 @@ PLACE = "orders.tasks.order_place"
 POLL = "orders.tasks.order_poll"
 SETTLE = "orders.tasks.order_settle"
 
+_HISTORY_LOOKUP_AFTER = timezone.timedelta(hours=1)
+
 
 @dataclass(frozen=True)
 class Next:
@@ -229,7 +231,12 @@ def order_place(*, order_id: int) -> Next | None:
         if order.price is None:
             return Next(VALIDATE)
         try:
-            placed = broker.broker_query_order(client_id=order.client_id)
+            # Today's orders suffice for an order created within the hour; an older one may
+            # have reached the broker on an earlier trading day.
+            placed = broker.broker_query_order(
+                client_id=order.client_id,
+                include_history=order.created_at < timezone.now() - _HISTORY_LOOKUP_AFTER,
+            )
             if placed is None:
                 if order.cancel_requested_at is not None:
                     return _settle_untraded(

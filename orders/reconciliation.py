@@ -468,12 +468,8 @@ def _check_chain_totals(result: Reconciliation, orders: list[Order], chain: _Cha
 
 
 def _broker_orders() -> list[BrokerOrder]:
-    """Every order of the account at the broker. The adapter has no public listing yet, so
-    this reads its order list (OpenD's cache, not rate limited) directly."""
-    from trading.futu import order_from_row
-
-    session = broker.get_broker()
-    return [order_from_row(row) for row in session._order_rows()]
+    """Every order of the account at the broker today (OpenD's cache, not rate limited)."""
+    return broker.broker_list_orders()
 
 
 def _check_broker(

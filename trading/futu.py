@@ -50,6 +50,7 @@ from futu.common.constant import ContextStatus
 from futu.common.ft_logger import logger as futu_logger
 from futu.common.network_manager import NetManager
 
+import trading.futu_sdk  # noqa: F401  (undoes the SDK's SIGINT handler)
 from bronco_project.secrets import SecretUnavailable, get_secret
 from orders.metrics import count_broker_error
 from trading.broker import BrokerOrder, BrokerStatus, Funds, OrderUpdateCallback, Position, Quote
@@ -479,6 +480,10 @@ class FutuBroker:
         )
         return data.to_dict("records")
 
+    def list_orders(self) -> list[BrokerOrder]:
+        """Today's orders of the account (OpenD's cache, not rate limited)."""
+        return [order_from_row(row) for row in self._order_rows()]
+
     def find_by_remark(
         self, client_id: str, *, code: str = "", include_history: bool = False
     ) -> BrokerOrder | None:
@@ -561,11 +566,12 @@ class FutuBroker:
         broker_order_id: str | None = None,
         client_id: str | None = None,
         code: str = "",
+        include_history: bool = True,
     ) -> BrokerOrder | None:
         if bool(broker_order_id) == bool(client_id):
             raise ValueError("give exactly one of broker_order_id and client_id")
         if client_id:
-            return self.find_by_remark(client_id, code=code, include_history=True)
+            return self.find_by_remark(client_id, code=code, include_history=include_history)
         rows = self._order_rows(order_id=str(broker_order_id))
         rows = [r for r in rows if str(r.get("order_id")) == str(broker_order_id)]
         if not rows:

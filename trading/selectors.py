@@ -17,11 +17,23 @@ def broker_quote(*, code: str) -> Quote:
 
 
 def broker_query_order(
-    *, client_id: str | None = None, broker_order_id: str | None = None
+    *,
+    client_id: str | None = None,
+    broker_order_id: str | None = None,
+    include_history: bool = True,
 ) -> BrokerOrder | None:
     """The broker's view of one order, by our client id (Futu remark) or Futu's order id;
-    None when the broker has no such order."""
-    return get_broker().query_order(client_id=client_id, broker_order_id=broker_order_id)
+    None when the broker has no such order. A client id not among today's orders is looked
+    for in past days too unless `include_history` is False: that look-up has its own small
+    budget (10 per 30 s), so the place stage skips it for an order created minutes ago."""
+    return get_broker().query_order(
+        client_id=client_id, broker_order_id=broker_order_id, include_history=include_history
+    )
+
+
+def broker_list_orders() -> list[BrokerOrder]:
+    """Today's orders of the account, for reconciliation."""
+    return get_broker().list_orders()
 
 
 def broker_funds(*, currency: str = "USD") -> Funds:

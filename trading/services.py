@@ -17,7 +17,13 @@ from django.conf import settings
 from trading import pricing
 from trading.broker import BrokerOrder, Quote, Side
 from trading.exceptions import BrokerRejected, DepositTooSmall, MarketClosed, NoQuote
-from trading.selectors import broker_funds, broker_positions, broker_query_order, broker_quote
+from trading.selectors import (
+    broker_funds,
+    broker_list_orders,
+    broker_positions,
+    broker_query_order,
+    broker_quote,
+)
 from trading.session import (
     get_broker,
     register_order_update_callback,
@@ -30,6 +36,7 @@ __all__ = [
     "SellPlan",
     "broker_cancel_order",
     "broker_funds",
+    "broker_list_orders",
     "broker_place_order",
     "broker_positions",
     "broker_query_order",

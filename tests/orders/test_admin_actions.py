@@ -290,13 +290,12 @@ def test_bulk_retry_enqueues_each_open_order(client, sent, django_capture_on_com
 
 # --- refund (through refunds.services.refund_request) ------------------------------------
 @pytest.fixture
-def refundable(settings):
-    """A PENDING deposit unknown to the broker (the one case a manual refund is allowed),
-    with the approval threshold below it so the refund waits for a second operator and
-    nothing is paid on chain here."""
+def refundable(settings, broker_settings):
+    """A PENDING deposit the broker (the real OpenD simulator) does not know: the one case a
+    manual refund is allowed. The approval threshold is below it, so the refund waits for a
+    second operator and nothing is paid on chain here."""
     settings.REFUND_APPROVAL_THRESHOLD_USDT = 10
-    with mock.patch("refunds.services.broker.broker_query_order", return_value=None):
-        yield OrderFactory(usdt_amount=500 * 10**6)
+    return OrderFactory(usdt_amount=500 * 10**6)
 
 
 def test_refund_requests_a_refund_named_after_the_operator(
@@ -338,14 +337,15 @@ def test_refund_without_amount_takes_everything_that_remains(client, refundable)
         ({}, str(600 * 10**6), "above what remains"),
     ],
 )
-def test_refused_refund_shows_why_and_changes_nothing(client, settings, fields, amount, message):
+def test_refused_refund_shows_why_and_changes_nothing(
+    client, settings, broker_settings, fields, amount, message
+):
     from refunds.models import Refund
 
     settings.REFUND_APPROVAL_THRESHOLD_USDT = 10
     order = OrderFactory(usdt_amount=500 * 10**6, **fields)
     client.force_login(staff("ops", "refund_order"))
-    with mock.patch("refunds.services.broker.broker_query_order", return_value=None):
-        response = client.post(_url("refund", order), {"reason": "asked", "amount": amount})
+    response = client.post(_url("refund", order), {"reason": "asked", "amount": amount})
     assert response.status_code == 200  # the form again, with the refusal on top
     body = response.content.decode()
     assert "Refund refused:" in body and message in body

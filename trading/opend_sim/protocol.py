@@ -20,6 +20,8 @@ from futu.common.constant import API_PROTO_VER, MESSAGE_HEAD_FMT, ProtoId
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+import trading.futu_sdk  # noqa: F401  (undoes the SDK's SIGINT handler)
+
 HEADER_LEN = struct.calcsize(MESSAGE_HEAD_FMT)
 FMT_PROTOBUF = 0
 FMT_JSON = 1

@@ -26,6 +26,7 @@ from futu.common.pb import Common_pb2, Qot_Common_pb2
 from futu.common.pb import Trd_Common_pb2 as T
 from google.protobuf.message import Message
 
+import trading.futu_sdk  # noqa: F401  (undoes the SDK's SIGINT handler)
 from trading.opend_sim import protocol
 from trading.opend_sim.market import (
     Event,
