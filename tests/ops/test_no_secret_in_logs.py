@@ -16,7 +16,6 @@ attribute of a record (what a structured formatter would print).
 
 import logging
 import secrets
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,12 +27,12 @@ import pytest
 from bronco_project import secrets as secrets_module
 from chain.client import address_of_key
 from chain.models import SettlementTx
-from orders import pipeline
 from orders.models import AuditLog, OrderStatus
 from orders.money import USDT_UNIT
 from orders.services import ChainOrderRequest, order_create_from_chain
 from tests.fixtures.broker import clear_rate_limits, start_simulator
 from tests.fixtures.chain import OPERATOR_KEY
+from tests.fixtures.pipeline import drive, fast_pipeline
 
 pytestmark = [
     pytest.mark.vault,
@@ -41,13 +40,6 @@ pytestmark = [
     pytest.mark.broker,
     pytest.mark.django_db(transaction=True),
 ]
-
-STAGES = {
-    pipeline.VALIDATE: pipeline.order_validate,
-    pipeline.PLACE: pipeline.order_place,
-    pipeline.POLL: pipeline.order_poll,
-    pipeline.SETTLE: pipeline.order_settle,
-}
 
 
 # --- Capturing every log output ---------------------------------------------------------
@@ -180,22 +172,11 @@ def real_broker(vault_secrets, settings) -> Iterator:
         sim.sim.stop()
 
 
-def _drive(order_id: int, *, timeout: float = 60.0) -> None:
-    nxt = pipeline.Next(pipeline.VALIDATE)
-    deadline = time.monotonic() + timeout
-    while nxt is not None:
-        assert time.monotonic() < deadline, f"order {order_id} did not finish: next {nxt}"
-        time.sleep(min(nxt.countdown, 0.1))
-        nxt = STAGES[nxt.task](order_id=order_id)
-
-
 def test_pipeline_run_with_vault_secrets_logs_neither_secret(
     settings, chain_settings, vault_secrets, vault_settings, real_broker, chain_user, caplog, capfd
 ):
     settings.CHAIN_OPERATOR_PRIVATE_KEY = ""  # chain_settings set it: Vault is the only source
-    settings.ORDER_POLL_INTERVAL_SECONDS = 0.05
-    settings.ORDER_SETTLE_CHECK_SECONDS = 0.05
-    settings.ORDER_RETRY_SECONDS = 0.1
+    fast_pipeline(settings)
     key, password = vault_secrets["operator_private_key"], vault_secrets["futu_trade_password"]
     forbidden = {
         "operator private key": [key, key.removeprefix("0x")],
@@ -224,7 +205,7 @@ def test_pipeline_run_with_vault_secrets_logs_neither_secret(
             actor="test",
         )
         assert created
-        _drive(order.pk)
+        drive(order.pk)
         logging.getLogger("tests.canary").debug("pipeline run done for order %s", order.pk)
 
     # The run really used both secrets from Vault ...

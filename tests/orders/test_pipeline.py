@@ -17,56 +17,19 @@ from orders import pipeline
 from orders.models import AuditLog, Order, OrderStatus
 from orders.money import TOKEN_UNIT, USDT_UNIT
 from orders.services import ChainOrderRequest, order_create_from_chain, order_request_cancel
+from tests.fixtures.pipeline import chain_deposit, drive, fast_pipeline
 
 pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
-
-STAGES = {
-    pipeline.VALIDATE: pipeline.order_validate,
-    pipeline.PLACE: pipeline.order_place,
-    pipeline.POLL: pipeline.order_poll,
-    pipeline.SETTLE: pipeline.order_settle,
-}
-
-
-def drive(order_id: int, *, first: str = pipeline.VALIDATE, timeout: float = 60.0, until=None):
-    """Run stages as each one's Next says until the order is done (or `until()` holds)."""
-    nxt = pipeline.Next(first)
-    deadline = time.monotonic() + timeout
-    while nxt is not None:
-        if until is not None and until():
-            return nxt
-        assert time.monotonic() < deadline, f"order {order_id} did not finish: next {nxt}"
-        time.sleep(min(nxt.countdown, 0.1))
-        nxt = STAGES[nxt.task](order_id=order_id)
-    return None
 
 
 @pytest.fixture
 def stack(settings, chain_settings, broker_settings):
-    settings.ORDER_POLL_INTERVAL_SECONDS = 0.05
-    settings.ORDER_SETTLE_CHECK_SECONDS = 0.05
-    settings.ORDER_RETRY_SECONDS = 0.1
+    fast_pipeline(settings)
     broker_settings.set_security(code="US.AAPL", price="100.00", fill_mode="full", lot_size=1)
     return chain_settings, broker_settings
 
 
-def _deposit(user, contracts, symbol: str, usdt_units: int) -> Order:
-    receipt = user.deposit(symbol, usdt_units)
-    order, created = order_create_from_chain(
-        request=ChainOrderRequest(
-            chain_id=contracts.chain_id,
-            order_type="BUY",
-            onchain_id=user.deposit_id(receipt),
-            tx_hash=receipt.tx_hash,
-            log_index=0,
-            user_address=user.address,
-            symbol=symbol,
-            usdt_amount=usdt_units,
-        ),
-        actor="test",
-    )
-    assert created
-    return order
+_deposit = chain_deposit
 
 
 def _balances(user, symbol="AAPL"):

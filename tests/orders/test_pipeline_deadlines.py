@@ -7,7 +7,9 @@ from django.utils import timezone
 from orders import pipeline
 from orders.models import AuditLog, Order, OrderStatus
 from orders.money import USDT_UNIT
-from tests.orders.test_pipeline import _balances, _deposit, drive, stack  # noqa: F401
+from tests.fixtures.pipeline import chain_deposit as _deposit
+from tests.fixtures.pipeline import drive
+from tests.orders.test_pipeline import _balances, stack  # noqa: F401
 
 pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 

@@ -11,7 +11,8 @@ from orders import pipeline
 from orders.models import Alert, AuditLog, Order, OrderStatus
 from orders.money import USDT_UNIT
 from tests.fixtures.chain import DEPLOYER_KEY, deploy_contract_set, point_settings_at, wait_for
-from tests.orders.test_pipeline import _deposit, drive
+from tests.fixtures.pipeline import chain_deposit as _deposit
+from tests.fixtures.pipeline import drive, fast_pipeline
 
 pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
@@ -21,9 +22,7 @@ def own_stack(settings, anvil_factory, broker_settings):
     node = anvil_factory()
     contracts = deploy_contract_set(node)
     point_settings_at(settings, node, contracts)
-    settings.ORDER_POLL_INTERVAL_SECONDS = 0.05
-    settings.ORDER_SETTLE_CHECK_SECONDS = 0.05
-    settings.ORDER_RETRY_SECONDS = 0.1
+    fast_pipeline(settings)
     broker_settings.set_security(code="US.AAPL", price="100.00", fill_mode="reject")
     return node, contracts
 

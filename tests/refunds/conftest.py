@@ -7,35 +7,20 @@ from decimal import Decimal
 import pytest
 
 from chain import selectors as chain_selectors
-from orders import pipeline
 from orders.models import Order
 from orders.money import units_to_usdt
-from orders.services import ChainOrderRequest, order_create_from_chain
 from refunds import services
 from refunds.models import Refund, RefundStatus
 from tests.fixtures.chain import DEPLOYER_KEY, OPERATOR_KEY
-
-STAGES = {
-    pipeline.VALIDATE: pipeline.order_validate,
-    pipeline.PLACE: pipeline.order_place,
-    pipeline.POLL: pipeline.order_poll,
-    pipeline.SETTLE: pipeline.order_settle,
-}
+from tests.fixtures.pipeline import chain_deposit, fast_pipeline
+from tests.fixtures.pipeline import drive as drive_stages
 
 
-def drive(order_id: int, *, first: str = pipeline.VALIDATE, timeout: float = 60.0, until=None):
-    """Run the order's stages as each one's Next says until it is done (or `until()` holds);
-    sent refunds are checked along the way, as their check task would."""
-    nxt = pipeline.Next(first)
-    deadline = time.monotonic() + timeout
-    while nxt is not None:
-        if until is not None and until():
-            return nxt
-        assert time.monotonic() < deadline, f"order {order_id} did not finish: next {nxt}"
-        time.sleep(min(nxt.countdown, 0.1))
-        services.refunds_check_sent(actor="test:check")
-        nxt = STAGES[nxt.task](order_id=order_id)
-    return None
+def drive(order_id: int, **kwargs):  # type: ignore[no-untyped-def]
+    """The stage driver, with sent refunds checked along the way as their task would."""
+    return drive_stages(
+        order_id, each_step=lambda: services.refunds_check_sent(actor="test:check"), **kwargs
+    )
 
 
 def confirm(refund: Refund, *, timeout: float = 20.0) -> Refund:
@@ -49,23 +34,8 @@ def confirm(refund: Refund, *, timeout: float = 20.0) -> Refund:
         time.sleep(0.05)
 
 
-def deposit(user, contracts, usdt_units: int, symbol: str = "AAPL") -> Order:
-    receipt = user.deposit(symbol, usdt_units)
-    order, created = order_create_from_chain(
-        request=ChainOrderRequest(
-            chain_id=contracts.chain_id,
-            order_type="BUY",
-            onchain_id=user.deposit_id(receipt),
-            tx_hash=receipt.tx_hash,
-            log_index=0,
-            user_address=user.address,
-            symbol=symbol,
-            usdt_amount=usdt_units,
-        ),
-        actor="test",
-    )
-    assert created
-    return order
+def deposit(user, contracts, usdt_units: int, symbol: str = "AAPL") -> Order:  # type: ignore[no-untyped-def]
+    return chain_deposit(user, contracts, symbol, usdt_units)
 
 
 def usdt_of(user) -> int:
@@ -98,9 +68,7 @@ def floor_at_vault_balance(settings) -> int:
 
 @pytest.fixture
 def stack(settings, chain_settings, broker_settings):
-    settings.ORDER_POLL_INTERVAL_SECONDS = 0.05
-    settings.ORDER_SETTLE_CHECK_SECONDS = 0.05
-    settings.ORDER_RETRY_SECONDS = 0.1
+    fast_pipeline(settings)
     settings.REFUND_CHECK_SECONDS = 0.05
     settings.RESERVE_WAIT_SECONDS = 0.05
     settings.RESERVE_FLOOR_USDT = Decimal(0)
