@@ -129,22 +129,27 @@ def order_request_cancel(
                 after={"tx_hash": tx_hash, "status": order.status, "refund_owed": 0},
             )
             return order
-        try:
-            with transaction.atomic():
-                order = order_record(
-                    order=order,
-                    actor=actor,
-                    action="order.cancel_requested",
-                    cancel_requested_at=timezone.now(),
-                )
-        except (StaleOrderVersion, IllegalTransition):
-            continue
-        transaction.on_commit(
-            partial(current_app.send_task, "orders.tasks.order_cancel", args=[order.pk]),
-            robust=True,
-        )
-        return order
+        flagged = _cancel_flag(order=order, actor=actor, action="order.cancel_requested")
+        if flagged is not None:
+            return flagged
     raise StaleOrderVersion(order.pk, order.version)
+
+
+def _cancel_flag(*, order: Order, actor: str, action: str) -> Order | None:
+    """Set the cancel flag (audited) and wake the pipeline after commit. None when another
+    worker moved the order first: the caller re-reads it and tries again."""
+    try:
+        with transaction.atomic():
+            order = order_record(
+                order=order, actor=actor, action=action, cancel_requested_at=timezone.now()
+            )
+    except (StaleOrderVersion, IllegalTransition):
+        return None
+    transaction.on_commit(
+        partial(current_app.send_task, "orders.tasks.order_cancel", args=[order.pk]),
+        robust=True,
+    )
+    return order
 
 
 def order_broker_pushed(broker_order: "BrokerOrder") -> None:
@@ -187,20 +192,10 @@ def order_operator_cancel(*, order_id: int, actor: str) -> Order:
             )
         if order.cancel_requested_at is not None:
             return order
-        try:
-            with transaction.atomic():
-                order = order_record(
-                    order=order,
-                    actor=actor,
-                    action="order.operator_cancel_requested",
-                    cancel_requested_at=timezone.now(),
-                )
-        except (StaleOrderVersion, IllegalTransition):
+        flagged = _cancel_flag(order=order, actor=actor, action="order.operator_cancel_requested")
+        if flagged is None:
             continue
-        transaction.on_commit(
-            partial(current_app.send_task, "orders.tasks.order_cancel", args=[order.pk]),
-            robust=True,
-        )
+        order = flagged
         logger.info(
             "operator cancel requested",
             extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "actor": actor},
