@@ -88,6 +88,16 @@ def _call_for(
     raise ValueError(f"unknown settlement kind {kind!r}")
 
 
+def _call_for_row(row: SettlementTx) -> tuple:
+    return _call_for(
+        row.kind,
+        int(row.onchain_id),
+        int(row.usdt_amount),
+        int(row.token_amount),
+        None if row.deposit_id is None else int(row.deposit_id),
+    )
+
+
 def _bumped(value: int) -> int:
     return -(-value * (100 + settings.CHAIN_FEE_BUMP_PERCENT) // 100)
 
@@ -442,13 +452,7 @@ def _resign(
             )
             return
         max_fee = settings.CHAIN_MAX_FEE_PER_GAS_WEI
-    fn, args = _call_for(
-        row.kind,
-        int(row.onchain_id),
-        int(row.usdt_amount),
-        int(row.token_amount),
-        None if row.deposit_id is None else int(row.deposit_id),
-    )
+    fn, args = _call_for_row(row)
     nonce = (
         nonce_allocate(client=client, chain_id=row.chain_id, address=row.sender)
         if new_nonce
@@ -510,13 +514,7 @@ def settlement_resubmit(
                 if row.status == SettlementStatus.CONFIRMED
                 else SettlementState.PENDING
             )
-        fn, args = _call_for(
-            row.kind,
-            int(row.onchain_id),
-            int(row.usdt_amount),
-            int(row.token_amount),
-            None if row.deposit_id is None else int(row.deposit_id),
-        )
+        fn, args = _call_for_row(row)
         try:
             client.estimate_gas(
                 contract="BroncoVault",
