@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -35,21 +34,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.chdir(REPO)
 
+from orders.devstack.processes import free_port  # noqa: E402  (after the path is set)
+
 DB_NAME = "bronco_bench_e2e"
 REDIS_DB = 14
 DEADLINE = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _configure() -> dict[str, int]:
     """Ports and environment before Django reads its settings: this process reads the
     chain, the database and the broker the children use."""
-    ports = {name: _free_port() for name in ("web", "flower", "anvil", "opend", "control", "vault")}
+    ports = {name: free_port() for name in ("web", "flower", "anvil", "opend", "control", "vault")}
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bronco")
     os.environ.update(
         {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,15 +32,27 @@ def _die_with_parent() -> None:
         pass  # not Linux: children then outlive a SIGKILLed parent, nothing worse
 
 
+# Ports handed to a child that binds them later are drawn below Linux's ephemeral range
+# (32768-60999 by default): a port the kernel picks for `bind(0)` is also what it hands to
+# outgoing connections (to PostgreSQL, Redis, ...), so between our check and the child's bind
+# one of those could take it. Below the range only another listener can.
+_CHILD_PORTS = range(20000, 32000)
+_random = random.Random()
+
+
 def free_port(preferred: int = 0) -> int:
-    """`preferred` when it is free (or a free port when it is 0); raises when it is taken."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", preferred))
-        except OSError as exc:
-            raise PortTaken(preferred) from exc
-        return sock.getsockname()[1]
+    """`preferred` when it is free (or, when it is 0, a free port for a child to bind);
+    raises PortTaken when it is taken."""
+    candidates = [preferred] if preferred else _random.sample(_CHILD_PORTS, 64)
+    for port in candidates:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise PortTaken(preferred)
 
 
 class PortTaken(Exception):
