@@ -25,6 +25,8 @@ from orders import admin_dashboard
 from orders.exceptions import OrderError
 from orders.models import AuditLog, Order, OrderType
 from orders.services import order_operator_cancel, order_operator_retry
+from refunds.exceptions import RefundRefused
+from refunds.services import refund_request
 
 logger = logging.getLogger(__name__)
 
@@ -203,13 +205,6 @@ class OrderAdmin(admin.ModelAdmin):
             return self._refused(request, "refund orders", "orders.refund_order", order)
         form = RefundForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
-            try:  # the refunds app is optional here: import it only when it is used
-                from refunds.exceptions import RefundRefused
-                from refunds.services import refund_request
-            except ImportError:
-                logger.exception("admin refund: the refunds app is unavailable")
-                self.message_user(request, "Refunds are unavailable here.", messages.ERROR)
-                return self._back_to(order)
             try:
                 refund = refund_request(
                     order_id=order.pk,
