@@ -137,8 +137,9 @@ def broker_order_rate(orders: Sequence[Order], *, window: float = 30.0) -> dict[
             lo += 1
         most = max(most, hi - lo + 1)
     span = times[-1] - times[0]
-    # A mean over less than one window would extrapolate a burst: then it is the count.
-    mean = len(times) / span * window if span >= window else float(len(times))
+    # n placements span n - 1 gaps. A mean over less than one window would extrapolate a
+    # burst: then it is the count.
+    mean = (len(times) - 1) / span * window if span >= window else float(len(times))
     return {
         "placed": len(times),
         "max_per_window": most,
