@@ -296,7 +296,8 @@ def order_poll(*, order_id: int) -> Next | None:
     if order.status != S.EXECUTING:
         return None
     try:
-        current = broker.broker_query_order(client_id=order.client_id)
+        # By Futu's order id: one row from OpenD, not every order of the account.
+        current = broker.broker_query_order(broker_order_id=order.futu_order_id)
     except (BrokerUnavailable, RateLimited) as exc:
         return Next(POLL, countdown=getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS))
     if current is None:
