@@ -21,7 +21,12 @@ from orders.alerts import alert_raise
 from orders.audit import audit_record
 from orders.exceptions import OrderError
 from orders.models import OrderType
-from orders.services import ChainOrderRequest, order_create_from_chain, order_request_cancel
+from orders.services import (
+    ChainOrderRequest,
+    order_create_from_chain,
+    order_request_cancel,
+    orders_create_from_chain,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,18 +106,16 @@ def chain_logs_commit(
                 "tx_hash", "log_index"
             )
         )
-        events: list[ChainEvent] = []
-        duplicates = quarantined = 0
+        new_logs: list[RawLog] = []
+        duplicates = 0
         for log in fresh:
             if log.key in seen:
                 duplicates += 1
                 continue
             seen.add(log.key)
-            event = _act_on(chain_id=chain_id, vault=vault, log=log, actor=actor)
-            if event is None:
-                quarantined += 1
-            else:
-                events.append(event)
+            new_logs.append(log)
+        events = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
+        quarantined = len(new_logs) - len(events)
         ChainEvent.objects.bulk_create(events)
         cursor.block_number = to_block
         cursor.block_hash = to_block_hash
@@ -123,18 +126,72 @@ def chain_logs_commit(
     )
 
 
-def _act_on(*, chain_id: int, vault: str, log: RawLog, actor: str) -> ChainEvent | None:
-    """The ChainEvent to write for `log` (its order created), or None when quarantined."""
+def _act_on_batch(
+    *, chain_id: int, vault: str, logs: Sequence[RawLog], actor: str
+) -> list[ChainEvent]:
+    """The ChainEvents to write for new `logs` (in chain order), their orders created; the
+    logs it cannot act on are quarantined instead. Deposits and redeems become orders in one
+    bulk step; should that fail on one bad log, every log is taken one at a time, so only
+    that log is quarantined. Cancels run after, in order, as they name earlier deposits."""
+    actionable: list[tuple[RawLog, DecodedEvent]] = []
+    requests: dict[tuple[str, int], ChainOrderRequest] = {}
+    for log in logs:
+        decoded = _decoded(chain_id=chain_id, vault=vault, log=log, actor=actor)
+        if decoded is None:
+            continue
+        if decoded.name in _ORDER_EVENTS:
+            try:
+                requests[log.key] = _order_request(chain_id=chain_id, log=log, decoded=decoded)
+            except _Unactionable as exc:
+                log_quarantine(
+                    chain_id=chain_id, log=log, reason=exc.reason, detail=exc.detail, actor=actor
+                )
+                continue
+        actionable.append((log, decoded))
+    order_ids = _orders_in_bulk(requests=requests, actor=actor)
+    events = []
+    for log, decoded in actionable:
+        if order_ids is not None and log.key in order_ids:
+            event = _event(chain_id=chain_id, log=log, decoded=decoded, order_id=order_ids[log.key])
+        else:
+            event = _act_on(chain_id=chain_id, log=log, decoded=decoded, actor=actor)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _decoded(*, chain_id: int, vault: str, log: RawLog, actor: str) -> DecodedEvent | None:
     if log.address.lower() != vault.lower():
         log_quarantine(chain_id=chain_id, log=log, reason="foreign_address", actor=actor)
         return None
     try:
-        decoded = decode_log(log)
+        return decode_log(log)
     except UndecodableLog as exc:
         log_quarantine(
             chain_id=chain_id, log=log, reason=exc.reason, detail=exc.detail, actor=actor
         )
         return None
+
+
+def _orders_in_bulk(
+    *, requests: dict[tuple[str, int], ChainOrderRequest], actor: str
+) -> dict[tuple[str, int], int] | None:
+    """Order ids by log key for the batch's deposits and redeems, or None when the bulk step
+    failed (none of it is kept) and the caller must go one log at a time."""
+    if not requests:
+        return {}
+    try:
+        with transaction.atomic():
+            results = orders_create_from_chain(requests=list(requests.values()), actor=actor)
+    except (ValueError, TypeError, OrderError, IntegrityError, DataError) as exc:
+        logger.warning("bulk order creation failed (%s); one log at a time", exc)
+        return None
+    return {key: order.pk for key, (order, _created) in zip(requests, results, strict=True)}
+
+
+def _act_on(*, chain_id: int, log: RawLog, decoded: DecodedEvent, actor: str) -> ChainEvent | None:
+    """The ChainEvent to write for one decoded log (its order created or its cancel
+    recorded), or None when it is quarantined."""
     try:
         with transaction.atomic():
             order_id = _order_for(chain_id=chain_id, log=log, decoded=decoded, actor=actor)
@@ -152,6 +209,12 @@ def _act_on(*, chain_id: int, vault: str, log: RawLog, actor: str) -> ChainEvent
             actor=actor,
         )
         return None
+    return _event(chain_id=chain_id, log=log, decoded=decoded, order_id=order_id)
+
+
+def _event(
+    *, chain_id: int, log: RawLog, decoded: DecodedEvent, order_id: int | None
+) -> ChainEvent:
     return ChainEvent(
         chain_id=chain_id,
         tx_hash=log.tx_hash,
@@ -172,25 +235,30 @@ class _Unactionable(Exception):
         self.detail = detail
 
 
+def _order_request(*, chain_id: int, log: RawLog, decoded: DecodedEvent) -> ChainOrderRequest:
+    args = decoded.args
+    try:
+        symbol = bytes32_to_symbol(args["symbol"])
+    except ValueError as exc:
+        raise _Unactionable("undecodable", str(exc)) from exc
+    is_buy = decoded.name == "Deposit"
+    return ChainOrderRequest(
+        chain_id=chain_id,
+        order_type=_ORDER_EVENTS[decoded.name],
+        onchain_id=int(args["depositId"] if is_buy else args["redeemId"]),
+        tx_hash=log.tx_hash,
+        log_index=log.log_index,
+        user_address=args["user"],
+        symbol=symbol,
+        usdt_amount=int(args["usdtAmount"]) if is_buy else 0,
+        token_amount=0 if is_buy else int(args["shares"]),
+    )
+
+
 def _order_for(*, chain_id: int, log: RawLog, decoded: DecodedEvent, actor: str) -> int | None:
     args = decoded.args
     if decoded.name in _ORDER_EVENTS:
-        try:
-            symbol = bytes32_to_symbol(args["symbol"])
-        except ValueError as exc:
-            raise _Unactionable("undecodable", str(exc)) from exc
-        is_buy = decoded.name == "Deposit"
-        request = ChainOrderRequest(
-            chain_id=chain_id,
-            order_type=_ORDER_EVENTS[decoded.name],
-            onchain_id=int(args["depositId"] if is_buy else args["redeemId"]),
-            tx_hash=log.tx_hash,
-            log_index=log.log_index,
-            user_address=args["user"],
-            symbol=symbol,
-            usdt_amount=int(args["usdtAmount"]) if is_buy else 0,
-            token_amount=0 if is_buy else int(args["shares"]),
-        )
+        request = _order_request(chain_id=chain_id, log=log, decoded=decoded)
         order, _created = order_create_from_chain(request=request, actor=actor)
         return order.pk
     if decoded.name == "CancelRequested":

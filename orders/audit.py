@@ -6,6 +6,7 @@ take sequence numbers one after another and each row links to the true previous 
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,17 @@ def entry_hash(
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One entry to append: who did what to which order, with the state before and after."""
+
+    actor: str
+    action: str
+    order_id: int | None = None
+    before: dict | None = None
+    after: dict | None = None
+
+
 def audit_record(
     *,
     actor: str,
@@ -63,38 +75,57 @@ def audit_record(
 ) -> AuditLog:
     """Append one entry. Runs inside the caller's transaction (atomic if there is none), so
     the entry commits or rolls back together with the change it describes."""
-    if not actor:
-        raise ValueError("an audit entry must name its actor")
-    before_c = _canonical(before or {})
-    after_c = _canonical(after or {})
+    (entry,) = audit_record_many(
+        [AuditEntry(actor=actor, action=action, order_id=order_id, before=before, after=after)]
+    )
+    return entry
+
+
+def audit_record_many(entries: Sequence[AuditEntry]) -> list[AuditLog]:
+    """Append entries in the given order with one lock, one read of the chain's tail and one
+    INSERT (the listener's batch). Same transaction rules as `audit_record`."""
+    for entry in entries:
+        if not entry.actor:
+            raise ValueError("an audit entry must name its actor")
+    if not entries:
+        return []
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_LOCK_KEY])
         last = AuditLog.objects.order_by("-seq").values("seq", "entry_hash").first()
-        seq = (last["seq"] + 1) if last else 1
+        seq = last["seq"] if last else 0
         prev = last["entry_hash"] if last else GENESIS_HASH
         created_at = timezone.now()
-        digest = entry_hash(
-            seq=seq,
-            created_at=created_at.isoformat(),
-            actor=actor,
-            action=action,
-            order_id=order_id,
-            before=before_c,
-            after=after_c,
-            prev_hash=prev,
-        )
-        return AuditLog.objects.create(
-            seq=seq,
-            created_at=created_at,
-            actor=actor,
-            action=action,
-            order_id=order_id,
-            before=before_c,
-            after=after_c,
-            prev_hash=prev,
-            entry_hash=digest,
-        )
+        rows = []
+        for entry in entries:
+            seq += 1
+            before = _canonical(entry.before or {})
+            after = _canonical(entry.after or {})
+            digest = entry_hash(
+                seq=seq,
+                created_at=created_at.isoformat(),
+                actor=entry.actor,
+                action=entry.action,
+                order_id=entry.order_id,
+                before=before,
+                after=after,
+                prev_hash=prev,
+            )
+            rows.append(
+                AuditLog(
+                    seq=seq,
+                    created_at=created_at,
+                    actor=entry.actor,
+                    action=entry.action,
+                    order_id=entry.order_id,
+                    before=before,
+                    after=after,
+                    prev_hash=prev,
+                    entry_hash=digest,
+                )
+            )
+            prev = digest
+        return AuditLog.objects.bulk_create(rows)
 
 
 @dataclass(frozen=True)

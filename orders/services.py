@@ -1,6 +1,7 @@
 """Writes of the order lifecycle that other apps call (the listener creates orders here)."""
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from orders.audit import audit_record
+from orders.audit import AuditEntry, audit_record, audit_record_many
 from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
 from orders.models import Order, OrderType
 from orders.state import order_record
@@ -40,66 +41,135 @@ class ChainOrderRequest:
     token_amount: int = 0
 
 
-def _enqueue_pipeline(order_id: int) -> None:
-    transaction.on_commit(
-        lambda: current_app.send_task(PIPELINE_START_TASK, args=[order_id]), robust=True
-    )
+def _enqueue_pipeline(order_ids: Sequence[int]) -> None:
+    """Start the pipeline of each order once the caller's transaction commits, publishing
+    them all through one broker connection."""
+    ids = list(order_ids)
+    if not ids:
+        return
+
+    def publish() -> None:
+        with current_app.producer_or_acquire() as producer:
+            for order_id in ids:
+                current_app.send_task(PIPELINE_START_TASK, args=[order_id], producer=producer)
+
+    transaction.on_commit(publish, robust=True)
 
 
-def order_create_from_chain(*, request: ChainOrderRequest, actor: str) -> tuple[Order, bool]:
-    """Create the one order for a chain event, or return the existing one.
+_OrderKey = tuple[int, str, int]
 
-    Idempotent by the unique key (chain id, type, on-chain id): a replayed or duplicated log
-    returns (order, False) and enqueues nothing. Must run inside the caller's transaction
-    (the listener's batch); the pipeline starts only after that transaction commits.
-    """
-    if request.order_type not in OrderType.values:
-        raise ValueError(f"unknown order type {request.order_type!r}")
-    existing = Order.objects.filter(
-        chain_id=request.chain_id, order_type=request.order_type, onchain_id=request.onchain_id
-    ).first()
-    if existing:
-        return existing, False
-    stock_code = settings.BRONCO_SYMBOLS.get(request.symbol, "")
-    try:
-        with transaction.atomic():
-            order = Order.objects.create(
-                order_type=request.order_type,
-                chain_id=request.chain_id,
-                onchain_id=request.onchain_id,
-                chain_tx_hash=request.tx_hash,
-                log_index=request.log_index,
-                user_address=request.user_address,
-                symbol=request.symbol,
-                stock_code=stock_code,
-                usdt_amount=request.usdt_amount,
-                token_amount=request.token_amount,
-                deadline=timezone.now()
-                + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS),
+
+def _key(request: ChainOrderRequest) -> _OrderKey:
+    return (request.chain_id, request.order_type, int(request.onchain_id))
+
+
+def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, Order]:
+    found: dict[_OrderKey, Order] = {}
+    by_chain: dict[int, set[int]] = {}
+    for chain_id, _type, onchain_id in keys:
+        by_chain.setdefault(chain_id, set()).add(onchain_id)
+    for chain_id, ids in by_chain.items():
+        for order in Order.objects.filter(chain_id=chain_id, onchain_id__in=ids):
+            found[(order.chain_id, order.order_type, int(order.onchain_id))] = order
+    return found
+
+
+def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_OrderKey, Order]:
+    deadline = timezone.now() + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
+    orders = Order.objects.bulk_create(
+        [
+            Order(
+                order_type=r.order_type,
+                chain_id=r.chain_id,
+                onchain_id=r.onchain_id,
+                chain_tx_hash=r.tx_hash,
+                log_index=r.log_index,
+                user_address=r.user_address,
+                symbol=r.symbol,
+                stock_code=settings.BRONCO_SYMBOLS.get(r.symbol, ""),
+                usdt_amount=r.usdt_amount,
+                token_amount=r.token_amount,
+                deadline=deadline,
             )
-            audit_record(
+            for r in requests
+        ]
+    )
+    audit_record_many(
+        [
+            AuditEntry(
                 actor=actor,
                 action="order.created",
                 order_id=order.pk,
                 after={
-                    "type": order.order_type,
-                    "onchain_id": request.onchain_id,
-                    "tx_hash": request.tx_hash,
-                    "log_index": request.log_index,
-                    "user": request.user_address,
-                    "symbol": request.symbol,
-                    "usdt_amount": request.usdt_amount,
-                    "token_amount": request.token_amount,
+                    "type": r.order_type,
+                    "onchain_id": r.onchain_id,
+                    "tx_hash": r.tx_hash,
+                    "log_index": r.log_index,
+                    "user": r.user_address,
+                    "symbol": r.symbol,
+                    "usdt_amount": r.usdt_amount,
+                    "token_amount": r.token_amount,
                 },
             )
-    except IntegrityError:
-        existing = Order.objects.get(
-            chain_id=request.chain_id, order_type=request.order_type, onchain_id=request.onchain_id
-        )
-        return existing, False
-    logger.info("order created", extra={"order_id": order.pk, "tx_hash": request.tx_hash})
-    _enqueue_pipeline(order.pk)
-    return order, True
+            for order, r in zip(orders, requests, strict=True)
+        ]
+    )
+    for order, r in zip(orders, requests, strict=True):
+        logger.info("order created", extra={"order_id": order.pk, "tx_hash": r.tx_hash})
+    return {_key(r): order for order, r in zip(orders, requests, strict=True)}
+
+
+def orders_create_from_chain(
+    *, requests: Sequence[ChainOrderRequest], actor: str
+) -> list[tuple[Order, bool]]:
+    """The one order of each chain event (the listener's batch), as (order, created), in the
+    order given.
+
+    Idempotent by the unique key (chain id, type, on-chain id): a replayed or duplicated log,
+    or the same event twice in one batch, returns the existing order with created False and
+    enqueues nothing. Must run inside the caller's transaction; each new order's pipeline is
+    enqueued only after that transaction commits. One query finds what exists, one INSERT
+    creates the rest and one appends their audit entries; should the INSERT lose a race to
+    another writer, it falls back to one order at a time.
+    """
+    for request in requests:
+        if request.order_type not in OrderType.values:
+            raise ValueError(f"unknown order type {request.order_type!r}")
+    keys = [_key(r) for r in requests]
+    existing = _existing_orders(keys)
+    new: dict[_OrderKey, ChainOrderRequest] = {}
+    for key, request in zip(keys, requests, strict=True):
+        if key not in existing:
+            new.setdefault(key, request)
+    created: dict[_OrderKey, Order] = {}
+    if new:
+        try:
+            with transaction.atomic():
+                created = _insert_orders(list(new.values()), actor)
+        except IntegrityError:
+            for key, request in new.items():
+                try:
+                    with transaction.atomic():
+                        created.update(_insert_orders([request], actor))
+                except IntegrityError:
+                    existing.update(_existing_orders([key]))
+        _enqueue_pipeline([order.pk for order in created.values()])
+    results: list[tuple[Order, bool]] = []
+    reported: set[_OrderKey] = set()
+    for key in keys:
+        if key in created and key not in reported:
+            reported.add(key)
+            results.append((created[key], True))
+        else:
+            results.append((created.get(key) or existing[key], False))
+    return results
+
+
+def order_create_from_chain(*, request: ChainOrderRequest, actor: str) -> tuple[Order, bool]:
+    """Create the one order for a chain event, or return the existing one (see
+    `orders_create_from_chain`, of which this is the single-event form)."""
+    (result,) = orders_create_from_chain(requests=[request], actor=actor)
+    return result
 
 
 def order_request_cancel(

@@ -1,0 +1,78 @@
+"""The listener's batch creates its orders in one bulk step; one bad log in a batch is
+quarantined alone and the rest still become exactly one order each."""
+
+from unittest import mock
+
+import pytest
+from django.db import DataError
+
+import orders.services
+from chain.models import ChainEvent, QuarantinedLog
+from orders.audit import audit_verify
+from orders.models import AuditLog, Order
+from tests.fixtures.chain import deploy_contract_set, listener_config, point_settings_at, wait_for
+
+pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def node_and_contracts(anvil_factory, settings):
+    node = anvil_factory()
+    contracts = deploy_contract_set(node)
+    point_settings_at(settings, node, contracts)
+    return node, contracts
+
+
+def _deposits_before_listener(node, contracts, chain_user, n):
+    """Deposits mined before the listener starts: its backfill takes them in one batch."""
+    user = chain_user(2, node=node, contracts=contracts)
+    user.approve()
+    start = node.client().block_number() + 1
+    receipts = [user.deposit("AAPL", (10 + i) * 10**6) for i in range(n)]
+    return start, [(r, user.deposit_id(r)) for r in receipts]
+
+
+def test_a_backfilled_batch_becomes_one_order_per_deposit(
+    node_and_contracts, chain_user, run_listener
+):
+    node, contracts = node_and_contracts
+    start, deposits = _deposits_before_listener(node, contracts, chain_user, 6)
+    with run_listener(listener_config(node, contracts, start_block=start)):
+        wait_for(lambda: Order.objects.count() == 6)
+    for receipt, deposit_id in deposits:
+        order = Order.objects.get(onchain_id=deposit_id, order_type="BUY")
+        assert order.chain_tx_hash == receipt.tx_hash
+        assert ChainEvent.objects.filter(tx_hash=receipt.tx_hash, order_id=order.pk).count() == 1
+        assert AuditLog.objects.filter(order=order, action="order.created").count() == 1
+    checked, broken = audit_verify()
+    assert broken is None and checked >= 6
+
+
+def test_one_bad_log_in_a_batch_is_quarantined_alone(node_and_contracts, chain_user, run_listener):
+    node, contracts = node_and_contracts
+    start, deposits = _deposits_before_listener(node, contracts, chain_user, 3)
+    bad_receipt, bad_id = deposits[1]
+    real_insert = orders.services._insert_orders
+
+    def insert_failing_on_bad(requests, actor):
+        # The crash at an exact line: the database refuses this one deposit's row.
+        if any(int(r.onchain_id) == bad_id for r in requests):
+            raise DataError("numeric field overflow (injected)")
+        return real_insert(requests, actor)
+
+    with mock.patch("orders.services._insert_orders", insert_failing_on_bad):
+        with run_listener(listener_config(node, contracts, start_block=start)):
+            wait_for(
+                lambda: (
+                    Order.objects.count() == 2
+                    and QuarantinedLog.objects.filter(tx_hash=bad_receipt.tx_hash).exists()
+                )
+            )
+    assert not Order.objects.filter(onchain_id=bad_id).exists()
+    quarantined = QuarantinedLog.objects.get(tx_hash=bad_receipt.tx_hash)
+    assert quarantined.reason == "rejected"
+    assert "DataError" in quarantined.detail
+    for receipt, deposit_id in (deposits[0], deposits[2]):
+        assert Order.objects.filter(onchain_id=deposit_id).count() == 1
+        assert ChainEvent.objects.filter(tx_hash=receipt.tx_hash).count() == 1
+    assert audit_verify()[1] is None
