@@ -5,12 +5,17 @@ nothing, and leaves an audit entry naming `admin:<username>`. Enqueued tasks are
 the Celery app (they are sent after commit, so the tests run the commit callbacks).
 """
 
+import base64
+import json
 from unittest import mock
 
 import pytest
+import redis
+from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
+from bronco_project.celery import app as celery_app
 from orders import pipeline
 from orders.exceptions import OrderError
 from orders.models import AuditLog, Order, OrderStatus, OrderType
@@ -24,10 +29,23 @@ ACTIONS = ("retry", "cancel", "refund")
 
 @pytest.fixture
 def sent():
-    """Tasks the services send: (task name, args) in order."""
-    app = mock.Mock()
-    with mock.patch("orders.services.current_app", app):
-        yield lambda: [(c.args[0], c.kwargs["args"]) for c in app.send_task.call_args_list]
+    """Tasks the services sent, read back from the real Redis broker's queues: (task name,
+    args), sorted by args. The queues start empty for each test."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queues = [q.name for q in celery_app.conf.task_queues]
+    client.delete(*queues)
+
+    def read() -> list[tuple[str, list]]:
+        found = []
+        for queue in queues:
+            for raw in client.lrange(queue, 0, -1):
+                message = json.loads(raw)
+                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+                found.append((message["headers"]["task"], args))
+        return sorted(found, key=lambda item: (item[1], item[0]))
+
+    yield read
+    client.delete(*queues)
 
 
 def staff(username: str, *perms: str):
