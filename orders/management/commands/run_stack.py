@@ -76,10 +76,8 @@ class Command(BaseCommand):
             fresh=options["fresh"],
         )
         stack = DevStack(config, out=self._say)
-        # Ctrl-C must reach the `finally` below: the futu SDK, imported with the trading app,
-        # replaces SIGINT with an immediate os._exit(0). SIGTERM (docker stop, a CI timeout)
-        # stops the children the same way.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Ctrl-C reaches the `finally` below (trading.futu_sdk undid the futu SDK's handler);
+        # SIGTERM (docker stop, a CI timeout) stops the children the same way.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         code = 0
         try:

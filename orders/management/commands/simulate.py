@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -80,8 +79,6 @@ class Command(BaseCommand):
         parser.add_argument("--json", default="", help="also write the results to this file")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        # The futu SDK replaces SIGINT with os._exit(0) on import; Ctrl-C stays Ctrl-C.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         result = run_scenario(options, write=self.stdout.write, flush=self.stdout.flush)
         if options["json"]:
             path = Path(options["json"])
