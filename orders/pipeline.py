@@ -301,12 +301,23 @@ def order_poll(*, order_id: int) -> Next | None:
     except (BrokerUnavailable, RateLimited) as exc:
         return Next(POLL, countdown=getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS))
     if current is None:
-        audit_record(
-            actor=_actor("poll"),
-            action="order.broker_lost",
-            order_id=order.pk,
-            after={"futu_order_id": order.futu_order_id},
+        # The broker does not know an order it accepted: an operator must look. One open
+        # alert (and one audit entry) however often the poll comes back to it.
+        alert = alert_raise(
+            key=f"broker_lost:{order.pk}",
+            message=f"order {order.pk}: the broker does not know Futu order "
+            f"{order.futu_order_id}; still polling",
+            severity="critical",
+            source=_actor("poll"),
+            details={"order_id": order.pk, "futu_order_id": order.futu_order_id},
         )
+        if alert.count == 1:
+            audit_record(
+                actor=_actor("poll"),
+                action="order.broker_lost",
+                order_id=order.pk,
+                after={"futu_order_id": order.futu_order_id},
+            )
         logger.error("broker does not know order", extra={"order_id": order.pk})
         return Next(POLL, countdown=settings.ORDER_RETRY_SECONDS)
 

@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from orders import pipeline
-from orders.models import AuditLog, Order, OrderStatus
+from orders.models import Alert, AuditLog, Order, OrderStatus
 from orders.money import USDT_UNIT
 from tests.fixtures.pipeline import chain_deposit as _deposit
 from tests.fixtures.pipeline import drive
@@ -60,3 +60,21 @@ def test_market_closed_past_the_deadline_refunds_without_trading(stack, chain_us
     assert sim.orders(remark=order.client_id) == []
     assert _balances(user)[0] == usdt_before
     assert pipeline.order_validate(order_id=order.pk) is None  # terminal: nothing more happens
+
+
+def test_an_order_the_broker_lost_raises_one_alert_and_keeps_polling(stack, chain_user):  # noqa: F811
+    contracts, sim = stack
+    sim.set_security(code="US.AAPL", fill_mode="none")
+    user = chain_user(4)
+    order = _deposit(user, contracts, "AAPL", 400 * USDT_UNIT)
+    drive(order.pk, until=lambda: Order.objects.get(pk=order.pk).status == OrderStatus.EXECUTING)
+    sim.reset()  # the broker forgets every order
+
+    for _ in range(3):
+        assert pipeline.order_poll(order_id=order.pk) == pipeline.Next(pipeline.POLL, countdown=0.1)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.EXECUTING  # never settled on a guess
+    alert = Alert.objects.get(key=f"broker_lost:{order.pk}")
+    assert (alert.count, alert.severity, alert.resolved_at) == (3, "critical", None)
+    assert AuditLog.objects.filter(order=order, action="order.broker_lost").count() == 1
