@@ -34,6 +34,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from chain.client import ChainClient
+from orders.db import maintenance_connection
 from orders.devstack.processes import ChildFailed, PortTaken, Supervisor, free_port
 
 PY = sys.executable
@@ -180,32 +181,21 @@ class DevStack:
             (self.var / part).mkdir(parents=True, exist_ok=True)
 
     def _database(self, *, drop: bool) -> None:
-        """Create the database when missing (and first drop it with --fresh)."""
-        if drop and settings.BRONCO_ENV == "production":
+        """Drop the database with --fresh; `check_services`, run next, creates it."""
+        if not drop:
+            return
+        if settings.BRONCO_ENV == "production":
             raise StackError("--fresh drops the database: refused with BRONCO_ENV=production")
-        db = settings.DATABASES["default"]
+        name = settings.DATABASES["default"]["NAME"]
         connections.close_all()
         try:
-            conn = psycopg2.connect(
-                dbname="postgres",
-                user=db.get("USER") or None,
-                password=db.get("PASSWORD") or None,
-                host=db.get("HOST") or None,
-                port=db.get("PORT") or None,
-                connect_timeout=3,
-            )
+            conn = maintenance_connection()
         except psycopg2.Error:
             return  # check_services says what is wrong and how to fix it
-        conn.autocommit = True
         try:
             with conn.cursor() as cursor:
-                if drop:
-                    cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
-                    self.out(f"Dropped database {db['NAME']} (--fresh).")
-                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]])
-                if cursor.fetchone() is None:
-                    cursor.execute(f'CREATE DATABASE "{db["NAME"]}"')
-                    self.out(f"Created database {db['NAME']}.")
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                self.out(f"Dropped database {name} (--fresh).")
         finally:
             conn.close()
 

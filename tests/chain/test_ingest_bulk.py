@@ -10,17 +10,9 @@ import orders.services
 from chain.models import ChainEvent, QuarantinedLog
 from orders.audit import audit_verify
 from orders.models import AuditLog, Order
-from tests.fixtures.chain import deploy_contract_set, listener_config, point_settings_at, wait_for
+from tests.fixtures.chain import listener_config, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def node_and_contracts(anvil_factory, settings):
-    node = anvil_factory()
-    contracts = deploy_contract_set(node)
-    point_settings_at(settings, node, contracts)
-    return node, contracts
 
 
 def _deposits_before_listener(node, contracts, chain_user, n):
@@ -32,10 +24,8 @@ def _deposits_before_listener(node, contracts, chain_user, n):
     return start, [(r, user.deposit_id(r)) for r in receipts]
 
 
-def test_a_backfilled_batch_becomes_one_order_per_deposit(
-    node_and_contracts, chain_user, run_listener
-):
-    node, contracts = node_and_contracts
+def test_a_backfilled_batch_becomes_one_order_per_deposit(own_chain, chain_user, run_listener):
+    node, contracts = own_chain
     start, deposits = _deposits_before_listener(node, contracts, chain_user, 6)
     with run_listener(listener_config(node, contracts, start_block=start)):
         wait_for(lambda: Order.objects.count() == 6)
@@ -48,8 +38,8 @@ def test_a_backfilled_batch_becomes_one_order_per_deposit(
     assert broken is None and checked >= 6
 
 
-def test_one_bad_log_in_a_batch_is_quarantined_alone(node_and_contracts, chain_user, run_listener):
-    node, contracts = node_and_contracts
+def test_one_bad_log_in_a_batch_is_quarantined_alone(own_chain, chain_user, run_listener):
+    node, contracts = own_chain
     start, deposits = _deposits_before_listener(node, contracts, chain_user, 3)
     bad_receipt, bad_id = deposits[1]
     real_insert = orders.services._insert_orders

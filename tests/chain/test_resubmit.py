@@ -13,30 +13,9 @@ from chain.services import (
     settlement_resubmit,
     settlement_submit,
 )
-from tests.fixtures.chain import DEPLOYER_KEY, deploy_contract_set, point_settings_at, wait_for
+from tests.fixtures.chain import drain_vault, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def own_chain(anvil_factory, settings):
-    node = anvil_factory()
-    contracts = deploy_contract_set(node)
-    point_settings_at(settings, node, contracts)
-    return node, contracts
-
-
-def _drain_vault(node, contracts):
-    balance = selectors.vault_usdt_balance()
-    node.client().transact(
-        private_key=DEPLOYER_KEY,
-        contract="BroncoVault",
-        address=contracts.vault,
-        fn="withdrawReserve",
-        args=("0x000000000000000000000000000000000000dEaD", balance),
-    )
-    assert selectors.vault_usdt_balance() == 0
-    return balance
 
 
 def test_reverted_settlement_is_resubmitted_once_funded(own_chain, chain_user):
@@ -55,7 +34,7 @@ def test_reverted_settlement_is_resubmitted_once_funded(own_chain, chain_user):
             order_id=None,
             actor="test",
         )
-        _drain_vault(node, contracts)
+        drain_vault(node, contracts)
 
     assert wait_for(
         lambda: settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.REVERTED

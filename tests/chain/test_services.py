@@ -12,7 +12,7 @@ from chain.exceptions import SettlementRejected
 from chain.models import NonceSequence, SettlementAttempt, SettlementStatus, SettlementTx
 from chain.services import SettlementState, settlement_check, settlement_submit
 from orders.models import AuditLog
-from tests.fixtures.chain import OPERATOR_KEY, deploy_contract_set, point_settings_at, wait_for
+from tests.fixtures.chain import OPERATOR_KEY, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -126,19 +126,10 @@ def test_a_settlement_already_made_on_chain_is_recognised(chain_settings, chain_
     assert AuditLog.objects.filter(action="chain.settlement_already_settled").exists()
 
 
-@pytest.fixture
-def manual_chain(anvil_factory, settings):
-    """A node of its own with automine off: blocks are mined only when the test says."""
-    node = anvil_factory()
-    contracts = deploy_contract_set(node)
-    point_settings_at(settings, node, contracts)
-    return node, contracts
-
-
 def test_a_stuck_settlement_is_replaced_with_the_same_nonce_and_a_higher_fee(
-    manual_chain, chain_user, settings
+    own_chain, chain_user, settings
 ):
-    node, contracts = manual_chain
+    node, contracts = own_chain
     user = chain_user(2, node=node, contracts=contracts)
     (deposit_id,) = deposits(user, 1)
     node.rpc("evm_setAutomine", [False])
@@ -170,8 +161,8 @@ def test_a_stuck_settlement_is_replaced_with_the_same_nonce_and_a_higher_fee(
     assert AuditLog.objects.filter(action="chain.settlement_replaced").count() == 1
 
 
-def test_losing_a_settlement_race_on_chain_counts_as_settled(manual_chain, chain_user):
-    node, contracts = manual_chain
+def test_losing_a_settlement_race_on_chain_counts_as_settled(own_chain, chain_user):
+    node, contracts = own_chain
     user = chain_user(3, node=node, contracts=contracts)
     (deposit_id,) = deposits(user, 1)
     node.rpc("evm_setAutomine", [False])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from tests.fixtures.broker import SimHandle, clear_rate_limits, start_simulator
+from tests.fixtures.broker import SimHandle, clear_rate_limits, simulator_running
 from tests.fixtures.processes import (
     bronco_process,
     celery_worker_argv,
@@ -63,12 +63,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def e2e_sim() -> Iterator[SimHandle]:
-    handle = start_simulator(rate_window=RATE_WINDOW)
-    try:
+    with simulator_running(rate_window=RATE_WINDOW) as handle:
         yield handle
-    finally:
-        handle.control.close()
-        handle.sim.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.broker import SimHandle, clear_rate_limits, start_simulator
+from tests.fixtures.broker import SimHandle, clear_rate_limits, simulator_running
 from tests.fixtures.chain import AnvilNode, deploy_contract_set, point_settings_at
 from tests.fixtures.processes import (
     bronco_process,
@@ -41,12 +41,8 @@ class MainStack:
 
 @pytest.fixture(scope="module")
 def main_sim() -> Iterator[SimHandle]:
-    handle = start_simulator(rate_window=RATE_WINDOW)
-    try:
+    with simulator_running(rate_window=RATE_WINDOW) as handle:
         yield handle
-    finally:
-        handle.control.close()
-        handle.sim.stop()
 
 
 @pytest.fixture

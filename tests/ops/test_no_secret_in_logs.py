@@ -29,10 +29,9 @@ from chain.client import address_of_key
 from chain.models import SettlementTx
 from orders.models import AuditLog, OrderStatus
 from orders.money import USDT_UNIT
-from orders.services import ChainOrderRequest, order_create_from_chain
 from tests.fixtures.broker import clear_rate_limits, start_simulator
 from tests.fixtures.chain import OPERATOR_KEY
-from tests.fixtures.pipeline import drive, fast_pipeline
+from tests.fixtures.pipeline import chain_deposit, drive, fast_pipeline
 
 pytestmark = [
     pytest.mark.vault,
@@ -190,21 +189,7 @@ def test_pipeline_run_with_vault_secrets_logs_neither_secret(
         mock.patch.object(secrets_module, "_read_vault", read),
         everything_logged(caplog, capfd) as captured,
     ):
-        receipt = user.deposit("AAPL", 1_000 * USDT_UNIT)
-        order, created = order_create_from_chain(
-            request=ChainOrderRequest(
-                chain_id=chain_settings.chain_id,
-                order_type="BUY",
-                onchain_id=user.deposit_id(receipt),
-                tx_hash=receipt.tx_hash,
-                log_index=0,
-                user_address=user.address,
-                symbol="AAPL",
-                usdt_amount=1_000 * USDT_UNIT,
-            ),
-            actor="test",
-        )
-        assert created
+        order = chain_deposit(user, chain_settings, "AAPL", 1_000 * USDT_UNIT)
         drive(order.pk)
         logging.getLogger("tests.canary").debug("pipeline run done for order %s", order.pk)
 

@@ -16,8 +16,8 @@ from chain import selectors as chain_selectors
 from orders import pipeline
 from orders.models import AuditLog, Order, OrderStatus
 from orders.money import TOKEN_UNIT, USDT_UNIT
-from orders.services import ChainOrderRequest, order_create_from_chain, order_request_cancel
-from tests.fixtures.pipeline import chain_deposit, drive, fast_pipeline
+from orders.services import order_request_cancel
+from tests.fixtures.pipeline import chain_deposit, chain_redeem, drive, fast_pipeline
 
 pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
@@ -166,20 +166,7 @@ def test_redeem_pays_proceeds_and_returns_unsold_fraction(stack, chain_user):
 
     sim.set_price(code="US.AAPL", price="110.00")
     redeem_units = 5 * TOKEN_UNIT + TOKEN_UNIT // 2  # 5.5 shares: 5 sell, 0.5 comes back
-    receipt = user.redeem("AAPL", redeem_units)
-    order, _ = order_create_from_chain(
-        request=ChainOrderRequest(
-            chain_id=contracts.chain_id,
-            order_type="SELL",
-            onchain_id=user.redeem_id(receipt),
-            tx_hash=receipt.tx_hash,
-            log_index=0,
-            user_address=user.address,
-            symbol="AAPL",
-            token_amount=redeem_units,
-        ),
-        actor="test",
-    )
+    order = chain_redeem(user, contracts, "AAPL", redeem_units)
     drive(order.pk)
 
     order.refresh_from_db()

@@ -10,7 +10,7 @@ from chain.services import SettlementState, settlement_check, settlement_submit
 from orders import pipeline
 from orders.models import Alert, AuditLog, Order, OrderStatus
 from orders.money import USDT_UNIT
-from tests.fixtures.chain import DEPLOYER_KEY, deploy_contract_set, point_settings_at, wait_for
+from tests.fixtures.chain import drain_vault, wait_for
 from tests.fixtures.pipeline import chain_deposit as _deposit
 from tests.fixtures.pipeline import drive, fast_pipeline
 
@@ -18,13 +18,10 @@ pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(trans
 
 
 @pytest.fixture
-def own_stack(settings, anvil_factory, broker_settings):
-    node = anvil_factory()
-    contracts = deploy_contract_set(node)
-    point_settings_at(settings, node, contracts)
+def own_stack(settings, own_chain, broker_settings):
     fast_pipeline(settings)
     broker_settings.set_security(code="US.AAPL", price="100.00", fill_mode="reject")
-    return node, contracts
+    return own_chain
 
 
 def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chain_user):
@@ -38,7 +35,6 @@ def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chai
 
     # The settlement is signed while the vault holds the USDT and mined after it was
     # withdrawn, so it reverts on chain (not "already settled").
-    vault_usdt = chain_selectors.vault_usdt_balance()
     with transaction.atomic():
         settlement_submit(
             kind="deposit",
@@ -48,13 +44,7 @@ def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chai
             order_id=order.pk,
             actor="test",
         )
-        node.client().transact(
-            private_key=DEPLOYER_KEY,
-            contract="BroncoVault",
-            address=contracts.vault,
-            fn="withdrawReserve",
-            args=("0x000000000000000000000000000000000000dEaD", vault_usdt),
-        )
+        drain_vault(node, contracts)
     assert wait_for(
         lambda: (
             settlement_check(kind="deposit", onchain_id=int(order.onchain_id))

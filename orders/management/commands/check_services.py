@@ -7,6 +7,8 @@ import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from orders.db import maintenance_connection
+
 START_HINTS = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     "Redis": "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no",
@@ -30,7 +32,6 @@ class Command(BaseCommand):
     requires_system_checks: list = []
 
     def _ensure_database(self, conn: "psycopg2.extensions.connection", name: str) -> None:
-        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         with conn.cursor() as cursor:
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
             if cursor.fetchone() or settings.BRONCO_ENV == "production":
@@ -40,18 +41,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         failures = []
-        db = settings.DATABASES["default"]
         try:
-            conn = psycopg2.connect(
-                dbname="postgres",
-                user=db.get("USER") or None,
-                password=db.get("PASSWORD") or None,
-                host=db.get("HOST") or None,
-                port=db.get("PORT") or None,
-                connect_timeout=3,
-            )
+            conn = maintenance_connection()
             try:
-                self._ensure_database(conn, db["NAME"])
+                self._ensure_database(conn, settings.DATABASES["default"]["NAME"])
             finally:
                 conn.close()
         except psycopg2.Error as exc:
