@@ -369,6 +369,20 @@ class ChainClient:
         entries = self._run(self._w3.eth.get_logs, params)
         return sorted((_raw_log(e) for e in entries), key=lambda r: (r.block_number, r.log_index))
 
+    def event_arg(self, receipt: Receipt, *, address: str, event: str, arg: str) -> int:
+        """Argument `arg` of the `event` log that `address` emitted in `receipt`'s transaction
+        (e.g. the vault-assigned depositId of a Deposit). Raises LookupError when absent."""
+        logs = self.get_logs(
+            from_block=receipt.block_number,
+            to_block=receipt.block_number,
+            address=address,
+            topics=[event_topic(event)],
+        )
+        for log in logs:
+            if log.tx_hash == receipt.tx_hash:
+                return int(decode_log(log).args[arg])
+        raise LookupError(f"no {event} log in {receipt.tx_hash}")
+
     def code_at(self, address: str) -> bytes:
         return bytes(self._run(self._w3.eth.get_code, to_checksum_address(address)))
 

@@ -38,8 +38,6 @@ from chain.client import (
     Receipt,
     address_of_key,
     chain_client,
-    decode_log,
-    event_topic,
     symbol_to_bytes32,
 )
 from chain.deployment import contract_set
@@ -366,16 +364,12 @@ class ScenarioDriver:
         )
 
     def _id_in(self, receipt: Receipt, event: str, arg: str) -> int:
-        logs = chain_client().get_logs(
-            from_block=receipt.block_number,
-            to_block=receipt.block_number,
-            address=self.contracts.vault,
-            topics=[event_topic(event)],
-        )
-        for log in logs:
-            if log.tx_hash == receipt.tx_hash:
-                return int(decode_log(log).args[arg])
-        raise ChainError(f"no {event} log in {receipt.tx_hash}")
+        try:
+            return chain_client().event_arg(
+                receipt, address=self.contracts.vault, event=event, arg=arg
+            )
+        except LookupError as exc:
+            raise ChainError(str(exc)) from None
 
     def _deposit(self, key: str, action: Deposit) -> None:
         receipt = self._transact(
