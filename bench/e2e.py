@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.chdir(REPO)
 
-from orders.devstack.processes import free_port  # noqa: E402  (after the path is set)
+from devtools.processes import free_port  # noqa: E402  (after the path is set)
 
 DB_NAME = "bronco_bench_e2e"
 REDIS_DB = 14
@@ -70,10 +70,10 @@ def _phase(spec: str) -> tuple[float, float, int]:
 def run_phase(ports: dict[str, int], *, window: float, rate: float, deposits: int, users: int):
     from django.conf import settings
 
-    from orders.devstack.report import percentile
-    from orders.devstack.stack import DevStack, StackConfig
-    from orders.management.commands.simulate import run_scenario
-    from orders.models import AuditLog
+    from core.models import AuditLog
+    from devtools.management.commands.simulate import run_scenario
+    from devtools.report import percentile
+    from devtools.stack import DevStack, StackConfig
     from trading.session import reset_broker
 
     settings.FUTU_RATE_WINDOW_SECONDS = window
@@ -172,7 +172,7 @@ def main() -> int:
     import django
 
     django.setup()
-    from orders.devstack.report import table
+    from devtools.report import table
 
     started = time.time()
     results = [

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import path
 
 from bronco_project import views
-from orders.metrics import metrics_view
+from ops.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),

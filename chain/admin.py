@@ -3,7 +3,6 @@
 from django.contrib import admin
 
 from chain.models import (
-    ChainAlert,
     ChainCursor,
     ChainEvent,
     ContractDeployment,
@@ -37,12 +36,6 @@ class QuarantinedLogAdmin(ReadOnlyAdmin):
     list_display = ("id", "reason", "address", "tx_hash", "log_index", "created_at", "resolved_at")
     list_filter = ("reason",)
     search_fields = ("tx_hash", "address")
-
-
-@admin.register(ChainAlert)
-class ChainAlertAdmin(ReadOnlyAdmin):
-    list_display = ("id", "kind", "message", "created_at", "acknowledged_at")
-    list_filter = ("kind",)
 
 
 class SettlementAttemptInline(admin.TabularInline):

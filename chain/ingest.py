@@ -16,9 +16,10 @@ from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
 from chain.client import DecodedEvent, RawLog, UndecodableLog, bytes32_to_symbol, decode_log
-from chain.models import ChainAlert, ChainCursor, ChainEvent, QuarantinedLog
-from orders.alerts import alert_raise
-from orders.audit import audit_record
+from chain.models import ChainCursor, ChainEvent, QuarantinedLog
+from core.alerts import alert_raise
+from core.audit import audit_record
+from core.models import Alert
 from orders.exceptions import OrderError
 from orders.models import OrderType
 from orders.services import (
@@ -321,15 +322,12 @@ def chain_alert_raise(
     details: dict,
     actor: str,
     order_id: int | None = None,
-) -> ChainAlert:
-    """Record something an operator must look at, with an audit entry. Never undoes anything."""
+) -> Alert:
+    """Raise critical alert `chain.<kind>` (the operators' one alert list: admin, mail,
+    webhook) with an audit entry. Never undoes anything."""
     with transaction.atomic():
-        alert = ChainAlert.objects.create(
-            chain_id=chain_id, kind=kind, message=message, details=details
-        )
         audit_record(actor=actor, action=f"chain.alert.{kind}", order_id=order_id, after=details)
-        # The operators' one alert list (admin, mail, webhook) shows chain alerts too.
-        alert_raise(
+        alert = alert_raise(
             key=f"chain.{kind}",
             message=message,
             severity="critical",

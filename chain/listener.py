@@ -12,7 +12,7 @@ What it guarantees:
 - On start and after every reconnect it subscribes first and then backfills from the
   checkpoint in chunks (halved when the node refuses a range), so nothing falls in the gap.
 - A `removed: true` log for an event already acted on, or a checkpoint block that is no longer
-  canonical, raises an alert (ChainAlert + audit); nothing is ever silently undone.
+  canonical, raises a critical alert (`chain.<kind>` + audit); nothing is ever silently undone.
 - Bad input never stops it: such logs are quarantined; node outages are retried with backoff.
 """
 

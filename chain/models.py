@@ -4,7 +4,7 @@ event it acted on, quarantined logs and alerts, and the settlement transactions 
 from django.db import models
 from django.db.models import Q
 
-from orders.money import UintField
+from core.money import UintField
 
 
 class ContractDeployment(models.Model):
@@ -105,23 +105,6 @@ class QuarantinedLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.tx_hash}#{self.log_index}"
-
-
-class ChainAlert(models.Model):
-    """Something an operator must look at (deep reorg, a confirmed event removed)."""
-
-    chain_id = models.BigIntegerField()
-    kind = models.CharField(max_length=64, db_index=True)
-    message = models.TextField()
-    details = models.JSONField(default=dict)
-    acknowledged_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ("-id",)
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.message[:60]}"
 
 
 class NonceSequence(models.Model):

@@ -24,7 +24,6 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bronco_project.secrets import SecretUnavailable, get_secret
 from chain import selectors
 from chain.client import ChainClient, Receipt, SignedTx, address_of_key, chain_client
 from chain.deployment import contract_set
@@ -42,7 +41,8 @@ from chain.models import (
     SettlementStatus,
     SettlementTx,
 )
-from orders.audit import audit_record
+from core.audit import audit_record
+from core.secrets import SecretUnavailable, get_secret
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Operator actions on an order (retry its stage, cancel it, refund it) each need t
 permission (`orders.retry_order`, `orders.cancel_order`, `orders.refund_order`), call one
 service, and are audited with `admin:<username>` as the actor. A user without the permission
 gets a 403 page (per-order actions) or does not see the bulk action at all. The operations
-dashboard lives at `admin/orders/order/dashboard/` (orders.admin_dashboard).
+dashboard lives at `admin/dashboard/` (`ops.admin_site`).
 """
 
 import logging
@@ -21,17 +21,14 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
-from orders import admin_dashboard
+from core.models import AuditLog
 from orders.exceptions import OrderError
-from orders.models import AuditLog, Order, OrderType
+from orders.models import Order, OrderType
 from orders.services import order_operator_cancel, order_operator_retry
 from refunds.exceptions import RefundRefused
 from refunds.services import refund_request
 
 logger = logging.getLogger(__name__)
-
-# The admin index links the dashboard (and otherwise renders as Django's own).
-admin.site.index_template = "admin/orders/bronco_index.html"
 
 
 def admin_actor(request: HttpRequest) -> str:
@@ -109,7 +106,6 @@ class OrderAdmin(admin.ModelAdmin):
             return self.admin_site.admin_view(view)
 
         return [
-            path("dashboard/", wrap(self.dashboard_view), name="orders_dashboard"),
             path("<path:object_id>/retry/", wrap(self.retry_view), name="orders_order_retry"),
             path("<path:object_id>/cancel/", wrap(self.cancel_view), name="orders_order_cancel"),
             path("<path:object_id>/refund/", wrap(self.refund_view), name="orders_order_refund"),
@@ -130,19 +126,6 @@ class OrderAdmin(admin.ModelAdmin):
             "can_refund": self.has_refund_permission(request),
         }
         return super().change_view(request, object_id, form_url, extra_context)
-
-    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        """Staff with view permission on orders only (admin_view already requires staff)."""
-        if not self.has_view_permission(request):
-            return self._refused(request, "view the operations dashboard", "orders.view_order")
-        window = admin_dashboard._window_hours(request.GET.get("hours"))
-        context = {
-            **self.admin_site.each_context(request),
-            **admin_dashboard.dashboard_context(window_hours=window),
-            "title": "Operations dashboard",
-            "opts": self.opts,
-        }
-        return TemplateResponse(request, "admin/orders/dashboard.html", context)
 
     def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         order = self._order_or_404(request, object_id)
@@ -316,23 +299,3 @@ class OrderAdmin(admin.ModelAdmin):
         return TemplateResponse(
             request, "admin/orders/order/action_refused.html", context, status=403
         )
-
-
-@admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
-    list_display = ("seq", "created_at", "actor", "action", "order")
-    list_filter = ("action", "created_at")
-    search_fields = ("actor", "action", "=order__id", "order__chain_tx_hash")
-    readonly_fields = tuple(f.name for f in AuditLog._meta.concrete_fields)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-
-import orders.admin_alerts  # noqa: E402,F401

@@ -12,7 +12,7 @@ rounds up, what we pay rounds down, and a charge never exceeds what the user bro
 from dataclasses import dataclass
 from decimal import Decimal
 
-from orders.money import (
+from core.money import (
     market_to_usdt_units_down,
     market_to_usdt_units_up,
     shares_to_token_units,

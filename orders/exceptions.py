@@ -25,7 +25,3 @@ class StaleOrderVersion(OrderError):
         )
         self.order_id = order_id
         self.expected_version = expected_version
-
-
-class AuditImmutable(OrderError):
-    """Audit entries are append-only."""

@@ -34,12 +34,13 @@ from django.utils import timezone
 from chain import selectors as chain_selectors
 from chain import services as chain_services
 from chain.services import SettlementState
-from orders.alerts import alert_raise
+from core.alerts import alert_raise
+from core.audit import audit_record
+from core.metrics import observe_stage
+from core.models import AuditLog
+from core.money import usdt_to_units
 from orders.allocation import Settlement, allocate_buy, allocate_sell
-from orders.audit import audit_record
-from orders.metrics import observe_stage
-from orders.models import AuditLog, Order, OrderStatus, OrderType
-from orders.money import usdt_to_units
+from orders.models import Order, OrderStatus, OrderType
 from orders.state import order_record, order_transition
 from refunds import selectors as refund_selectors
 from refunds import services as refund_services

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from orders.audit import AuditEntry, audit_record, audit_record_many
+from core.audit import AuditEntry, audit_record, audit_record_many
 from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
 from orders.models import Order, OrderType
 from orders.state import order_record

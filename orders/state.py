@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from orders.audit import audit_record
+from core.audit import audit_record
 from orders.exceptions import IllegalTransition, StaleOrderVersion
 from orders.models import TERMINAL_STATUSES, Order, OrderStatus
 

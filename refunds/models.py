@@ -10,8 +10,8 @@ import secrets
 from django.db import models
 from django.db.models import F, Q
 
+from core.money import UintField
 from orders.models import Order
-from orders.money import UintField
 
 
 def new_onchain_refund_id() -> int:

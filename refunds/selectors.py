@@ -1,7 +1,7 @@
 """Reads of refunds and of the vault's reserve, in USDT base units.
 
-`refund_failure_count` and `reserve_status` are the data sources `orders.alert_rules` and
-`orders.metrics` look for by name.
+`refund_failure_count` and `reserve_status` are the data sources `ops.alert_rules` and
+`core.metrics` look for by name.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from django.db.models import Case, F, Sum, When
 
 from chain import selectors as chain_selectors
 from chain.exceptions import NotConfigured
+from core.money import usdt_to_units
 from orders.models import Order, OrderStatus, OrderType
-from orders.money import usdt_to_units
 from refunds.models import IN_FLIGHT_STATUSES, Refund, RefundOrigin, RefundStatus
 
 

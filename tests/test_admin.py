@@ -3,14 +3,14 @@
 import pytest
 from django.urls import reverse
 
-from orders.audit import audit_record
+from core.audit import audit_record
 from tests.factories import OrderFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
 PAGES = [
     ("admin:orders_order_changelist", None),
-    ("admin:orders_auditlog_changelist", None),
+    ("admin:core_auditlog_changelist", None),
     ("admin:orders_order_change", "order"),
 ]
 

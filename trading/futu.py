@@ -51,8 +51,8 @@ from futu.common.ft_logger import logger as futu_logger
 from futu.common.network_manager import NetManager
 
 import trading.futu_sdk  # noqa: F401  (undoes the SDK's SIGINT handler)
-from bronco_project.secrets import SecretUnavailable, get_secret
-from orders.metrics import count_broker_error
+from core.metrics import count_broker_error
+from core.secrets import SecretUnavailable, get_secret
 from trading.broker import BrokerOrder, BrokerStatus, Funds, OrderUpdateCallback, Position, Quote
 from trading.broker import Side as BrokerSide
 from trading.exceptions import (

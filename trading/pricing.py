@@ -17,7 +17,7 @@ from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_UP, Decimal
 
 from django.conf import settings
 
-from orders.money import USDT_UNIT, token_units_to_shares
+from core.money import USDT_UNIT, token_units_to_shares
 from trading.broker import Quote
 from trading.exceptions import DepositTooSmall
 

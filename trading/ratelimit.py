@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
-from orders.metrics import count_rate_limit_wait
+from core.metrics import count_rate_limit_wait
 from trading.exceptions import RateLimited
 
 # KEYS[1]: sorted set of grant times (microseconds), KEYS[2]: last grant time.

@@ -24,17 +24,19 @@ DEBUG = env_bool("DJANGO_DEBUG", True)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "ops.admin_apps.BroncoAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "core",
     "orders",
     "chain",
     "trading",
     "refunds",
+    "ops",
 ]
 
 MIDDLEWARE = [
@@ -145,7 +147,7 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     # Every handler carries the redacting filter: a secret logged by mistake never lands.
-    "filters": {"redact_secrets": {"()": "bronco_project.secrets.SecretRedactingFilter"}},
+    "filters": {"redact_secrets": {"()": "core.secrets.SecretRedactingFilter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -161,7 +163,7 @@ LOGGING = {
 from bronco_project.settings.chain import *  # noqa: E402,F403
 from bronco_project.settings.trading import *  # noqa: E402,F403
 
-# --- Secrets: Vault KV v2 (bronco_project.secrets) -------------------------------------
+# --- Secrets: Vault KV v2 (core.secrets) -------------------------------------
 # Unset VAULT_ADDR: secrets come from the environment (dev and tests only; production.py
 # refuses to start without Vault).
 VAULT_ADDR = env_str("VAULT_ADDR", "")
@@ -178,7 +180,7 @@ VAULT_TIMEOUT_SECONDS = env_float("VAULT_TIMEOUT_SECONDS", 5.0)
 # CA bundle for a Vault with a private CA; empty: the system's.
 VAULT_CACERT = env_str("VAULT_CACERT", "")
 
-# --- Alerts (orders.alerts, orders.alert_rules) ----------------------------------------
+# --- Alerts (core.alerts, ops.alert_rules) ----------------------------------------
 ADMINS = [(addr, addr) for addr in env_list("DJANGO_ADMINS", "")]
 SERVER_EMAIL = env_str("DJANGO_SERVER_EMAIL", "bronco@localhost")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
@@ -201,9 +203,9 @@ ALERT_REFUND_FAILURES_MAX = env_int("ALERT_REFUND_FAILURES_MAX", 0)
 ALERT_SETTLEMENT_LATENCY_SECONDS = env_int("ALERT_SETTLEMENT_LATENCY_SECONDS", 600)
 ALERT_LISTENER_LAG_BLOCKS = env_int("ALERT_LISTENER_LAG_BLOCKS", 50)
 # The beat task lives outside orders/tasks.py; the worker must import it.
-CELERY_IMPORTS = ("orders.ops_tasks",)
+CELERY_IMPORTS = ("ops.tasks",)
 
-# --- Metrics (orders.metrics) -----------------------------------------------------------
+# --- Metrics (core.metrics) -----------------------------------------------------------
 # Counters and histograms live in Redis so every process (web, each prefork worker) adds
 # to the same numbers. Empty URL: REDIS_URL.
 METRICS_REDIS_URL = env_str("METRICS_REDIS_URL", "")

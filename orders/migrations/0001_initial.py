@@ -2,7 +2,7 @@
 
 import django.db.models.deletion
 import orders.models
-import orders.money
+import core.money
 from django.db import migrations, models
 
 
@@ -29,19 +29,19 @@ class Migration(migrations.Migration):
                 ('user_address', models.CharField(db_index=True, max_length=42)),
                 ('symbol', models.CharField(help_text='Vault symbol, e.g. AAPL', max_length=32)),
                 ('stock_code', models.CharField(db_index=True, help_text='Futu code, e.g. US.AAPL', max_length=32)),
-                ('usdt_amount', orders.money.UintField(default=0)),
-                ('token_amount', orders.money.UintField(default=0)),
+                ('usdt_amount', core.money.UintField(default=0)),
+                ('token_amount', core.money.UintField(default=0)),
                 ('qty', models.DecimalField(blank=True, decimal_places=6, max_digits=24, null=True)),
                 ('price', models.DecimalField(blank=True, decimal_places=6, help_text='Locked limit price', max_digits=24, null=True)),
                 ('futu_order_id', models.CharField(blank=True, db_index=True, max_length=64)),
                 ('filled_qty', models.DecimalField(decimal_places=6, default=0, max_digits=24)),
                 ('avg_fill_price', models.DecimalField(blank=True, decimal_places=6, max_digits=24, null=True)),
-                ('cost_usdt', orders.money.UintField(default=0, help_text='USDT spent on shares (BUY) or gross proceeds (SELL)')),
-                ('fees_usdt', orders.money.UintField(default=0)),
-                ('refund_usdt', orders.money.UintField(default=0)),
-                ('payout_usdt', orders.money.UintField(default=0)),
-                ('tokens_minted', orders.money.UintField(default=0)),
-                ('tokens_returned', orders.money.UintField(default=0)),
+                ('cost_usdt', core.money.UintField(default=0, help_text='USDT spent on shares (BUY) or gross proceeds (SELL)')),
+                ('fees_usdt', core.money.UintField(default=0)),
+                ('refund_usdt', core.money.UintField(default=0)),
+                ('payout_usdt', core.money.UintField(default=0)),
+                ('tokens_minted', core.money.UintField(default=0)),
+                ('tokens_returned', core.money.UintField(default=0)),
                 ('outcome', models.CharField(blank=True, choices=[('PENDING', 'Pending'), ('EXECUTING', 'Executing at the broker'), ('SETTLING', 'Settling on chain'), ('EXECUTED', 'Executed'), ('CANCELED', 'Canceled'), ('FAILED', 'Failed')], help_text='Terminal status this order takes once its settlement is confirmed', max_length=10)),
                 ('settlement_tx_hash', models.CharField(blank=True, db_index=True, max_length=66)),
                 ('cancel_requested_at', models.DateTimeField(blank=True, null=True)),

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.db import migrations
 
-TASK = "orders.ops_tasks.evaluate_alert_rules"
+TASK = "ops.tasks.evaluate_alert_rules"
 NAME = "orders: evaluate alert rules"
 
 

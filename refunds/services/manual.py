@@ -14,10 +14,10 @@ from chain import services as chain_services
 from chain.exceptions import ChainUnavailable, SettlementRejected
 from chain.models import SettlementKind
 from chain.services import SettlementState
-from orders.alerts import alert_raise, alert_resolve
-from orders.audit import audit_record
-from orders.metrics import count_refund_failure
-from orders.models import AlertSeverity
+from core.alerts import alert_raise, alert_resolve
+from core.audit import audit_record
+from core.metrics import count_refund_failure
+from core.models import AlertSeverity
 from refunds.exceptions import RefundRefused
 from refunds.models import Refund, RefundOrigin
 from refunds.selectors import (

@@ -7,8 +7,9 @@ import logging
 
 from django.db import transaction
 
-from orders.alerts import alert_raise
-from orders.models import AlertSeverity, Order, OrderStatus, OrderType
+from core.alerts import alert_raise
+from core.models import AlertSeverity
+from orders.models import Order, OrderStatus, OrderType
 from orders.state import order_record
 from refunds.exceptions import RefundRefused
 from refunds.models import Refund

@@ -10,8 +10,8 @@ from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
-from orders.audit import audit_record
-from orders.money import units_to_usdt
+from core.audit import audit_record
+from core.money import units_to_usdt
 from refunds.models import Refund, RefundStatus
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,10 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from orders.alerts import alert_raise
-from orders.audit import audit_record
-from orders.models import AlertSeverity, Order, OrderType
+from core.alerts import alert_raise
+from core.audit import audit_record
+from core.models import AlertSeverity
+from orders.models import Order, OrderType
 from refunds.models import Refund, RefundOrigin
 from refunds.selectors import (
     reserve_available,

@@ -8,9 +8,10 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from orders.alerts import alert_raise
-from orders.audit import audit_record
-from orders.models import AuditLog, Order, OrderStatus
+from core.alerts import alert_raise
+from core.audit import audit_record
+from core.models import AuditLog
+from orders.models import Order, OrderStatus
 from tests.browser.conftest import PASSWORD, login, shot
 from tests.factories import OrderFactory, UserFactory
 
@@ -176,7 +177,7 @@ def test_dashboard(page, live_server, orders, chain_settings):
     login(page, live_server, "viewer")
 
     page.locator("#bronco-operations").get_by_role("link", name="Dashboard").click()
-    page.wait_for_url("**/admin/orders/order/dashboard/")
+    page.wait_for_url("**/admin/dashboard/")
     assert page.locator("#tile-status td[data-status=EXECUTING]").inner_text() == "2"
     assert str(stalled.pk) in page.locator("#tile-stuck").inner_text()
     assert "listener is 80 blocks behind" in page.locator("#tile-alerts").inner_text()

@@ -8,8 +8,9 @@ from django.db import DataError
 
 import orders.services
 from chain.models import ChainEvent, QuarantinedLog
-from orders.audit import audit_verify
-from orders.models import AuditLog, Order
+from core.audit import audit_verify
+from core.models import AuditLog
+from orders.models import Order
 from tests.fixtures.chain import listener_config, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]

@@ -13,8 +13,9 @@ from eth_utils import keccak
 from chain import selectors
 from chain.client import address_of_key, event_topic, symbol_to_bytes32
 from chain.ingest import chain_logs_commit
-from chain.models import ChainAlert, ChainCursor, ChainEvent, QuarantinedLog
-from orders.models import AuditLog, Order
+from chain.models import ChainCursor, ChainEvent, QuarantinedLog
+from core.models import Alert, AuditLog
+from orders.models import Order
 from tests.fixtures.chain import (
     DEPLOYER_KEY,
     REPO,
@@ -196,7 +197,7 @@ def test_reorg_before_confirmation_drops_the_orphan_and_takes_the_replacement(
         222 * 10**6,
         "TSLA",
     )
-    assert not ChainAlert.objects.exists()
+    assert not Alert.objects.filter(key__startswith="chain.").exists()
 
 
 def test_a_confirmed_event_that_vanishes_raises_an_alert_and_is_not_undone(
@@ -213,9 +214,11 @@ def test_a_confirmed_event_that_vanishes_raises_an_alert_and_is_not_undone(
         wait_for(lambda: len(events_for([confirmed.tx_hash])) == 1)
         node.rpc("evm_revert", [snapshot])
         node.rpc("anvil_mine", [hex(3)])
-        wait_for(lambda: ChainAlert.objects.exists())
+        wait_for(lambda: Alert.objects.filter(key__startswith="chain.").exists())
         assert listener.stats.alerts >= 1
-    assert ChainAlert.objects.filter(kind__in=["deep_reorg", "confirmed_event_removed"]).exists()
+    assert Alert.objects.filter(
+        key__in=["chain.deep_reorg", "chain.confirmed_event_removed"]
+    ).exists()
     assert AuditLog.objects.filter(action__startswith="chain.alert.").exists()
     assert Order.objects.filter(chain_tx_hash=confirmed.tx_hash).count() == 1
 

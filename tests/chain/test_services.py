@@ -11,7 +11,7 @@ from chain.client import address_of_key
 from chain.exceptions import SettlementRejected
 from chain.models import NonceSequence, SettlementAttempt, SettlementStatus, SettlementTx
 from chain.services import SettlementState, settlement_check, settlement_submit
-from orders.models import AuditLog
+from core.models import AuditLog
 from tests.fixtures.chain import OPERATOR_KEY, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]

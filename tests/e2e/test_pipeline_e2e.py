@@ -11,8 +11,8 @@ import pytest
 
 from chain import selectors as chain_selectors
 from chain.models import SettlementTx
+from core.money import TOKEN_UNIT, USDT_UNIT
 from orders.models import TERMINAL_STATUSES, Order, OrderStatus
-from orders.money import TOKEN_UNIT, USDT_UNIT
 from tests.e2e.conftest import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

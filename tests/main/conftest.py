@@ -81,7 +81,7 @@ def main_stack(settings, anvil_factory, main_sim) -> Iterator[MainStack]:
 
 def run_small_scenario(stack: MainStack, **plan: int):
     """Drive a small seeded scenario to the end; returns the driver."""
-    from orders.devstack.scenario import ScenarioDriver, scenario_plan
+    from devtools.scenario import ScenarioDriver, scenario_plan
 
     args = {"users": 2, "deposits": 6, "redeems": 2, "cancels": 1, "seed": 7} | plan
     driver = ScenarioDriver(scenario_plan(**args), sim_control=stack.sim.control)

@@ -8,9 +8,9 @@ from web3 import Web3
 
 from chain import selectors as chain_selectors
 from chain.client import contract_abi
+from core.money import TOKEN_UNIT
+from ops.reconciliation import reconcile
 from orders.models import Order, OrderType
-from orders.money import TOKEN_UNIT
-from orders.reconciliation import reconcile
 from tests.main.conftest import OPENING_CASH, run_small_scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

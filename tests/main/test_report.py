@@ -5,8 +5,8 @@ from unittest import mock
 
 import pytest
 
-from orders.audit import audit_record
-from orders.devstack.report import broker_order_rate
+from core.audit import audit_record
+from devtools.report import broker_order_rate
 from tests.factories import OrderFactory
 
 pytestmark = pytest.mark.django_db
@@ -19,7 +19,7 @@ def _placed_at(offsets: list[float]):
     for offset in offsets:
         order = OrderFactory()
         # The clock is the one thing mocked: audit entries take their time from it.
-        with mock.patch("orders.audit.timezone.now", return_value=T0 + timedelta(seconds=offset)):
+        with mock.patch("core.audit.timezone.now", return_value=T0 + timedelta(seconds=offset)):
             audit_record(actor="test", action="order.placed", order_id=order.pk)
         orders.append(order)
     return orders

@@ -4,10 +4,10 @@ from decimal import Decimal
 
 import pytest
 
-from orders.devstack.report import percentile, table
-from orders.devstack.scenario import Deposit, Redeem, scenario_plan, user_key
-from orders.money import USDT_UNIT
-from orders.reconciliation import parse_amounts
+from core.money import USDT_UNIT
+from devtools.report import percentile, table
+from devtools.scenario import Deposit, Redeem, scenario_plan, user_key
+from ops.reconciliation import parse_amounts
 
 
 def _plan(**overrides):

@@ -5,13 +5,13 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
-from orders.alerts import alert_raise, alert_resolve
-from orders.models import Alert, AuditLog
+from core.alerts import alert_raise, alert_resolve
+from core.models import Alert, AuditLog
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
-URL = reverse("admin:orders_alert_changelist")
+URL = reverse("admin:core_alert_changelist")
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_list_and_filters(client, alerts):
     assert _listed(client, state="resolved") == {"old"}
     assert _listed(client, severity__exact="critical") == {"reserve_below_floor"}
     lag = alerts[0]
-    page = client.get(reverse("admin:orders_alert_change", args=[lag.pk]))
+    page = client.get(reverse("admin:core_alert_change", args=[lag.pk]))
     assert page.status_code == 200
 
 
@@ -75,6 +75,6 @@ def test_view_only_staff_cannot_resolve(client, alerts):
 
 def test_nobody_adds_or_deletes_alerts(client, alerts):
     client.force_login(UserFactory(is_superuser=True))
-    assert client.get(reverse("admin:orders_alert_add")).status_code == 403
+    assert client.get(reverse("admin:core_alert_add")).status_code == 403
     lag = alerts[0]
-    assert client.get(reverse("admin:orders_alert_delete", args=[lag.pk])).status_code == 403
+    assert client.get(reverse("admin:core_alert_delete", args=[lag.pk])).status_code == 403

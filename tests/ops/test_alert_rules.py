@@ -9,9 +9,10 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from orders import alert_rules
-from orders.alert_rules import evaluate_alert_rules, optional_callable
-from orders.models import Alert, OrderStatus
+from core.models import Alert
+from ops import alert_rules
+from ops.alert_rules import evaluate_alert_rules
+from orders.models import OrderStatus
 from orders.state import order_transition
 from tests.factories import OrderFactory
 
@@ -117,35 +118,14 @@ def test_listener_lag_reads_the_chain_selector():
     assert evaluate_alert_rules()["listener_lag"] == "clear"
 
 
-def test_rules_without_a_data_source_are_skipped():
-    outcome = evaluate_alert_rules()
-    if optional_callable("refunds.selectors", "refund_failure_count") is None:
-        assert outcome["refund_failures"] == "skipped"
-    if optional_callable("refunds.selectors", "reserve_status") is None:
-        assert outcome["reserve_below_floor"] == "skipped"
-    assert not Alert.objects.filter(key__in=["refund_failures", "reserve_below_floor"]).exists()
-
-
-def test_optional_callable_tells_a_missing_module_from_a_broken_one():
-    assert optional_callable("refunds.no_such_module", "x") is None
-    assert optional_callable("no_such_app.selectors", "x") is None
-    assert optional_callable("orders.alert_rules", "no_such_function") is None
-    assert optional_callable("orders.alert_rules", "evaluate_alert_rules") is evaluate_alert_rules
-
-
-def _provide(monkeypatch, module, name, value):
-    """Stand-in for another app's selector that does not exist yet in this tree."""
-    real = alert_rules.optional_callable
-
-    def fake(mod, attr):
-        return (lambda **kw: value) if (mod, attr) == (module, name) else real(mod, attr)
-
-    monkeypatch.setattr(alert_rules, "optional_callable", fake)
+def _provide(monkeypatch, name, value):
+    """Stand-in for a refunds selector whose real answer needs a chain."""
+    monkeypatch.setattr(alert_rules, name, lambda **kw: value)
 
 
 def test_reserve_rule_fires_when_balance_less_committed_is_below_the_floor(monkeypatch):
     status = {"balance": 1_000_000_000, "committed": 600_000_000, "floor": 500_000_000}
-    _provide(monkeypatch, "refunds.selectors", "reserve_status", status)
+    _provide(monkeypatch, "reserve_status", status)
     assert evaluate_alert_rules()["reserve_below_floor"] == "firing"
     assert _open("reserve_below_floor").severity == "critical"
     status["committed"] = 400_000_000
@@ -154,7 +134,7 @@ def test_reserve_rule_fires_when_balance_less_committed_is_below_the_floor(monke
 
 def test_refund_failure_rule_fires_above_the_allowed_count(monkeypatch, settings):
     settings.ALERT_REFUND_FAILURES_MAX = 1
-    _provide(monkeypatch, "refunds.selectors", "refund_failure_count", 2)
+    _provide(monkeypatch, "refund_failure_count", 2)
     assert evaluate_alert_rules()["refund_failures"] == "firing"
     assert _open("refund_failures").details["failed"] == 2
 
@@ -171,7 +151,7 @@ def test_the_beat_task_runs_the_rules():
     from bronco_project.celery import app
 
     app.loader.import_default_modules()  # what a worker does: imports CELERY_IMPORTS
-    task = app.tasks["orders.ops_tasks.evaluate_alert_rules"]
+    task = app.tasks["ops.tasks.evaluate_alert_rules"]
     _finished(S.FAILED, 5)
     result = task.apply()
     assert result.get()["order_failure_rate"] == "firing"
@@ -184,7 +164,7 @@ def test_the_migration_schedules_the_task(settings):
     settings.ALERT_RULES_INTERVAL_SECONDS = 45
     migration.create_schedule(django_apps, None)
     task = PeriodicTask.objects.get(name=migration.NAME)
-    assert task.task == "orders.ops_tasks.evaluate_alert_rules"
+    assert task.task == "ops.tasks.evaluate_alert_rules"
     assert task.enabled
     assert (task.interval.every, task.interval.period) == (45, "seconds")
     migration.remove_schedule(django_apps, None)

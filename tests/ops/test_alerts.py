@@ -11,9 +11,9 @@ from django.core import mail
 from django.db import connection, transaction
 from django.utils import timezone
 
-from bronco_project.secrets import register_secret_value
-from orders.alerts import alert_raise, alert_resolve
-from orders.models import Alert, AuditLog
+from core.alerts import alert_raise, alert_resolve
+from core.models import Alert, AuditLog
+from core.secrets import register_secret_value
 from tests.ops.webhook import webhook_receiver
 
 pytestmark = pytest.mark.django_db
@@ -164,7 +164,7 @@ def test_a_failing_webhook_is_logged_never_raised(
         else:
             settings.ALERT_WEBHOOK_URL = "file:///etc/passwd"
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="orders.alerts"):
+        with caplog.at_level(logging.WARNING, logger="core.alerts"):
             with django_capture_on_commit_callbacks(execute=True):
                 alert = _raise()
         assert time.monotonic() - started < 1.5

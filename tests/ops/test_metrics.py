@@ -13,9 +13,9 @@ import yaml
 from django.conf import settings as django_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from orders import metrics
-from orders.alerts import alert_raise
-from orders.metrics import (
+from core import metrics
+from core.alerts import alert_raise
+from core.metrics import (
     count_broker_error,
     count_rate_limit_wait,
     count_refund_failure,
@@ -113,7 +113,7 @@ def test_wrong_labels_are_refused():
 WORKER = """
 import django
 django.setup()
-from orders.metrics import count_broker_error, observe_stage
+from core.metrics import count_broker_error, observe_stage
 for _ in range(3):
     count_broker_error(operation="cancel", error="BrokerUnavailable")
 observe_stage("poll", 0.7)

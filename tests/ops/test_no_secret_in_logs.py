@@ -2,7 +2,7 @@
 
 The operator's private key and the Futu trade password live only in the OpenBao dev server
 (the settings that could otherwise supply them are emptied) and are read through
-`bronco_project.secrets.get_secret`. The broker runs in the REAL environment of an OpenD
+`core.secrets.get_secret`. The broker runs in the REAL environment of an OpenD
 simulator whose trade password is the one in Vault, so an order is placed only if that
 password was read and used; settlement is signed with the key from Vault, so the deposit
 settles only if the key was read and used.
@@ -24,11 +24,12 @@ from unittest import mock
 
 import pytest
 
-from bronco_project import secrets as secrets_module
 from chain.client import address_of_key
 from chain.models import SettlementTx
-from orders.models import AuditLog, OrderStatus
-from orders.money import USDT_UNIT
+from core import secrets as secrets_module
+from core.models import AuditLog
+from core.money import USDT_UNIT
+from orders.models import OrderStatus
 from tests.fixtures.broker import clear_rate_limits, start_simulator
 from tests.fixtures.chain import OPERATOR_KEY
 from tests.fixtures.pipeline import chain_deposit, drive, fast_pipeline

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bronco_project import secrets as bronco_secrets
-from bronco_project.secrets import (
+from bronco_project.settings.checks import production_problems
+from core import secrets as bronco_secrets
+from core.secrets import (
     REDACTED,
     SecretRedactingFilter,
     SecretUnavailable,
     clear_secret_cache,
     get_secret,
 )
-from bronco_project.settings.checks import production_problems
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -10,8 +10,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from orders.audit import audit_record
-from orders.models import AuditLog
+from core.audit import audit_record
+from core.models import AuditLog
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

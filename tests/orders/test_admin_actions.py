@@ -16,9 +16,10 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from bronco_project.celery import app as celery_app
+from core.models import AuditLog
 from orders import pipeline
 from orders.exceptions import OrderError
-from orders.models import AuditLog, Order, OrderStatus, OrderType
+from orders.models import Order, OrderStatus, OrderType
 from orders.services import order_operator_cancel, order_operator_retry
 from tests.factories import OrderFactory, UserFactory
 

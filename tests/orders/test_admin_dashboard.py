@@ -10,15 +10,15 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
-from orders import admin_dashboard
-from orders.alerts import alert_raise, alert_resolve
-from orders.audit import audit_record
+from core.alerts import alert_raise, alert_resolve
+from core.audit import audit_record
+from ops import dashboard as admin_dashboard
 from orders.models import Order, OrderStatus
 from tests.factories import OrderFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
-URL = "admin:orders_dashboard"
+URL = "admin:ops_dashboard"
 
 
 @pytest.fixture
@@ -174,9 +174,9 @@ def test_unknown_window_falls_back_to_the_default(client, viewer):
     assert _page(client, hours=5).context["window_hours"] == 24
 
 
-def test_reserve_unavailable_without_the_refunds_selector(client, viewer):
+def test_reserve_unavailable_while_the_refunds_selector_has_no_answer(client, viewer):
     client.force_login(viewer)
-    with mock.patch.object(admin_dashboard, "optional_callable", return_value=None):
+    with mock.patch.object(admin_dashboard, "reserve_status", return_value=None):
         response = _page(client)
     assert response.context["reserve"] is None
     assert 'id="reserve-unavailable"' in response.content.decode()
@@ -187,7 +187,7 @@ def test_reserve_unavailable_when_the_selector_fails(client, viewer):
         raise ConnectionError("node down")
 
     client.force_login(viewer)
-    with mock.patch.object(admin_dashboard, "optional_callable", return_value=broken):
+    with mock.patch.object(admin_dashboard, "reserve_status", broken):
         response = _page(client)
     assert 'id="reserve-unavailable"' in response.content.decode()
 
@@ -201,7 +201,7 @@ def test_reserve_unavailable_when_the_selector_fails(client, viewer):
 )
 def test_reserve_tile_shows_balance_committed_and_floor(client, viewer, status):
     client.force_login(viewer)
-    with mock.patch.object(admin_dashboard, "optional_callable", return_value=lambda: status):
+    with mock.patch.object(admin_dashboard, "reserve_status", lambda: status):
         response = _page(client)
     body = response.content.decode()
     assert "5,000.00 USDT" in body and "1.50 USDT" in body and "1,000.00 USDT" in body
@@ -211,7 +211,7 @@ def test_reserve_tile_shows_balance_committed_and_floor(client, viewer, status):
 def test_reserve_tile_warns_below_the_floor(client, viewer):
     status = {"balance": 100, "committed": 50, "floor": 60}
     client.force_login(viewer)
-    with mock.patch.object(admin_dashboard, "optional_callable", return_value=lambda: status):
+    with mock.patch.object(admin_dashboard, "reserve_status", lambda: status):
         assert "below the floor" in _page(client).content.decode()
 
 

@@ -5,8 +5,8 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.money import TOKEN_UNIT, shares_to_token_units
 from orders.allocation import allocate_buy, allocate_sell
-from orders.money import TOKEN_UNIT, shares_to_token_units
 
 prices = st.decimals(min_value="0.01", max_value="5000", places=3)
 rates = st.sampled_from([Decimal(1), Decimal("7.8"), Decimal("7.7531")])

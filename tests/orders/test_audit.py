@@ -3,9 +3,9 @@
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from orders.audit import audit_record, audit_verify
-from orders.exceptions import AuditImmutable
-from orders.models import AuditLog
+from core.audit import audit_record, audit_verify
+from core.exceptions import AuditImmutable
+from core.models import AuditLog
 from tests.factories import OrderFactory
 
 pytestmark = pytest.mark.django_db

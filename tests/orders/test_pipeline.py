@@ -13,9 +13,10 @@ from django.test import Client
 from django.utils import timezone
 
 from chain import selectors as chain_selectors
+from core.models import AuditLog
+from core.money import TOKEN_UNIT, USDT_UNIT
 from orders import pipeline
-from orders.models import AuditLog, Order, OrderStatus
-from orders.money import TOKEN_UNIT, USDT_UNIT
+from orders.models import Order, OrderStatus
 from orders.services import order_request_cancel
 from tests.fixtures.pipeline import chain_deposit, chain_redeem, drive, fast_pipeline
 

@@ -4,9 +4,10 @@ broker and refunded; a market that stays closed past the deadline refunds withou
 import pytest
 from django.utils import timezone
 
+from core.models import Alert, AuditLog
+from core.money import USDT_UNIT
 from orders import pipeline
-from orders.models import Alert, AuditLog, Order, OrderStatus
-from orders.money import USDT_UNIT
+from orders.models import Order, OrderStatus
 from tests.fixtures.pipeline import chain_deposit as _deposit
 from tests.fixtures.pipeline import drive
 from tests.orders.test_pipeline import _balances, stack  # noqa: F401

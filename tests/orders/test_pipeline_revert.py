@@ -7,9 +7,10 @@ from django.db import transaction
 from chain import selectors as chain_selectors
 from chain.models import SettlementTx
 from chain.services import SettlementState, settlement_check, settlement_submit
+from core.models import Alert, AuditLog
+from core.money import USDT_UNIT
 from orders import pipeline
-from orders.models import Alert, AuditLog, Order, OrderStatus
-from orders.money import USDT_UNIT
+from orders.models import Order, OrderStatus
 from tests.fixtures.chain import drain_vault, wait_for
 from tests.fixtures.pipeline import chain_deposit as _deposit
 from tests.fixtures.pipeline import drive, fast_pipeline

@@ -2,7 +2,8 @@
 
 import pytest
 
-from orders.models import AuditLog, Order, OrderStatus
+from core.models import AuditLog
+from orders.models import Order, OrderStatus
 from orders.services import ChainOrderRequest, order_create_from_chain, order_request_cancel
 from tests.factories import OrderFactory
 

@@ -7,8 +7,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from core.models import AuditLog
 from orders.exceptions import IllegalTransition, StaleOrderVersion
-from orders.models import TERMINAL_STATUSES, AuditLog, Order, OrderStatus
+from orders.models import TERMINAL_STATUSES, Order, OrderStatus
 from orders.state import TRANSITIONS, is_allowed, order_record, order_transition
 from tests.factories import OrderFactory
 

@@ -5,8 +5,9 @@ import threading
 import pytest
 from django.db import connection
 
+from core.models import AuditLog
 from orders.exceptions import StaleOrderVersion
-from orders.models import AuditLog, Order, OrderStatus
+from orders.models import Order, OrderStatus
 from orders.state import order_transition
 from tests.factories import OrderFactory
 

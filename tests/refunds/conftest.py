@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 
 from chain import selectors as chain_selectors
+from core.money import units_to_usdt
 from orders.models import Order
-from orders.money import units_to_usdt
 from refunds import services
 from refunds.models import Refund, RefundStatus
 from tests.fixtures.chain import DEPLOYER_KEY, OPERATOR_KEY

@@ -7,8 +7,8 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from orders.models import AuditLog
-from orders.money import USDT_UNIT
+from core.models import AuditLog
+from core.money import USDT_UNIT
 from refunds import services
 from refunds.models import Refund, RefundStatus
 from tests.refunds.conftest import deposit

@@ -9,8 +9,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from chain import selectors as chain_selectors
-from orders.models import AuditLog
-from orders.money import USDT_UNIT, units_to_usdt
+from core.models import AuditLog
+from core.money import USDT_UNIT, units_to_usdt
 from refunds.models import Refund, RefundStatus
 from tests.refunds.conftest import confirm, deposit, usdt_of
 

@@ -10,9 +10,10 @@ from django.db import connection
 
 from chain import selectors as chain_selectors
 from chain.models import SettlementTx
+from core.models import Alert, AuditLog
+from core.money import TOKEN_UNIT, USDT_UNIT
 from orders import pipeline
-from orders.models import Alert, AuditLog, Order, OrderStatus
-from orders.money import TOKEN_UNIT, USDT_UNIT
+from orders.models import Order, OrderStatus
 from orders.services import ChainOrderRequest, order_create_from_chain
 from refunds import selectors, services
 from refunds.exceptions import RefundRefused

@@ -8,7 +8,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from bronco_project.celery import app
-from orders.money import USDT_UNIT
+from core.money import USDT_UNIT
 from refunds import services
 from refunds.models import Refund, RefundStatus
 from tests.refunds.conftest import deposit, floor_at_vault_balance, fund_vault, usdt_of

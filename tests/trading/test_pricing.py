@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orders.money import TOKEN_UNIT, USDT_UNIT
+from core.money import TOKEN_UNIT, USDT_UNIT
 from trading.broker import Quote
 from trading.exceptions import DepositTooSmall
 from trading.pricing import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orders.money import TOKEN_UNIT, USDT_UNIT
+from core.money import TOKEN_UNIT, USDT_UNIT
 from tests.fixtures.broker import clear_rate_limits, start_simulator
 from trading.broker import BrokerOrder, BrokerStatus
 from trading.exceptions import BrokerRejected, DepositTooSmall, MarketClosed, NoQuote

@@ -3,7 +3,7 @@ refund above the threshold; it is then paid (or waits for the vault reserve)."""
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orders.money import units_to_usdt
+from core.money import units_to_usdt
 from refunds.exceptions import RefundRefused
 from refunds.services import refund_approve
 

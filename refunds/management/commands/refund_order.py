@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orders.money import USDT_DECIMALS, units_to_usdt, usdt_to_units
+from core.money import USDT_DECIMALS, units_to_usdt, usdt_to_units
 from refunds.exceptions import RefundRefused
 from refunds.models import RefundStatus
 from refunds.services import refund_request

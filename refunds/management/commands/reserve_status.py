@@ -4,7 +4,7 @@ refunds and settlements not yet paid, the configured floor, and the headroom lef
 from django.core.management.base import BaseCommand, CommandError
 
 from chain.exceptions import ChainUnavailable
-from orders.money import units_to_usdt
+from core.money import units_to_usdt
 from refunds.selectors import reserve_status
 
 

@@ -18,8 +18,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from orders.models import AuditLog, Order, OrderType
-from orders.money import TOKEN_UNIT, USDT_UNIT
+from core.models import AuditLog
+from core.money import TOKEN_UNIT, USDT_UNIT
+from orders.models import Order, OrderType
 
 OUTCOMES = ("EXECUTED", "CANCELED", "FAILED")
 _UNTRADED = ("order.refused", "order.canceled_before_trade")

@@ -28,9 +28,9 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
-from bronco_project.secrets import redact
-from orders.audit import audit_record
-from orders.models import Alert, AlertSeverity
+from core.audit import audit_record
+from core.models import Alert, AlertSeverity
+from core.secrets import redact
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from django.core.management import call_command
 from django.db import connections
 
 from chain.client import ChainClient
-from orders.db import maintenance_connection
-from orders.devstack.processes import ChildFailed, PortTaken, Supervisor, free_port
+from core.db import maintenance_connection
+from devtools.processes import ChildFailed, PortTaken, Supervisor, free_port
 
 PY = sys.executable
 MANAGE = [PY, "manage.py"]

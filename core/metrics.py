@@ -1,13 +1,9 @@
-"""Prometheus metrics, served at /metrics.
+"""Metrics primitives: events counted where they happen, kept in Redis.
 
-Two kinds of numbers:
-
-- **State, read at scrape time** by `BroncoCollector`: orders by status, the age of the
-  oldest settling order, open alerts, the listener's lag (`chain.selectors.listener_lag`)
-  and the reserve (`refunds.selectors.reserve_status`), each when that source exists.
-- **Events, counted where they happen**: stage latencies (`observe_stage`), broker errors,
-  rate-limit waits, refund failures. These happen in Celery prefork workers, separate
-  processes from the web process that answers the scrape.
+Stage latencies (`observe_stage`), broker errors, rate-limit waits and refund failures
+happen in Celery prefork workers, separate processes from the web process that answers the
+scrape; `ops.metrics` reads these totals (and the state it reads from the database) at
+scrape time and serves /metrics.
 
 Why the events live in Redis rather than in prometheus-client's multiprocess mode: that mode
 shares mmap files in one directory, so the web process only sees workers on its own host
@@ -23,38 +19,29 @@ logged (at most once a minute per process). Label values must come from small fi
 (stage names, operation names, exception class names), never ids.
 """
 
-import hmac
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import redis
 from django.conf import settings
-from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
-    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.utils import floatToGoString
 
-from orders.alert_rules import oldest_settling_age_seconds, optional_callable
-from orders.models import Alert, AlertSeverity, Order, OrderStatus
-
 logger = logging.getLogger(__name__)
 
 _SEP = "\x1f"  # between the label part and the bucket part of a histogram hash field
-USDT_UNITS = 10**6
 
 _clients: dict[str, redis.Redis] = {}
 _last_warning = 0.0
 
 
-def _redis() -> redis.Redis:
+def metrics_redis() -> redis.Redis:
     url = settings.METRICS_REDIS_URL or settings.REDIS_URL
     client = _clients.get(url)
     if client is None:
@@ -64,7 +51,7 @@ def _redis() -> redis.Redis:
     return client
 
 
-def _key(name: str) -> str:
+def metrics_key(name: str) -> str:
     return f"{settings.METRICS_KEY_PREFIX}:{name}"
 
 
@@ -94,7 +81,7 @@ class RedisCounter:
             raise ValueError("a counter only goes up")
         field = self._field(labels)
         try:
-            _redis().hincrbyfloat(_key(self.name), field, amount)
+            metrics_redis().hincrbyfloat(metrics_key(self.name), field, amount)
         except redis.RedisError as exc:
             _warn_dropped(exc)
 
@@ -126,9 +113,9 @@ class RedisHistogram:
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
         label_part = json.dumps([str(labels[n]) for n in self.labelnames])
         index = next(i for i, bound in enumerate(self.buckets) if value <= bound)
-        key = _key(self.name)
+        key = metrics_key(self.name)
         try:
-            pipe = _redis().pipeline(transaction=True)
+            pipe = metrics_redis().pipeline(transaction=True)
             pipe.hincrby(key, f"{label_part}{_SEP}{index}", 1)
             pipe.hincrbyfloat(key, f"{label_part}{_SEP}sum", value)
             pipe.hincrby(key, f"{label_part}{_SEP}count", 1)
@@ -208,114 +195,6 @@ def count_refund_failure(*, reason: str) -> None:
     REFUND_FAILURES.inc(reason=reason)
 
 
-# --- Scrape -----------------------------------------------------------------------------
-class BroncoCollector:
-    """Reads the current state at scrape time. A source that fails is reported through
-    `bronco_metrics_source_up{source}` = 0 and logged; the rest of the scrape still works."""
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "bronco_metrics_source_up",
-            "1 when the source answered this scrape, 0 when it failed",
-            labels=("source",),
-        )
-        for source, read in (
-            ("database", self._database),
-            ("redis", self._events),
-            ("listener", self._listener),
-            ("reserve", self._reserve),
-        ):
-            try:
-                families = list(read())
-            except Exception:
-                logger.exception("metrics: source %s failed", source)
-                up.add_metric([source], 0)
-                continue
-            up.add_metric([source], 1)
-            yield from families
-        yield up
-
-    def _database(self) -> Iterator[Metric]:
-        counts = dict.fromkeys(OrderStatus.values, 0)
-        counts.update(
-            Order.objects.order_by()
-            .values_list("status")
-            .annotate(n=Count("id"))
-            .values_list("status", "n")
-        )
-        orders = GaugeMetricFamily(
-            "bronco_orders", "Orders currently in each status", labels=("status",)
-        )
-        for status, n in counts.items():
-            orders.add_metric([status], n)
-        yield orders
-        yield GaugeMetricFamily(
-            "bronco_orders_settling_oldest_seconds",
-            "How long the longest-settling order has been in SETTLING (0: none)",
-            value=oldest_settling_age_seconds(),
-        )
-        alerts = dict.fromkeys(AlertSeverity.values, 0)
-        alerts.update(
-            Alert.objects.filter(resolved_at__isnull=True)
-            .order_by()
-            .values_list("severity")
-            .annotate(n=Count("id"))
-            .values_list("severity", "n")
-        )
-        open_alerts = GaugeMetricFamily(
-            "bronco_alerts_open", "Open alerts by severity", labels=("severity",)
-        )
-        for severity, n in alerts.items():
-            open_alerts.add_metric([severity], n)
-        yield open_alerts
-
-    def _events(self) -> Iterator[Metric]:
-        pipe = _redis().pipeline(transaction=False)
-        for metric in EVENT_METRICS:
-            pipe.hgetall(_key(metric.name))
-        for metric, raw in zip(EVENT_METRICS, pipe.execute(), strict=True):
-            yield metric.collect(raw)
-
-    def _listener(self) -> Iterator[Metric]:
-        listener_lag = optional_callable("chain.selectors", "listener_lag")
-        lag = listener_lag() if listener_lag is not None else None
-        if lag is not None:
-            yield GaugeMetricFamily(
-                "bronco_listener_lag_blocks",
-                "Blocks between the chain head the listener saw and its checkpoint",
-                value=lag,
-            )
-
-    def _reserve(self) -> Iterator[Metric]:
-        reserve_status = optional_callable("refunds.selectors", "reserve_status")
-        status = reserve_status() if reserve_status is not None else None
-        if status is None:
-            return
-        for name, help_text in (
-            ("balance", "USDT the vault holds"),
-            ("committed", "USDT committed to refunds not yet paid"),
-            ("floor", "Configured reserve floor"),
-        ):
-            value = status[name] if isinstance(status, dict) else getattr(status, name)
-            yield GaugeMetricFamily(
-                f"bronco_reserve_{name}_usdt", help_text, value=int(value) / USDT_UNITS
-            )
-
-
-REGISTRY = CollectorRegistry(auto_describe=False)
-REGISTRY.register(BroncoCollector())
-
-
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """The Prometheus scrape endpoint. With METRICS_BEARER_TOKEN set, requires it."""
-    token = settings.METRICS_BEARER_TOKEN
-    if token:
-        sent = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
-    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
-
-
 def reset_event_metrics() -> None:
     """Delete every counted event under METRICS_KEY_PREFIX (tests, or a deliberate reset)."""
-    _redis().delete(*(_key(m.name) for m in EVENT_METRICS))
+    metrics_redis().delete(*(metrics_key(m.name) for m in EVENT_METRICS))

@@ -3,7 +3,7 @@ drive a realistic scenario through a running Bronco, show its progress, report, 
 
 Needs the system running (listener, workers, beat; `run_stack` starts all of it) on a dev
 chain. With OPEND_SIM_CONTROL (host:port of the simulator's control port) it scripts the
-OpenD simulator so the symbols fill, half-fill and reject (see orders.devstack.scenario).
+OpenD simulator so the symbols fill, half-fill and reject (see devtools.scenario).
 Exits 1 when an order did not finish in time or reconciliation finds a discrepancy.
 """
 
@@ -21,11 +21,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chain.models import ChainEvent
-from orders.devstack.report import render, run_report
-from orders.devstack.scenario import ScenarioDriver, scenario_plan
-from orders.management.commands.reconcile import OPENING_CASH_ENV, as_dict
-from orders.management.commands.reconcile import render as render_reconciliation
-from orders.reconciliation import parse_amounts, reconcile
+from devtools.report import render, run_report
+from devtools.scenario import ScenarioDriver, scenario_plan
+from ops.management.commands.reconcile import OPENING_CASH_ENV, as_dict
+from ops.management.commands.reconcile import render as render_reconciliation
+from ops.reconciliation import parse_amounts, reconcile
 
 _BAR = 28
 _SHORT = {"PENDING": "pend", "EXECUTING": "exec", "SETTLING": "settl"}

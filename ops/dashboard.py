@@ -20,12 +20,13 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from orders.alert_rules import optional_callable
-from orders.models import OPEN_STATUSES, Alert, AuditLog, Order, OrderStatus
+from core.models import Alert, AuditLog
+from core.money import USDT_UNIT
+from orders.models import OPEN_STATUSES, Order, OrderStatus
+from refunds.selectors import reserve_status
 
 logger = logging.getLogger(__name__)
 
-USDT_UNITS = 10**6
 WINDOW_CHOICES_HOURS = (1, 24, 168)
 DEFAULT_WINDOW_HOURS = 24
 CHART_HOURS = 24
@@ -169,9 +170,6 @@ def hourly_orders(*, now: datetime, hours: int = CHART_HOURS) -> list[HourBucket
 def reserve_tile() -> dict[str, Any] | None:
     """Balance, committed refunds and floor (USDT base units) from
     `refunds.selectors.reserve_status`, or None when that is not there or fails."""
-    reserve_status = optional_callable("refunds.selectors", "reserve_status")
-    if reserve_status is None:
-        return None
     try:
         status = reserve_status()
     except Exception:  # a broken chain node must not take the dashboard down with it
@@ -182,7 +180,7 @@ def reserve_tile() -> dict[str, Any] | None:
     tile: dict[str, Any] = {}
     for name in ("balance", "committed", "floor"):
         value = status[name] if isinstance(status, dict) else getattr(status, name)
-        tile[name] = {"units": int(value), "usdt": f"{int(value) / USDT_UNITS:,.2f}"}
+        tile[name] = {"units": int(value), "usdt": f"{int(value) / USDT_UNIT:,.2f}"}
     headroom = tile["balance"]["units"] - tile["committed"]["units"]
     tile["below_floor"] = headroom < tile["floor"]["units"]
     return tile

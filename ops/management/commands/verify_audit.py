@@ -7,7 +7,7 @@ reordered. Read-only: safe to run at any time, e.g. from cron or a monitoring pr
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orders.audit import audit_verify
+from core.audit import audit_verify
 
 
 class Command(BaseCommand):

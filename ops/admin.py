@@ -1,12 +1,14 @@
-"""Alerts in Django admin: list, filter by severity and open/resolved, resolve (audited).
-Alerts are raised by code only: no add, no edit, no delete."""
+"""Alerts and the audit trail in Django admin, both read-only.
+
+Alerts: list, filter by severity and open/resolved, resolve (audited); raised by code only,
+no add, no edit, no delete. Audit entries are append-only and never editable here."""
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from orders.alerts import alert_resolve
-from orders.models import Alert
+from core.alerts import alert_resolve
+from core.models import Alert, AuditLog
 
 
 class OpenFilter(admin.SimpleListFilter):
@@ -58,6 +60,23 @@ class AlertAdmin(admin.ModelAdmin):
         self.message_user(request, f"Resolved {len(resolved)} alert(s).", messages.SUCCESS)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = ("seq", "created_at", "actor", "action", "order")
+    list_filter = ("action", "created_at")
+    search_fields = ("actor", "action", "=order__id", "order__chain_tx_hash")
+    readonly_fields = tuple(f.name for f in AuditLog._meta.concrete_fields)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:

@@ -43,9 +43,10 @@ from chain import selectors as chain_selectors
 from chain.client import RawLog, UndecodableLog, chain_client, decode_log, event_topic
 from chain.deployment import contract_set
 from chain.models import ChainCursor, SettlementStatus, SettlementTx
-from orders.audit import audit_verify
-from orders.models import TERMINAL_STATUSES, AuditLog, Order, OrderType
-from orders.money import shares_to_token_units
+from core.audit import audit_verify
+from core.models import AuditLog
+from core.money import shares_to_token_units
+from orders.models import TERMINAL_STATUSES, Order, OrderType
 from trading import pricing
 from trading import services as broker
 from trading.broker import BrokerOrder

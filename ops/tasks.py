@@ -3,11 +3,11 @@ of one service each; safe to run twice or concurrently."""
 
 from celery import shared_task
 
-from orders.alert_rules import evaluate_alert_rules as _evaluate_alert_rules
+from ops.alert_rules import evaluate_alert_rules as _evaluate_alert_rules
 
 
 @shared_task(
-    name="orders.ops_tasks.evaluate_alert_rules",
+    name="ops.tasks.evaluate_alert_rules",
     acks_late=True,
     soft_time_limit=45,
     time_limit=60,

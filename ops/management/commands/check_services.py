@@ -7,7 +7,7 @@ import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from orders.db import maintenance_connection
+from core.db import maintenance_connection
 
 START_HINTS = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",

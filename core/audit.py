@@ -14,7 +14,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
-from orders.models import AuditLog
+from core.models import AuditLog
 
 GENESIS_HASH = "0" * 64
 _AUDIT_LOCK_KEY = 0x42524F4E  # "BRON": the advisory lock that serialises appends

@@ -42,8 +42,8 @@ from chain.client import (
 )
 from chain.deployment import contract_set
 from chain.exceptions import ChainError
+from core.money import TOKEN_UNIT, USDT_UNIT
 from orders.models import TERMINAL_STATUSES, Order, OrderStatus, OrderType
-from orders.money import TOKEN_UNIT, USDT_UNIT
 
 logger = logging.getLogger(__name__)
 

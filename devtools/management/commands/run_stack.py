@@ -1,5 +1,5 @@
 """`python manage.py run_stack [--once] [--fresh] [scenario options]`: the whole system on this
-machine (orders.devstack.stack), then the demo scenario (`manage.py simulate`), then serve
+machine (devtools.stack), then the demo scenario (`manage.py simulate`), then serve
 the admin and Flower until Ctrl-C. `make run` runs this; `make run ARGS=--once` exits after
 the report, non-zero when the scenario did not finish or reconciliation failed."""
 
@@ -15,8 +15,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from orders.devstack.processes import ChildFailed
-from orders.devstack.stack import MANAGE, DevStack, StackConfig, StackError, rpc_port
+from devtools.processes import ChildFailed
+from devtools.stack import MANAGE, DevStack, StackConfig, StackError, rpc_port
 
 
 class Command(BaseCommand):

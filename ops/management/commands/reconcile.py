@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orders.reconciliation import Reconciliation, parse_amounts, reconcile
+from ops.reconciliation import Reconciliation, parse_amounts, reconcile
 
 OPENING_CASH_ENV = "BRONCO_BROKER_OPENING_CASH"
 

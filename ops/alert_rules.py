@@ -1,13 +1,12 @@
-"""Alert rules, evaluated by the beat task `orders.ops_tasks.evaluate_alert_rules`.
+"""Alert rules, evaluated by the beat task `ops.tasks.evaluate_alert_rules`.
 
 Each rule looks at the database (or another app's selector) and says firing or clear. A
 firing rule raises its alert (`alert_raise`, which bumps an open one); a clear rule resolves
-it; a rule whose data source does not exist in this deployment (no refunds app yet, no
-chain selector) is skipped and leaves its alert alone. One rule failing never stops the
-others. Evaluating twice at once is harmless: `alert_raise` and `alert_resolve` are safe
-under concurrency.
+it; a rule with nothing to compare (the listener never ran here) leaves its alert alone.
+One rule failing never stops the others. Evaluating twice at once is harmless: `alert_raise`
+and `alert_resolve` are safe under concurrency.
 
-Data sources other apps own, used when present:
+Data sources other apps own:
 - `chain.selectors.listener_lag() -> int | None`: blocks the listener is behind the head.
 - `refunds.selectors.refund_failure_count(*, since: datetime) -> int`: refunds that failed
   since then.
@@ -15,7 +14,6 @@ Data sources other apps own, used when present:
   `committed`, USDT base units.
 """
 
-import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,8 +25,11 @@ from django.db.models import Count, F, Min, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orders.alerts import alert_raise, alert_resolve
-from orders.models import TERMINAL_STATUSES, AlertSeverity, AuditLog, Order, OrderStatus
+from chain.selectors import listener_lag
+from core.alerts import alert_raise, alert_resolve
+from core.models import AlertSeverity, AuditLog
+from orders.models import TERMINAL_STATUSES, Order, OrderStatus
+from refunds.selectors import refund_failure_count, reserve_status
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +43,6 @@ class RuleResult:
     message: str = ""
     severity: str = AlertSeverity.WARNING
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def optional_callable(module: str, name: str) -> Callable[..., Any] | None:
-    """`module.name` if that module exists in this deployment, else None. A module that
-    exists but fails to import (a broken dependency) still raises."""
-    try:
-        found = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module or module.startswith(f"{exc.name}."):
-            return None
-        raise
-    return getattr(found, name, None)
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -105,11 +94,8 @@ def rule_order_failure_rate(*, now: datetime) -> RuleResult | None:
 
 
 def rule_refund_failures(*, now: datetime) -> RuleResult | None:
-    count_failures = optional_callable("refunds.selectors", "refund_failure_count")
-    if count_failures is None:
-        return None
     window = settings.ALERT_REFUND_FAILURE_WINDOW_SECONDS
-    failed = int(count_failures(since=now - timedelta(seconds=window)))
+    failed = int(refund_failure_count(since=now - timedelta(seconds=window)))
     allowed = settings.ALERT_REFUND_FAILURES_MAX
     return RuleResult(
         key="refund_failures",
@@ -148,9 +134,6 @@ def rule_settlement_latency(*, now: datetime) -> RuleResult | None:
 
 
 def rule_listener_lag(*, now: datetime) -> RuleResult | None:
-    listener_lag = optional_callable("chain.selectors", "listener_lag")
-    if listener_lag is None:
-        return None
     lag = listener_lag()
     if lag is None:  # the listener never ran here: nothing to compare
         return None
@@ -164,9 +147,6 @@ def rule_listener_lag(*, now: datetime) -> RuleResult | None:
 
 
 def rule_reserve_below_floor(*, now: datetime) -> RuleResult | None:
-    reserve_status = optional_callable("refunds.selectors", "reserve_status")
-    if reserve_status is None:
-        return None
     status = reserve_status()
     if status is None:
         return None
