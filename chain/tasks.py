@@ -1,21 +1,23 @@
-"""Celery doors of the chain app (queue "chain"). Thin: each loads ids and calls a service."""
+"""Celery doors of the chain app (queue `chain`). Thin: each loads ids and calls a service."""
 
-from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
 from chain.exceptions import ChainUnavailable
 from chain.models import SettlementStatus, SettlementTx
 from chain.services import settlement_check
+from core.tasks import QUEUE_CHAIN, TRANSIENT_ERRORS, bronco_task
 
 
-@shared_task(
-    acks_late=True,
-    autoretry_for=(ChainUnavailable,),
-    retry_backoff=True,
+@bronco_task(
+    name="chain.tasks.settlements_sweep",
+    queue=QUEUE_CHAIN,
+    autoretry_for=(ChainUnavailable, *TRANSIENT_ERRORS),
     max_retries=5,
     soft_time_limit=120,
     time_limit=150,
+    # A late sweep is worthless once the next one is due.
+    expires=120,
 )
 def settlements_sweep() -> int:
     """Beat: check every settlement still open (re-broadcast lost ones, replace stuck ones).

@@ -85,6 +85,11 @@ class RedisCounter:
         except redis.RedisError as exc:
             _warn_dropped(exc)
 
+    def value(self, **labels: str) -> float:
+        """The current total for `labels` (0 when never counted). Raises redis.RedisError."""
+        raw = metrics_redis().hget(metrics_key(self.name), self._field(labels))
+        return float(raw) if raw is not None else 0.0
+
     def collect(self, raw: dict[bytes, bytes]) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for field, value in sorted(raw.items()):
@@ -159,6 +164,12 @@ RATE_LIMIT_WAIT_SECONDS = RedisCounter(
     "Seconds spent waiting for the shared rate limiter",
     labelnames=("bucket",),
 )
+STAGE_RUNS = RedisCounter(
+    "bronco_stage_runs",
+    "Pipeline stage tasks by stage and outcome: ran (the order's live run) or superseded "
+    "(a task of a run that another took over; it did nothing)",
+    labelnames=("stage", "outcome"),
+)
 REFUND_FAILURES = RedisCounter(
     "bronco_refund_failures",
     "Refund attempts that failed, by reason",
@@ -169,6 +180,7 @@ EVENT_METRICS: tuple[RedisCounter | RedisHistogram, ...] = (
     BROKER_ERRORS,
     RATE_LIMIT_WAITS,
     RATE_LIMIT_WAIT_SECONDS,
+    STAGE_RUNS,
     REFUND_FAILURES,
 )
 
@@ -177,6 +189,11 @@ EVENT_METRICS: tuple[RedisCounter | RedisHistogram, ...] = (
 def observe_stage(stage: str, seconds: float) -> None:
     """Record that an order spent `seconds` in pipeline stage `stage`."""
     STAGE_LATENCY.observe(max(0.0, seconds), stage=stage)
+
+
+def count_stage_run(*, stage: str, superseded: bool) -> None:
+    """A pipeline stage task ran for its order's live run, or stopped as superseded."""
+    STAGE_RUNS.inc(stage=stage, outcome="superseded" if superseded else "ran")
 
 
 def count_broker_error(*, operation: str, error: str) -> None:

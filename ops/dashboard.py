@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncHour
@@ -83,12 +82,11 @@ def status_counts() -> list[tuple[str, str, int]]:
 
 
 def stuck_orders(*, now: datetime) -> QuerySet[Order]:
-    """Open orders past their deadline, or with no change for ORDER_STALL_SECONDS: the ones
-    the compensation scan should be re-driving. Oldest change first."""
-    stalled_before = now - timedelta(seconds=settings.ORDER_STALL_SECONDS)
+    """Open orders past their deadline, or whose pipeline run is dead (its lease ran out:
+    the compensation scan should be re-driving them). Oldest change first."""
     return (
         Order.objects.filter(status__in=[s.value for s in OPEN_STATUSES])
-        .filter(Q(deadline__lt=now) | Q(updated_at__lt=stalled_before))
+        .filter(Q(deadline__lt=now) | Q(run_lease_until__lt=now))
         .order_by("updated_at", "pk")
     )
 
@@ -270,7 +268,6 @@ def dashboard_context(*, window_hours: int, now: datetime | None = None) -> dict
         "window_choices": WINDOW_CHOICES_HOURS,
         "status_counts": counts,
         "open_total": sum(n for s, _, n in counts if s in OPEN_STATUSES),
-        "stall_seconds": settings.ORDER_STALL_SECONDS,
         "stuck_count": stuck.count(),
         "stuck_orders": list(stuck[:STUCK_LIMIT]),
         "latencies": latencies,

@@ -1,14 +1,13 @@
-"""Operations tasks run by celery-beat (scheduled by a data migration). Thin doors in front
-of one service each; safe to run twice or concurrently."""
+"""Operations tasks run by celery-beat (CELERY_BEAT_SCHEDULE). Thin doors in front of one
+service each; safe to run twice or concurrently."""
 
-from celery import shared_task
-
+from core.tasks import QUEUE_DEFAULT, bronco_task
 from ops.alert_rules import evaluate_alert_rules as _evaluate_alert_rules
 
 
-@shared_task(
+@bronco_task(
     name="ops.tasks.evaluate_alert_rules",
-    acks_late=True,
+    queue=QUEUE_DEFAULT,
     soft_time_limit=45,
     time_limit=60,
     # A late run is worthless once the next one is due.

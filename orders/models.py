@@ -118,8 +118,16 @@ class Order(models.Model):
 
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     broker_cancel_sent_at = models.DateTimeField(null=True, blank=True)
-    scan_claimed_at = models.DateTimeField(
-        null=True, blank=True, help_text="Bookkeeping of the compensation scan, not a transition"
+    # One live pipeline run per order (orders.runs): bookkeeping, not transitions.
+    run_gen = models.PositiveIntegerField(
+        default=0,
+        help_text="Generation of the order's live pipeline run; a task of another is dropped",
+    )
+    run_lease_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The live run renews this at every step; past it, the compensation scan "
+        "takes the order over",
     )
     deadline = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -154,6 +162,12 @@ class Order(models.Model):
             models.Index(
                 fields=("deadline",),
                 name="order_open_by_deadline",
+                condition=Q(status__in=_OPEN_VALUES),
+            ),
+            # The compensation scan: open orders whose run lease ran out.
+            models.Index(
+                fields=("run_lease_until",),
+                name="order_open_by_run_lease",
                 condition=Q(status__in=_OPEN_VALUES),
             ),
         ]

@@ -3,17 +3,17 @@
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING
 
-from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from core.audit import AuditEntry, audit_record, audit_record_many
 from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
-from orders.models import Order, OrderType
+from orders.models import Order, OrderStatus, OrderType
+from orders.runs import initial_lease, run_enqueue_many, run_take_over, stage_for_status
+from orders.stages import Next, Stage
 from orders.state import order_record
 
 if TYPE_CHECKING:
@@ -21,9 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_START_TASK = "orders.tasks.order_start"
 _CANCEL_ATTEMPTS = 5
-POLL_TASK = "orders.tasks.order_poll"
 
 
 @dataclass(frozen=True)
@@ -42,18 +40,14 @@ class ChainOrderRequest:
 
 
 def _enqueue_pipeline(order_ids: Sequence[int]) -> None:
-    """Start the pipeline of each order once the caller's transaction commits, publishing
-    them all through one broker connection."""
+    """Start each new order's first run (generation 0, whose lease the order was created
+    with) once the caller's transaction commits, publishing them all through one broker
+    connection."""
     ids = list(order_ids)
-    if not ids:
-        return
-
-    def publish() -> None:
-        with current_app.producer_or_acquire() as producer:
-            for order_id in ids:
-                current_app.send_task(PIPELINE_START_TASK, args=[order_id], producer=producer)
-
-    transaction.on_commit(publish, robust=True)
+    if ids:
+        transaction.on_commit(
+            lambda: run_enqueue_many(order_ids=ids, gen=0, nxt=Next(Stage.VALIDATE)), robust=True
+        )
 
 
 _OrderKey = tuple[int, str, int]
@@ -76,6 +70,7 @@ def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, Order]:
 
 def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_OrderKey, Order]:
     deadline = timezone.now() + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
+    lease = initial_lease()
     orders = Order.objects.bulk_create(
         [
             Order(
@@ -90,6 +85,7 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
                 usdt_amount=r.usdt_amount,
                 token_amount=r.token_amount,
                 deadline=deadline,
+                run_lease_until=lease,
             )
             for r in requests
         ]
@@ -206,37 +202,39 @@ def order_request_cancel(
 
 
 def _cancel_flag(*, order: Order, actor: str, action: str) -> Order | None:
-    """Set the cancel flag (audited) and wake the pipeline after commit. None when another
-    worker moved the order first: the caller re-reads it and tries again."""
+    """Set the cancel flag (audited) and take the order's run over at once (after commit), so
+    the cancel acts now rather than at the run's next step. None when another worker moved
+    the order first: the caller re-reads it and tries again."""
     try:
         with transaction.atomic():
             order = order_record(
                 order=order, actor=actor, action=action, cancel_requested_at=timezone.now()
             )
+            run_take_over(order_id=order.pk)
     except (StaleOrderVersion, IllegalTransition):
         return None
-    transaction.on_commit(
-        partial(current_app.send_task, "orders.tasks.order_cancel", args=[order.pk]),
-        robust=True,
-    )
     return order
 
 
 def order_broker_pushed(broker_order: "BrokerOrder") -> None:
-    """A broker push (fill, cancel, failure) for one of our orders: enqueue a poll of it, so
-    pushed and polled updates go through one path. Runs on the SDK's callback thread: it only
-    looks the order up and enqueues. An extra poll is harmless (stages re-read state)."""
+    """A broker push (fill, cancel, failure) for one of our orders. When it brings news (a
+    fill or a final state the order has not recorded), the order's run is taken over by a
+    poll now, so pushed and polled updates go through one path without waiting for the next
+    poll; a push with nothing new changes nothing. Never adds a second run (`orders.runs`).
+    Runs on the SDK's callback thread: it only reads and enqueues."""
     try:
-        order_id = (
-            Order.objects.filter(client_id=broker_order.client_id)
-            .values_list("pk", flat=True)
+        order = (
+            Order.objects.filter(client_id=broker_order.client_id, status=OrderStatus.EXECUTING)
+            .only("pk", "filled_qty")
             .first()
         )
+        news = order is not None and (
+            broker_order.is_final or broker_order.filled_qty != order.filled_qty
+        )
+        if news:
+            run_take_over(order_id=order.pk, stage=Stage.POLL)
     finally:
         connection.close()  # the SDK's thread is long-lived: hold no connection between pushes
-    if order_id is None:
-        return
-    current_app.send_task(POLL_TASK, args=[order_id])
 
 
 def order_operator_cancel(*, order_id: int, actor: str) -> Order:
@@ -275,30 +273,62 @@ def order_operator_cancel(*, order_id: int, actor: str) -> Order:
 
 
 def order_operator_retry(*, order_id: int, actor: str) -> str:
-    """An operator re-drives an open order: enqueue (after commit) the task of the stage its
-    status calls for, as the compensation scan would, and audit who asked. Safe at any
-    moment: every stage re-reads state and does nothing when the order moved on. Returns
-    the task name; refuses a terminal or unknown order with `OrderError`."""
-    from orders.scans import next_stage_for  # scans -> pipeline -> chain: import late
-
+    """An operator re-drives an open order: a new run at the stage its status calls for
+    (`orders.runs.run_take_over`; the old run, if alive, stops at its next step), audited
+    with who asked. Safe at any moment: every stage re-reads state and does nothing when the
+    order moved on. Returns the stage; refuses a terminal or unknown order with
+    `OrderError`."""
     order = Order.objects.filter(pk=order_id).first()
     if order is None:
         raise OrderError(f"order {order_id} does not exist")
-    nxt = next_stage_for(order_id=order_id)
-    if nxt is None:
+    stage = stage_for_status(order.status)
+    if stage is None:
         raise OrderError(f"order {order_id} is {order.status}: there is no stage to retry")
     with transaction.atomic():
         audit_record(
             actor=actor,
             action="order.retry_requested",
             order_id=order.pk,
-            after={"status": order.status, "task": nxt.task},
+            after={"status": order.status, "stage": stage},
         )
-        transaction.on_commit(
-            partial(current_app.send_task, nxt.task, args=[order.pk]), robust=True
-        )
+        run_take_over(order_id=order.pk, stage=stage)
     logger.info(
         "operator retry enqueued",
-        extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "task": nxt.task},
+        extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "stage": stage},
     )
-    return nxt.task
+    return stage
+
+
+def order_manual_refund_hold(*, order: Order, amount: int, actor: str) -> Order:
+    """Take `amount` USDT base units of a (locked, PENDING) deposit out of trading for a
+    manual refund: the pipeline then sizes, trades and settles only what remains, and closes
+    the order when nothing does (validate runs again, in a new run, after commit). The caller
+    holds the order's row lock (`orders.selectors.order_lock`) and has checked the amount."""
+    order = order_record(
+        order=order,
+        actor=actor,
+        action="order.manual_refund",
+        manual_refund_usdt=int(order.manual_refund_usdt) + int(amount),
+        qty=None,
+        price=None,
+    )
+    run_take_over(order_id=order.pk, stage=Stage.VALIDATE)
+    return order
+
+
+def order_manual_refund_release(*, order_id: int, amount: int, actor: str) -> Order | None:
+    """A failed manual refund's `amount` (USDT base units) goes back to its order: to be
+    traded (PENDING) or refunded by the settlement (SETTLING, not yet sent). Returns None when
+    released; returns the order, unchanged, when it can no longer take the amount back (it is
+    terminal or its settlement was sent): the caller must see the user paid by other means."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+        if order.is_terminal or order.settlement_tx_hash:
+            return order
+        changes: dict[str, int] = {
+            "manual_refund_usdt": int(order.manual_refund_usdt) - int(amount)
+        }
+        if order.status == OrderStatus.SETTLING:
+            changes["refund_usdt"] = int(order.refund_usdt) + int(amount)
+        order_record(order=order, actor=actor, action="order.manual_refund_released", **changes)
+    return None

@@ -1,89 +1,111 @@
-"""Celery doors into the order services. Each task takes an id, calls one service, and
-enqueues what the service says comes next. Every task is safe to run twice: the services
-re-read state and act only when the order is still where they expect it."""
+"""Celery doors into the order pipeline. Each task takes an order id and its run's
+generation, calls one stage, and carries the run on to what the stage says comes next
+(`orders.runs`). Every task is safe to run twice: the stages re-read state and act only when
+the order is still where they expect it, and a task of a superseded run does nothing.
+
+Queues by the resource waited on (`core.tasks`): validate takes a broker quote, place and
+poll call OpenD (`broker`); settle sends and confirms chain transactions (`chain`); the scan
+only enqueues (`default`).
+"""
 
 import logging
 import socket
 
-from celery import shared_task
-from django.db import OperationalError, connection
+from celery import Task
+from django.db import connection
 
-from orders import pipeline, scans
+from core.metrics import count_stage_run
+from core.tasks import QUEUE_BROKER, QUEUE_CHAIN, QUEUE_DEFAULT, TRANSIENT_ERRORS, bronco_task
+from orders import pipeline, runs
 from orders.exceptions import StaleOrderVersion
+from orders.pipeline import Stage
 
 logger = logging.getLogger(__name__)
 
-# Transient: another worker moved the order first, or the database blinked. Retrying re-reads
-# fresh state, so a retry of a stage that already happened does nothing.
-_TRANSIENT = (StaleOrderVersion, OperationalError)
+# Another worker moved the order first, or the database blinked: a retry re-reads state.
 _STAGE_OPTIONS = {
-    "acks_late": True,
-    "reject_on_worker_lost": True,
-    "autoretry_for": _TRANSIENT,
+    "autoretry_for": (StaleOrderVersion, *TRANSIENT_ERRORS),
     "retry_backoff": 0.2,
     "retry_backoff_max": 10,
-    "retry_jitter": True,
     "max_retries": None,
-    "soft_time_limit": 45,
-    "time_limit": 60,
 }
 
 
-def _follow(order_id: int, nxt: pipeline.Next | None) -> None:
-    if nxt is not None:
-        from bronco_project.celery import app
-
-        app.send_task(nxt.task, args=[order_id], countdown=nxt.countdown or None)
-
-
-@shared_task(name="orders.tasks.order_start", **_STAGE_OPTIONS)
-def order_start(order_id: int) -> None:
-    """Entry point enqueued by the listener after the order's transaction commits."""
-    _follow(order_id, pipeline.order_validate(order_id=order_id))
-
-
-@shared_task(name="orders.tasks.order_validate", **_STAGE_OPTIONS)
-def order_validate(order_id: int) -> None:
-    _follow(order_id, pipeline.order_validate(order_id=order_id))
+def _run_stage(stage: Stage, order_id: int, gen: int | None) -> None:
+    if gen is None:
+        # A task sent without a generation (an older message, or by hand): it starts a run
+        # of its own rather than joining one it cannot name.
+        runs.run_take_over(order_id=order_id, stage=stage)
+        return
+    if not runs.run_step_begin(order_id=order_id, gen=gen):
+        count_stage_run(stage=stage, superseded=True)
+        return
+    count_stage_run(stage=stage, superseded=False)
+    nxt = _STAGES[stage](order_id=order_id)
+    runs.run_continue(order_id=order_id, gen=gen, nxt=nxt)
 
 
-@shared_task(name="orders.tasks.order_place", **_STAGE_OPTIONS)
-def order_place(order_id: int) -> None:
-    _follow(order_id, pipeline.order_place(order_id=order_id))
+@bronco_task(name="orders.tasks.order_validate", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
+def order_validate(order_id: int, gen: int | None = None) -> None:
+    """Validate (takes a broker quote)."""
+    _run_stage(Stage.VALIDATE, order_id, gen)
 
 
-@shared_task(name="orders.tasks.order_poll", **_STAGE_OPTIONS)
-def order_poll(order_id: int) -> None:
-    _follow(order_id, pipeline.order_poll(order_id=order_id))
+@bronco_task(name="orders.tasks.order_place", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
+def order_place(order_id: int, gen: int | None = None) -> None:
+    _run_stage(Stage.PLACE, order_id, gen)
 
 
-@shared_task(name="orders.tasks.order_cancel", **_STAGE_OPTIONS)
-def order_cancel(order_id: int) -> None:
-    """A user asked to cancel: re-drive whichever stage the order is in; each stage honours
-    the cancel flag (place refunds an unplaced order, poll cancels a working one)."""
-    _follow(order_id, scans.next_stage_for(order_id=order_id))
+@bronco_task(name="orders.tasks.order_poll", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
+def order_poll(order_id: int, gen: int | None = None) -> None:
+    _run_stage(Stage.POLL, order_id, gen)
 
 
-@shared_task(name="orders.tasks.order_settle", **_STAGE_OPTIONS)
-def order_settle(order_id: int) -> None:
-    _follow(order_id, pipeline.order_settle(order_id=order_id))
+@bronco_task(name="orders.tasks.order_settle", queue=QUEUE_CHAIN, **_STAGE_OPTIONS)
+def order_settle(order_id: int, gen: int | None = None) -> None:
+    _run_stage(Stage.SETTLE, order_id, gen)
 
 
-@shared_task(
-    name="orders.tasks.compensation_scan", acks_late=True, soft_time_limit=50, time_limit=60
+_STAGES = {
+    Stage.VALIDATE: pipeline.order_validate,
+    Stage.PLACE: pipeline.order_place,
+    Stage.POLL: pipeline.order_poll,
+    Stage.SETTLE: pipeline.order_settle,
+}
+_TASKS: dict[Stage, Task] = {
+    Stage.VALIDATE: order_validate,
+    Stage.PLACE: order_place,
+    Stage.POLL: order_poll,
+    Stage.SETTLE: order_settle,
+}
+
+
+def task_for_stage(stage: Stage) -> Task:
+    """The Celery task that runs `stage` (its decorator names the queue)."""
+    return _TASKS[stage]
+
+
+@bronco_task(
+    name="orders.tasks.compensation_scan",
+    queue=QUEUE_DEFAULT,
+    soft_time_limit=50,
+    time_limit=60,
+    # A late scan is worthless once the next one is due.
+    expires=120,
 )
 def compensation_scan() -> int:
-    """Beat: re-drive every open order that stalled. Returns how many it re-drove."""
+    """Beat: take over every open order whose run is dead (its lease ran out). Returns how
+    many it re-drove."""
     count = 0
-    for order_id, nxt in scans.stalled_orders_claim():
-        _follow(order_id, nxt)
+    for order_id, gen, nxt in runs.runs_dead_claim():
+        runs.run_enqueue(order_id=order_id, gen=gen, nxt=nxt)
         count += 1
     if count:
         logger.info("compensation scan re-drove %d orders", count)
     return count
 
 
-@shared_task(name="orders.tasks.ping", acks_late=True, soft_time_limit=10, time_limit=20)
+@bronco_task(name="orders.tasks.ping", queue=QUEUE_DEFAULT, soft_time_limit=10, time_limit=20)
 def ping(token: str) -> dict:
     """Round-trip check for operators and tests: proves a worker took the task from the
     broker and reached the database."""

@@ -11,7 +11,6 @@ from django.db import models
 from django.db.models import F, Q
 
 from core.money import UintField
-from orders.models import Order
 
 
 def new_onchain_refund_id() -> int:
@@ -42,7 +41,7 @@ FINAL_STATUSES = (RefundStatus.CONFIRMED, RefundStatus.FAILED, RefundStatus.REJE
 
 
 class Refund(models.Model):
-    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="refunds")
+    order = models.ForeignKey("orders.Order", on_delete=models.PROTECT, related_name="refunds")
     onchain_id = UintField(
         unique=True, default=new_onchain_refund_id, help_text="Refund id on chain (manual)"
     )

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Case, F, Sum, When
+from django.db.models import Sum
 
 from chain import selectors as chain_selectors
 from chain.exceptions import NotConfigured
 from core.money import usdt_to_units
-from orders.models import Order, OrderStatus, OrderType
+from orders.selectors import settling_usdt_owed
 from refunds.models import IN_FLIGHT_STATUSES, Refund, RefundOrigin, RefundStatus
 
 
@@ -52,15 +52,7 @@ def reserve_available() -> tuple[int, int]:
 def committed_units() -> int:
     unpaid = Refund.objects.filter(status__in=IN_FLIGHT_STATUSES)
     refunds = unpaid.aggregate(total=Sum("amount"))["total"]
-    settling = Order.objects.filter(status=OrderStatus.SETTLING).aggregate(
-        total=Sum(
-            Case(
-                When(order_type=OrderType.BUY, then=F("refund_usdt")),
-                default=F("payout_usdt"),
-            )
-        )
-    )["total"]
-    return int(refunds or 0) + int(settling or 0)
+    return int(refunds or 0) + settling_usdt_owed()
 
 
 def reserve_status() -> ReserveStatus | None:

@@ -102,19 +102,14 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 90)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
 }
+# Queues by the resource a task waits on (core.tasks); each task names its queue on its
+# decorator, and this one router reads it back, so there is no table of names to drift.
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_QUEUES = (Queue("default"), Queue("chain"), Queue("broker"))
-# Queues by the resource a task waits on, so a slow broker cannot starve settlement.
-CELERY_TASK_ROUTES = {
-    "chain.tasks.*": {"queue": "chain"},
-    "trading.tasks.*": {"queue": "broker"},
-    "orders.tasks.order_place": {"queue": "broker"},
-    "orders.tasks.order_poll": {"queue": "broker"},
-    "orders.tasks.order_cancel_at_broker": {"queue": "broker"},
-    "orders.tasks.order_finalize": {"queue": "chain"},
-    "orders.tasks.order_settlement_check": {"queue": "chain"},
-}
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TASK_ROUTES = ("core.tasks.route_task",)
+# django-celery-beat's database scheduler, synced from CELERY_BEAT_SCHEDULE (end of this
+# file) every time beat starts: an interval setting takes effect at the next start.
+CELERY_BEAT_SCHEDULER = "core.beat:BroncoScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Flower -----------------------------------------------------------------------------
@@ -136,8 +131,10 @@ ORDER_RETRY_SECONDS = env_float("ORDER_RETRY_SECONDS", 5.0)
 ORDER_SETTLE_CHECK_SECONDS = env_float("ORDER_SETTLE_CHECK_SECONDS", 1.0)
 # A deposit below this (USDT) is refused and refunded.
 ORDER_MIN_USDT = env_decimal("ORDER_MIN_USDT", "1")
-# The compensation scan re-drives an open order that made no progress for this long.
-ORDER_STALL_SECONDS = env_int("ORDER_STALL_SECONDS", 60)
+# An order's live pipeline run renews a lease at every step: the countdown to its next step
+# plus this (queueing and the task's own time limit). Past it the run is dead and the
+# compensation scan takes the order over (orders.runs).
+ORDER_RUN_LEASE_SECONDS = env_int("ORDER_RUN_LEASE_SECONDS", 90)
 COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 30)
 
 LOGGING = {
@@ -202,8 +199,6 @@ ALERT_REFUND_FAILURE_WINDOW_SECONDS = env_int("ALERT_REFUND_FAILURE_WINDOW_SECON
 ALERT_REFUND_FAILURES_MAX = env_int("ALERT_REFUND_FAILURES_MAX", 0)
 ALERT_SETTLEMENT_LATENCY_SECONDS = env_int("ALERT_SETTLEMENT_LATENCY_SECONDS", 600)
 ALERT_LISTENER_LAG_BLOCKS = env_int("ALERT_LISTENER_LAG_BLOCKS", 50)
-# The beat task lives outside orders/tasks.py; the worker must import it.
-CELERY_IMPORTS = ("ops.tasks",)
 
 # --- Metrics (core.metrics) -----------------------------------------------------------
 # Counters and histograms live in Redis so every process (web, each prefork worker) adds
@@ -229,5 +224,32 @@ REFUND_CHECK_SWEEP_SECONDS = env_int("REFUND_CHECK_SWEEP_SECONDS", 60)
 REFUND_STALE_APPROVED_SECONDS = env_int("REFUND_STALE_APPROVED_SECONDS", 60)
 # The settle stage re-checks the reserve this often while a settlement waits for it.
 RESERVE_WAIT_SECONDS = env_float("RESERVE_WAIT_SECONDS", 30.0)
-# Refund tasks wait on the chain.
-CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "refunds.tasks.*": {"queue": "chain"}}
+# Beat: check every settlement still open (re-broadcast lost ones, replace stuck ones), a net
+# under the settle stage for settlements whose order's run is between steps.
+CHAIN_SETTLEMENT_SWEEP_SECONDS = env_int("CHAIN_SETTLEMENT_SWEEP_SECONDS", 60)
+
+# --- Beat: the one definition of Bronco's periodic tasks ----------------------------------
+# Synced into django-celery-beat's tables whenever beat starts (core.beat), and by
+# `manage.py sync_beat`; entries of Bronco's tasks that are not listed here are removed.
+CELERY_BEAT_SCHEDULE = {
+    "bronco.compensation_scan": {
+        "task": "orders.tasks.compensation_scan",
+        "schedule": float(COMPENSATION_SCAN_SECONDS),
+    },
+    "bronco.alert_rules": {
+        "task": "ops.tasks.evaluate_alert_rules",
+        "schedule": float(ALERT_RULES_INTERVAL_SECONDS),
+    },
+    "bronco.refunds_retry_waiting": {
+        "task": "refunds.tasks.refunds_retry_waiting",
+        "schedule": float(REFUND_RETRY_INTERVAL_SECONDS),
+    },
+    "bronco.refunds_check_sent": {
+        "task": "refunds.tasks.refunds_check_sent",
+        "schedule": float(REFUND_CHECK_SWEEP_SECONDS),
+    },
+    "bronco.settlements_sweep": {
+        "task": "chain.tasks.settlements_sweep",
+        "schedule": float(CHAIN_SETTLEMENT_SWEEP_SECONDS),
+    },
+}

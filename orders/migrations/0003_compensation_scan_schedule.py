@@ -1,25 +1,8 @@
-"""The compensation scan exists out of the box as a periodic task of the DatabaseScheduler."""
+"""Once wrote a periodic task here, frozen at migrate time. Beat now syncs its schedule from
+the settings at every start (core.beat), which also removes what this migration wrote; the
+migration stays, empty, so migration history is unchanged."""
 
-from django.conf import settings
 from django.db import migrations
-
-TASK = "orders.tasks.compensation_scan"
-NAME = "orders: compensation scan"
-
-
-def create_schedule(apps, schema_editor):
-    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    interval, _ = IntervalSchedule.objects.get_or_create(
-        every=settings.COMPENSATION_SCAN_SECONDS, period="seconds"
-    )
-    PeriodicTask.objects.update_or_create(
-        name=NAME, defaults={"task": TASK, "interval": interval, "enabled": True}
-    )
-
-
-def remove_schedule(apps, schema_editor):
-    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=NAME).delete()
 
 
 class Migration(migrations.Migration):
@@ -28,4 +11,4 @@ class Migration(migrations.Migration):
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
-    operations = [migrations.RunPython(create_schedule, remove_schedule)]
+    operations: list = []

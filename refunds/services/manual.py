@@ -25,7 +25,7 @@ from refunds.selectors import (
     committed_units,
     reserve_available,
 )
-from refunds.services.order_side import (
+from refunds.services.order_checks import (
     RefusedForNow,
     amount_check,
     order_hold,

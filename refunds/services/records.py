@@ -17,7 +17,6 @@ from refunds.models import Refund, RefundStatus
 logger = logging.getLogger(__name__)
 
 S = RefundStatus
-VALIDATE_TASK = "orders.tasks.order_validate"
 CHECK_TASK = "refunds.tasks.refund_check"
 RESERVE_SHORT = "reserve_short"
 RESERVE_SHORT_SETTLEMENT = "reserve_short_settlement"

@@ -11,7 +11,7 @@ from django.utils import timezone
 from core.alerts import alert_raise
 from core.audit import audit_record
 from core.models import AlertSeverity
-from orders.models import Order, OrderType
+from orders.selectors import Order, OrderType
 from refunds.models import Refund, RefundOrigin
 from refunds.selectors import (
     reserve_available,

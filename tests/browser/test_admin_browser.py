@@ -12,6 +12,7 @@ from core.alerts import alert_raise
 from core.audit import audit_record
 from core.models import AuditLog
 from orders.models import Order, OrderStatus
+from orders.stages import Next, Stage
 from tests.browser.conftest import PASSWORD, login, shot
 from tests.factories import OrderFactory, UserFactory
 
@@ -45,10 +46,9 @@ def orders():
 
 @pytest.fixture
 def sent():
-    """Catch the tasks the admin enqueues (the live server runs in this process)."""
-    app = mock.Mock()
-    with mock.patch("orders.services.current_app", app):
-        yield app.send_task
+    """Catch the pipeline steps the admin enqueues (the live server runs in this process)."""
+    with mock.patch("orders.runs.run_enqueue") as run_enqueue:
+        yield run_enqueue
 
 
 def _filter_executing_and_open(page, live_server, order: Order) -> None:
@@ -80,7 +80,8 @@ def test_operator_with_the_permission_cancels_an_order(page, live_server, orders
 
     order.refresh_from_db()
     assert order.cancel_requested_at is not None
-    sent.assert_called_once_with("orders.tasks.order_cancel", args=[order.pk])
+    # The cancel takes the order's run over at once: a poll of the new run cancels it.
+    sent.assert_called_once_with(order_id=order.pk, gen=1, nxt=Next(Stage.POLL))
     entry = AuditLog.objects.filter(order=order).order_by("-seq").first()
     assert (entry.actor, entry.action) == ("admin:operator", "order.operator_cancel_requested")
     # The audit entry shows on the order page too.

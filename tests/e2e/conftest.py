@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tests.fixtures.broker import SimHandle, clear_rate_limits, simulator_running
 from tests.fixtures.processes import (
@@ -78,13 +77,9 @@ def stack(settings, chain_settings, anvil, e2e_sim) -> Iterator[Stack]:
     settings.ORDER_POLL_INTERVAL_SECONDS = 0.5
     settings.ORDER_SETTLE_CHECK_SECONDS = 0.3
     settings.ORDER_RETRY_SECONDS = 0.5
-    settings.ORDER_STALL_SECONDS = 5
+    settings.ORDER_RUN_LEASE_SECONDS = 5
     settings.CHAIN_START_BLOCK = anvil.client().block_number() + 1
-    interval, _ = IntervalSchedule.objects.get_or_create(every=2, period="seconds")
-    PeriodicTask.objects.update_or_create(
-        name="orders: compensation scan",
-        defaults={"task": "orders.tasks.compensation_scan", "interval": interval, "enabled": True},
-    )
+    settings.COMPENSATION_SCAN_SECONDS = 2  # beat syncs its schedule from the settings
     from trading.session import reset_broker
 
     reset_broker()

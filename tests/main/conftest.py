@@ -60,7 +60,7 @@ def main_stack(settings, anvil_factory, main_sim) -> Iterator[MainStack]:
     settings.ORDER_POLL_INTERVAL_SECONDS = 0.5
     settings.ORDER_SETTLE_CHECK_SECONDS = 0.3
     settings.ORDER_RETRY_SECONDS = 0.5
-    settings.ORDER_STALL_SECONDS = 5
+    settings.ORDER_RUN_LEASE_SECONDS = 5
     from trading.session import reset_broker
 
     reset_broker()

@@ -1,13 +1,10 @@
 """The alert rules against real rows; the beat task and its schedule."""
 
-import importlib
 from datetime import timedelta
 
 import pytest
-from django.apps import apps as django_apps
 from django.conf import settings as django_settings
 from django.utils import timezone
-from django_celery_beat.models import PeriodicTask
 
 from core.models import Alert
 from ops import alert_rules
@@ -150,22 +147,9 @@ def test_a_failing_rule_does_not_stop_the_others(monkeypatch):
 def test_the_beat_task_runs_the_rules():
     from bronco_project.celery import app
 
-    app.loader.import_default_modules()  # what a worker does: imports CELERY_IMPORTS
+    app.loader.import_default_modules()  # what a worker does: imports every app's tasks
     task = app.tasks["ops.tasks.evaluate_alert_rules"]
     _finished(S.FAILED, 5)
     result = task.apply()
     assert result.get()["order_failure_rate"] == "firing"
     assert _open("order_failure_rate") is not None
-
-
-def test_the_migration_schedules_the_task(settings):
-    migration = importlib.import_module("orders.migrations.0005_alert_rules_schedule")
-    PeriodicTask.objects.filter(name=migration.NAME).delete()
-    settings.ALERT_RULES_INTERVAL_SECONDS = 45
-    migration.create_schedule(django_apps, None)
-    task = PeriodicTask.objects.get(name=migration.NAME)
-    assert task.task == "ops.tasks.evaluate_alert_rules"
-    assert task.enabled
-    assert (task.interval.every, task.interval.period) == (45, "seconds")
-    migration.remove_schedule(django_apps, None)
-    assert not PeriodicTask.objects.filter(name=migration.NAME).exists()

@@ -98,10 +98,10 @@ def test_retry_enqueues_the_current_stage_and_audits_the_operator(
 
     assert response.redirect_chain[-1][0] == reverse("admin:orders_order_change", args=[order.pk])
     assert f"{task} enqueued again" in response.content.decode()
-    assert sent() == [(task, [order.pk])]
+    assert sent() == [(f"orders.tasks.order_{task}", [order.pk])]
     assert _audits(order) == [("admin:ops", "order.retry_requested")]
     entry = AuditLog.objects.get(order=order)
-    assert entry.after == {"status": status, "task": task}
+    assert entry.after == {"status": status, "stage": task}
 
 
 def test_retry_of_a_terminal_order_is_refused_with_a_message(
@@ -130,7 +130,9 @@ def test_cancel_flags_the_order_enqueues_order_cancel_and_audits(
     assert order.cancel_requested_at is not None
     assert order.status == OrderStatus.EXECUTING  # the pipeline does the rest
     assert order.version == 1
-    assert sent() == [("orders.tasks.order_cancel", [order.pk])]
+    # The cancel takes the order's run over at once: a poll of the new run cancels it.
+    assert sent() == [("orders.tasks.order_poll", [order.pk])]
+    assert order.run_gen == 1
     assert _audits(order) == [("admin:ops", "order.operator_cancel_requested")]
 
 
@@ -162,7 +164,7 @@ def test_operator_cancel_is_idempotent(sent, django_capture_on_commit_callbacks)
         first = order_operator_cancel(order_id=order.pk, actor="admin:a")
         second = order_operator_cancel(order_id=order.pk, actor="admin:b")
     assert first.cancel_requested_at == second.cancel_requested_at
-    assert sent() == [("orders.tasks.order_cancel", [order.pk])]
+    assert sent() == [("orders.tasks.order_validate", [order.pk])]
     assert _audits(order) == [("admin:a", "order.operator_cancel_requested")]
 
 
@@ -185,7 +187,7 @@ def test_operator_cancel_retries_a_lost_optimistic_race(sent, django_capture_on_
         result = order_operator_cancel(order_id=order.pk, actor="admin:ops")
     assert calls == [7, 0]
     assert result.version == 1 and result.cancel_requested_at is not None
-    assert sent() == [("orders.tasks.order_cancel", [order.pk])]
+    assert sent() == [("orders.tasks.order_validate", [order.pk])]
 
 
 def test_services_refuse_an_unknown_order():
@@ -290,7 +292,7 @@ def test_bulk_cancel_cancels_deposits_and_reports_refusals(
     body = response.content.decode()
     assert "Cancel requested for 1 order(s)." in body
     assert "only deposits can be cancelled" in body and "nothing to cancel" in body
-    assert sent() == [("orders.tasks.order_cancel", [open_buy.pk])]
+    assert sent() == [("orders.tasks.order_validate", [open_buy.pk])]
     assert _audits(open_buy) == [("admin:ops", "order.operator_cancel_requested")]
 
 
@@ -303,7 +305,10 @@ def test_bulk_retry_enqueues_each_open_order(client, sent, django_capture_on_com
             reverse("admin:orders_order_changelist"),
             {"action": "retry_orders", "_selected_action": [pending.pk, settling.pk]},
         )
-    assert sent() == [(pipeline.VALIDATE, [pending.pk]), (pipeline.SETTLE, [settling.pk])]
+    assert sent() == [
+        ("orders.tasks.order_validate", [pending.pk]),
+        ("orders.tasks.order_settle", [settling.pk]),
+    ]
     assert _audits(settling) == [("admin:ops", "order.retry_requested")]
 
 

@@ -75,13 +75,12 @@ def test_counts_by_status(client, viewer):
     assert 'data-status="FAILED">2<' in response.content.decode()
 
 
-def test_stuck_orders_are_open_and_past_deadline_or_stalled(client, viewer, settings):
-    settings.ORDER_STALL_SECONDS = 60
+def test_stuck_orders_are_open_and_past_deadline_or_with_a_dead_run(client, viewer):
     now = timezone.now()
     fresh = OrderFactory(deadline=now + timedelta(minutes=5))
     past_deadline = OrderFactory(deadline=now - timedelta(seconds=1))
     stalled = OrderFactory(status=OrderStatus.EXECUTING, deadline=now + timedelta(minutes=5))
-    Order.objects.filter(pk=stalled.pk).update(updated_at=now - timedelta(seconds=61))
+    Order.objects.filter(pk=stalled.pk).update(run_lease_until=now - timedelta(seconds=1))
     done = OrderFactory(status=OrderStatus.FAILED, deadline=now - timedelta(hours=1))
     Order.objects.filter(pk=done.pk).update(updated_at=now - timedelta(hours=1))
 

@@ -283,7 +283,7 @@ def test_full_refund_of_a_pending_order_closes_the_deposit_with_nothing_to_settl
     order.refresh_from_db()
     assert order.status == OrderStatus.SETTLING
     assert order.outcome == OrderStatus.CANCELED and order.refund_usdt == 0
-    assert pipeline.order_settle(order_id=order.pk).task == pipeline.SETTLE
+    assert pipeline.order_settle(order_id=order.pk).stage == pipeline.SETTLE
     assert not SettlementTx.objects.filter(kind="deposit", order_id=order.pk).exists()
 
     confirm(refund)

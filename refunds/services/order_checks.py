@@ -1,19 +1,19 @@
-"""The order side of a manual refund: may this deposit be refunded now, and holding or
-releasing the refunded units on the order (through `orders.state`, under its row lock)."""
+"""A manual refund's checks and effects on its order: may this deposit be refunded now, and
+holding or releasing the refunded units on the order. The order is read and changed only
+through `orders.selectors` and `orders.services` (its row lock, its state machine)."""
 
 from __future__ import annotations
 
 import logging
 
-from django.db import transaction
-
 from core.alerts import alert_raise
 from core.models import AlertSeverity
-from orders.models import Order, OrderStatus, OrderType
-from orders.state import order_record
+from orders.selectors import Order, OrderStatus, OrderType
+from orders.selectors import order_lock as _order_lock_row
+from orders.services import order_manual_refund_hold, order_manual_refund_release
 from refunds.exceptions import RefundRefused
 from refunds.models import Refund
-from refunds.services.records import VALIDATE_TASK, enqueue_on_commit, usdt_text
+from refunds.services.records import usdt_text
 from trading import services as broker
 from trading.exceptions import BrokerUnavailable, RateLimited
 
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def order_lock(order_id: int) -> Order:
-    order = Order.objects.select_for_update(of=("self",)).filter(pk=order_id).first()
+    order = _order_lock_row(order_id=order_id)
     if order is None:
         raise RefundRefused(
             f"no order {order_id}: check the id (orders are listed in the admin under Orders)"
@@ -94,39 +94,26 @@ def amount_check(order: Order, amount: int) -> None:
 
 def order_hold(order: Order, refund: Refund, *, actor: str) -> None:
     """Record the refund on its (locked, PENDING) order: the pipeline then sizes, trades and
-    settles only what remains, and closes the order when nothing does (validate re-runs)."""
-    order_record(
-        order=order,
-        actor=actor,
-        action="order.manual_refund",
-        manual_refund_usdt=int(order.manual_refund_usdt) + int(refund.amount),
-        qty=None,
-        price=None,
-    )
-    enqueue_on_commit(VALIDATE_TASK, order.pk)
+    settles only what remains, and closes the order when nothing does."""
+    order_manual_refund_hold(order=order, amount=int(refund.amount), actor=actor)
 
 
 def order_release(refund: Refund, *, actor: str) -> None:
-    """A failed manual refund's amount goes back to its order: to be traded (PENDING) or
-    refunded by the settlement (SETTLING, not yet sent)."""
-    with transaction.atomic():
-        order = Order.objects.select_for_update(of=("self",)).get(pk=refund.order_id)
-        if order.is_terminal or order.settlement_tx_hash:
-            alert_raise(
-                key=f"refund_unreleased_{refund.pk}",
-                severity=AlertSeverity.CRITICAL,
-                source="refunds",
-                message=(
-                    f"refund {refund.pk} of order {order.pk} failed after the order's "
-                    f"settlement was sent: {usdt_text(refund.amount)} must be paid to "
-                    f"{order.user_address} by hand"
-                ),
-                details={"refund_id": refund.pk, "order_id": order.pk, "amount": refund.amount},
-            )
-            return
-        changes: dict[str, int] = {
-            "manual_refund_usdt": int(order.manual_refund_usdt) - int(refund.amount)
-        }
-        if order.status == OrderStatus.SETTLING:
-            changes["refund_usdt"] = int(order.refund_usdt) + int(refund.amount)
-        order_record(order=order, actor=actor, action="order.manual_refund_released", **changes)
+    """A failed manual refund's amount goes back to its order; when the order can no longer
+    take it back, a critical alert says who must be paid by hand."""
+    order = order_manual_refund_release(
+        order_id=refund.order_id, amount=int(refund.amount), actor=actor
+    )
+    if order is None:
+        return
+    alert_raise(
+        key=f"refund_unreleased_{refund.pk}",
+        severity=AlertSeverity.CRITICAL,
+        source="refunds",
+        message=(
+            f"refund {refund.pk} of order {order.pk} failed after the order's "
+            f"settlement was sent: {usdt_text(refund.amount)} must be paid to "
+            f"{order.user_address} by hand"
+        ),
+        details={"refund_id": refund.pk, "order_id": order.pk, "amount": refund.amount},
+    )

@@ -1,0 +1,97 @@
+"""What every pipeline stage shares: the stage names, `Next`, and the helpers that settle an
+order without the broker."""
+
+import logging
+from decimal import Decimal
+
+from django.utils import timezone
+
+from core.metrics import observe_stage
+from core.models import AuditLog
+from orders.allocation import Settlement, allocate_buy, allocate_sell
+from orders.models import Order, OrderStatus, OrderType
+from orders.stages import Next, Stage
+from orders.state import order_transition
+from trading import pricing
+
+logger = logging.getLogger(__name__)
+
+S = OrderStatus
+
+
+VALIDATE, PLACE, POLL, SETTLE = Stage.VALIDATE, Stage.PLACE, Stage.POLL, Stage.SETTLE
+
+
+def stage_actor(stage: str) -> str:
+    return f"task:orders.{stage}"
+
+
+def past_deadline(order: Order) -> bool:
+    return order.deadline is not None and timezone.now() >= order.deadline
+
+
+def ccy_per_usdt(code: str) -> Decimal:
+    return pricing.fx_rate(code)
+
+
+SETTLING_ACTIONS = ("order.finalized", "order.refused", "order.canceled_before_trade")
+
+
+def observe_since(order: Order, stage: str, *, since: tuple[str, ...]) -> None:
+    """Stage latency: from the audit entry that opened the stage to now."""
+    started = (
+        AuditLog.objects.filter(order_id=order.pk, action__in=since)
+        .order_by("-seq")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if started is not None:
+        observe_stage(stage, (timezone.now() - started).total_seconds())
+
+
+def settlement_kind(order: Order) -> str:
+    return "deposit" if order.order_type == OrderType.BUY else "redeem"
+
+
+def available_usdt(order: Order) -> int:
+    """What a deposit has to trade and settle: the deposit less manual refunds."""
+    return int(order.usdt_amount) - int(order.manual_refund_usdt)
+
+
+def return_everything(order: Order) -> Settlement:
+    if order.order_type == OrderType.BUY:
+        return allocate_buy(
+            usdt_in=available_usdt(order),
+            filled_qty=Decimal(0),
+            avg_price=None,
+            fee=Decimal(0),
+            ccy_per_usdt=Decimal(1),
+        )
+    return allocate_sell(
+        tokens_in=order.token_amount,
+        filled_qty=Decimal(0),
+        avg_price=None,
+        fee=Decimal(0),
+        ccy_per_usdt=Decimal(1),
+    )
+
+
+def settle_untraded(order: Order, *, outcome: str, reason: str, stage: str) -> Next:
+    """PENDING -> SETTLING with everything returned to the user. Only called when no broker
+    order exists for this client id (callers look the remark up first)."""
+    s = return_everything(order)
+    order_transition(
+        order=order,
+        to_status=S.SETTLING,
+        actor=stage_actor(stage),
+        action="order.refused" if outcome == S.FAILED else "order.canceled_before_trade",
+        outcome=outcome,
+        last_error=reason,
+        refund_usdt=s.refund_usdt,
+        tokens_returned=s.tokens_returned,
+    )
+    logger.info(
+        "order settles untraded",
+        extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "reason": reason},
+    )
+    return Next(SETTLE)

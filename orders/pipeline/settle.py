@@ -1,0 +1,111 @@
+"""Settle: send the on-chain settlement once and confirm it."""
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from chain import selectors as chain_selectors
+from chain import services as chain_services
+from chain.services import SettlementState
+from core.alerts import alert_raise
+from core.audit import audit_record
+from orders.models import Order, OrderType
+from orders.pipeline.common import (
+    SETTLE,
+    SETTLING_ACTIONS,
+    Next,
+    S,
+    observe_since,
+    settlement_kind,
+    stage_actor,
+)
+from orders.state import order_record, order_transition
+from refunds import selectors as refund_selectors
+from refunds import services as refund_services
+
+logger = logging.getLogger(__name__)
+
+
+def order_settle(*, order_id: int) -> Next | None:
+    """Send (once) and confirm the on-chain settlement; on confirmation the order takes its
+    terminal outcome. A settlement that reverts for any reason but "already settled" is
+    alerted and retried, never dropped. Before sending, waits (re-scheduled) while a manual
+    refund of the order is unpaid, and while the vault's reserve does not cover the USDT the
+    settlement pays (alerted)."""
+    order = Order.objects.get(pk=order_id)
+    if order.status != S.SETTLING:
+        return None
+    kind = settlement_kind(order)
+    usdt = order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt
+    tokens = order.tokens_minted if order.order_type == OrderType.BUY else order.tokens_returned
+    if not order.settlement_tx_hash:
+        if refund_selectors.order_refunds_in_flight(order_id=order.pk):
+            return Next(SETTLE, countdown=settings.REFUND_CHECK_SECONDS)
+        if not refund_services.reserve_covers(
+            amount=usdt, order_id=order.pk, actor=stage_actor("settle")
+        ):
+            return Next(SETTLE, countdown=settings.RESERVE_WAIT_SECONDS)
+        tx = chain_services.settlement_submit(
+            kind=kind,
+            onchain_id=int(order.onchain_id),
+            usdt_amount=usdt,
+            token_amount=tokens,
+            order_id=order.pk,
+            actor=stage_actor("settle"),
+        )
+        order = order_record(
+            order=order,
+            actor=stage_actor("settle"),
+            action="order.settlement_sent",
+            settlement_tx_hash=tx.tx_hash,
+        )
+    state = chain_services.settlement_check(
+        kind=kind, onchain_id=int(order.onchain_id), actor=stage_actor("settle")
+    )
+    if state == SettlementState.CONFIRMED:
+        record = chain_selectors.settlement_get(kind=kind, onchain_id=int(order.onchain_id))
+        updates = {}
+        if record is not None and record.tx_hash and record.tx_hash != order.settlement_tx_hash:
+            updates["settlement_tx_hash"] = record.tx_hash
+        with transaction.atomic():
+            order_transition(
+                order=order,
+                to_status=order.outcome,
+                actor=stage_actor("settle"),
+                action="order.settled",
+                **updates,
+            )
+            refund_services.refund_record_automatic(
+                order=order, tx_hash=order.settlement_tx_hash, actor=stage_actor("settle")
+            )
+        observe_since(order, "settle", since=SETTLING_ACTIONS)
+        observe_since(order, "end_to_end", since=("order.created",))
+        logger.info(
+            "order settled",
+            extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "outcome": order.outcome},
+        )
+        return None
+    if state == SettlementState.REVERTED:
+        # Not "already settled" (that counts as confirmed): alert, and try again once the
+        # vault would accept it. Never dropped: the order stays SETTLING until it settles.
+        logger.error("settlement reverted", extra={"order_id": order.pk})
+        alert_raise(
+            key=f"settlement_reverted:{kind}:{int(order.onchain_id)}",
+            message=f"{kind} {int(order.onchain_id)} (order {order.pk}) settlement reverted; "
+            "retrying",
+            severity="critical",
+            source=stage_actor("settle"),
+            details={"order_id": order.pk, "tx_hash": order.settlement_tx_hash},
+        )
+        audit_record(
+            actor=stage_actor("settle"),
+            action="order.settlement_reverted",
+            order_id=order.pk,
+            after={"tx_hash": order.settlement_tx_hash},
+        )
+        chain_services.settlement_resubmit(
+            kind=kind, onchain_id=int(order.onchain_id), actor=stage_actor("settle")
+        )
+        return Next(SETTLE, countdown=settings.ORDER_RETRY_SECONDS)
+    return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
