@@ -606,7 +606,9 @@ class FakeBroker:
 @pytest.fixture
 def fake_broker(settings: Any) -> Iterator[FakeBroker]:
     """This process's broker is a fresh FakeBroker (through `TRADING_BROKER_FACTORY`, wired
-    to `trading.session.dispatch_order_update` like the Futu adapter) for the test."""
+    to `trading.session.dispatch_order_update` like the Futu adapter) for the test. Every
+    registered callback sees its pushes, the orders app's too (it reads the database: mark
+    the test `django_db`)."""
     from trading.session import get_broker, reset_broker
 
     settings.TRADING_BROKER_FACTORY = FAKE_BROKER_FACTORY

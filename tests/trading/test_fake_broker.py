@@ -321,6 +321,7 @@ def test_every_update_is_pushed_in_order_on_another_thread():
 # --- selected by the setting -------------------------------------------------------------
 
 
+@pytest.mark.django_db  # the orders app's push callback looks the order up
 def test_the_setting_selects_the_fake_and_pushes_reach_registered_callbacks(settings):
     seen: list[BrokerOrder] = []
     settings.TRADING_BROKER_FACTORY = FAKE_BROKER_FACTORY
@@ -345,6 +346,7 @@ def test_the_setting_selects_the_fake_and_pushes_reach_registered_callbacks(sett
     reset_broker()
 
 
+@pytest.mark.django_db  # the orders app's push callback looks the order up
 def test_trading_services_work_over_the_fake(fake_broker):
     fake_broker.set_quote("HK.00700", "381.4", lot_size=100, tick_size="0.2")
     plan = services.plan_buy(code="HK.00700", usdt_units=10_000 * 10**6)
