@@ -1,21 +1,30 @@
-"""The per-process broker session and the order-update callback registry."""
+"""The per-process broker session and the order-update callback registry.
+
+Which broker a process uses is the `TRADING_BROKER_FACTORY` setting: a dotted path to a
+callable taking the keyword `on_order_update` and returning a `trading.broker.Broker`
+(default: the Futu adapter; tests may choose the in-memory fake). The broker is handed
+`dispatch_order_update`, so every callback registered here sees its order pushes.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
-from trading.broker import BrokerOrder, OrderUpdateCallback
-from trading.futu import FutuBroker
+from trading.broker import Broker, BrokerOrder, OrderUpdateCallback
 
 logger = logging.getLogger(__name__)
 
+BrokerFactory = Callable[..., Broker]
+
 _lock = threading.Lock()
-_broker: FutuBroker | None = None
+_broker: Broker | None = None
+_broker_pid: int | None = None
 _broker_key: Hashable = None
 _callbacks: list[OrderUpdateCallback] = []
 
@@ -23,6 +32,7 @@ _callbacks: list[OrderUpdateCallback] = []
 def _settings_key() -> Hashable:
     return (
         os.getpid(),
+        settings.TRADING_BROKER_FACTORY,
         settings.FUTU_OPEND_HOST,
         settings.FUTU_OPEND_PORT,
         settings.FUTU_TRD_ENV,
@@ -31,33 +41,40 @@ def _settings_key() -> Hashable:
     )
 
 
-def get_broker() -> FutuBroker:
-    """This process's adapter: created lazily, re-created in a forked child (Celery prefork)
-    and when the OpenD settings change; it reconnects by itself after a disconnect."""
-    global _broker, _broker_key
+def _close_if_ours() -> None:
+    """Close the cached broker unless it was inherited from a parent process (closing it
+    would tear down the parent's sockets)."""
+    if _broker is not None and _broker_pid == os.getpid():
+        _broker.close()
+
+
+def get_broker() -> Broker:
+    """This process's broker: created lazily by `TRADING_BROKER_FACTORY`, re-created in a
+    forked child (Celery prefork) and when the broker settings change; the Futu adapter
+    reconnects by itself after a disconnect."""
+    global _broker, _broker_key, _broker_pid
     key = _settings_key()
     with _lock:
         if _broker is not None and _broker_key != key:
-            if _broker.pid == os.getpid():
-                _broker.close()
+            _close_if_ours()
             _broker = None
         if _broker is None:
-            _broker = FutuBroker.from_settings(on_order_update=dispatch_order_update)
-            _broker_key = key
+            factory: BrokerFactory = import_string(settings.TRADING_BROKER_FACTORY)
+            _broker = factory(on_order_update=dispatch_order_update)
+            _broker_key, _broker_pid = key, os.getpid()
         return _broker
 
 
 def reset_broker() -> None:
     """Close this process's session; the next call opens a fresh one."""
-    global _broker, _broker_key
+    global _broker, _broker_key, _broker_pid
     with _lock:
-        if _broker is not None and _broker.pid == os.getpid():
-            _broker.close()
-        _broker, _broker_key = None, None
+        _close_if_ours()
+        _broker, _broker_key, _broker_pid = None, None, None
 
 
 def register_order_update_callback(fn: OrderUpdateCallback) -> None:
-    """Call `fn(order)` on every order push from the broker. It runs on the SDK's callback
+    """Call `fn(order)` on every order push from the broker. It runs on the broker's callback
     thread: keep it short (e.g. enqueue the poll task) and never let it block."""
     with _lock:
         if fn not in _callbacks:

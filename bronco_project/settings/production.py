@@ -15,6 +15,10 @@ from bronco_project.settings.base import (
     VAULT_TOKEN,
 )
 from bronco_project.settings.checks import production_problems
+from bronco_project.settings.trading import (
+    DEFAULT_TRADING_BROKER_FACTORY,
+    TRADING_BROKER_FACTORY,
+)
 
 _problems = production_problems(
     debug=DEBUG,
@@ -27,6 +31,12 @@ _problems = production_problems(
     vault_role_id=VAULT_ROLE_ID,
     vault_secret_id=VAULT_SECRET_ID,
 )
+if TRADING_BROKER_FACTORY != DEFAULT_TRADING_BROKER_FACTORY:
+    _problems.append(
+        f"TRADING_BROKER_FACTORY is {TRADING_BROKER_FACTORY!r}; production trades only "
+        f"through the Futu adapter ({DEFAULT_TRADING_BROKER_FACTORY}): unset "
+        "TRADING_BROKER_FACTORY"
+    )
 if _problems:
     raise ImproperlyConfigured("BRONCO_ENV=production refuses to start: " + "; ".join(_problems))
 

@@ -25,6 +25,14 @@ FUTU_REMARK_LOOKUP_REFRESH = env_bool("FUTU_REMARK_LOOKUP_REFRESH", False)
 # Allow US orders to fill in pre-market and after-hours sessions.
 FUTU_FILL_OUTSIDE_RTH = env_bool("FUTU_FILL_OUTSIDE_RTH", False)
 
+# --- Which broker --------------------------------------------------------------------
+# Dotted path to a callable (a factory function or a class) taking the keyword
+# `on_order_update` and returning this process's broker (`trading.broker.Broker`). Tests
+# may point it at the in-memory fake (`tests.fakes.broker.FakeBroker`); production refuses
+# anything but the Futu adapter.
+DEFAULT_TRADING_BROKER_FACTORY = "trading.futu.futu_broker_from_settings"
+TRADING_BROKER_FACTORY = env_str("TRADING_BROKER_FACTORY", DEFAULT_TRADING_BROKER_FACTORY)
+
 # --- Futu's documented request limits, per account, per window -------------------------
 # place_order: 15 per 30 s and >= 0.02 s apart; modify/cancel: 20 per 30 s and >= 0.04 s
 # apart; order list (refresh), history orders, funds (refresh), positions (refresh): 10 per

@@ -1,0 +1,279 @@
+"""The OpenD session: one quote and one trade context for one account, per process.
+
+Connects, resolves the account, unlocks trading, rebuilds both contexts after a dropped
+connection, and runs every SDK call through `_call`, which translates its failure
+(`trading.futu.parsing.classify_error`). The market-data and execution halves of the
+adapter build on `FutuConnection`; it knows neither.
+
+Guarantees:
+- A dropped connection is noticed before the next call and both contexts are rebuilt;
+  reads are retried once on a fresh connection, writes are not (their retry is the caller's,
+  and the remark lookup makes it safe).
+- Every request that Futu limits goes through the shared Redis limiter first (`_limit`).
+- Fork-safe: a child process (Celery prefork) never reuses the parent's sockets or the SDK's
+  network thread.
+- Fail-fast: while OpenD is down, connecting raises BrokerUnavailable instead of letting the
+  SDK's constructor retry forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from futu import (
+    RET_OK,
+    OpenQuoteContext,
+    OpenSecTradeContext,
+    SecurityFirm,
+    SysConfig,
+    TrdEnv,
+    TrdMarket,
+)
+from futu.common.constant import ContextStatus
+from futu.common.ft_logger import logger as futu_logger
+from futu.common.network_manager import NetManager
+
+from core.metrics import count_broker_error
+from core.secrets import SecretUnavailable, get_secret
+from trading.broker import OrderUpdateCallback
+from trading.exceptions import BrokerUnavailable
+from trading.futu.parsing import classify_error
+from trading.ratelimit import RedisRateLimiter
+
+logger = logging.getLogger(__name__)
+
+# The SDK logs every request at INFO to the console and at DEBUG to a file in $HOME.
+futu_logger.console_level = logging.WARNING
+futu_logger.file_level = logging.WARNING
+# The SDK's callback threads are non-daemon by default: a process holding a session could
+# never exit (a Celery worker would hang at shutdown). Sessions hold no state worth that.
+SysConfig.set_all_thread_daemon(True)
+
+
+class _FailFastMixin:
+    """The SDK's constructor retries a failed connection forever, which would hang a worker
+    while OpenD is down. While constructing, a failed attempt switches auto-reconnect off so
+    the constructor returns; the adapter then reports BrokerUnavailable."""
+
+    _auto_reconnect: bool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._bronco_fail_fast = True
+        super().__init__(*args, **kwargs)
+        self._bronco_fail_fast = False
+
+    def _init_connect_sync(self) -> int:
+        ret = super()._init_connect_sync()  # type: ignore[misc]
+        if ret != RET_OK and getattr(self, "_bronco_fail_fast", False):
+            self._auto_reconnect = False
+        return ret
+
+
+class QuoteContext(_FailFastMixin, OpenQuoteContext):
+    pass
+
+
+class TradeContext(_FailFastMixin, OpenSecTradeContext):
+    pass
+
+
+SdkCall = Callable[[QuoteContext, TradeContext], tuple[int, Any]]
+
+
+class FutuConnection:
+    """The session half of the adapter: configuration, both contexts, the limiter."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        trd_market: str = "US",
+        security_firm: str = "FUTUSECURITIES",
+        trd_env: str = "SIMULATE",
+        acc_id: int = 0,
+        trade_password: str = "",
+        connect_timeout: float = 5.0,
+        on_order_update: OrderUpdateCallback | None = None,
+        remark_lookup_refresh: bool = False,
+        fill_outside_rth: bool = False,
+        limiter_factory: Callable[[str], RedisRateLimiter] | None = None,
+    ) -> None:
+        if trd_env not in (TrdEnv.SIMULATE, TrdEnv.REAL):
+            raise ValueError(f"trd_env must be SIMULATE or REAL, not {trd_env!r}")
+        if trd_env == TrdEnv.REAL and not trade_password:
+            raise ValueError("REAL trading needs a trade password (FUTU_TRADE_PASSWORD)")
+        self.host, self.port = host, port
+        self.trd_market = getattr(TrdMarket, trd_market)
+        self.security_firm = getattr(SecurityFirm, security_firm)
+        self.trd_env = trd_env
+        self.configured_acc_id = acc_id
+        self.acc_id = acc_id
+        self._password = trade_password
+        self.connect_timeout = connect_timeout
+        self.on_order_update = on_order_update
+        self.remark_lookup_refresh = remark_lookup_refresh
+        self.fill_outside_rth = fill_outside_rth
+        self._limiter_factory = limiter_factory or (
+            lambda account: RedisRateLimiter.from_settings(account=account)
+        )
+        self.limiter: RedisRateLimiter | None = None
+        self.pid = os.getpid()
+        self._lock = threading.RLock()
+        self._quote_ctx: QuoteContext | None = None
+        self._trade_ctx: TradeContext | None = None
+        self.connections_made = 0
+
+    def _ready(self) -> bool:
+        return all(
+            ctx is not None and ctx.status == ContextStatus.READY
+            for ctx in (self._quote_ctx, self._trade_ctx)
+        )
+
+    def _install_handlers(self, trade: TradeContext) -> None:
+        """Subscribe the trade context's pushes; the execution half overrides this."""
+
+    def connect(self) -> None:
+        """Open (or re-open) the session: both contexts ready, account resolved, trading
+        unlocked, order pushes subscribed. Raises BrokerUnavailable when OpenD is not there."""
+        with self._lock:
+            if self._ready():
+                return
+            self._teardown()
+            try:
+                socket.create_connection(
+                    (self.host, self.port), timeout=self.connect_timeout
+                ).close()
+            except OSError as exc:
+                raise BrokerUnavailable(
+                    f"OpenD {self.host}:{self.port} unreachable: {exc}"
+                ) from exc
+            quote = QuoteContext(host=self.host, port=self.port)
+            trade = None
+            try:
+                if quote.status != ContextStatus.READY:
+                    raise BrokerUnavailable(f"OpenD {self.host}:{self.port}: quote login failed")
+                trade = TradeContext(
+                    filter_trdmarket=self.trd_market,
+                    host=self.host,
+                    port=self.port,
+                    security_firm=self.security_firm,
+                )
+                if trade.status != ContextStatus.READY:
+                    raise BrokerUnavailable(f"OpenD {self.host}:{self.port}: trade login failed")
+                for ctx in (quote, trade):
+                    ctx.set_sync_query_connect_timeout(self.connect_timeout)
+                self._install_handlers(trade)
+                self._resolve_account(trade)
+                self._unlock(trade)
+            except BaseException:
+                quote.close()
+                if trade is not None:
+                    trade.close()
+                raise
+            self._quote_ctx, self._trade_ctx = quote, trade
+            self.connections_made += 1
+            if self.limiter is None:
+                self.limiter = self._limiter_factory(f"{self.trd_env}:{self.acc_id}")
+            logger.info(
+                "connected to OpenD %s:%s account %s (%s)",
+                self.host,
+                self.port,
+                self.acc_id,
+                self.trd_env,
+            )
+
+    def _resolve_account(self, trade: TradeContext) -> None:
+        ret, accounts = trade.get_acc_list()
+        if ret != RET_OK:
+            raise classify_error(accounts)
+        rows = [r for r in accounts.to_dict("records") if r["trd_env"] == self.trd_env]
+        if self.configured_acc_id:
+            rows = [r for r in rows if int(r["acc_id"]) == self.configured_acc_id]
+        if not rows:
+            raise BrokerUnavailable(
+                f"no {self.trd_env} account "
+                f"{self.configured_acc_id or ''} with {self.trd_market} trading at OpenD"
+            )
+        self.acc_id = int(rows[0]["acc_id"])
+
+    def _unlock(self, trade: TradeContext) -> None:
+        if not self._password:
+            return
+        ret, msg = trade.unlock_trade(password=self._password)
+        if ret == RET_OK:
+            return
+        if self.trd_env == TrdEnv.REAL:
+            raise BrokerUnavailable(f"unlock_trade failed: {msg}")
+        logger.warning("unlock_trade failed (not needed for SIMULATE): %s", msg)
+
+    def _teardown(self) -> None:
+        for ctx in (self._quote_ctx, self._trade_ctx):
+            if ctx is not None:
+                try:
+                    ctx.close()
+                except Exception:  # closing a dead context must not mask the real error
+                    logger.debug("closing a futu context failed", exc_info=True)
+        self._quote_ctx = self._trade_ctx = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._teardown()
+
+    def _retry_after(self, kind: str) -> float:
+        limit, _ = settings.FUTU_RATE_LIMITS[kind]
+        return settings.FUTU_RATE_WINDOW_SECONDS / max(limit, 1)
+
+    def _call(self, fn: SdkCall, *, kind: str = "place", retry: bool = True) -> Any:
+        """Run one SDK call on a ready session and translate its failure. Reads (`retry`)
+        get one more attempt on a fresh session after a disconnect."""
+        for attempt in (1, 2):
+            self.connect()
+            assert self._quote_ctx is not None and self._trade_ctx is not None
+            ret, data = fn(self._quote_ctx, self._trade_ctx)
+            if ret == RET_OK:
+                return data
+            error = classify_error(data, retry_after=self._retry_after(kind))
+            count_broker_error(operation=kind, error=type(error).__name__)
+            if isinstance(error, BrokerUnavailable):
+                with self._lock:
+                    self._teardown()
+                if retry and attempt == 1:
+                    logger.warning("OpenD call failed (%s); reconnecting", data)
+                    continue
+            raise error
+        raise AssertionError("unreachable")
+
+    def _limit(self, kind: str) -> None:
+        """Take one request of `kind` from the account's shared budget (waits briefly or
+        raises RateLimited)."""
+        self.connect()
+        assert self.limiter is not None
+        self.limiter.acquire(kind)
+
+
+def _reset_sdk_after_fork() -> None:
+    """The SDK's network manager is a process-wide singleton with its own thread; a forked
+    child has the object but not the thread. Forget it so the child builds its own."""
+    NetManager._default_inst = None
+    NetManager._default_inst_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_sdk_after_fork)
+
+
+def trade_password(trd_env: str) -> str:
+    """The trade password from Vault (or, outside production without Vault, the setting).
+    Paper trading does not unlock, so it may go without one; real trading may not."""
+    try:
+        return get_secret("futu_trade_password")
+    except SecretUnavailable:
+        if trd_env == "REAL":
+            raise
+        return ""
