@@ -4,7 +4,12 @@ fixture modules below."""
 import pytest
 import redis
 
-pytest_plugins = ["tests.fixtures.chain", "tests.fixtures.broker", "tests.fixtures.vault"]
+pytest_plugins = [
+    "tests.fixtures.chain",
+    "tests.fixtures.broker",
+    "tests.fixtures.vault",
+    "tests.fakes.broker",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)

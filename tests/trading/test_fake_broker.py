@@ -377,12 +377,12 @@ def test_place_stage_adopts_the_order_a_lost_answer_left_at_the_broker(fake_brok
     order = OrderFactory(qty=Decimal(5), price=Decimal("190.95"))
     fake_broker.unavailable_next_place(after_accept=True)
     retry = order_place(order_id=order.pk)
-    assert retry is not None and retry.task == PLACE
+    assert retry is not None and retry.stage == PLACE
     assert len(fake_broker.placed) == 1  # the broker has it; the order does not know yet
     order.refresh_from_db()
     assert order.status == OrderStatus.PENDING and not order.futu_order_id
     nxt = order_place(order_id=order.pk)
-    assert nxt is not None and nxt.task == POLL
+    assert nxt is not None and nxt.stage == POLL
     order.refresh_from_db()
     assert order.status == OrderStatus.EXECUTING
     assert order.futu_order_id == fake_broker.placed[0].broker_order_id
