@@ -52,7 +52,7 @@ def mine_deposits(node, contracts, n: int, per_block: int = 200) -> int:  # type
     from eth_utils import keccak
 
     from chain.client import address_of_key, symbol_to_bytes32
-    from tests.fixtures.chain import ALL_KEYS
+    from devtools.chain import ALL_KEYS
 
     users = [address_of_key(k) for k in ALL_KEYS[2:]]
     client = node.client()
@@ -115,7 +115,7 @@ def measure_live(node, contracts, config, mode: str, n: int, rate: float) -> dic
     from eth_utils import keccak
 
     from chain.client import address_of_key, symbol_to_bytes32
-    from tests.fixtures.chain import ALL_KEYS, listener_running
+    from devtools.chain import ALL_KEYS, listener_running
 
     sender = address_of_key(ALL_KEYS[2])
     selector = keccak(text="deposit(bytes32,uint256)")[:4]
@@ -222,7 +222,7 @@ def main() -> None:
 
     from chain.listener import ChainListener
     from chain.models import ChainEvent
-    from tests.fixtures.chain import deploy_contract_set, listener_config, start_anvil
+    from devtools.chain import deploy_contract_set, listener_config, start_anvil
 
     call_command("migrate", verbosity=0)
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()

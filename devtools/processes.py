@@ -1,35 +1,253 @@
-"""Child processes of the dev stack: started with their output in one log file each,
-watched, and stopped in reverse order.
+"""Child processes of the dev stack, the tests and the benchmarks: started so that they die
+with the process that started them, however it dies; watched; stopped in reverse order.
 
-Each child runs in its own session, so a Ctrl-C in the terminal reaches only the
-orchestrator, which then stops the children in order (listener and workers before the
-chain and the broker they talk to). Each child also gets PR_SET_PDEATHSIG: if the
-orchestrator dies without cleaning up (SIGKILL), the kernel sends its children SIGTERM,
-so no orphan keeps a port.
+`spawn()` is the one way to start a long-lived child. Three layers, each enough on its own
+for the common case:
+
+- Process group: each child leads a new session, so a Ctrl-C in the terminal reaches only
+  the orchestrator, which stops its children in order, and `stop_group()` stops a child
+  together with what it forked (a Celery worker's prefork pool).
+- PR_SET_PDEATHSIG: the kernel sends the child SIGTERM when the orchestrator dies, even by
+  SIGKILL, so it shuts down cleanly (anvil dumps its state, a Celery worker stops its pool,
+  whose children Celery itself gives PDEATHSIG=SIGKILL). The signal fires when the *thread*
+  that forked exits, so children are forked from the main thread or from one spawner
+  thread that lives as long as the process.
+- A watchdog process per orchestrator (`devtools.watchdog`), in its own session, holding
+  the read end of a pipe only the orchestrator writes to. End of file means the
+  orchestrator is gone (exit or SIGKILL): the watchdog sends SIGTERM to every process group
+  this orchestrator started, SIGKILL to whatever is left `GRACE` seconds later, and exits.
+  This catches grandchildren that no PDEATHSIG reaches.
+
+Which processes are "ours" is written in their environment: every child gets
+BRONCO_SPAWNED_BY, the chain of orchestrators above it (`<pid>.<start time>` each), and
+the orchestrator puts its own token in os.environ too, so even a child started with plain
+`subprocess` carries it. On its first start an orchestrator also ends the leftovers of
+killed runs whose watchdog died with them (`sweep_orphans()`): processes whose chain names
+an orchestrator that no longer exists.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
+import functools
 import os
 import random
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MARKER = "BRONCO_SPAWNED_BY"
+GRACE = 3.0  # seconds between the watchdog's SIGTERM and its SIGKILL
+REPO = Path(__file__).resolve().parents[1]
 _PR_SET_PDEATHSIG = 1
 
+try:  # resolved here: after fork, the child only makes the call
+    _prctl: Callable[..., int] | None = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None  # not Linux: the watchdog and the sweep still apply
 
-def _die_with_parent() -> None:
+
+def _die_with_parent(parent: int, death_signal: int) -> None:
+    """Runs in the child between fork and exec."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, death_signal)
+    if os.getppid() != parent:  # the parent died before the prctl: no signal will come
+        os._exit(1)
+
+
+_lock = threading.Lock()
+_spawner: concurrent.futures.ThreadPoolExecutor | None = None
+_watched_pid = 0
+_watchdog_pipe = -1
+
+
+def spawn(
+    argv: list[str],
+    *,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: Any = subprocess.DEVNULL,
+    stdout: Any = None,
+    stderr: Any = None,
+    death_signal: int = signal.SIGTERM,
+) -> subprocess.Popen:
+    """Start `argv` as a long-lived child that dies with this process (see the module doc);
+    stop it with `stop_group()`. `env` defaults to this process's environment."""
+    watch_children()
+    child_env = dict(os.environ if env is None else env)
+    child_env[MARKER] = _chain_with(child_env.get(MARKER, ""), own_token())
+    setup = functools.partial(_die_with_parent, os.getpid(), death_signal)
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=child_env,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=setup,  # noqa: PLW1509 - only a prctl call and a getppid
+        )
+
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    return _lasting_thread().submit(start).result()
+
+
+def _lasting_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread that lives as long as the process: PDEATHSIG of the children it forks
+    fires with the process, not with the (maybe short-lived) thread that asked."""
+    global _spawner
+    with _lock:
+        if _spawner is None:
+            _spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spawner")
+        return _spawner
+
+
+def stop_group(proc: subprocess.Popen, *, timeout: float = 15.0) -> None:
+    """SIGTERM the child's process group, SIGKILL it after `timeout`; wait for the child."""
+    if proc.poll() is not None:
+        return
+    _killpg(proc.pid, signal.SIGTERM)
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # exited already, or not ours
+
+
+# --- who is ours ---------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(process group, start time) of a live process; None when gone or a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        pass  # not Linux: children then outlive a SIGKILLed parent, nothing worse
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[2]), int(fields[19])
+
+
+def own_token() -> str:
+    """This process as an orchestrator: pid and start time (a reused pid is another one)."""
+    stat = _stat(os.getpid())
+    return f"{os.getpid()}.{stat[1] if stat else 0}"
+
+
+def _token_alive(token: str) -> bool:
+    pid, _, start = token.partition(".")
+    if not pid.isdigit():
+        return True  # not ours to judge
+    stat = _stat(int(pid))
+    return stat is not None and str(stat[1]) == start
+
+
+def _chain_with(chain: str, token: str) -> str:
+    tokens = chain.split()
+    return " ".join(tokens if token in tokens else [*tokens, token])
+
+
+def _marked() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (process group, orchestrator chain) of every process carrying the marker."""
+    found = {}
+    prefix = f"{MARKER}=".encode()
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone, or another user's
+        for var in environ.split(b"\0"):
+            if var.startswith(prefix):
+                stat = _stat(int(entry.name))
+                if stat is not None:
+                    found[int(entry.name)] = (stat[0], var[len(prefix) :].decode().split())
+                break
+    return found
+
+
+def end_processes(belongs: Callable[[list[str]], bool], *, grace: float = GRACE) -> list[int]:
+    """Stop every process whose orchestrator chain `belongs`: SIGTERM its process group
+    (only a group a marked process leads: never the shell's job around an orchestrator),
+    SIGKILL what is left after `grace` seconds. Returns the pids it found."""
+    seen: set[int] = set()
+    termed: set[int] = set()
+    deadline = time.monotonic() + grace
+    while True:
+        ours = {pid: pgid for pid, (pgid, chain) in _marked().items() if belongs(chain)}
+        if not ours:
+            return sorted(seen)
+        seen |= set(ours)
+        late = time.monotonic() >= deadline
+        for pid, pgid in ours.items():
+            target, kill = (pgid, _killpg) if pgid in ours else (pid, _kill)
+            if late:
+                kill(target, signal.SIGKILL)
+            elif target not in termed:
+                kill(target, signal.SIGTERM)
+                termed.add(target)
+        if time.monotonic() > deadline + 2:
+            return sorted(seen)  # unkillable (uninterruptible sleep): nothing more to do
+        time.sleep(0.1)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def sweep_orphans() -> list[int]:
+    """End the leftovers of runs killed together with their watchdog: marked processes one
+    of whose orchestrators is gone. A live run's processes are never touched."""
+    return end_processes(lambda chain: not all(_token_alive(t) for t in chain), grace=1.0)
+
+
+def watch_children() -> None:
+    """Make this process an orchestrator whose children die with it: sweep the leftovers
+    of killed runs, start its watchdog, mark its environment. Idempotent; `spawn()` calls
+    it, and so should a process that starts children some other way (call it early)."""
+    global _watched_pid, _watchdog_pipe
+    with _lock:
+        if _watched_pid == os.getpid():
+            return
+        sweep_orphans()
+        token = own_token()
+        read, write = os.pipe()  # both ends close-on-exec: only the watchdog gets `read`
+        try:
+            os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-m", "devtools.watchdog", token],
+                {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)},
+                file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)],
+                setsid=True,
+            )
+        finally:
+            os.close(read)
+        _watchdog_pipe = write  # open until this process ends: then the watchdog acts
+        os.environ[MARKER] = _chain_with(os.environ.get(MARKER, ""), token)
+        _watched_pid = os.getpid()
 
 
 # Ports handed to a child that binds them later are drawn below Linux's ephemeral range
@@ -90,20 +308,16 @@ class Supervisor:
     cwd: Path
     children: list[Child] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Before the caller builds its children's environment from os.environ: a child it
+        # starts without `start()` (a one-off step, the scenario) carries the marker too.
+        watch_children()
+
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                argv,
-                cwd=self.cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call
-            )
+            proc = spawn(argv, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         child = Child(name=name, argv=argv, log_path=log_path, proc=proc)
         self.children.append(child)
         return child
@@ -144,19 +358,5 @@ class Supervisor:
     def stop_all(self, *, timeout: float = 15.0) -> None:
         """SIGTERM each child's process group, newest first; SIGKILL what lingers."""
         for child in reversed(self.children):
-            _signal_group(child, signal.SIGTERM)
-            try:
-                child.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(child, signal.SIGKILL)
-                child.proc.wait(timeout=timeout)
+            stop_group(child.proc, timeout=timeout)
         self.children.clear()
-
-
-def _signal_group(child: Child, sig: int) -> None:
-    if child.proc.poll() is not None:
-        return
-    try:
-        os.killpg(child.proc.pid, sig)
-    except ProcessLookupError:
-        pass  # exited between the poll and the signal

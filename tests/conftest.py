@@ -4,6 +4,8 @@ fixture modules below."""
 import pytest
 import redis
 
+from devtools.processes import watch_children
+
 pytest_plugins = [
     "tests.fixtures.chain",
     "tests.fixtures.broker",
@@ -19,3 +21,11 @@ def clean_test_redis():
 
     assert settings.REDIS_URL.rsplit("/", 1)[-1] != "0", "tests never touch Redis db 0"
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def children_die_with_the_session() -> None:
+    """Every process this session starts dies with it, even when it is SIGKILLed: the
+    fixtures start theirs with devtools.processes.spawn(); this marks the environment
+    first, so a test's own `subprocess` children are ended by the watchdog too."""
+    watch_children()
