@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup venv node check-services lint format test run run-procfile bench-e2e contracts clean
+.PHONY: setup venv node check-services lint format test test-fast run run-procfile bench-e2e contracts clean
 
 setup: venv node
 
@@ -46,7 +46,14 @@ test: setup check-services lint browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The whole system plus the demo scenario, then serve until Ctrl-C (orders/devstack).
+# The fast layer: PostgreSQL and Redis only (fakes of Bronco's own broker and settlement
+# protocols stand in for OpenD and the chain); no anvil, OpenD, Vault, browser or e2e.
+FAST_MARKERS := not chain and not broker and not vault and not e2e and not browser
+test-fast: venv check-services lint
+	$(PY) -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The whole system plus the demo scenario, then serve until Ctrl-C (devtools/).
 # Pass options with ARGS, e.g. make run ARGS=--once, ARGS="--fresh --deposits 50".
 ARGS ?=
 run: setup check-services

@@ -6,7 +6,6 @@ the report, non-zero when the scenario did not finish or reconciliation failed."
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from devtools.processes import ChildFailed
+from devtools.processes import ChildFailed, spawn
 from devtools.stack import MANAGE, DevStack, StackConfig, StackError, rpc_port
 
 
@@ -117,7 +116,7 @@ class Command(BaseCommand):
         if options["json"]:
             argv += ["--json", options["json"]]
         self._say("\n" + " ".join(argv[1:]))
-        proc = subprocess.Popen(argv, cwd=stack.root, env=stack.env, start_new_session=True)
+        proc = spawn(argv, cwd=stack.root, env=stack.env)
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
