@@ -14,6 +14,10 @@ from bronco_project.settings.base import (
     VAULT_SECRET_ID,
     VAULT_TOKEN,
 )
+from bronco_project.settings.chain import (
+    CHAIN_SETTLEMENT_SENDER,
+    CHAIN_SETTLEMENT_SENDER_REAL,
+)
 from bronco_project.settings.checks import production_problems
 
 _problems = production_problems(
@@ -27,6 +31,11 @@ _problems = production_problems(
     vault_role_id=VAULT_ROLE_ID,
     vault_secret_id=VAULT_SECRET_ID,
 )
+if CHAIN_SETTLEMENT_SENDER != CHAIN_SETTLEMENT_SENDER_REAL:
+    _problems.append(
+        f"CHAIN_SETTLEMENT_SENDER is {CHAIN_SETTLEMENT_SENDER!r}: production settles only "
+        f"through {CHAIN_SETTLEMENT_SENDER_REAL!r} (another sender is for tests)"
+    )
 if _problems:
     raise ImproperlyConfigured("BRONCO_ENV=production refuses to start: " + "; ".join(_problems))
 
