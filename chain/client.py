@@ -1,9 +1,10 @@
 """The web3 adapter: the only module that touches web3 objects.
 
-Everything it returns is a Bronco type (the dataclasses below, ints, checksummed address
-strings, 0x-hex strings); every node or web3 error leaves it translated into
-`chain.exceptions`. `ChainClient` is synchronous over HTTP (one per thread and URL, see
-`chain_client`); `ChainSubscription` is the asynchronous WebSocket side used by the listener.
+Everything it returns is a Bronco type (the dataclasses below, the typed events of
+`chain.events`, ints, checksummed address strings, 0x-hex strings); every node or web3 error
+leaves it translated into `chain.exceptions`. `ChainClient` is synchronous over HTTP (one per
+thread and URL, see `chain_client`); `ChainSubscription` is the asynchronous WebSocket side used
+by the listener.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from chain.events import ContractEvent, EventT, event_from_abi, event_type
+from chain.events import bytes32_to_symbol as bytes32_to_symbol  # re-exported: callers' door
+from chain.events import symbol_to_bytes32 as symbol_to_bytes32
 from chain.exceptions import (
     ChainUnavailable,
     ContractReverted,
@@ -90,12 +94,6 @@ class BlockHeader:
 
 
 @dataclass(frozen=True)
-class DecodedEvent:
-    name: str
-    args: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class Receipt:
     tx_hash: str
     status: int
@@ -126,12 +124,14 @@ class FeeQuote:
 
 
 class UndecodableLog(Exception):
-    """A log that is not one of the vault's events, or whose data does not decode."""
+    """A log that is not one of the vault's events, or whose data does not decode.
+    `event` names the ABI event its topic claims ("" for an unknown topic)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, event: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.event = event
 
 
 # --- artifacts and ABI ----------------------------------------------------------------------
@@ -194,22 +194,31 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def decode_log(raw: RawLog, contract: str = "BroncoVault") -> DecodedEvent:
-    """Decode one of `contract`'s events, strictly: the topic count and data length must be
-    exactly the ABI's, or UndecodableLog says why. Addresses come back checksummed,
-    bytes32 as 0x-hex, integers as int."""
+def decode_log(raw: RawLog, contract: str = "BroncoVault") -> ContractEvent:
+    """Decode one of `contract`'s events into its `chain.events` dataclass, strictly: the
+    topic count and data length must be exactly the ABI's, and a `symbol` must be a padded
+    ASCII symbol, or UndecodableLog says why. The one place events are built."""
     if not raw.topics:
         raise UndecodableLog("unknown_topic", "anonymous log")
     item = _event_table(contract).get(raw.topics[0].lower())
     if item is None:
         raise UndecodableLog("unknown_topic", raw.topics[0])
+    cls = event_type(contract, item["name"])
+    if cls is None:
+        raise UndecodableLog("unknown_topic", f"{contract}.{item['name']} has no Bronco type")
     indexed = [i for i in item["inputs"] if i["indexed"]]
     plain = [i for i in item["inputs"] if not i["indexed"]]
     if len(raw.topics) != 1 + len(indexed):
-        raise UndecodableLog("undecodable", f"{item['name']}: {len(raw.topics) - 1} indexed topics")
+        raise UndecodableLog(
+            "undecodable",
+            f"{item['name']}: {len(raw.topics) - 1} indexed topics",
+            event=item["name"],
+        )
     data = bytes(HexBytes(raw.data))
     if all(_abi_type(i) in _STATIC_TYPES for i in plain) and len(data) != 32 * len(plain):
-        raise UndecodableLog("undecodable", f"{item['name']}: {len(data)} data bytes")
+        raise UndecodableLog(
+            "undecodable", f"{item['name']}: {len(data)} data bytes", event=item["name"]
+        )
     try:
         args: dict[str, Any] = {}
         for spec, topic in zip(indexed, raw.topics[1:], strict=True):
@@ -217,33 +226,24 @@ def decode_log(raw: RawLog, contract: str = "BroncoVault") -> DecodedEvent:
         values = abi_decode([_abi_type(i) for i in plain], data, strict=True)
         args.update({spec["name"]: v for spec, v in zip(plain, values, strict=True)})
     except (DecodingError, ValueError, TypeError, OverflowError) as exc:
-        raise UndecodableLog("undecodable", f"{item['name']}: {exc}") from exc
+        raise UndecodableLog("undecodable", f"{item['name']}: {exc}", event=item["name"]) from exc
     for spec in item["inputs"]:
         if spec["type"] == "address":
             args[spec["name"]] = to_checksum_address(args[spec["name"]])
-    return DecodedEvent(name=item["name"], args={k: _jsonable(v) for k, v in args.items()})
+    position = {
+        "address": raw.address,
+        "tx_hash": raw.tx_hash,
+        "log_index": raw.log_index,
+        "block_number": raw.block_number,
+        "block_hash": raw.block_hash,
+    }
+    try:
+        return event_from_abi(cls, {k: _jsonable(v) for k, v in args.items()}, position=position)
+    except ValueError as exc:
+        raise UndecodableLog("undecodable", f"{item['name']}: {exc}", event=item["name"]) from exc
 
 
 _STATIC_TYPES = frozenset({"address", "bool", "bytes32"} | {f"uint{n}" for n in range(8, 257, 8)})
-
-
-def symbol_to_bytes32(symbol: str) -> bytes:
-    raw = symbol.encode("ascii")
-    if not raw or len(raw) > 32:
-        raise ValueError(f"symbol {symbol!r} must be 1-32 ASCII characters")
-    return raw.ljust(32, b"\0")
-
-
-def bytes32_to_symbol(value: str | bytes) -> str:
-    """The ASCII symbol in a right-zero-padded bytes32; ValueError when it is not one."""
-    raw = bytes(HexBytes(value))
-    text = raw.rstrip(b"\0")
-    if not text or b"\0" in text or len(raw) != 32:
-        raise ValueError(f"not a padded ASCII symbol: 0x{raw.hex()}")
-    decoded = text.decode("ascii")
-    if not decoded.isprintable() or " " in decoded:
-        raise ValueError(f"not a printable symbol: {decoded!r}")
-    return decoded
 
 
 def decode_revert(data: Any) -> tuple[str, tuple]:
@@ -369,19 +369,30 @@ class ChainClient:
         entries = self._run(self._w3.eth.get_logs, params)
         return sorted((_raw_log(e) for e in entries), key=lambda r: (r.block_number, r.log_index))
 
-    def event_arg(self, receipt: Receipt, *, address: str, event: str, arg: str) -> int:
-        """Argument `arg` of the `event` log that `address` emitted in `receipt`'s transaction
-        (e.g. the vault-assigned depositId of a Deposit). Raises LookupError when absent."""
+    def receipt_event(self, receipt: Receipt, *, address: str, event_type: type[EventT]) -> EventT:
+        """The `event_type` log that `address` emitted in `receipt`'s transaction (e.g. the
+        Deposit carrying the vault-assigned deposit id). Raises LookupError when absent."""
         logs = self.get_logs(
             from_block=receipt.block_number,
             to_block=receipt.block_number,
             address=address,
-            topics=[event_topic(event)],
+            topics=[event_topic(event_type.ABI_NAME)],
         )
         for log in logs:
             if log.tx_hash == receipt.tx_hash:
-                return int(decode_log(log).args[arg])
-        raise LookupError(f"no {event} log in {receipt.tx_hash}")
+                event = decode_log(log)
+                if isinstance(event, event_type):
+                    return event
+        raise LookupError(f"no {event_type.ABI_NAME} log in {receipt.tx_hash}")
+
+    def event_arg(self, receipt: Receipt, *, address: str, event: str, arg: str) -> int:
+        """ABI argument `arg` of the vault's `event` log in `receipt`'s transaction.
+        Kept for tests/fixtures/chain.py only; new code uses `receipt_event` and attributes."""
+        cls = event_type("BroncoVault", event)
+        if cls is None:
+            raise LookupError(f"the vault has no event {event}")
+        found = self.receipt_event(receipt, address=address, event_type=cls)
+        return int(getattr(found, cls.ABI_ARGS[arg]))
 
     def code_at(self, address: str) -> bytes:
         return bytes(self._run(self._w3.eth.get_code, to_checksum_address(address)))

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
-from chain.client import DecodedEvent, RawLog, UndecodableLog, bytes32_to_symbol, decode_log
+from chain.client import RawLog, UndecodableLog, decode_log
+from chain.events import CancelRequested, ContractEvent, Deposit, Redeem
 from chain.models import ChainCursor, ChainEvent, QuarantinedLog
 from core.alerts import alert_raise
 from core.audit import audit_record
@@ -30,8 +31,6 @@ from orders.services import (
 )
 
 logger = logging.getLogger(__name__)
-
-_ORDER_EVENTS = {"Deposit": OrderType.BUY, "Redeem": OrderType.SELL}
 
 
 @dataclass(frozen=True)
@@ -134,20 +133,14 @@ def _act_on_batch(
     logs it cannot act on are quarantined instead. Deposits and redeems become orders in one
     bulk step; should that fail on one bad log, every log is taken one at a time, so only
     that log is quarantined. Cancels run after, in order, as they name earlier deposits."""
-    actionable: list[tuple[RawLog, DecodedEvent]] = []
+    actionable: list[tuple[RawLog, ContractEvent]] = []
     requests: dict[tuple[str, int], ChainOrderRequest] = {}
     for log in logs:
         decoded = _decoded(chain_id=chain_id, vault=vault, log=log, actor=actor)
         if decoded is None:
             continue
-        if decoded.name in _ORDER_EVENTS:
-            try:
-                requests[log.key] = _order_request(chain_id=chain_id, log=log, decoded=decoded)
-            except _Unactionable as exc:
-                log_quarantine(
-                    chain_id=chain_id, log=log, reason=exc.reason, detail=exc.detail, actor=actor
-                )
-                continue
+        if isinstance(decoded, Deposit | Redeem):
+            requests[log.key] = _order_request(chain_id=chain_id, event=decoded)
         actionable.append((log, decoded))
     order_ids = _orders_in_bulk(requests=requests, actor=actor)
     events = []
@@ -161,7 +154,7 @@ def _act_on_batch(
     return events
 
 
-def _decoded(*, chain_id: int, vault: str, log: RawLog, actor: str) -> DecodedEvent | None:
+def _decoded(*, chain_id: int, vault: str, log: RawLog, actor: str) -> ContractEvent | None:
     if log.address.lower() != vault.lower():
         log_quarantine(chain_id=chain_id, log=log, reason="foreign_address", actor=actor)
         return None
@@ -190,12 +183,12 @@ def _orders_in_bulk(
     return {key: order.pk for key, (order, _created) in zip(requests, results, strict=True)}
 
 
-def _act_on(*, chain_id: int, log: RawLog, decoded: DecodedEvent, actor: str) -> ChainEvent | None:
+def _act_on(*, chain_id: int, log: RawLog, decoded: ContractEvent, actor: str) -> ChainEvent | None:
     """The ChainEvent to write for one decoded log (its order created or its cancel
     recorded), or None when it is quarantined."""
     try:
         with transaction.atomic():
-            order_id = _order_for(chain_id=chain_id, log=log, decoded=decoded, actor=actor)
+            order_id = _order_for(chain_id=chain_id, decoded=decoded, actor=actor)
     except _Unactionable as exc:
         log_quarantine(
             chain_id=chain_id, log=log, reason=exc.reason, detail=exc.detail, actor=actor
@@ -214,7 +207,7 @@ def _act_on(*, chain_id: int, log: RawLog, decoded: DecodedEvent, actor: str) ->
 
 
 def _event(
-    *, chain_id: int, log: RawLog, decoded: DecodedEvent, order_id: int | None
+    *, chain_id: int, log: RawLog, decoded: ContractEvent, order_id: int | None
 ) -> ChainEvent:
     return ChainEvent(
         chain_id=chain_id,
@@ -224,7 +217,7 @@ def _event(
         block_hash=log.block_hash,
         address=log.address,
         name=decoded.name,
-        args=decoded.args,
+        args=decoded.abi_args(),
         order_id=order_id,
     )
 
@@ -236,38 +229,35 @@ class _Unactionable(Exception):
         self.detail = detail
 
 
-def _order_request(*, chain_id: int, log: RawLog, decoded: DecodedEvent) -> ChainOrderRequest:
-    args = decoded.args
-    try:
-        symbol = bytes32_to_symbol(args["symbol"])
-    except ValueError as exc:
-        raise _Unactionable("undecodable", str(exc)) from exc
-    is_buy = decoded.name == "Deposit"
+def _order_request(*, chain_id: int, event: Deposit | Redeem) -> ChainOrderRequest:
+    is_buy = isinstance(event, Deposit)
     return ChainOrderRequest(
         chain_id=chain_id,
-        order_type=_ORDER_EVENTS[decoded.name],
-        onchain_id=int(args["depositId"] if is_buy else args["redeemId"]),
-        tx_hash=log.tx_hash,
-        log_index=log.log_index,
-        user_address=args["user"],
-        symbol=symbol,
-        usdt_amount=int(args["usdtAmount"]) if is_buy else 0,
-        token_amount=0 if is_buy else int(args["shares"]),
+        order_type=OrderType.BUY if is_buy else OrderType.SELL,
+        onchain_id=event.deposit_id if is_buy else event.redeem_id,
+        tx_hash=event.tx_hash,
+        log_index=event.log_index,
+        user_address=event.user,
+        symbol=event.symbol,
+        usdt_amount=event.usdt_units if is_buy else 0,
+        token_amount=0 if is_buy else event.token_units,
     )
 
 
-def _order_for(*, chain_id: int, log: RawLog, decoded: DecodedEvent, actor: str) -> int | None:
-    args = decoded.args
-    if decoded.name in _ORDER_EVENTS:
-        request = _order_request(chain_id=chain_id, log=log, decoded=decoded)
+def _order_for(*, chain_id: int, decoded: ContractEvent, actor: str) -> int | None:
+    if isinstance(decoded, Deposit | Redeem):
+        request = _order_request(chain_id=chain_id, event=decoded)
         order, _created = order_create_from_chain(request=request, actor=actor)
         return order.pk
-    if decoded.name == "CancelRequested":
+    if isinstance(decoded, CancelRequested):
         order = order_request_cancel(
-            chain_id=chain_id, deposit_id=int(args["depositId"]), tx_hash=log.tx_hash, actor=actor
+            chain_id=chain_id,
+            deposit_id=decoded.deposit_id,
+            tx_hash=decoded.tx_hash,
+            actor=actor,
         )
         if order is None:
-            raise _Unactionable("cancel_for_unknown_deposit", f"deposit {args['depositId']}")
+            raise _Unactionable("cancel_for_unknown_deposit", f"deposit {decoded.deposit_id}")
         return order.pk
     return None
 

@@ -1,6 +1,7 @@
 """The settlement sender: the one service that builds, signs, sends and tracks the vault's
 settlement transactions (settleDeposit / settleRedeem) and manual refunds (refundDeposit,
-kind "refund", keyed by the refund id).
+kind "refund", keyed by the refund id). `ChainSettlementSender` offers it to the orders and
+refunds apps as the real `chain.settlement.SettlementSender`.
 
 Guarantees:
 - At most one SettlementTx per (chain, kind, id); the vault itself refuses a second settlement,
@@ -17,8 +18,8 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import timedelta
-from enum import StrEnum
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -41,16 +42,18 @@ from chain.models import (
     SettlementStatus,
     SettlementTx,
 )
+from chain.settlement import (
+    DepositSettlement,
+    RedeemSettlement,
+    RefundPayment,
+    Settlement,
+    SettlementRequest,
+    SettlementState,
+)
 from core.audit import audit_record
 from core.secrets import SecretUnavailable, get_secret
 
 logger = logging.getLogger(__name__)
-
-
-class SettlementState(StrEnum):
-    PENDING = "PENDING"
-    CONFIRMED = "CONFIRMED"
-    REVERTED = "REVERTED"
 
 
 def _operator_key() -> str:
@@ -70,32 +73,43 @@ _ALREADY_DONE = {
 }
 
 
-def _call_for(
-    kind: str,
-    onchain_id: int,
-    usdt_amount: int,
-    token_amount: int,
-    deposit_id: int | None = None,
-) -> tuple:
-    if kind == SettlementKind.DEPOSIT:
-        return "settleDeposit", (onchain_id, token_amount, usdt_amount)
-    if kind == SettlementKind.REDEEM:
-        return "settleRedeem", (onchain_id, usdt_amount, token_amount)
-    if kind == SettlementKind.REFUND:
-        if deposit_id is None or usdt_amount <= 0 or token_amount != 0:
-            raise ValueError("a refund names its deposit and pays a positive USDT amount only")
-        return "refundDeposit", (deposit_id, onchain_id, usdt_amount)
-    raise ValueError(f"unknown settlement kind {kind!r}")
+def _row_values(request: SettlementRequest) -> dict[str, int | None]:
+    """How a request is stored on its SettlementTx (columns shared by every kind)."""
+    match request:
+        case DepositSettlement():
+            usdt, tokens, deposit_id = request.refund_usdt_units, request.mint_token_units, None
+        case RedeemSettlement():
+            usdt, tokens, deposit_id = request.payout_usdt_units, request.return_token_units, None
+        case RefundPayment():
+            usdt, tokens, deposit_id = request.refund_usdt_units, 0, request.deposit_id
+    return {
+        "onchain_id": request.vault_id,
+        "deposit_id": deposit_id,
+        "usdt_amount": usdt,
+        "token_amount": tokens,
+    }
 
 
-def _call_for_row(row: SettlementTx) -> tuple:
-    return _call_for(
-        row.kind,
-        int(row.onchain_id),
-        int(row.usdt_amount),
-        int(row.token_amount),
-        None if row.deposit_id is None else int(row.deposit_id),
-    )
+def request_of_row(row: SettlementTx) -> SettlementRequest:
+    """The request a SettlementTx was made for (to sign it again)."""
+    vault_id, usdt, tokens = int(row.onchain_id), int(row.usdt_amount), int(row.token_amount)
+    order_id = row.order_id
+    if row.kind == SettlementKind.DEPOSIT:
+        return DepositSettlement(
+            deposit_id=vault_id, mint_token_units=tokens, refund_usdt_units=usdt, order_id=order_id
+        )
+    if row.kind == SettlementKind.REDEEM:
+        return RedeemSettlement(
+            redeem_id=vault_id, payout_usdt_units=usdt, return_token_units=tokens, order_id=order_id
+        )
+    if row.kind == SettlementKind.REFUND and row.deposit_id is not None:
+        return RefundPayment(
+            refund_id=vault_id,
+            deposit_id=int(row.deposit_id),
+            refund_usdt_units=usdt,
+            order_id=order_id,
+        )
+    raise ValueError(f"settlement {row.pk}: unknown kind {row.kind!r}")
 
 
 def _bumped(value: int) -> int:
@@ -124,39 +138,27 @@ def nonce_allocate(*, client: ChainClient, chain_id: int, address: str) -> int:
     return nonce
 
 
-def settlement_submit(
-    *,
-    kind: str,
-    onchain_id: int,
-    usdt_amount: int,
-    token_amount: int,
-    order_id: int | None,
-    actor: str,
-    deposit_id: int | None = None,
-) -> SettlementTx:
-    """Settle a deposit (settleDeposit(id, sharesToMint=token_amount, usdtRefund=usdt_amount))
-    or a redeem (settleRedeem(id, usdtPayout=usdt_amount, sharesToReturn=token_amount)), or
-    pay a manual refund (kind "refund": refundDeposit(deposit_id, refundId=onchain_id,
-    usdt_amount); token_amount 0).
+def settlement_submit(*, request: SettlementRequest, actor: str) -> SettlementTx:
+    """Settle a deposit (settleDeposit), a redeem (settleRedeem), or pay a manual refund
+    (refundDeposit, keyed by its refund id): `request` says which, with what.
 
-    Idempotent: a second call for the same (kind, id) returns the existing SettlementTx and
-    sends nothing. When the vault already reports the id settled (an earlier attempt whose
-    record was lost; for a refund: RefundIdUsed), the row is CONFIRMED with `already_settled`
-    and nothing is sent. Raises SettlementRejected when the vault would refuse it for good
-    (unknown id, refund above the deposit, a refund of a settled deposit), ChainUnavailable
-    when the node cannot be reached (retry the task).
-    The transaction is broadcast after the caller's transaction commits; follow it with
-    `settlement_check`.
+    Idempotent: a second call for the same (kind, vault id) returns the existing SettlementTx
+    and sends nothing (ValueError if it asks for other amounts). When the vault already
+    reports the id settled (an earlier attempt whose record was lost; for a refund:
+    RefundIdUsed), the row is CONFIRMED with `already_settled` and nothing is sent. Raises
+    SettlementRejected when the vault would refuse it for good (unknown id, refund above the
+    deposit, a refund of a settled deposit), ChainUnavailable when the node cannot be reached
+    (retry the task). The transaction is broadcast after the caller's transaction commits;
+    follow it with `settlement_check`.
     """
-    if usdt_amount < 0 or token_amount < 0:
-        raise ValueError("settlement amounts are never negative")
-    fn, args = _call_for(kind, onchain_id, usdt_amount, token_amount, deposit_id)
+    kind, vault_id, order_id = request.kind, request.vault_id, request.order_id
+    fn, args = request.vault_call()
     chain_id = settings.CHAIN_ID
     existing = SettlementTx.objects.filter(
-        chain_id=chain_id, kind=kind, onchain_id=onchain_id
+        chain_id=chain_id, kind=kind, onchain_id=vault_id
     ).first()
     if existing is not None:
-        _check_same(existing, usdt_amount, token_amount, deposit_id)
+        _check_same(existing, request)
         return existing
 
     key = _operator_key()
@@ -166,11 +168,8 @@ def settlement_submit(
     base = {
         "chain_id": chain_id,
         "kind": kind,
-        "onchain_id": onchain_id,
-        "deposit_id": deposit_id,
+        **_row_values(request),
         "order_id": order_id,
-        "usdt_amount": usdt_amount,
-        "token_amount": token_amount,
         "sender": sender,
     }
     try:
@@ -179,7 +178,7 @@ def settlement_submit(
         )
     except ContractReverted as exc:
         if exc.error_name != _ALREADY_DONE[SettlementKind(kind)]:
-            raise SettlementRejected(f"{fn}({onchain_id}): {exc.error_name or exc}") from exc
+            raise SettlementRejected(f"{fn}({vault_id}): {exc.error_name or exc}") from exc
         return _record_already_settled(base=base, actor=actor)
 
     fees = client.fee_quote(min_priority_fee=settings.CHAIN_MIN_PRIORITY_FEE_WEI)
@@ -218,25 +217,18 @@ def settlement_submit(
             row_pk, raw = row.pk, signed.raw
             transaction.on_commit(lambda: _broadcast(pk=row_pk, raw=raw, actor=actor))
     if row is None:
-        existing = SettlementTx.objects.get(chain_id=chain_id, kind=kind, onchain_id=onchain_id)
-        _check_same(existing, usdt_amount, token_amount, deposit_id)
+        existing = SettlementTx.objects.get(chain_id=chain_id, kind=kind, onchain_id=vault_id)
+        _check_same(existing, request)
         return existing
     row.refresh_from_db()
     return row
 
 
-def _check_same(
-    row: SettlementTx, usdt_amount: int, token_amount: int, deposit_id: int | None
-) -> None:
-    if (row.usdt_amount, row.token_amount, row.deposit_id) != (
-        usdt_amount,
-        token_amount,
-        deposit_id,
-    ):
+def _check_same(row: SettlementTx, request: SettlementRequest) -> None:
+    if request_of_row(row) != replace(request, order_id=row.order_id):
         raise ValueError(
-            f"settlement {row.kind} {row.onchain_id} exists with other amounts "
-            f"({row.usdt_amount}, {row.token_amount}, deposit {row.deposit_id}) != "
-            f"({usdt_amount}, {token_amount}, deposit {deposit_id})"
+            f"settlement {row.kind} {row.onchain_id} exists with other amounts: "
+            f"{request_of_row(row)} != {request}"
         )
 
 
@@ -318,9 +310,9 @@ def _broadcast(*, pk: int, raw: str, actor: str) -> None:
 
 
 def settlement_check(
-    *, kind: str, onchain_id: int, actor: str = "settlement_check"
+    *, kind: str, vault_id: int, actor: str = "settlement_check"
 ) -> SettlementState:
-    """Where the settlement of (kind, id) stands, moving its record along.
+    """Where the settlement of (kind, vault id) stands, moving its record along.
 
     CONFIRMED once a receipt of any of its attempts has the configured confirmations and
     succeeded, or reverted while the vault reports the id settled (an earlier attempt won).
@@ -331,7 +323,7 @@ def settlement_check(
     replace twice. Raises SettlementTx.DoesNotExist when nothing was submitted.
     """
     chain_id = settings.CHAIN_ID
-    row = SettlementTx.objects.get(chain_id=chain_id, kind=kind, onchain_id=onchain_id)
+    row = SettlementTx.objects.get(chain_id=chain_id, kind=kind, onchain_id=vault_id)
     if row.status in (SettlementStatus.CONFIRMED, SettlementStatus.REVERTED):
         return SettlementState(row.status)
     client = chain_client()
@@ -452,7 +444,7 @@ def _resign(
             )
             return
         max_fee = settings.CHAIN_MAX_FEE_PER_GAS_WEI
-    fn, args = _call_for_row(row)
+    fn, args = request_of_row(row).vault_call()
     nonce = (
         nonce_allocate(client=client, chain_id=row.chain_id, address=row.sender)
         if new_nonce
@@ -493,7 +485,7 @@ def _resign(
 
 
 def settlement_resubmit(
-    *, kind: str, onchain_id: int, actor: str = "settlement_resubmit"
+    *, kind: str, vault_id: int, actor: str = "settlement_resubmit"
 ) -> SettlementState:
     """Try a REVERTED settlement again (the vault was short of USDT, gas ran out, ...).
 
@@ -506,7 +498,7 @@ def settlement_resubmit(
     client = chain_client()
     with transaction.atomic():
         row = SettlementTx.objects.select_for_update().get(
-            chain_id=settings.CHAIN_ID, kind=kind, onchain_id=onchain_id
+            chain_id=settings.CHAIN_ID, kind=kind, onchain_id=vault_id
         )
         if row.status != SettlementStatus.REVERTED:
             return (
@@ -514,7 +506,7 @@ def settlement_resubmit(
                 if row.status == SettlementStatus.CONFIRMED
                 else SettlementState.PENDING
             )
-        fn, args = _call_for_row(row)
+        fn, args = request_of_row(row).vault_call()
         try:
             client.estimate_gas(
                 contract="BroncoVault",
@@ -545,3 +537,41 @@ def settlement_resubmit(
         row.status = SettlementStatus.SIGNED
         _resign(client=client, row=row, latest=latest, new_nonce=True, actor=actor)
     return SettlementState.PENDING
+
+
+# --- the SettlementSender the orders and refunds apps call (chain.settlement) -------------
+
+
+def _settlement_view(row: SettlementTx) -> Settlement:
+    state = (
+        SettlementState(row.status)
+        if row.status in (SettlementStatus.CONFIRMED, SettlementStatus.REVERTED)
+        else SettlementState.PENDING
+    )
+    return Settlement(
+        kind=SettlementKind(row.kind),
+        vault_id=int(row.onchain_id),
+        tx_hash=row.tx_hash,
+        state=state,
+        already_settled=row.already_settled,
+    )
+
+
+class ChainSettlementSender:
+    """The real `chain.settlement.SettlementSender`: the services above, on the vault."""
+
+    def submit(self, request: SettlementRequest, *, actor: str) -> Settlement:
+        return _settlement_view(settlement_submit(request=request, actor=actor))
+
+    def check(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
+        return settlement_check(kind=kind, vault_id=vault_id, actor=actor)
+
+    def resubmit(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
+        return settlement_resubmit(kind=kind, vault_id=vault_id, actor=actor)
+
+    def settlement(self, *, kind: str, vault_id: int) -> Settlement | None:
+        row = selectors.settlement_get(kind=kind, onchain_id=vault_id)
+        return None if row is None else _settlement_view(row)
+
+    def reserve_usdt_units(self) -> int:
+        return selectors.vault_usdt_balance()

@@ -28,6 +28,6 @@ def settlements_sweep() -> int:
         status__in=[SettlementStatus.SIGNED, SettlementStatus.SENT],
         created_at__lt=cutoff,
     ).values_list("kind", "onchain_id")[:500]
-    for kind, onchain_id in open_rows:
-        settlement_check(kind=kind, onchain_id=int(onchain_id), actor="chain.settlements_sweep")
+    for kind, vault_id in open_rows:
+        settlement_check(kind=kind, vault_id=int(vault_id), actor="chain.settlements_sweep")
     return len(open_rows)

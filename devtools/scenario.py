@@ -32,6 +32,7 @@ from typing import Any
 from django.conf import settings
 from eth_utils import keccak
 
+from chain import events as vault_events
 from chain import selectors as chain_selectors
 from chain.client import (
     ChainClient,
@@ -363,10 +364,12 @@ class ScenarioDriver:
             private_key=key, contract="BroncoVault", address=self.contracts.vault, fn=fn, args=args
         )
 
-    def _id_in(self, receipt: Receipt, event: str, arg: str) -> int:
+    def _event_in(
+        self, receipt: Receipt, event_type: type[vault_events.EventT]
+    ) -> vault_events.EventT:
         try:
-            return chain_client().event_arg(
-                receipt, address=self.contracts.vault, event=event, arg=arg
+            return chain_client().receipt_event(
+                receipt, address=self.contracts.vault, event_type=event_type
             )
         except LookupError as exc:
             raise ChainError(str(exc)) from None
@@ -376,7 +379,7 @@ class ScenarioDriver:
             key, "deposit", symbol_to_bytes32(action.symbol), action.usdt_units
         )
         mined_at = time.time()
-        deposit_id = self._id_in(receipt, "Deposit", "depositId")
+        deposit_id = self._event_in(receipt, vault_events.Deposit).deposit_id
         user = address_of_key(key)
         self.state.record(
             Sent(
@@ -426,7 +429,7 @@ class ScenarioDriver:
         units = shares * TOKEN_UNIT - (TOKEN_UNIT // 2 if action.half else 0)
         receipt = self._transact(key, "redeem", symbol_to_bytes32(symbol), units)
         mined_at = time.time()
-        redeem_id = self._id_in(receipt, "Redeem", "redeemId")
+        redeem_id = self._event_in(receipt, vault_events.Redeem).redeem_id
         self.state.record(Sent("redeem", user, symbol, units, receipt.tx_hash, redeem_id, mined_at))
 
     # --- waiting -----------------------------------------------------------------------

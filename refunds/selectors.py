@@ -12,8 +12,8 @@ from datetime import datetime
 from django.conf import settings
 from django.db.models import Sum
 
-from chain import selectors as chain_selectors
 from chain.exceptions import NotConfigured
+from chain.settlement import settlement_sender
 from core.money import usdt_to_units
 from orders.selectors import settling_usdt_owed
 from refunds.models import IN_FLIGHT_STATUSES, Refund, RefundOrigin, RefundStatus
@@ -46,7 +46,7 @@ def approval_threshold_units() -> int:
 def reserve_available() -> tuple[int, int]:
     """(vault balance, floor): a payment of `amount` may go out when balance - floor >= amount.
     Reads the chain; raises ChainUnavailable / NotConfigured."""
-    return chain_selectors.vault_usdt_balance(), reserve_floor_units()
+    return settlement_sender().reserve_usdt_units(), reserve_floor_units()
 
 
 def committed_units() -> int:

@@ -74,6 +74,10 @@ CHAIN_FEE_BUMP_PERCENT = env_int("CHAIN_FEE_BUMP_PERCENT", 20)
 CHAIN_MIN_PRIORITY_FEE_WEI = env_int("CHAIN_MIN_PRIORITY_FEE_WEI", 1_000_000_000)
 CHAIN_MAX_FEE_PER_GAS_WEI = env_int("CHAIN_MAX_FEE_PER_GAS_WEI", 500_000_000_000)
 CHAIN_GAS_LIMIT_PERCENT = env_int("CHAIN_GAS_LIMIT_PERCENT", 130)
+# What orders and refunds pay through (chain.settlement.settlement_sender): a dotted path to a
+# SettlementSender. Tests may name a fake; production refuses anything but the real one.
+CHAIN_SETTLEMENT_SENDER_REAL = "chain.services.ChainSettlementSender"
+CHAIN_SETTLEMENT_SENDER = env_str("CHAIN_SETTLEMENT_SENDER", CHAIN_SETTLEMENT_SENDER_REAL)
 
 # anvil for `make run` (python manage.py anvil).
 CHAIN_ANVIL_BIN = env_str("CHAIN_ANVIL_BIN", "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")

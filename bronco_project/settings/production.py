@@ -14,6 +14,10 @@ from bronco_project.settings.base import (
     VAULT_SECRET_ID,
     VAULT_TOKEN,
 )
+from bronco_project.settings.chain import (
+    CHAIN_SETTLEMENT_SENDER,
+    CHAIN_SETTLEMENT_SENDER_REAL,
+)
 from bronco_project.settings.checks import production_problems
 from bronco_project.settings.trading import (
     DEFAULT_TRADING_BROKER_FACTORY,
@@ -36,6 +40,11 @@ if TRADING_BROKER_FACTORY != DEFAULT_TRADING_BROKER_FACTORY:
         f"TRADING_BROKER_FACTORY is {TRADING_BROKER_FACTORY!r}; production trades only "
         f"through the Futu adapter ({DEFAULT_TRADING_BROKER_FACTORY}): unset "
         "TRADING_BROKER_FACTORY"
+    )
+if CHAIN_SETTLEMENT_SENDER != CHAIN_SETTLEMENT_SENDER_REAL:
+    _problems.append(
+        f"CHAIN_SETTLEMENT_SENDER is {CHAIN_SETTLEMENT_SENDER!r}: production settles only "
+        f"through {CHAIN_SETTLEMENT_SENDER_REAL!r} (another sender is for tests)"
     )
 if _problems:
     raise ImproperlyConfigured("BRONCO_ENV=production refuses to start: " + "; ".join(_problems))

@@ -5,9 +5,12 @@ import logging
 from django.conf import settings
 from django.db import transaction
 
-from chain import selectors as chain_selectors
-from chain import services as chain_services
-from chain.services import SettlementState
+from chain.settlement import (
+    DepositSettlement,
+    RedeemSettlement,
+    SettlementState,
+    settlement_sender,
+)
 from core.alerts import alert_raise
 from core.audit import audit_record
 from orders.models import Order, OrderType
@@ -46,12 +49,20 @@ def order_settle(*, order_id: int) -> Next | None:
             amount=usdt, order_id=order.pk, actor=stage_actor("settle")
         ):
             return Next(SETTLE, countdown=settings.RESERVE_WAIT_SECONDS)
-        tx = chain_services.settlement_submit(
-            kind=kind,
-            onchain_id=int(order.onchain_id),
-            usdt_amount=usdt,
-            token_amount=tokens,
-            order_id=order.pk,
+        tx = settlement_sender().submit(
+            DepositSettlement(
+                deposit_id=int(order.onchain_id),
+                mint_token_units=tokens,
+                refund_usdt_units=usdt,
+                order_id=order.pk,
+            )
+            if order.order_type == OrderType.BUY
+            else RedeemSettlement(
+                redeem_id=int(order.onchain_id),
+                payout_usdt_units=usdt,
+                return_token_units=tokens,
+                order_id=order.pk,
+            ),
             actor=stage_actor("settle"),
         )
         order = order_record(
@@ -60,11 +71,11 @@ def order_settle(*, order_id: int) -> Next | None:
             action="order.settlement_sent",
             settlement_tx_hash=tx.tx_hash,
         )
-    state = chain_services.settlement_check(
-        kind=kind, onchain_id=int(order.onchain_id), actor=stage_actor("settle")
+    state = settlement_sender().check(
+        kind=kind, vault_id=int(order.onchain_id), actor=stage_actor("settle")
     )
     if state == SettlementState.CONFIRMED:
-        record = chain_selectors.settlement_get(kind=kind, onchain_id=int(order.onchain_id))
+        record = settlement_sender().settlement(kind=kind, vault_id=int(order.onchain_id))
         updates = {}
         if record is not None and record.tx_hash and record.tx_hash != order.settlement_tx_hash:
             updates["settlement_tx_hash"] = record.tx_hash
@@ -104,8 +115,8 @@ def order_settle(*, order_id: int) -> Next | None:
             order_id=order.pk,
             after={"tx_hash": order.settlement_tx_hash},
         )
-        chain_services.settlement_resubmit(
-            kind=kind, onchain_id=int(order.onchain_id), actor=stage_actor("settle")
+        settlement_sender().resubmit(
+            kind=kind, vault_id=int(order.onchain_id), actor=stage_actor("settle")
         )
         return Next(SETTLE, countdown=settings.ORDER_RETRY_SECONDS)
     return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)

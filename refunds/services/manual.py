@@ -9,11 +9,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from chain import selectors as chain_selectors
-from chain import services as chain_services
 from chain.exceptions import ChainUnavailable, SettlementRejected
 from chain.models import SettlementKind
-from chain.services import SettlementState
+from chain.settlement import RefundPayment, SettlementState, settlement_sender
 from core.alerts import alert_raise, alert_resolve
 from core.audit import audit_record
 from core.metrics import count_refund_failure
@@ -190,13 +188,13 @@ def refund_execute(*, refund_id: int, actor: str) -> Refund:
         if refund.status not in (S.APPROVED, S.WAITING_RESERVE):
             return refund
         try:
-            tx = chain_services.settlement_submit(
-                kind=SettlementKind.REFUND,
-                onchain_id=int(refund.onchain_id),
-                deposit_id=int(refund.order.onchain_id),
-                usdt_amount=int(refund.amount),
-                token_amount=0,
-                order_id=refund.order_id,
+            tx = settlement_sender().submit(
+                RefundPayment(
+                    refund_id=int(refund.onchain_id),
+                    deposit_id=int(refund.order.onchain_id),
+                    refund_usdt_units=int(refund.amount),
+                    order_id=refund.order_id,
+                ),
                 actor=actor,
             )
         except SettlementRejected as exc:
@@ -257,12 +255,12 @@ def refund_check(*, refund_id: int, actor: str) -> Refund:
     refund = Refund.objects.get(pk=refund_id)
     if refund.status != S.SENT:
         return refund
-    state = chain_services.settlement_check(
-        kind=SettlementKind.REFUND, onchain_id=int(refund.onchain_id), actor=actor
+    state = settlement_sender().check(
+        kind=SettlementKind.REFUND, vault_id=int(refund.onchain_id), actor=actor
     )
     if state == SettlementState.CONFIRMED:
-        record = chain_selectors.settlement_get(
-            kind=SettlementKind.REFUND, onchain_id=int(refund.onchain_id)
+        record = settlement_sender().settlement(
+            kind=SettlementKind.REFUND, vault_id=int(refund.onchain_id)
         )
         tx_hash = (record.tx_hash if record is not None else "") or refund.tx_hash
         refund_move(

@@ -1,6 +1,7 @@
 """Decoding in the web3 adapter: symbols and vault logs (property tests, no node needed)."""
 
 import pytest
+from eth_utils import to_checksum_address
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from chain.client import (
     event_topic,
     symbol_to_bytes32,
 )
+from chain.events import Deposit
 
 SYMBOLS = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=32
@@ -57,12 +59,11 @@ def test_a_deposit_log_decodes_to_bronco_types():
             word(123),
         )
     )
-    assert decoded.name == "Deposit"
-    assert decoded.args["depositId"] == 7 and decoded.args["usdtAmount"] == 123
-    assert (
-        decoded.args["user"] == "0x" + "Ab" * 20 or decoded.args["user"].lower() == "0x" + "ab" * 20
-    )
-    assert bytes32_to_symbol(decoded.args["symbol"]) == "AAPL"
+    assert isinstance(decoded, Deposit) and decoded.name == "Deposit"
+    assert decoded.deposit_id == 7 and decoded.usdt_units == 123
+    assert decoded.user == to_checksum_address("0x" + "ab" * 20)
+    assert decoded.symbol == "AAPL"
+    assert (decoded.tx_hash, decoded.log_index, decoded.block_number) == ("0x" + "33" * 32, 0, 1)
 
 
 @given(

@@ -5,6 +5,7 @@ never exceed the deposit."""
 import pytest
 
 from chain.client import decode_log, event_topic
+from chain.events import DepositRefunded
 from chain.exceptions import ContractReverted
 from tests.fixtures.chain import DEPLOYER_KEY, OPERATOR_KEY
 
@@ -60,12 +61,13 @@ def test_refund_pays_the_depositor_once_per_refund_id(anvil, deployed_contracts,
         topics=[event_topic("DepositRefunded")],
     )
     (event,) = [decode_log(log) for log in logs if log.tx_hash == receipt.tx_hash]
-    assert event.args == {
-        "depositId": deposit_id,
-        "refundId": 7001,
-        "user": user.address,
-        "amount": 30 * UNIT,
-    }
+    assert isinstance(event, DepositRefunded)
+    assert (event.deposit_id, event.refund_id, event.user, event.refund_usdt_units) == (
+        deposit_id,
+        7001,
+        user.address,
+        30 * UNIT,
+    )
     err = reverted_with("RefundIdUsed", send, OPERATOR_KEY, "refundDeposit", deposit_id, 7001, 1)
     assert err.error_args == (7001,)
     assert usdt_of(user.address) == before + 30 * UNIT

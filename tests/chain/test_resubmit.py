@@ -7,12 +7,8 @@ from django.db import transaction
 
 from chain import selectors
 from chain.models import SettlementStatus, SettlementTx
-from chain.services import (
-    SettlementState,
-    settlement_check,
-    settlement_resubmit,
-    settlement_submit,
-)
+from chain.services import settlement_check, settlement_resubmit, settlement_submit
+from chain.settlement import DepositSettlement, SettlementState
 from tests.fixtures.chain import drain_vault, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
@@ -27,21 +23,19 @@ def test_reverted_settlement_is_resubmitted_once_funded(own_chain, chain_user):
     with transaction.atomic():
         # Estimated while the vault holds the deposit; broadcast after this block commits.
         settlement_submit(
-            kind="deposit",
-            onchain_id=deposit_id,
-            usdt_amount=100 * 10**6,
-            token_amount=0,
-            order_id=None,
+            request=DepositSettlement(
+                deposit_id=deposit_id, mint_token_units=0, refund_usdt_units=100 * 10**6
+            ),
             actor="test",
         )
         drain_vault(node, contracts)
 
     assert wait_for(
-        lambda: settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.REVERTED
+        lambda: settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.REVERTED
     )
     assert not selectors.is_settled(kind="deposit", onchain_id=deposit_id)
     # Still short: nothing is sent, it stays REVERTED with the reason.
-    assert settlement_resubmit(kind="deposit", onchain_id=deposit_id) == SettlementState.REVERTED
+    assert settlement_resubmit(kind="deposit", vault_id=deposit_id) == SettlementState.REVERTED
     assert "still reverts" in SettlementTx.objects.get(onchain_id=deposit_id).last_error
 
     funder = chain_user(3, node=node, contracts=contracts)
@@ -52,9 +46,9 @@ def test_reverted_settlement_is_resubmitted_once_funded(own_chain, chain_user):
         fn="transfer",
         args=(contracts.vault, 100 * 10**6),
     )
-    assert settlement_resubmit(kind="deposit", onchain_id=deposit_id) == SettlementState.PENDING
+    assert settlement_resubmit(kind="deposit", vault_id=deposit_id) == SettlementState.PENDING
     assert wait_for(
-        lambda: settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.CONFIRMED
+        lambda: settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.CONFIRMED
     )
     row = SettlementTx.objects.get(onchain_id=deposit_id)
     assert row.status == SettlementStatus.CONFIRMED
@@ -62,5 +56,5 @@ def test_reverted_settlement_is_resubmitted_once_funded(own_chain, chain_user):
     assert len({a.nonce for a in row.attempts.all()}) == 2
     assert selectors.usdt_balance(address=user.address) == usdt_before + 100 * 10**6
     # A third call changes nothing.
-    assert settlement_resubmit(kind="deposit", onchain_id=deposit_id) == SettlementState.CONFIRMED
+    assert settlement_resubmit(kind="deposit", vault_id=deposit_id) == SettlementState.CONFIRMED
     assert selectors.usdt_balance(address=user.address) == usdt_before + 100 * 10**6

@@ -2,6 +2,7 @@
 transactions replaced, repeated settlements recognised, idempotency."""
 
 import threading
+from dataclasses import replace
 
 import pytest
 from django.db import connection
@@ -10,7 +11,8 @@ from chain import selectors
 from chain.client import address_of_key
 from chain.exceptions import SettlementRejected
 from chain.models import NonceSequence, SettlementAttempt, SettlementStatus, SettlementTx
-from chain.services import SettlementState, settlement_check, settlement_submit
+from chain.services import settlement_check, settlement_submit
+from chain.settlement import DepositSettlement, SettlementState
 from core.models import AuditLog
 from tests.fixtures.chain import OPERATOR_KEY, wait_for
 
@@ -22,8 +24,8 @@ def deposits(user, n, amount=10**6):
     return [user.deposit_id(user.deposit("AAPL", amount)) for _ in range(n)]
 
 
-def check_until(kind, onchain_id, state=SettlementState.CONFIRMED):
-    return wait_for(lambda: settlement_check(kind=kind, onchain_id=onchain_id) == state)
+def check_until(kind, vault_id, state=SettlementState.CONFIRMED):
+    return wait_for(lambda: settlement_check(kind=kind, vault_id=vault_id) == state)
 
 
 def test_fifty_settlements_from_four_workers_take_fifty_consecutive_nonces(
@@ -36,11 +38,12 @@ def test_fifty_settlements_from_four_workers_take_fifty_consecutive_nonces(
         try:
             for deposit_id in chunk:
                 settlement_submit(
-                    kind="deposit",
-                    onchain_id=deposit_id,
-                    usdt_amount=10**5,
-                    token_amount=10**15,
-                    order_id=None,
+                    request=DepositSettlement(
+                        deposit_id=deposit_id,
+                        mint_token_units=10**15,
+                        refund_usdt_units=10**5,
+                        order_id=None,
+                    ),
                     actor="test-worker",
                 )
         except Exception as exc:  # noqa: BLE001 - reported below
@@ -68,12 +71,12 @@ def test_fifty_settlements_from_four_workers_take_fifty_consecutive_nonces(
 
 def test_submit_is_idempotent_and_refuses_what_the_vault_would_refuse(chain_settings, chain_user):
     (deposit_id,) = deposits(chain_user(7), 1, amount=3 * 10**6)
-    kwargs = dict(kind="deposit", onchain_id=deposit_id, order_id=None, actor="test")
-    first = settlement_submit(usdt_amount=10**6, token_amount=5, **kwargs)
-    again = settlement_submit(usdt_amount=10**6, token_amount=5, **kwargs)
+    request = DepositSettlement(deposit_id=deposit_id, mint_token_units=5, refund_usdt_units=10**6)
+    first = settlement_submit(request=request, actor="test")
+    again = settlement_submit(request=request, actor="test")
     assert again.pk == first.pk and SettlementAttempt.objects.filter(settlement=first).count() == 1
-    with pytest.raises(ValueError):
-        settlement_submit(usdt_amount=2 * 10**6, token_amount=5, **kwargs)
+    with pytest.raises(ValueError, match="other amounts"):
+        settlement_submit(request=replace(request, refund_usdt_units=2 * 10**6), actor="test")
     check_until("deposit", deposit_id)
     info = selectors.deposit_info(deposit_id=deposit_id)
     assert info.settled and info.usdt_amount == 3 * 10**6 and info.symbol == "AAPL"
@@ -81,20 +84,22 @@ def test_submit_is_idempotent_and_refuses_what_the_vault_would_refuse(chain_sett
     (other,) = deposits(chain_user(7), 1, amount=10**6)
     with pytest.raises(SettlementRejected, match="RefundAboveDeposit"):
         settlement_submit(
-            kind="deposit",
-            onchain_id=other,
-            usdt_amount=10**6 + 1,
-            token_amount=0,
-            order_id=None,
+            request=DepositSettlement(
+                deposit_id=other,
+                mint_token_units=0,
+                refund_usdt_units=10**6 + 1,
+                order_id=None,
+            ),
             actor="test",
         )
     with pytest.raises(SettlementRejected, match="UnknownDeposit"):
         settlement_submit(
-            kind="deposit",
-            onchain_id=10**9,
-            usdt_amount=0,
-            token_amount=0,
-            order_id=None,
+            request=DepositSettlement(
+                deposit_id=10**9,
+                mint_token_units=0,
+                refund_usdt_units=0,
+                order_id=None,
+            ),
             actor="test",
         )
     assert not SettlementTx.objects.filter(onchain_id__in=[other, 10**9]).exists()
@@ -112,17 +117,18 @@ def test_a_settlement_already_made_on_chain_is_recognised(chain_settings, chain_
     )
     nonce_before = anvil.client().pending_nonce(address_of_key(OPERATOR_KEY))
     row = settlement_submit(
-        kind="deposit",
-        onchain_id=deposit_id,
-        usdt_amount=0,
-        token_amount=1,
-        order_id=None,
+        request=DepositSettlement(
+            deposit_id=deposit_id,
+            mint_token_units=1,
+            refund_usdt_units=0,
+            order_id=None,
+        ),
         actor="test",
     )
     assert row.status == SettlementStatus.CONFIRMED and row.already_settled
     assert row.nonce is None
     assert anvil.client().pending_nonce(address_of_key(OPERATOR_KEY)) == nonce_before
-    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.CONFIRMED
+    assert settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.CONFIRMED
     assert AuditLog.objects.filter(action="chain.settlement_already_settled").exists()
 
 
@@ -134,26 +140,27 @@ def test_a_stuck_settlement_is_replaced_with_the_same_nonce_and_a_higher_fee(
     (deposit_id,) = deposits(user, 1)
     node.rpc("evm_setAutomine", [False])
     row = settlement_submit(
-        kind="deposit",
-        onchain_id=deposit_id,
-        usdt_amount=0,
-        token_amount=10**18,
-        order_id=None,
+        request=DepositSettlement(
+            deposit_id=deposit_id,
+            mint_token_units=10**18,
+            refund_usdt_units=0,
+            order_id=None,
+        ),
         actor="test",
     )
     assert row.status == SettlementStatus.SENT
     settings.CHAIN_SETTLEMENT_STUCK_SECONDS = 3600
-    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.PENDING
+    assert settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.PENDING
     assert row.attempts.count() == 1  # not waited long enough yet
     settings.CHAIN_SETTLEMENT_STUCK_SECONDS = 0
-    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.PENDING
+    assert settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.PENDING
     first, second = row.attempts.order_by("id")
     assert first.nonce == second.nonce
     assert second.max_fee_per_gas > first.max_fee_per_gas
     assert second.max_priority_fee_per_gas > first.max_priority_fee_per_gas
     settings.CHAIN_SETTLEMENT_STUCK_SECONDS = 3600
     node.rpc("evm_mine")
-    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.CONFIRMED
+    assert settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.CONFIRMED
     row.refresh_from_db()
     assert row.tx_hash == second.tx_hash and not row.already_settled
     client = node.client()
@@ -191,16 +198,17 @@ def test_losing_a_settlement_race_on_chain_counts_as_settled(own_chain, chain_us
     )
     client.send_raw(earlier.raw)
     row = settlement_submit(
-        kind="deposit",
-        onchain_id=deposit_id,
-        usdt_amount=0,
-        token_amount=7,
-        order_id=None,
+        request=DepositSettlement(
+            deposit_id=deposit_id,
+            mint_token_units=7,
+            refund_usdt_units=0,
+            order_id=None,
+        ),
         actor="test",
     )
     assert row.nonce == earlier.nonce + 1
     node.rpc("evm_mine")
     assert client.receipt(row.tx_hash).status == 0  # ours reverted: AlreadySettled
-    assert settlement_check(kind="deposit", onchain_id=deposit_id) == SettlementState.CONFIRMED
+    assert settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.CONFIRMED
     row.refresh_from_db()
     assert row.already_settled and row.status == SettlementStatus.CONFIRMED

@@ -7,7 +7,8 @@ import pytest
 from chain import selectors
 from chain.exceptions import SettlementRejected
 from chain.models import SettlementTx
-from chain.services import SettlementState, settlement_check, settlement_submit
+from chain.services import settlement_check, settlement_submit
+from chain.settlement import RefundPayment, SettlementState
 from tests.fixtures.chain import OPERATOR_KEY, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
@@ -17,19 +18,14 @@ UNIT = 10**6
 
 def refund(deposit_id, refund_id, amount):
     return settlement_submit(
-        kind="refund",
-        onchain_id=refund_id,
-        deposit_id=deposit_id,
-        usdt_amount=amount,
-        token_amount=0,
-        order_id=None,
+        request=RefundPayment(refund_id=refund_id, deposit_id=deposit_id, refund_usdt_units=amount),
         actor="test",
     )
 
 
 def confirmed(refund_id):
     return wait_for(
-        lambda: settlement_check(kind="refund", onchain_id=refund_id) == SettlementState.CONFIRMED
+        lambda: settlement_check(kind="refund", vault_id=refund_id) == SettlementState.CONFIRMED
     )
 
 

@@ -6,7 +6,8 @@ from django.db import transaction
 
 from chain import selectors as chain_selectors
 from chain.models import SettlementTx
-from chain.services import SettlementState, settlement_check, settlement_submit
+from chain.services import settlement_check, settlement_submit
+from chain.settlement import DepositSettlement, SettlementState
 from core.models import Alert, AuditLog
 from core.money import USDT_UNIT
 from orders import pipeline
@@ -38,17 +39,18 @@ def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chai
     # withdrawn, so it reverts on chain (not "already settled").
     with transaction.atomic():
         settlement_submit(
-            kind="deposit",
-            onchain_id=int(order.onchain_id),
-            usdt_amount=order.refund_usdt,
-            token_amount=0,
-            order_id=order.pk,
+            request=DepositSettlement(
+                deposit_id=int(order.onchain_id),
+                mint_token_units=0,
+                refund_usdt_units=order.refund_usdt,
+                order_id=order.pk,
+            ),
             actor="test",
         )
         drain_vault(node, contracts)
     assert wait_for(
         lambda: (
-            settlement_check(kind="deposit", onchain_id=int(order.onchain_id))
+            settlement_check(kind="deposit", vault_id=int(order.onchain_id))
             == SettlementState.REVERTED
         )
     )

@@ -1,0 +1,169 @@
+"""What the orders and refunds apps use to pay on chain: one typed request per settlement
+kind, the `SettlementSender` protocol, and `settlement_sender()`, the one place that picks
+the implementation (settings.CHAIN_SETTLEMENT_SENDER, a dotted path: the real
+`chain.services.ChainSettlementSender` everywhere but in tests, which may name a fake;
+production refuses any other value).
+
+Each request names its vault id for what it is (a deposit id, a redeem id, a refund id) and
+its amounts for what they pay (a refund, a payout, tokens minted or returned), in base units.
+The vault settles each (kind, vault id) at most once, and so does every sender.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+from chain.models import SettlementKind
+
+
+class SettlementState(StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    REVERTED = "REVERTED"
+
+
+def _non_negative(**amounts: int) -> None:
+    for name, value in amounts.items():
+        if value < 0:
+            raise ValueError(f"settlement amounts are never negative: {name}={value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DepositSettlement:
+    """settleDeposit: mint tokens for the shares bought, refund the rest of the deposit."""
+
+    kind: ClassVar[SettlementKind] = SettlementKind.DEPOSIT
+    deposit_id: int
+    mint_token_units: int
+    refund_usdt_units: int
+    order_id: int | None = None
+
+    def __post_init__(self) -> None:
+        _non_negative(mint_token_units=self.mint_token_units, refund=self.refund_usdt_units)
+
+    @property
+    def vault_id(self) -> int:
+        return self.deposit_id
+
+    def vault_call(self) -> tuple[str, tuple[int, ...]]:
+        return "settleDeposit", (self.deposit_id, self.mint_token_units, self.refund_usdt_units)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedeemSettlement:
+    """settleRedeem: pay the sale's proceeds, return the shares not sold as tokens."""
+
+    kind: ClassVar[SettlementKind] = SettlementKind.REDEEM
+    redeem_id: int
+    payout_usdt_units: int
+    return_token_units: int
+    order_id: int | None = None
+
+    def __post_init__(self) -> None:
+        _non_negative(payout=self.payout_usdt_units, return_token_units=self.return_token_units)
+
+    @property
+    def vault_id(self) -> int:
+        return self.redeem_id
+
+    def vault_call(self) -> tuple[str, tuple[int, ...]]:
+        return "settleRedeem", (self.redeem_id, self.payout_usdt_units, self.return_token_units)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefundPayment:
+    """refundDeposit: a manual refund of part of a deposit before its settlement, paid once
+    per refund id (the vault id of this kind)."""
+
+    kind: ClassVar[SettlementKind] = SettlementKind.REFUND
+    refund_id: int
+    deposit_id: int
+    refund_usdt_units: int
+    order_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.deposit_id is None or self.refund_usdt_units <= 0:
+            raise ValueError("a refund names its deposit and pays a positive USDT amount")
+
+    @property
+    def vault_id(self) -> int:
+        return self.refund_id
+
+    def vault_call(self) -> tuple[str, tuple[int, ...]]:
+        return "refundDeposit", (self.deposit_id, self.refund_id, self.refund_usdt_units)
+
+
+SettlementRequest = DepositSettlement | RedeemSettlement | RefundPayment
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One settlement as its sender recorded it: `tx_hash` is the transaction that paid (or
+    the latest attempt while pending); `already_settled` when the vault had it settled by an
+    earlier attempt whose record was lost."""
+
+    kind: SettlementKind
+    vault_id: int
+    tx_hash: str
+    state: SettlementState
+    already_settled: bool = False
+
+
+@runtime_checkable
+class SettlementSender(Protocol):
+    """How orders and refunds pay on chain. Every method is safe to call again: one
+    settlement per (kind, vault id), whatever retries or crashes."""
+
+    def submit(self, request: SettlementRequest, *, actor: str) -> Settlement:
+        """Send `request` once; the same request again returns the same settlement, another
+        request for the same (kind, vault id) raises ValueError. Raises
+        chain.exceptions.SettlementRejected when the vault would refuse it for good,
+        ChainUnavailable when the node cannot be reached (retry)."""
+        ...
+
+    def check(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
+        """Where it stands, moving it along (re-broadcast, fee bump). Raises
+        SettlementTx.DoesNotExist when nothing was submitted."""
+        ...
+
+    def resubmit(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
+        """Try a REVERTED settlement again; anything else is left as it is."""
+        ...
+
+    def settlement(self, *, kind: str, vault_id: int) -> Settlement | None:
+        """The recorded settlement, or None when nothing was submitted."""
+        ...
+
+    def reserve_usdt_units(self) -> int:
+        """USDT (base units) the vault holds: what refunds and payouts are paid from."""
+        ...
+
+
+@functools.cache
+def _sender(path: str) -> Any:
+    found = import_string(path)
+    return found() if isinstance(found, type) else found
+
+
+def settlement_sender() -> SettlementSender:
+    """The sender settings.CHAIN_SETTLEMENT_SENDER names (one instance per path, so a fake
+    keeps what it recorded for the test that selected it)."""
+    sender = _sender(settings.CHAIN_SETTLEMENT_SENDER)
+    if not isinstance(sender, SettlementSender):
+        raise TypeError(f"CHAIN_SETTLEMENT_SENDER {settings.CHAIN_SETTLEMENT_SENDER} is not one")
+    return sender
+
+
+@receiver(setting_changed)
+def _forget_sender(*, setting: str, **kwargs: Any) -> None:
+    """A test that selects another sender (or restores the real one) starts afresh."""
+    if setting == "CHAIN_SETTLEMENT_SENDER":
+        _sender.cache_clear()

@@ -1,0 +1,133 @@
+"""An in-memory `chain.settlement.SettlementSender` for the fast test layer (PostgreSQL and
+Redis only, no chain).
+
+Like the vault, it settles each (kind, vault id) at most once: the same request again returns
+the same settlement and pays nothing more; another request for that id raises ValueError, as
+the real sender does. What happens to a submission is scripted per id (or by default):
+`CONFIRM` (the next check confirms it), `PEND` (it stays pending until `confirm()`), `REVERT`
+(the next check reports it reverted; a resubmission follows the next scripted outcome) or
+`REFUSE` (submit raises SettlementRejected, as when the vault would refuse it for good).
+
+Select it with `settings.CHAIN_SETTLEMENT_SENDER = "tests.fakes.settlement.FakeSettlementSender"`
+and reach the instance the code under test uses with `chain.settlement.settlement_sender()`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from hashlib import sha256
+
+from chain.exceptions import SettlementRejected
+from chain.models import SettlementKind, SettlementTx
+from chain.settlement import Settlement, SettlementRequest, SettlementState
+
+
+class Outcome(StrEnum):
+    CONFIRM = "confirm"
+    PEND = "pend"
+    REVERT = "revert"
+    REFUSE = "refuse"
+
+
+@dataclass
+class _Entry:
+    request: SettlementRequest
+    settlement: Settlement
+    outcome: Outcome
+
+
+class FakeSettlementSender:
+    def __init__(self, *, reserve_usdt_units: int = 10**15) -> None:
+        self.reserve = reserve_usdt_units
+        self.default = Outcome.CONFIRM
+        self.submissions: list[SettlementRequest] = []  # every accepted request, in order
+        self.paid: dict[tuple[SettlementKind, int], SettlementRequest] = {}  # what "the vault" paid
+        self._entries: dict[tuple[SettlementKind, int], _Entry] = {}
+        self._scripts: dict[tuple[SettlementKind, int], deque[Outcome]] = defaultdict(deque)
+
+    # --- scripting ------------------------------------------------------------------------
+
+    def script(self, kind: str, vault_id: int, *outcomes: Outcome) -> None:
+        """What the next submissions (and resubmissions) of (kind, vault id) meet, in order;
+        once they are used up, `default` applies."""
+        self._scripts[(SettlementKind(kind), vault_id)].extend(outcomes)
+
+    def confirm(self, kind: str, vault_id: int) -> None:
+        """Let a pending settlement through: the next check confirms it."""
+        self._entry(kind, vault_id).outcome = Outcome.CONFIRM
+
+    def _next_outcome(self, key: tuple[SettlementKind, int]) -> Outcome:
+        queue = self._scripts[key]
+        return queue.popleft() if queue else self.default
+
+    def _entry(self, kind: str, vault_id: int) -> _Entry:
+        try:
+            return self._entries[(SettlementKind(kind), vault_id)]
+        except KeyError:
+            raise SettlementTx.DoesNotExist(f"no settlement {kind} {vault_id}") from None
+
+    def _set_state(self, entry: _Entry, state: SettlementState) -> None:
+        entry.settlement = replace(entry.settlement, state=state)
+
+    # --- the SettlementSender protocol ----------------------------------------------------
+
+    def submit(self, request: SettlementRequest, *, actor: str) -> Settlement:
+        key = (request.kind, request.vault_id)
+        existing = self._entries.get(key)
+        if existing is not None:
+            if replace(existing.request, order_id=request.order_id) != request:
+                raise ValueError(
+                    f"settlement {request.kind} {request.vault_id} exists with other amounts: "
+                    f"{existing.request} != {request}"
+                )
+            return existing.settlement
+        outcome = self._next_outcome(key)
+        if outcome == Outcome.REFUSE:
+            raise SettlementRejected(f"{request.vault_call()[0]}({request.vault_id}): refused")
+        tx_hash = "0x" + sha256(f"{request.kind}:{request.vault_id}".encode()).hexdigest()
+        settlement = Settlement(
+            kind=request.kind,
+            vault_id=request.vault_id,
+            tx_hash=tx_hash,
+            state=SettlementState.PENDING,
+        )
+        self._entries[key] = _Entry(request=request, settlement=settlement, outcome=outcome)
+        self.submissions.append(request)
+        return settlement
+
+    def check(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
+        entry = self._entry(kind, vault_id)
+        if entry.settlement.state == SettlementState.PENDING:
+            if entry.outcome == Outcome.CONFIRM:
+                key = (SettlementKind(kind), vault_id)
+                if key in self.paid:
+                    raise AssertionError(f"{key} paid twice")  # the vault never would
+                self.paid[key] = entry.request
+                self._set_state(entry, SettlementState.CONFIRMED)
+            elif entry.outcome == Outcome.REVERT:
+                self._set_state(entry, SettlementState.REVERTED)
+        return entry.settlement.state
+
+    def resubmit(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
+        entry = self._entry(kind, vault_id)
+        if entry.settlement.state != SettlementState.REVERTED:
+            return (
+                SettlementState.CONFIRMED
+                if entry.settlement.state == SettlementState.CONFIRMED
+                else SettlementState.PENDING
+            )
+        outcome = self._next_outcome((SettlementKind(kind), vault_id))
+        if outcome == Outcome.REFUSE:
+            return SettlementState.REVERTED  # it would still revert: nothing is sent
+        entry.outcome = outcome
+        self._set_state(entry, SettlementState.PENDING)
+        return SettlementState.PENDING
+
+    def settlement(self, *, kind: str, vault_id: int) -> Settlement | None:
+        entry = self._entries.get((SettlementKind(kind), vault_id))
+        return None if entry is None else entry.settlement
+
+    def reserve_usdt_units(self) -> int:
+        return self.reserve
