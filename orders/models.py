@@ -116,6 +116,17 @@ class Order(models.Model):
     )
     settlement_tx_hash = models.CharField(max_length=66, blank=True, db_index=True)
 
+    # Netting: when the order joined its symbol's book, and the cycle it takes part in now.
+    booked_at = models.DateTimeField(null=True, blank=True)
+    cycle = models.ForeignKey(
+        "orders.Cycle",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="orders",
+        help_text="The cycle this order takes part in now (EXECUTING); empty in the book",
+    )
+
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     broker_cancel_sent_at = models.DateTimeField(null=True, blank=True)
     # One live pipeline run per order (orders.runs): bookkeeping, not transitions.
@@ -184,3 +195,114 @@ class Order(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class CycleStatus(models.TextChoices):
+    OPEN = "OPEN", "Planned; its broker order is to be placed"
+    PLACED = "PLACED", "Its broker order works at the broker"
+    ALLOCATED = "ALLOCATED", "Allocated to its participants"
+
+
+class Cycle(models.Model):
+    """One netting cycle of one symbol: its participants priced on one quote, crossed, and
+    the net sent to the broker as one order (`client_id` is its Futu remark), all allocated
+    at one price. Token amounts in 10^-18 share units (signed where marked), USDT in base
+    units, prices in the market currency per share."""
+
+    symbol = models.CharField(max_length=32, db_index=True)
+    stock_code = models.CharField(max_length=32)
+    client_id = models.CharField(max_length=64, unique=True, default=new_client_id)
+    status = models.CharField(max_length=10, choices=CycleStatus.choices, default=CycleStatus.OPEN)
+    version = models.PositiveIntegerField(default=0)
+
+    quote_price = models.DecimalField(max_digits=24, decimal_places=6)
+    ccy_per_usdt = models.DecimalField(max_digits=24, decimal_places=6)
+    lot_size = models.PositiveIntegerField()
+    fee_rate = models.DecimalField(max_digits=10, decimal_places=6)
+    fee_flat_usdt = UintField(default=0)
+
+    demand_units = UintField(default=0, help_text="Buyers' demand at the quote")
+    supply_units = UintField(default=0, help_text="Sellers' tokens")
+    broker_units = models.DecimalField(
+        max_digits=78, decimal_places=0, default=0, help_text="Signed: + buy, - sell"
+    )
+    limit_price = models.DecimalField(max_digits=24, decimal_places=6, null=True, blank=True)
+    futu_order_id = models.CharField(max_length=64, blank=True)
+    cancel_sent_at = models.DateTimeField(null=True, blank=True)
+    filled_units = models.DecimalField(
+        max_digits=78, decimal_places=0, default=0, help_text="Signed broker fill"
+    )
+    price = models.DecimalField(
+        max_digits=24,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="The one price of the cycle: the broker's average fill, or the quote",
+    )
+    broker_fee_usdt = UintField(default=0, help_text="The broker's fee: Bronco's cost")
+    inventory_before = UintField(default=0)
+    inventory_after = UintField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    placed_at = models.DateTimeField(null=True, blank=True)
+    allocated_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ("-id",)
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=CycleStatus.values), name="cycle_status_valid"
+            ),
+            # At most one cycle of a symbol in flight at a time.
+            models.UniqueConstraint(
+                fields=("symbol",),
+                condition=~Q(status="ALLOCATED"),
+                name="cycle_one_in_flight_per_symbol",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Cycle {self.pk} {self.symbol} {self.status}"
+
+
+class Allocation(models.Model):
+    """What one order got in one cycle: token units bought (deposit) or sold (redeem), the
+    USDT cost or proceeds, and Bronco's fee. One row per order per cycle."""
+
+    cycle = models.ForeignKey(Cycle, on_delete=models.PROTECT, related_name="allocations")
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="allocations")
+    order_type = models.CharField(max_length=4, choices=OrderType.choices)
+    token_units = UintField()
+    usdt_units = UintField(help_text="Cost (deposit) or proceeds (redeem)")
+    fee_units = UintField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("cycle", "order"), name="allocation_once_per_cycle"),
+        ]
+
+    def __str__(self) -> str:
+        return f"cycle {self.cycle_id} order {self.order_id}: {self.token_units}"
+
+
+class HouseInventory(models.Model):
+    """Shares Bronco holds at the broker that no token represents, per symbol (10^-18 share
+    units). Never negative (a CHECK); capped by NETTING_INVENTORY_CAP_LOTS lots."""
+
+    symbol = models.CharField(max_length=32, unique=True)
+    token_units = UintField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "house inventory"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(token_units__gte=0), name="house_inventory_never_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.symbol}: {self.token_units}"

@@ -41,6 +41,15 @@ _STAGE_BY_STATUS = {
 }
 
 
+# Orders a run drives: validation (PENDING, not yet booked) and settlement. A booked order
+# waits for a cycle, and an order in a cycle is the cycle's (orders.netting.cycles): no run.
+_RUN_DRIVEN = (
+    Q(status=OrderStatus.PENDING, booked_at__isnull=True)
+    | Q(status=OrderStatus.SETTLING)
+    | Q(status=OrderStatus.EXECUTING, cycle__isnull=True)
+)
+
+
 def _lease_until(countdown: float = 0.0) -> timezone.datetime:
     return timezone.now() + timezone.timedelta(
         seconds=max(countdown, 0.0) + settings.ORDER_RUN_LEASE_SECONDS
@@ -140,6 +149,7 @@ def runs_dead_claim(*, limit: int = 500) -> Iterator[tuple[int, int, Next]]:
     with transaction.atomic():
         rows = list(
             Order.objects.filter(status__in=[s.value for s in OPEN_STATUSES])
+            .filter(_RUN_DRIVEN)
             .filter(Q(run_lease_until__lt=now) | Q(run_lease_until__isnull=True))
             .order_by("pk")
             .select_for_update(skip_locked=True, of=("self",))

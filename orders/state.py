@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Model
 from django.utils import timezone
 
 from core.audit import audit_record
@@ -23,9 +23,11 @@ S = OrderStatus
 # from-status -> the statuses it may move to. SETTLING holds an order whose on-chain
 # settlement (mint/refund/payout) is sent but not yet confirmed: an order is terminal only
 # once its money is settled.
+# In netting, EXECUTING means "taking part in a cycle": an order whose cycle filled it only
+# in part goes back to PENDING, to wait in the book for the next cycle.
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     S.PENDING: frozenset({S.EXECUTING, S.SETTLING}),
-    S.EXECUTING: frozenset({S.SETTLING}),
+    S.EXECUTING: frozenset({S.PENDING, S.SETTLING}),
     S.SETTLING: frozenset({S.EXECUTED, S.CANCELED, S.FAILED}),
     S.EXECUTED: frozenset(),
     S.CANCELED: frozenset(),
@@ -50,6 +52,8 @@ def _jsonable(value: Any) -> Any:
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Model):
+        return value.pk
     return value
 
 

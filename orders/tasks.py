@@ -3,21 +3,24 @@ generation, calls one stage, and carries the run on to what the stage says comes
 (`orders.runs`). Every task is safe to run twice: the stages re-read state and act only when
 the order is still where they expect it, and a task of a superseded run does nothing.
 
-Queues by the resource waited on (`core.tasks`): validate takes a broker quote, place and
-poll call OpenD (`broker`); settle sends and confirms chain transactions (`chain`); the scan
-only enqueues (`default`).
+Queues by the resource waited on (`core.tasks`): the cycle steps call OpenD (`broker`);
+settle sends and confirms chain transactions (`chain`); validate (which only books the
+order), the scan and the cycle scheduler touch the database alone (`default`).
 """
 
 import logging
 import socket
 
+import redis
 from celery import Task
+from django.conf import settings
 from django.db import connection
 
 from core.metrics import count_stage_run
 from core.tasks import QUEUE_BROKER, QUEUE_CHAIN, QUEUE_DEFAULT, TRANSIENT_ERRORS, bronco_task
 from orders import pipeline, runs
 from orders.exceptions import StaleOrderVersion
+from orders.netting import cycles
 from orders.pipeline import Stage
 
 logger = logging.getLogger(__name__)
@@ -45,9 +48,9 @@ def _run_stage(stage: Stage, order_id: int, gen: int | None) -> None:
     runs.run_continue(order_id=order_id, gen=gen, nxt=nxt)
 
 
-@bronco_task(name="orders.tasks.order_validate", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
+@bronco_task(name="orders.tasks.order_validate", queue=QUEUE_DEFAULT, **_STAGE_OPTIONS)
 def order_validate(order_id: int, gen: int | None = None) -> None:
-    """Validate (takes a broker quote)."""
+    """Validate and book the order (no broker request: cycles price the book)."""
     _run_stage(Stage.VALIDATE, order_id, gen)
 
 
@@ -103,6 +106,65 @@ def compensation_scan() -> int:
     if count:
         logger.info("compensation scan re-drove %d orders", count)
     return count
+
+
+# --- netting cycles ------------------------------------------------------------------------
+
+_CYCLE_OPEN_KEY = "bronco:cycle-open:{}"
+_CYCLE_OPEN_TTL = 30  # seconds: a lost cycle_open task frees its symbol after this long
+
+
+def _cycle_follow(nxt: cycles.CycleNext | None) -> None:
+    if nxt is None:
+        return
+    task = cycle_place if nxt.step == "place" else cycle_poll
+    task.apply_async(args=[nxt.cycle_id], countdown=nxt.countdown or None)
+
+
+@bronco_task(name="orders.tasks.cycle_open", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
+def cycle_open(symbol: str) -> None:
+    """Open a cycle of `symbol` (one quote for its whole book)."""
+    try:
+        _cycle_follow(cycles.cycle_open(symbol=symbol))
+    finally:
+        _redis().delete(_CYCLE_OPEN_KEY.format(symbol))
+
+
+@bronco_task(name="orders.tasks.cycle_place", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
+def cycle_place(cycle_id: int) -> None:
+    _cycle_follow(cycles.cycle_place(cycle_id=cycle_id))
+
+
+@bronco_task(name="orders.tasks.cycle_poll", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
+def cycle_poll(cycle_id: int) -> None:
+    _cycle_follow(cycles.cycle_poll(cycle_id=cycle_id))
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+@bronco_task(
+    name="orders.tasks.cycles_schedule",
+    queue=QUEUE_DEFAULT,
+    soft_time_limit=20,
+    time_limit=30,
+    # A late run is worthless once the next one is due.
+    expires=10,
+)
+def cycles_schedule() -> int:
+    """Beat: re-drive cycles whose steps stopped, and open a cycle for every symbol with
+    orders waiting, the longest-waiting first (one open request per symbol at a time).
+    Returns how many cycles it opened."""
+    for nxt in cycles.cycles_stalled():
+        _cycle_follow(nxt)
+    client = _redis()
+    opened = 0
+    for symbol in cycles.symbols_waiting():
+        if client.set(_CYCLE_OPEN_KEY.format(symbol), 1, nx=True, ex=_CYCLE_OPEN_TTL):
+            cycle_open.delay(symbol)
+            opened += 1
+    return opened
 
 
 @bronco_task(name="orders.tasks.ping", queue=QUEUE_DEFAULT, soft_time_limit=10, time_limit=20)

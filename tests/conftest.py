@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.vault",
     "tests.fakes.broker",
+    "tests.fakes.settlement",
 ]
 
 

@@ -24,10 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 # Every Bronco task and the queue of the resource it waits on. A new task must be added
 # here (the test below fails otherwise), which is the moment to choose its queue.
 EXPECTED_QUEUES = {
-    # validate takes a broker quote; place and poll call OpenD
-    "orders.tasks.order_validate": "broker",
+    # validate only books the order; the cycle steps call OpenD
+    "orders.tasks.order_validate": "default",
     "orders.tasks.order_place": "broker",
     "orders.tasks.order_poll": "broker",
+    "orders.tasks.cycle_open": "broker",
+    "orders.tasks.cycle_place": "broker",
+    "orders.tasks.cycle_poll": "broker",
+    "orders.tasks.cycles_schedule": "default",
     # settle sends and confirms the settlement transaction
     "orders.tasks.order_settle": "chain",
     "orders.tasks.compensation_scan": "default",

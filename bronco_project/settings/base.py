@@ -137,6 +137,20 @@ ORDER_MIN_USDT = env_decimal("ORDER_MIN_USDT", "1")
 ORDER_RUN_LEASE_SECONDS = env_int("ORDER_RUN_LEASE_SECONDS", 90)
 COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 30)
 
+# --- Netting (orders.netting) -----------------------------------------------------------
+# Bronco's published fee, the same for every participant of a cycle: a rate of the traded
+# value plus a flat USDT amount once per order (with its first fill).
+NETTING_FEE_RATE = env_decimal("NETTING_FEE_RATE", "0.001")
+NETTING_FEE_FLAT_USDT = env_decimal("NETTING_FEE_FLAT_USDT", "0")
+# House inventory per symbol is kept at most this many lots (whole lots above it are sold).
+NETTING_INVENTORY_CAP_LOTS = env_int("NETTING_INVENTORY_CAP_LOTS", 2)
+# Beat opens cycles this often (for every symbol with orders waiting, oldest first).
+NETTING_CYCLE_SECONDS = env_int("NETTING_CYCLE_SECONDS", 1)
+# A cycle's broker order still working after this long is cancelled; what filled is allocated.
+NETTING_CYCLE_TIMEOUT_SECONDS = env_float("NETTING_CYCLE_TIMEOUT_SECONDS", 20.0)
+# A cycle whose steps stop (a worker died) is re-driven by the scheduler after this long.
+NETTING_CYCLE_LEASE_SECONDS = env_int("NETTING_CYCLE_LEASE_SECONDS", 60)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -235,6 +249,10 @@ CELERY_BEAT_SCHEDULE = {
     "bronco.compensation_scan": {
         "task": "orders.tasks.compensation_scan",
         "schedule": float(COMPENSATION_SCAN_SECONDS),
+    },
+    "bronco.cycles_schedule": {
+        "task": "orders.tasks.cycles_schedule",
+        "schedule": float(NETTING_CYCLE_SECONDS),
     },
     "bronco.alert_rules": {
         "task": "ops.tasks.evaluate_alert_rules",

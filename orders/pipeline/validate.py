@@ -1,42 +1,33 @@
-"""Validate: check the order, take a quote, lock the limit price and size it."""
+"""Validate: check the order and put it in its symbol's book, where netting cycles take it
+(`orders.netting.cycles`). No broker request: pricing happens once per cycle, for everyone."""
 
 import logging
 
 from django.conf import settings
+from django.utils import timezone
 
 from core.money import usdt_to_units
 from orders.models import Order, OrderType
 from orders.pipeline.common import (
-    PLACE,
-    VALIDATE,
     Next,
     S,
     available_usdt,
     observe_since,
-    past_deadline,
     settle_untraded,
     stage_actor,
 )
 from orders.state import order_record
-from trading import services as broker
-from trading.exceptions import (
-    BrokerUnavailable,
-    DepositTooSmall,
-    MarketClosed,
-    NoQuote,
-    RateLimited,
-)
 
 logger = logging.getLogger(__name__)
 
 
 def order_validate(*, order_id: int) -> Next | None:
-    """Check the order, take a quote, lock the limit price and size it."""
+    """Refuse what cannot trade (settled untraded, everything returned) or book the order.
+    Returns SETTLE for a refusal and None once booked (the book's cycles take it from
+    there). Safe to run twice: a booked or moved-on order is left alone."""
     order = Order.objects.get(pk=order_id)
-    if order.status != S.PENDING:
+    if order.status != S.PENDING or order.booked_at is not None:
         return None
-    if order.price is not None:  # validated already; carry on
-        return Next(PLACE)
     if order.order_type == OrderType.BUY and available_usdt(order) <= 0:
         return settle_untraded(
             order, outcome=S.CANCELED, reason="refunded manually in full", stage="validate"
@@ -65,29 +56,11 @@ def order_validate(*, order_id: int) -> Next | None:
         return settle_untraded(
             order, outcome=S.FAILED, reason="nothing to redeem", stage="validate"
         )
-
-    try:
-        if order.order_type == OrderType.BUY:
-            plan = broker.plan_buy(code=order.stock_code, usdt_units=available_usdt(order))
-        else:
-            plan = broker.plan_sell(code=order.stock_code, token_units=order.token_amount)
-    except DepositTooSmall as exc:
-        return settle_untraded(order, outcome=S.FAILED, reason=str(exc), stage="validate")
-    except (NoQuote, MarketClosed, BrokerUnavailable, RateLimited) as exc:
-        if past_deadline(order):
-            return settle_untraded(
-                order, outcome=S.FAILED, reason=f"{exc} until the deadline", stage="validate"
-            )
-        wait = getattr(exc, "retry_after", None) or settings.ORDER_RETRY_SECONDS
-        return Next(VALIDATE, countdown=wait)
-    qty, limit = plan.qty, plan.limit_price
-
     order_record(
         order=order,
         actor=stage_actor("validate"),
-        action="order.validated",
-        qty=qty,
-        price=limit,
+        action="order.booked",
+        booked_at=timezone.now(),
     )
     observe_since(order, "validate", since=("order.created",))
-    return Next(PLACE)
+    return None

@@ -18,6 +18,9 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from hashlib import sha256
+from typing import Any
+
+import pytest
 
 from chain.exceptions import SettlementRejected
 from chain.models import SettlementKind, SettlementTx
@@ -131,3 +134,18 @@ class FakeSettlementSender:
 
     def reserve_usdt_units(self) -> int:
         return self.reserve
+
+
+@pytest.fixture
+def fake_sender(settings: Any) -> FakeSettlementSender:
+    """This process's settlement sender is a fresh FakeSettlementSender for the test (the
+    reserve floor at zero)."""
+    from decimal import Decimal
+
+    from chain.settlement import settlement_sender
+
+    settings.CHAIN_SETTLEMENT_SENDER = "tests.fakes.settlement.FakeSettlementSender"
+    settings.RESERVE_FLOOR_USDT = Decimal(0)
+    sender = settlement_sender()
+    assert isinstance(sender, FakeSettlementSender)
+    return sender

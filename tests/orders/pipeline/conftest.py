@@ -28,16 +28,3 @@ def past_deadline(order: Order) -> Order:
 def validated(**kwargs) -> Order:  # type: ignore[no-untyped-def]
     """A deposit validated at 190.95 for 5 shares of US.AAPL (1,000 USDT)."""
     return OrderFactory(qty=Decimal(5), price=Decimal("190.95"), **kwargs)
-
-
-@pytest.fixture
-def fake_sender(settings):
-    """This process's settlement sender is a fresh FakeSettlementSender for the test."""
-    from chain.settlement import settlement_sender
-    from tests.fakes.settlement import FakeSettlementSender
-
-    settings.CHAIN_SETTLEMENT_SENDER = "tests.fakes.settlement.FakeSettlementSender"
-    settings.RESERVE_FLOOR_USDT = Decimal(0)
-    sender = settlement_sender()
-    assert isinstance(sender, FakeSettlementSender)
-    return sender

@@ -1,0 +1,541 @@
+"""Netting cycles on the database and the broker: open (take the book on one quote), place
+(one broker order for the net, tagged with the cycle's client id as Futu's remark), poll,
+and allocate (everyone at one price; what is left of a deposit waits for the next cycle).
+
+Each step is a service that loads fresh state and returns what runs next (`CycleNext`);
+`orders.tasks` runs them. Guarantees:
+
+- one cycle of a symbol in flight at a time (a partial unique index), and an order takes part
+  in at most one cycle at a time (it is EXECUTING with `cycle` set, under its row lock);
+- the cycle's broker order is placed at most once: the attempt is committed before the
+  broker is called, and a retry looks the remark up (open orders, and history once an
+  attempt was made) before placing;
+- allocation happens once (a conditional update of the cycle's status in the same
+  transaction as the allocation rows, the orders and the inventory);
+- lock order: inventory row, then cycle, then orders by pk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from core.alerts import alert_raise
+from core.money import market_to_usdt_units_up, usdt_to_units
+from orders.models import (
+    Allocation,
+    Cycle,
+    CycleStatus,
+    HouseInventory,
+    Order,
+    OrderStatus,
+    OrderType,
+)
+from orders.netting.allocation import (
+    TOKEN_UNITS_PER_SHARE,
+    Buyer,
+    FeeSchedule,
+    Pricing,
+    Seller,
+    allocate_cycle,
+    buyer_demand,
+    plan_cycle,
+)
+from orders.runs import run_take_over
+from orders.stages import Stage
+from orders.state import order_transition
+from trading import pricing
+from trading import services as broker
+from trading.exceptions import (
+    BrokerRejected,
+    BrokerUnavailable,
+    NoQuote,
+    RateLimited,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "task:orders.cycle"
+S = OrderStatus
+
+
+@dataclass(frozen=True)
+class CycleNext:
+    """What a cycle step asks to run next: `step` ("place" or "poll") of `cycle_id` after
+    `countdown` seconds."""
+
+    step: str
+    cycle_id: int
+    countdown: float = 0.0
+
+
+def fee_schedule() -> FeeSchedule:
+    """Bronco's published fee (settings NETTING_FEE_RATE, NETTING_FEE_FLAT_USDT)."""
+    return FeeSchedule(
+        rate=settings.NETTING_FEE_RATE,
+        flat_units=usdt_to_units(settings.NETTING_FEE_FLAT_USDT),
+    )
+
+
+def remaining_usdt(order: Order) -> int:
+    """USDT base units a deposit still has to spend: deposit less manual refunds, less what
+    earlier cycles spent and charged."""
+    return (
+        int(order.usdt_amount)
+        - int(order.manual_refund_usdt)
+        - int(order.cost_usdt)
+        - int(order.fees_usdt)
+    )
+
+
+def _first_fill(order: Order) -> bool:
+    return int(order.tokens_minted) == 0 and int(order.fees_usdt) == 0
+
+
+def _participant(order: Order) -> Buyer | Seller:
+    if order.order_type == OrderType.BUY:
+        return Buyer(order.pk, remaining_usdt(order), first_fill=_first_fill(order))
+    return Seller(order.pk, int(order.token_amount), first_fill=True)
+
+
+def _past_deadline(order: Order) -> bool:
+    return order.deadline is not None and timezone.now() >= order.deadline
+
+
+def book(symbol: str):  # type: ignore[no-untyped-def]
+    """Orders of `symbol` waiting in the book (validated, in no cycle), oldest first."""
+    return Order.objects.filter(
+        symbol=symbol, status=S.PENDING, booked_at__isnull=False, cycle__isnull=True
+    ).order_by("booked_at", "pk")
+
+
+def symbols_waiting() -> list[str]:
+    """Symbols with orders in the book and no cycle in flight, the one whose order has
+    waited longest first: the order in which cycles spend the broker's place budget, so no
+    symbol starves."""
+    in_flight = Cycle.objects.exclude(status=CycleStatus.ALLOCATED).values("symbol")
+    rows = (
+        Order.objects.filter(status=S.PENDING, booked_at__isnull=False, cycle__isnull=True)
+        .exclude(symbol__in=in_flight)
+        .values_list("symbol", "booked_at")
+        .order_by("booked_at")
+    )
+    seen: dict[str, None] = {}
+    for symbol, _ in rows.iterator():
+        seen.setdefault(symbol, None)
+    return list(seen)
+
+
+# --- leaving the book --------------------------------------------------------------------
+
+
+def order_settle_from_book(*, order: Order, reason: str, actor: str = ACTOR) -> Order:
+    """A booked order leaves (cancelled, past its deadline, or nothing left to trade):
+    PENDING -> SETTLING with what it got so far and the rest returned, and its settle run
+    starts after commit. Call under the order's row lock."""
+    if order.order_type == OrderType.BUY:
+        minted = int(order.tokens_minted)
+        changes = {"refund_usdt": remaining_usdt(order), "tokens_minted": minted}
+        traded = minted > 0
+    else:
+        changes = {"tokens_returned": int(order.token_amount)}
+        traded = False
+    if traded:
+        outcome = S.EXECUTED
+    elif order.cancel_requested_at is not None:
+        outcome = S.CANCELED
+    else:
+        outcome = S.FAILED
+    order = order_transition(
+        order=order,
+        to_status=S.SETTLING,
+        actor=actor,
+        action="order.left_book",
+        outcome=outcome,
+        last_error=reason,
+        **changes,
+    )
+    run_take_over(order_id=order.pk, stage=Stage.SETTLE)
+    return order
+
+
+def _leave_book(symbol: str) -> None:
+    """Cancelled orders and those past their deadline leave the book before a cycle."""
+    now = timezone.now()
+    with transaction.atomic():
+        leaving = list(
+            book(symbol)
+            .filter(Q(cancel_requested_at__isnull=False) | Q(deadline__lte=now))
+            .values_list("pk", flat=True)
+        )
+        for order in (
+            Order.objects.filter(pk__in=leaving, status=S.PENDING, cycle__isnull=True)
+            .order_by("pk")
+            .select_for_update(skip_locked=True, of=("self",))
+        ):
+            reason = (
+                "cancelled by the user"
+                if order.cancel_requested_at is not None
+                else "the deadline passed before the order filled in full"
+            )
+            order_settle_from_book(order=order, reason=reason)
+
+
+# --- open --------------------------------------------------------------------------------
+
+
+def _inventory(symbol: str) -> HouseInventory:
+    HouseInventory.objects.get_or_create(symbol=symbol)
+    return HouseInventory.objects.select_for_update().get(symbol=symbol)
+
+
+def cycle_open(*, symbol: str) -> CycleNext | None:
+    """Take every order of `symbol` in the book into a new cycle priced on one fresh quote.
+    When crossing and inventory square it, it is allocated at once at the quote (no broker
+    request); otherwise its broker order is to be placed. None when there is nothing to do
+    (empty book, a cycle already in flight, no tradable quote now: the orders wait)."""
+    _leave_book(symbol)
+    code = settings.BRONCO_SYMBOLS.get(symbol, "")
+    if not code or not book(symbol).exists():
+        return None
+    try:
+        quote = broker.broker_quote(code=code)
+    except (NoQuote, BrokerUnavailable, RateLimited) as exc:
+        logger.info("cycle of %s waits: %s", symbol, exc)
+        return None
+    if quote.suspended or not quote.market_open:
+        logger.info("cycle of %s waits: market %s", symbol, quote.market_state or "closed")
+        return None
+    fees = fee_schedule()
+    rate = pricing.fx_rate(code)
+    quoted = Pricing(quote.price, rate)
+    try:
+        with transaction.atomic():
+            inventory = _inventory(symbol)
+            orders = list(
+                book(symbol).select_for_update(skip_locked=True, of=("self",)).order_by("pk")
+            )
+            if not orders:
+                return None
+            participants = [_participant(o) for o in orders]
+            buyers = [p for p in participants if isinstance(p, Buyer)]
+            sellers = [p for p in participants if isinstance(p, Seller)]
+            plan = plan_cycle(
+                buyers=buyers,
+                sellers=sellers,
+                quote=quoted,
+                fees=fees,
+                lot_shares=quote.lot_size,
+                inventory_units=int(inventory.token_units),
+                inventory_cap_units=settings.NETTING_INVENTORY_CAP_LOTS
+                * quote.lot_size
+                * TOKEN_UNITS_PER_SHARE,
+            )
+            limit = None
+            if plan.broker_units > 0:
+                limit = pricing.buy_limit_price(quote)
+            elif plan.broker_units < 0:
+                limit = pricing.sell_limit_price(quote)
+            cycle = Cycle.objects.create(
+                symbol=symbol,
+                stock_code=code,
+                quote_price=quote.price,
+                ccy_per_usdt=rate,
+                lot_size=quote.lot_size,
+                fee_rate=fees.rate,
+                fee_flat_usdt=fees.flat_units,
+                demand_units=plan.demand_units,
+                supply_units=plan.supply_units,
+                broker_units=plan.broker_units,
+                limit_price=limit,
+                inventory_before=int(inventory.token_units),
+                lease_until=_lease(),
+            )
+            for order in orders:
+                order_transition(
+                    order=order,
+                    to_status=S.EXECUTING,
+                    actor=ACTOR,
+                    action="order.joined_cycle",
+                    cycle=cycle,
+                )
+            logger.info(
+                "cycle %s of %s: %d buys, %d sells, net %s units, broker %s units",
+                cycle.pk,
+                symbol,
+                len(buyers),
+                len(sellers),
+                plan.net_units,
+                plan.broker_units,
+            )
+            if plan.broker_units == 0:
+                _allocate(cycle=cycle, inventory=inventory, filled_units=0, price=quote.price)
+                return None
+    except IntegrityError:
+        logger.info("a cycle of %s is already in flight", symbol)
+        return None
+    return CycleNext("place", cycle.pk)
+
+
+def _lease(countdown: float = 0.0) -> timezone.datetime:
+    return timezone.now() + timezone.timedelta(
+        seconds=countdown + settings.NETTING_CYCLE_LEASE_SECONDS
+    )
+
+
+# --- place -------------------------------------------------------------------------------
+
+
+def cycle_place(*, cycle_id: int) -> CycleNext | None:
+    """Place the cycle's broker order once (see the module docstring)."""
+    with transaction.atomic():
+        cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
+        if cycle.status != CycleStatus.OPEN:
+            return CycleNext("poll", cycle.pk) if cycle.status == CycleStatus.PLACED else None
+        retry = cycle.placed_at is not None
+        if not retry:
+            Cycle.objects.filter(pk=cycle.pk).update(placed_at=timezone.now())
+    # The attempt is committed: a crash from here on is healed by the look-up below.
+    side = "BUY" if cycle.broker_units > 0 else "SELL"
+    qty = Decimal(abs(int(cycle.broker_units)) // TOKEN_UNITS_PER_SHARE)
+    with transaction.atomic():
+        cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
+        if cycle.status != CycleStatus.OPEN:
+            return None
+        try:
+            placed = broker.broker_query_order(client_id=cycle.client_id, include_history=retry)
+            if placed is None:
+                placed = broker.broker_place_order(
+                    client_id=cycle.client_id,
+                    code=cycle.stock_code,
+                    side=side,
+                    qty=qty,
+                    limit_price=cycle.limit_price,
+                )
+        except RateLimited as exc:
+            return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
+        except BrokerUnavailable:
+            return CycleNext("place", cycle.pk, settings.ORDER_RETRY_SECONDS)
+        except BrokerRejected as exc:
+            # Nothing traded: everyone trades at the quote against crossing and inventory
+            # as far as they reach; the rest of each deposit waits for the next cycle.
+            Cycle.objects.filter(pk=cycle.pk).update(last_error=f"broker rejected: {exc}")
+            alert_raise(
+                key=f"cycle_rejected:{cycle.symbol}",
+                message=f"cycle {cycle.pk} of {cycle.symbol}: the broker rejected its order: {exc}",
+                severity="warning",
+                source=ACTOR,
+                details={"cycle_id": cycle.pk},
+            )
+            inventory = _inventory(cycle.symbol)
+            cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
+            _allocate(cycle=cycle, inventory=inventory, filled_units=0, price=cycle.quote_price)
+            return None
+        Cycle.objects.filter(pk=cycle.pk, status=CycleStatus.OPEN).update(
+            status=CycleStatus.PLACED,
+            futu_order_id=placed.broker_order_id,
+            lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS),
+        )
+    return CycleNext("poll", cycle_id, settings.ORDER_POLL_INTERVAL_SECONDS)
+
+
+# --- poll --------------------------------------------------------------------------------
+
+
+def cycle_poll(*, cycle_id: int) -> CycleNext | None:
+    """Follow the cycle's broker order; allocate once it is final; cancel it when it has
+    worked longer than NETTING_CYCLE_TIMEOUT_SECONDS (what filled is allocated, the rest
+    of each deposit waits for the next cycle)."""
+    cycle = Cycle.objects.get(pk=cycle_id)
+    if cycle.status != CycleStatus.PLACED:
+        return None
+    try:
+        current = broker.broker_query_order(broker_order_id=cycle.futu_order_id)
+    except (BrokerUnavailable, RateLimited) as exc:
+        return CycleNext(
+            "poll", cycle.pk, getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS)
+        )
+    if current is None:
+        alert_raise(
+            key=f"broker_lost_cycle:{cycle.pk}",
+            message=f"cycle {cycle.pk}: the broker does not know Futu order "
+            f"{cycle.futu_order_id}; still polling",
+            severity="critical",
+            source=ACTOR,
+            details={"cycle_id": cycle.pk, "futu_order_id": cycle.futu_order_id},
+        )
+        return CycleNext("poll", cycle.pk, settings.ORDER_RETRY_SECONDS)
+    if current.is_final:
+        sign = 1 if cycle.broker_units > 0 else -1
+        filled = sign * int(current.filled_qty) * TOKEN_UNITS_PER_SHARE
+        price = current.avg_fill_price if filled else cycle.quote_price
+        fee = pricing.fee_for(cycle.stock_code, current.filled_qty, price) if filled else Decimal(0)
+        with transaction.atomic():
+            inventory = _inventory(cycle.symbol)
+            cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
+            if cycle.status != CycleStatus.PLACED:
+                return None
+            cycle.broker_fee_usdt = market_to_usdt_units_up(fee, ccy_per_usdt=cycle.ccy_per_usdt)
+            _allocate(cycle=cycle, inventory=inventory, filled_units=filled, price=price)
+        return None
+    timeout = timezone.timedelta(seconds=settings.NETTING_CYCLE_TIMEOUT_SECONDS)
+    if cycle.cancel_sent_at is None and timezone.now() - cycle.placed_at >= timeout:
+        try:
+            broker.broker_cancel_order(broker_order_id=cycle.futu_order_id)
+        except (BrokerUnavailable, RateLimited) as exc:
+            return CycleNext(
+                "poll", cycle.pk, getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS)
+            )
+        except BrokerRejected as exc:
+            logger.info("cycle %s: cancel refused: %s", cycle.pk, exc)
+        Cycle.objects.filter(pk=cycle.pk).update(cancel_sent_at=timezone.now())
+    Cycle.objects.filter(pk=cycle.pk).update(
+        lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS)
+    )
+    return CycleNext("poll", cycle.pk, settings.ORDER_POLL_INTERVAL_SECONDS)
+
+
+# --- allocate ----------------------------------------------------------------------------
+
+
+def _allocate(
+    *, cycle: Cycle, inventory: HouseInventory, filled_units: int, price: Decimal
+) -> None:
+    """Allocate `cycle` (locked, with the inventory row) at `price`: write the allocation
+    rows, move each order on (settle it, or back to the book with what remains), update the
+    inventory and close the cycle. Runs inside the caller's transaction."""
+    orders = list(
+        Order.objects.filter(cycle=cycle, status=S.EXECUTING)
+        .order_by("pk")
+        .select_for_update(of=("self",))
+    )
+    by_pk = {o.pk: o for o in orders}
+    participants = [_participant(o) for o in orders]
+    buyers = [p for p in participants if isinstance(p, Buyer)]
+    sellers = [p for p in participants if isinstance(p, Seller)]
+    fees = FeeSchedule(rate=cycle.fee_rate, flat_units=int(cycle.fee_flat_usdt))
+    cycle_pricing = Pricing(price, cycle.ccy_per_usdt)
+    result = allocate_cycle(
+        buyers=buyers,
+        sellers=sellers,
+        pricing=cycle_pricing,
+        fees=fees,
+        inventory_units=int(inventory.token_units),
+        broker_units=filled_units,
+    )
+    Allocation.objects.bulk_create(
+        [
+            Allocation(
+                cycle=cycle,
+                order_id=f.key,
+                order_type=OrderType.BUY,
+                token_units=f.token_units,
+                usdt_units=f.cost_units,
+                fee_units=f.fee_units,
+            )
+            for f in result.buyers
+        ]
+        + [
+            Allocation(
+                cycle=cycle,
+                order_id=f.key,
+                order_type=OrderType.SELL,
+                token_units=f.token_units,
+                usdt_units=f.proceeds_units,
+                fee_units=f.fee_units,
+            )
+            for f in result.sellers
+        ]
+    )
+    min_units = usdt_to_units(settings.ORDER_MIN_USDT)
+    share = Decimal(TOKEN_UNITS_PER_SHARE)
+    for buyer, fill in zip(buyers, result.buyers, strict=True):
+        order = by_pk[fill.key]
+        minted = int(order.tokens_minted) + fill.token_units
+        changes = {
+            "cycle": None,
+            "cost_usdt": int(order.cost_usdt) + fill.cost_units,
+            "fees_usdt": int(order.fees_usdt) + fill.fee_units,
+            "tokens_minted": minted,
+            "filled_qty": (Decimal(minted) / share).quantize(Decimal("0.000001")),
+            "avg_fill_price": price if minted else None,
+        }
+        left = buyer.usdt_units - fill.cost_units - fill.fee_units
+        demand = buyer_demand(buyer, cycle_pricing, fees)
+        done = (
+            fill.token_units == demand
+            or left < min_units
+            or order.cancel_requested_at is not None
+            or _past_deadline(order)
+        )
+        if done:
+            order_transition(
+                order=order,
+                to_status=S.SETTLING,
+                actor=ACTOR,
+                action="order.finalized",
+                outcome=S.EXECUTED if minted else S.CANCELED,
+                refund_usdt=left,
+                **changes,
+            )
+            run_take_over(order_id=order.pk, stage=Stage.SETTLE)
+        else:
+            order_transition(
+                order=order,
+                to_status=S.PENDING,
+                actor=ACTOR,
+                action="order.carried_over",
+                **changes,
+            )
+    for fill in result.sellers:
+        order = by_pk[fill.key]
+        order_transition(
+            order=order,
+            to_status=S.SETTLING,
+            actor=ACTOR,
+            action="order.finalized",
+            outcome=S.EXECUTED,
+            cycle=None,
+            cost_usdt=fill.proceeds_units,
+            fees_usdt=fill.fee_units,
+            payout_usdt=fill.payout_units,
+            tokens_returned=0,
+            filled_qty=(Decimal(fill.token_units) / share).quantize(Decimal("0.000001")),
+            avg_fill_price=price,
+        )
+        run_take_over(order_id=order.pk, stage=Stage.SETTLE)
+    HouseInventory.objects.filter(pk=inventory.pk).update(token_units=result.inventory_after)
+    updated = Cycle.objects.filter(pk=cycle.pk, status=cycle.status).update(
+        status=CycleStatus.ALLOCATED,
+        filled_units=filled_units,
+        price=price,
+        broker_fee_usdt=cycle.broker_fee_usdt,
+        inventory_after=result.inventory_after,
+        allocated_at=timezone.now(),
+        lease_until=None,
+    )
+    if updated != 1:
+        raise IntegrityError(f"cycle {cycle.pk} was allocated by another worker")
+
+
+# --- re-driving --------------------------------------------------------------------------
+
+
+def cycles_stalled() -> list[CycleNext]:
+    """Cycles in flight whose steps stopped (their lease ran out): the step to re-drive."""
+    now = timezone.now()
+    found = []
+    for cycle_id, status in (
+        Cycle.objects.exclude(status=CycleStatus.ALLOCATED)
+        .filter(lease_until__lt=now)
+        .values_list("pk", "status")
+    ):
+        Cycle.objects.filter(pk=cycle_id).update(lease_until=_lease())
+        found.append(CycleNext("place" if status == CycleStatus.OPEN else "poll", cycle_id))
+    return found

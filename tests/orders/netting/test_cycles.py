@@ -1,0 +1,249 @@
+"""Netting cycles against the fake broker and the fake settlement sender (PostgreSQL and
+Redis only): buys only, sells only, crossed with a net, fully crossed, partial fills carried
+over, cancels before and after the first cycle, a HK deposit far below one lot, inventory
+at its cap and empty. Every case checks conservation to the base unit."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from orders.models import Allocation, Cycle, CycleStatus, HouseInventory, Order, OrderStatus
+from orders.netting import cycles
+from orders.pipeline import order_settle, order_validate
+from tests.factories import OrderFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SHARE = 10**18
+USDT = 10**6
+
+
+@pytest.fixture(autouse=True)
+def _netting(settings, fake_broker, fake_sender):
+    settings.NETTING_FEE_RATE = Decimal("0.001")
+    settings.NETTING_FEE_FLAT_USDT = Decimal(0)
+    settings.NETTING_INVENTORY_CAP_LOTS = 2
+    settings.NETTING_CYCLE_TIMEOUT_SECONDS = 20
+    fake_broker.set_quote("US.AAPL", "180", lot_size=1)
+    fake_broker.set_quote("HK.00700", "380", lot_size=100)
+    # Shares the account holds from earlier deposits (what redeemed tokens stand for).
+    fake_broker.set_position("US.AAPL", 1000, cost_price="150")
+    fake_broker.set_position("HK.00700", 10000, cost_price="300")
+
+
+def _deposit(usdt, symbol="AAPL", code="US.AAPL", **kw):
+    order = OrderFactory(usdt_amount=usdt * USDT, symbol=symbol, stock_code=code, **kw)
+    assert order_validate(order_id=order.pk) is None
+    order.refresh_from_db()
+    assert order.booked_at is not None
+    return order
+
+
+def _redeem(shares_units, symbol="AAPL", code="US.AAPL"):
+    order = OrderFactory(
+        order_type="SELL", usdt_amount=0, token_amount=shares_units, symbol=symbol, stock_code=code
+    )
+    assert order_validate(order_id=order.pk) is None
+    return order
+
+
+def _run_cycle(fake_broker, symbol="AAPL", *, fill=True, price=None, qty=None):
+    """Open, place and (optionally) fill a cycle; returns it allocated or placed."""
+    nxt = cycles.cycle_open(symbol=symbol)
+    if nxt is None:
+        return Cycle.objects.filter(symbol=symbol).order_by("-pk").first()
+    assert nxt.step == "place"
+    nxt = cycles.cycle_place(cycle_id=nxt.cycle_id)
+    assert nxt.step == "poll"
+    cycle = Cycle.objects.get(pk=nxt.cycle_id)
+    if fill:
+        fake_broker.fill(cycle.futu_order_id, qty=qty, price=price)
+        if qty is not None:  # a partial fill, then the broker order ends (day end, cancel)
+            fake_broker.cancel(cycle.futu_order_id)
+    else:
+        fake_broker.cancel(cycle.futu_order_id)
+    assert cycles.cycle_poll(cycle_id=cycle.pk) is None
+    cycle.refresh_from_db()
+    assert cycle.status == CycleStatus.ALLOCATED
+    return cycle
+
+
+def _settle_all():
+    for order in Order.objects.filter(status=OrderStatus.SETTLING):
+        assert order_settle(order_id=order.pk) is None
+
+
+def _check_conservation(symbol="AAPL"):
+    """Per deposit, per redeem, per cycle and per symbol, to the base unit."""
+    for order in Order.objects.filter(
+        symbol=symbol, order_type="BUY", status__in=["EXECUTED", "CANCELED", "FAILED"]
+    ):
+        assert (
+            order.cost_usdt + order.fees_usdt + order.refund_usdt + order.manual_refund_usdt
+            == order.usdt_amount
+        )
+        assert order.tokens_minted == sum(a.token_units for a in order.allocations.all())
+    for order in Order.objects.filter(symbol=symbol, order_type="SELL", status="EXECUTED"):
+        assert order.payout_usdt == order.cost_usdt - order.fees_usdt
+        assert (
+            sum(a.token_units for a in order.allocations.all()) + order.tokens_returned
+            == order.token_amount
+        )
+    for cycle in Cycle.objects.filter(symbol=symbol, status=CycleStatus.ALLOCATED):
+        to_buyers = sum(a.token_units for a in cycle.allocations.filter(order_type="BUY"))
+        from_sellers = sum(a.token_units for a in cycle.allocations.filter(order_type="SELL"))
+        assert to_buyers - from_sellers == (
+            int(cycle.filled_units) + int(cycle.inventory_before) - int(cycle.inventory_after)
+        )
+    # Per symbol: what the broker bought, less what it sold = tokens outstanding + inventory.
+    broker_net = sum(int(c.filled_units) for c in Cycle.objects.filter(symbol=symbol))
+    minted = sum(
+        int(o.tokens_minted) for o in Order.objects.filter(symbol=symbol, order_type="BUY")
+    )
+    burned = sum(
+        a.token_units for a in Allocation.objects.filter(cycle__symbol=symbol, order_type="SELL")
+    )
+    inventory = HouseInventory.objects.filter(symbol=symbol).first()
+    held = int(inventory.token_units) if inventory else 0
+    assert broker_net == minted - burned + held
+
+
+def test_buys_only_become_one_broker_order_and_fractional_tokens(fake_broker, fake_sender):
+    orders = [_deposit(20), _deposit(500), _deposit(1000)]
+    cycle = _run_cycle(fake_broker, price="180.10")
+    assert len(fake_broker.placed) == 1  # three deposits, one broker order
+    assert fake_broker.placed[0].qty == 9  # 1,518.48 USDT of demand at 180: 8.4 shares -> 9
+    assert cycle.price == Decimal("180.10")
+    _settle_all()
+    for order in orders:
+        order.refresh_from_db()
+        assert order.status == OrderStatus.EXECUTED
+        assert order.avg_fill_price == Decimal("180.10")  # one price for everyone
+    small = Order.objects.get(pk=orders[0].pk)
+    assert 0 < small.tokens_minted < SHARE // 5  # about 0.11 share
+    assert small.refund_usdt < 10
+    _check_conservation()
+    assert len(fake_sender.paid) == 3
+
+
+def test_sells_only_go_into_inventory_below_its_cap(fake_broker):
+    _redeem(SHARE // 2)
+    cycle = _run_cycle(fake_broker)
+    assert fake_broker.placed == []  # half a share: inventory takes it, no broker request
+    assert cycle.price == Decimal(180) and cycle.inventory_after == SHARE // 2
+    _settle_all()
+    _check_conservation()
+
+
+def test_sells_above_the_inventory_cap_are_sold_in_whole_lots(fake_broker):
+    _redeem(5 * SHARE + SHARE // 4)
+    _run_cycle(fake_broker, price="179.90")
+    assert fake_broker.placed[0].qty == 4  # 5.25 to hold, cap 2: sell 4, keep 1.25
+    assert HouseInventory.objects.get(symbol="AAPL").token_units == SHARE + SHARE // 4
+    _settle_all()
+    _check_conservation()
+
+
+def test_crossed_buys_and_sells_send_only_the_net(fake_broker):
+    _deposit(1000)
+    _redeem(3 * SHARE)
+    _run_cycle(fake_broker, price="180.00")
+    assert fake_broker.placed[0].qty == 3  # 5.5 shares of demand against 3 from the seller
+    _settle_all()
+    _check_conservation()
+
+
+def test_fully_crossed_needs_no_broker_request(fake_broker):
+    _deposit(360)  # about 1.998 shares after the fee
+    _redeem(2 * SHARE)
+    cycle = _run_cycle(fake_broker)
+    assert fake_broker.placed == [] and fake_broker.calls_to("place_order") == []
+    assert cycle.price == Decimal(180) and cycle.filled_units == 0
+    _settle_all()
+    _check_conservation()
+
+
+def test_a_partial_fill_is_carried_over_to_the_next_cycle(fake_broker):
+    order = _deposit(1800)  # about 9.99 shares
+    first = _run_cycle(fake_broker, price="180", qty=4)  # 4 of 10 shares, then the day ends
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PENDING and order.cycle is None
+    assert order.tokens_minted == 4 * SHARE
+    assert first.inventory_after == 0
+    _run_cycle(fake_broker, price="180.20")
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLING
+    assert order.allocations.count() == 2
+    _settle_all()
+    _check_conservation()
+    assert len(fake_broker.placed) == 2
+
+
+def test_a_cancel_before_the_first_cycle_refunds_everything_without_the_broker(fake_broker):
+    order = _deposit(500)
+    Order.objects.filter(pk=order.pk).update(cancel_requested_at=timezone.now())
+    assert cycles.cycle_open(symbol="AAPL") is None
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLING and order.outcome == OrderStatus.CANCELED
+    assert order.refund_usdt == 500 * USDT
+    assert fake_broker.calls_to("place_order") == [] and fake_broker.calls_to("quote") == []
+    _settle_all()
+    _check_conservation()
+
+
+def test_a_cancel_after_a_partial_fill_settles_what_filled_at_the_next_cycle(fake_broker):
+    order = _deposit(1800)
+    _run_cycle(fake_broker, price="180", qty=2)
+    Order.objects.filter(pk=order.pk).update(cancel_requested_at=timezone.now())
+    cycles.cycle_open(symbol="AAPL")
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLING and order.outcome == OrderStatus.EXECUTED
+    assert order.tokens_minted == 2 * SHARE
+    _settle_all()
+    _check_conservation()
+    assert len(fake_broker.placed) == 1
+
+
+def test_past_its_deadline_a_booked_order_settles_what_it_has(fake_broker):
+    order = _deposit(500)
+    Order.objects.filter(pk=order.pk).update(deadline=timezone.now() - timedelta(seconds=1))
+    cycles.cycle_open(symbol="AAPL")
+    order.refresh_from_db()
+    assert order.outcome == OrderStatus.FAILED and order.refund_usdt == 500 * USDT
+
+
+def test_a_hk_deposit_far_below_one_lot_buys_a_fraction(fake_broker):
+    """100 USDT of Tencent: a board lot is 100 shares (about 4,900 USDT)."""
+    order = _deposit(100, symbol="TCEHY", code="HK.00700")
+    _run_cycle(fake_broker, "TCEHY", price="380.20")
+    assert fake_broker.placed[0].qty == 100
+    order.refresh_from_db()
+    assert 0 < order.tokens_minted < 3 * SHARE  # about 2 shares of 100
+    assert HouseInventory.objects.get(symbol="TCEHY").token_units > 97 * SHARE
+    # The next small deposit comes out of inventory: no broker request.
+    _deposit(100, symbol="TCEHY", code="HK.00700")
+    _run_cycle(fake_broker, "TCEHY")
+    assert len(fake_broker.placed) == 1
+    _settle_all()
+    _check_conservation("TCEHY")
+
+
+def test_inventory_empty_and_at_its_cap(fake_broker):
+    assert not HouseInventory.objects.exists()
+    _deposit(90)  # half a share: one share bought, half into inventory
+    _run_cycle(fake_broker, price="180")
+    assert HouseInventory.objects.get(symbol="AAPL").token_units > 0
+    HouseInventory.objects.filter(symbol="AAPL").update(token_units=2 * SHARE)  # at its cap
+    _redeem(SHARE)
+    _run_cycle(fake_broker, price="180")
+    assert fake_broker.placed[-1].qty == 1 and fake_broker.placed[-1].side == "SELL"
+    assert HouseInventory.objects.get(symbol="AAPL").token_units == 2 * SHARE
+
+
+def test_symbols_waiting_longest_open_first(fake_broker):
+    later = _deposit(100)
+    first = _deposit(100, symbol="TCEHY", code="HK.00700")
+    Order.objects.filter(pk=first.pk).update(booked_at=later.booked_at - timedelta(seconds=5))
+    assert cycles.symbols_waiting() == ["TCEHY", "AAPL"]
