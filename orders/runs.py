@@ -34,20 +34,16 @@ from orders.stages import Next, Stage
 
 logger = logging.getLogger(__name__)
 
+# EXECUTING orders are their cycle's (orders.netting.cycles): no run of their own.
 _STAGE_BY_STATUS = {
     OrderStatus.PENDING: Stage.VALIDATE,
-    OrderStatus.EXECUTING: Stage.POLL,
     OrderStatus.SETTLING: Stage.SETTLE,
 }
 
 
 # Orders a run drives: validation (PENDING, not yet booked) and settlement. A booked order
 # waits for a cycle, and an order in a cycle is the cycle's (orders.netting.cycles): no run.
-_RUN_DRIVEN = (
-    Q(status=OrderStatus.PENDING, booked_at__isnull=True)
-    | Q(status=OrderStatus.SETTLING)
-    | Q(status=OrderStatus.EXECUTING, cycle__isnull=True)
-)
+_RUN_DRIVEN = Q(status=OrderStatus.PENDING, booked_at__isnull=True) | Q(status=OrderStatus.SETTLING)
 
 
 def _lease_until(countdown: float = 0.0) -> timezone.datetime:

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from core.audit import AuditEntry, audit_record, audit_record_many
 from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
-from orders.models import Order, OrderStatus, OrderType
+from orders.models import Cycle, CycleStatus, Order, OrderStatus, OrderType
 from orders.runs import initial_lease, run_enqueue_many, run_take_over, stage_for_status
 from orders.stages import Next, Stage
 from orders.state import order_record
@@ -217,22 +217,22 @@ def _cancel_flag(*, order: Order, actor: str, action: str) -> Order | None:
 
 
 def order_broker_pushed(broker_order: "BrokerOrder") -> None:
-    """A broker push (fill, cancel, failure) for one of our orders. When it brings news (a
-    fill or a final state the order has not recorded), the order's run is taken over by a
-    poll now, so pushed and polled updates go through one path without waiting for the next
-    poll; a push with nothing new changes nothing. Never adds a second run (`orders.runs`).
+    """A broker push for a cycle's order. A final one (filled, cancelled, failed) has the
+    cycle polled now, so it is allocated without waiting for its next poll; anything else
+    changes nothing (the cycle's own polling follows it). Never starts a second cycle.
     Runs on the SDK's callback thread: it only reads and enqueues."""
     try:
-        order = (
-            Order.objects.filter(client_id=broker_order.client_id, status=OrderStatus.EXECUTING)
-            .only("pk", "filled_qty")
+        if not broker_order.is_final:
+            return
+        cycle_id = (
+            Cycle.objects.filter(client_id=broker_order.client_id, status=CycleStatus.PLACED)
+            .values_list("pk", flat=True)
             .first()
         )
-        news = order is not None and (
-            broker_order.is_final or broker_order.filled_qty != order.filled_qty
-        )
-        if news:
-            run_take_over(order_id=order.pk, stage=Stage.POLL)
+        if cycle_id is not None:
+            from orders.tasks import cycle_poll  # the tasks import the services: late
+
+            cycle_poll.delay(cycle_id)
     finally:
         connection.close()  # the SDK's thread is long-lived: hold no connection between pushes
 
@@ -282,6 +282,11 @@ def order_operator_retry(*, order_id: int, actor: str) -> str:
     if order is None:
         raise OrderError(f"order {order_id} does not exist")
     stage = stage_for_status(order.status)
+    if stage is None and order.cycle_id is not None:
+        raise OrderError(
+            f"order {order_id} takes part in cycle {order.cycle_id}: the cycle scheduler "
+            "drives it (retry the cycle's steps from the Cycles page if it is stuck)"
+        )
     if stage is None:
         raise OrderError(f"order {order_id} is {order.status}: there is no stage to retry")
     with transaction.atomic():

@@ -10,8 +10,6 @@ class Stage(StrEnum):
     the queue of the resource it waits on)."""
 
     VALIDATE = "validate"
-    PLACE = "place"
-    POLL = "poll"
     SETTLE = "settle"
 
 

@@ -54,16 +54,6 @@ def order_validate(order_id: int, gen: int | None = None) -> None:
     _run_stage(Stage.VALIDATE, order_id, gen)
 
 
-@bronco_task(name="orders.tasks.order_place", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
-def order_place(order_id: int, gen: int | None = None) -> None:
-    _run_stage(Stage.PLACE, order_id, gen)
-
-
-@bronco_task(name="orders.tasks.order_poll", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
-def order_poll(order_id: int, gen: int | None = None) -> None:
-    _run_stage(Stage.POLL, order_id, gen)
-
-
 @bronco_task(name="orders.tasks.order_settle", queue=QUEUE_CHAIN, **_STAGE_OPTIONS)
 def order_settle(order_id: int, gen: int | None = None) -> None:
     _run_stage(Stage.SETTLE, order_id, gen)
@@ -71,14 +61,10 @@ def order_settle(order_id: int, gen: int | None = None) -> None:
 
 _STAGES = {
     Stage.VALIDATE: pipeline.order_validate,
-    Stage.PLACE: pipeline.order_place,
-    Stage.POLL: pipeline.order_poll,
     Stage.SETTLE: pipeline.order_settle,
 }
 _TASKS: dict[Stage, Task] = {
     Stage.VALIDATE: order_validate,
-    Stage.PLACE: order_place,
-    Stage.POLL: order_poll,
     Stage.SETTLE: order_settle,
 }
 

@@ -26,8 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXPECTED_QUEUES = {
     # validate only books the order; the cycle steps call OpenD
     "orders.tasks.order_validate": "default",
-    "orders.tasks.order_place": "broker",
-    "orders.tasks.order_poll": "broker",
     "orders.tasks.cycle_open": "broker",
     "orders.tasks.cycle_place": "broker",
     "orders.tasks.cycle_poll": "broker",
@@ -69,14 +67,14 @@ def test_a_process_that_never_imported_the_tasks_routes_by_name_all_the_same():
         "import django; django.setup();"
         "from bronco_project.celery import app;"
         "import sys; assert 'orders.tasks' not in sys.modules;"
-        "print(app.amqp.router.route({}, 'orders.tasks.order_poll', (), {})['queue'].name)"
+        "print(app.amqp.router.route({}, 'orders.tasks.order_settle', (), {})['queue'].name)"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bronco_project.settings.test"}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "broker"
+    assert out.stdout.strip() == "chain"
 
 
 def test_an_unknown_task_name_is_not_routed_by_bronco():

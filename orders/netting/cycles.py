@@ -27,6 +27,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.alerts import alert_raise
+from core.metrics import observe_stage
 from core.money import market_to_usdt_units_up, usdt_to_units
 from orders.models import (
     Allocation,
@@ -146,12 +147,7 @@ def order_settle_from_book(*, order: Order, reason: str, actor: str = ACTOR) -> 
     else:
         changes = {"tokens_returned": int(order.token_amount)}
         traded = False
-    if traded:
-        outcome = S.EXECUTED
-    elif order.cancel_requested_at is not None:
-        outcome = S.CANCELED
-    else:
-        outcome = S.FAILED
+    outcome = _outcome(order, traded=traded)
     order = order_transition(
         order=order,
         to_status=S.SETTLING,
@@ -163,6 +159,19 @@ def order_settle_from_book(*, order: Order, reason: str, actor: str = ACTOR) -> 
     )
     run_take_over(order_id=order.pk, stage=Stage.SETTLE)
     return order
+
+
+def _outcome(order: Order, *, traded: bool) -> str:
+    """EXECUTED when anything traded; else CANCELED for a user's cancel, FAILED otherwise."""
+    if traded:
+        return S.EXECUTED
+    return S.CANCELED if order.cancel_requested_at is not None else S.FAILED
+
+
+def _unfilled_reason(order: Order) -> str:
+    if order.cancel_requested_at is not None:
+        return "cancelled by the user"
+    return "the deadline passed before the order filled in full"
 
 
 def _leave_book(symbol: str) -> None:
@@ -179,12 +188,7 @@ def _leave_book(symbol: str) -> None:
             .order_by("pk")
             .select_for_update(skip_locked=True, of=("self",))
         ):
-            reason = (
-                "cancelled by the user"
-                if order.cancel_requested_at is not None
-                else "the deadline passed before the order filled in full"
-            )
-            order_settle_from_book(order=order, reason=reason)
+            order_settle_from_book(order=order, reason=_unfilled_reason(order))
 
 
 # --- open --------------------------------------------------------------------------------
@@ -475,13 +479,15 @@ def _allocate(
             or _past_deadline(order)
         )
         if done:
+            _observe_execute(order)
             order_transition(
                 order=order,
                 to_status=S.SETTLING,
                 actor=ACTOR,
                 action="order.finalized",
-                outcome=S.EXECUTED if minted else S.CANCELED,
+                outcome=_outcome(order, traded=minted > 0),
                 refund_usdt=left,
+                last_error=_unfilled_reason(order) if left >= min_units else "",
                 **changes,
             )
             run_take_over(order_id=order.pk, stage=Stage.SETTLE)
@@ -495,6 +501,7 @@ def _allocate(
             )
     for fill in result.sellers:
         order = by_pk[fill.key]
+        _observe_execute(order)
         order_transition(
             order=order,
             to_status=S.SETTLING,
@@ -522,6 +529,12 @@ def _allocate(
     )
     if updated != 1:
         raise IntegrityError(f"cycle {cycle.pk} was allocated by another worker")
+
+
+def _observe_execute(order: Order) -> None:
+    """Stage latency "execute": from joining the book to the end of trading."""
+    if order.booked_at is not None:
+        observe_stage("execute", (timezone.now() - order.booked_at).total_seconds())
 
 
 # --- re-driving --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 S = OrderStatus
 
 
-VALIDATE, PLACE, POLL, SETTLE = Stage.VALIDATE, Stage.PLACE, Stage.POLL, Stage.SETTLE
+VALIDATE, SETTLE = Stage.VALIDATE, Stage.SETTLE
 
 
 def stage_actor(stage: str) -> str:

@@ -1,16 +1,19 @@
 """One live pipeline run per order (orders.runs): the scan takes over only dead runs, two
-scans never claim the same order, a superseded run stops at its next step, and a broker
-push takes a run over only when it brings news."""
+scans never claim the same order, a superseded run stops at its next step; a broker push
+has its cycle polled only when it is final, and never adds anything otherwise."""
 
+import json
 import threading
 from decimal import Decimal
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
 from orders import runs
-from orders.models import Order, OrderStatus
+from orders.models import Cycle, CycleStatus, Order, OrderStatus
 from orders.services import order_broker_pushed
 from orders.stages import Next, Stage
 from tests.factories import OrderFactory
@@ -29,20 +32,21 @@ def _claim():
     return {pk: (gen, nxt) for pk, gen, nxt in runs.runs_dead_claim()}
 
 
-def test_the_scan_takes_over_each_open_order_whose_lease_ran_out_at_its_stage():
+def test_the_scan_takes_over_each_run_driven_order_whose_lease_ran_out_at_its_stage():
     pending = OrderFactory(status=OrderStatus.PENDING)
-    executing = OrderFactory(status=OrderStatus.EXECUTING)
     settling = OrderFactory(status=OrderStatus.SETTLING, outcome=OrderStatus.EXECUTED)
     done = OrderFactory(status=OrderStatus.EXECUTED)
-    alive = OrderFactory(status=OrderStatus.EXECUTING)
-    _lease(pending, executing, settling, done, seconds=-1)
+    alive = OrderFactory(status=OrderStatus.SETTLING)
+    # In the book or in a cycle: the cycles drive these, not a run of their own.
+    booked = OrderFactory(status=OrderStatus.PENDING, booked_at=timezone.now())
+    in_cycle = OrderFactory(status=OrderStatus.EXECUTING)
+    _lease(pending, settling, done, booked, in_cycle, seconds=-1)
     _lease(alive, seconds=60)
 
     claimed = _claim()
 
     assert claimed == {
         pending.pk: (1, Next(Stage.VALIDATE)),
-        executing.pk: (1, Next(Stage.POLL)),
         settling.pk: (1, Next(Stage.SETTLE)),
     }
     # The new runs hold fresh leases: the next scan leaves them until they stop renewing.
@@ -51,11 +55,11 @@ def test_the_scan_takes_over_each_open_order_whose_lease_ran_out_at_its_stage():
 
 
 def test_a_superseded_run_stops_at_its_next_step():
-    order = OrderFactory(status=OrderStatus.EXECUTING)
+    order = OrderFactory(status=OrderStatus.SETTLING)
     assert runs.run_step_begin(order_id=order.pk, gen=0)
     Order.objects.filter(pk=order.pk).update(run_gen=1)  # someone took the order over
     assert not runs.run_step_begin(order_id=order.pk, gen=0)
-    assert not runs.run_continue(order_id=order.pk, gen=0, nxt=Next(Stage.POLL, 1.0))
+    assert not runs.run_continue(order_id=order.pk, gen=0, nxt=Next(Stage.SETTLE, 1.0))
     assert runs.run_step_begin(order_id=order.pk, gen=1)
 
 
@@ -70,7 +74,7 @@ def test_each_step_renews_the_lease_to_cover_its_countdown(settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_scans_claim_disjoint_sets():
-    orders = [OrderFactory(status=OrderStatus.EXECUTING) for _ in range(60)]
+    orders = [OrderFactory(status=OrderStatus.SETTLING) for _ in range(60)]
     _lease(*orders, seconds=-1)
     barrier = threading.Barrier(2)
     results: list[list[int]] = []
@@ -97,11 +101,11 @@ def test_concurrent_scans_claim_disjoint_sets():
     assert set(Order.objects.values_list("run_gen", flat=True)) == {1}
 
 
-def _push(order, *, filled, status=BrokerStatus.WORKING):
+def _push(cycle, *, filled, status=BrokerStatus.WORKING):
     return BrokerOrder(
-        broker_order_id="77",
-        client_id=order.client_id,
-        code=order.stock_code,
+        broker_order_id=cycle.futu_order_id or "77",
+        client_id=cycle.client_id,
+        code=cycle.stock_code,
         side=Side.BUY,
         qty=Decimal(10),
         price=Decimal(100),
@@ -124,17 +128,31 @@ def _pushed(*pushes):
     thread.join(timeout=30)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_push_with_nothing_new_adds_no_run():
-    order = OrderFactory(status=OrderStatus.EXECUTING, filled_qty=Decimal(0))
-    _pushed(*[_push(order, filled=0) for _ in range(6)])
-    assert Order.objects.get(pk=order.pk).run_gen == 0
+def _cycle():
+    return Cycle.objects.create(
+        symbol="AAPL",
+        stock_code="US.AAPL",
+        status=CycleStatus.PLACED,
+        quote_price=Decimal(100),
+        ccy_per_usdt=Decimal(1),
+        lot_size=1,
+        fee_rate=Decimal(0),
+        broker_units=10 * 10**18,
+        futu_order_id="77",
+    )
+
+
+def _queued_polls():
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    bodies = [json.loads(raw) for raw in client.lrange("broker", 0, -1)]
+    return [b for b in bodies if b["headers"]["task"] == "orders.tasks.cycle_poll"]
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_push_with_news_takes_the_run_over():
-    order = OrderFactory(status=OrderStatus.EXECUTING, filled_qty=Decimal(0))
-    _pushed(_push(order, filled=4))
-    assert Order.objects.get(pk=order.pk).run_gen == 1
-    _pushed(_push(order, filled=10, status=BrokerStatus.FILLED))
-    assert Order.objects.get(pk=order.pk).run_gen == 2
+def test_pushes_that_are_not_final_add_nothing_and_a_final_one_polls_the_cycle_once():
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("broker")
+    cycle = _cycle()
+    _pushed(*[_push(cycle, filled=f) for f in (0, 0, 3, 3, 5, 5)])
+    assert _queued_polls() == []
+    _pushed(_push(cycle, filled=10, status=BrokerStatus.FILLED))
+    assert len(_queued_polls()) == 1

@@ -17,6 +17,7 @@ S = OrderStatus
 ALLOWED = {
     (S.PENDING, S.EXECUTING),
     (S.PENDING, S.SETTLING),
+    (S.EXECUTING, S.PENDING),  # netting: a partly filled order goes back to the book
     (S.EXECUTING, S.SETTLING),
     (S.SETTLING, S.EXECUTED),
     (S.SETTLING, S.CANCELED),
