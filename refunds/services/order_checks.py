@@ -14,8 +14,6 @@ from orders.services import order_manual_refund_hold, order_manual_refund_releas
 from refunds.exceptions import RefundRefused
 from refunds.models import Refund
 from refunds.services.records import usdt_text
-from trading import services as broker
-from trading.exceptions import BrokerUnavailable, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +30,12 @@ def order_lock(order_id: int) -> Order:
 
 
 class RefusedForNow(RefundRefused):
-    """Refused for now (the broker could not be asked); trying again later may succeed."""
+    """Refused for now (the order is in a netting cycle); trying again later may succeed."""
 
 
 def order_refusal(order: Order) -> None:
-    """Raise RefundRefused unless nothing of this deposit is spent or working at the broker.
-    Call with the order's row lock held."""
+    """Raise RefundRefused unless this deposit waits in the book (PENDING: not in a cycle,
+    not settling). Call with the order's row lock held."""
     if order.order_type != OrderType.BUY:
         raise RefundRefused(
             f"order {order.pk} is a redeem (SELL), not a deposit: its USDT proceeds are paid by "
@@ -52,29 +50,23 @@ def order_refusal(order: Order) -> None:
             "is still owed money, check the order's settlement transaction"
         )
     if order.status == OrderStatus.EXECUTING:
-        raise RefundRefused(
-            f"order {order.pk} is still working at the broker (EXECUTING, Futu order "
-            f"{order.futu_order_id or '?'}): wait for it to finish or cancel it; its settlement "
-            "refunds whatever is not filled"
-        )
-    try:
-        placed = broker.broker_query_order(client_id=order.client_id)
-    except (BrokerUnavailable, RateLimited) as exc:
         raise RefusedForNow(
-            f"order {order.pk}: cannot tell whether the broker has it ({exc}); try again when "
-            "the broker answers"
-        ) from exc
-    if placed is not None:
-        raise RefundRefused(
-            f"order {order.pk} is still working at the broker (Futu order "
-            f"{placed.broker_order_id}, {placed.status}): the pipeline is taking it over; wait "
-            "for its settlement, which refunds whatever is not filled"
+            f"order {order.pk} takes part in netting cycle {order.cycle_id or '?'} now "
+            "(EXECUTING, its cycle's broker order is working): wait a few seconds for the "
+            "cycle to end and ask again, or cancel the order; its settlement refunds whatever "
+            "is not filled"
         )
 
 
 def order_remaining(order: Order) -> int:
-    """What a manual refund may still take: nothing of a PENDING deposit is spent yet."""
-    return int(order.usdt_amount) - int(order.manual_refund_usdt)
+    """What a manual refund may still take from a deposit waiting in the book: the deposit
+    less manual refunds, less what its cycles spent and charged so far."""
+    return (
+        int(order.usdt_amount)
+        - int(order.manual_refund_usdt)
+        - int(order.cost_usdt)
+        - int(order.fees_usdt)
+    )
 
 
 def amount_check(order: Order, amount: int) -> None:

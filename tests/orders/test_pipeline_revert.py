@@ -3,6 +3,7 @@ alert and is retried until it settles: never dropped, never paid twice."""
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from chain import selectors as chain_selectors
 from chain.models import SettlementTx
@@ -10,7 +11,6 @@ from chain.services import settlement_check, settlement_submit
 from chain.settlement import DepositSettlement, SettlementState
 from core.models import Alert, AuditLog
 from core.money import USDT_UNIT
-from orders import pipeline
 from orders.models import Order, OrderStatus
 from tests.fixtures.chain import drain_vault, wait_for
 from tests.fixtures.pipeline import chain_deposit as _deposit
@@ -31,6 +31,9 @@ def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chai
     user = chain_user(2, node=node, contracts=contracts)
     usdt_before = chain_selectors.usdt_balance(address=user.address)
     order = _deposit(user, contracts, "AAPL", 500 * USDT_UNIT)  # rejected: all refunded
+    Order.objects.filter(pk=order.pk).update(
+        deadline=timezone.now() + timezone.timedelta(seconds=1)
+    )
     drive(order.pk, until=lambda: Order.objects.get(pk=order.pk).status == OrderStatus.SETTLING)
     order.refresh_from_db()
     assert order.refund_usdt == 500 * USDT_UNIT
@@ -64,7 +67,7 @@ def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chai
         args=(contracts.vault, 600 * USDT_UNIT),
     )
 
-    drive(order.pk, first=pipeline.SETTLE)
+    drive(order.pk)
 
     order.refresh_from_db()
     assert order.status == OrderStatus.FAILED

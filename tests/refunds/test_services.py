@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from chain import selectors as chain_selectors
 from chain.models import SettlementTx
@@ -27,7 +28,6 @@ from tests.refunds.conftest import (
     usdt_of,
     vault_send,
 )
-from trading import services as broker
 
 pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
@@ -80,23 +80,8 @@ def test_each_refusal_says_why_and_what_to_do(stack, chain_user):
     sim.set_security(code="US.AAPL", fill_mode="none")
     working = deposit(user, contracts, 500 * USDT_UNIT)
     drive(working.pk, until=lambda: Order.objects.get(pk=working.pk).status == "EXECUTING")
-    assert "wait for it to finish or cancel it" in refused(
-        "still working at the broker", order_id=working.pk
-    )
-
-    # Validated and placed at the broker by a worker that has not saved the broker id yet.
-    placing = deposit(user, contracts, 500 * USDT_UNIT)
-    pipeline.order_validate(order_id=placing.pk)
-    placing.refresh_from_db()
-    broker.broker_place_order(
-        client_id=placing.client_id,
-        code=placing.stock_code,
-        side="BUY",
-        qty=placing.qty,
-        limit_price=placing.price,
-    )
-    assert "the pipeline is taking it over" in refused(
-        "still working at the broker", order_id=placing.pk
+    assert "wait a few seconds for the cycle to end" in refused(
+        "takes part in netting cycle", order_id=working.pk
     )
 
     pending = deposit(user, contracts, 200 * USDT_UNIT)
@@ -111,6 +96,13 @@ def test_each_refusal_says_why_and_what_to_do(stack, chain_user):
     assert not Refund.objects.filter(origin=RefundOrigin.MANUAL).exists()
     pending.refresh_from_db()
     assert pending.manual_refund_usdt == 0
+
+
+def expire_soon(order, seconds: float = 1.0) -> None:
+    """The broker rejects every cycle; the order ends at its (near) deadline, refunded."""
+    Order.objects.filter(pk=order.pk).update(
+        deadline=timezone.now() + timezone.timedelta(seconds=seconds)
+    )
 
 
 # --- small manual refund -------------------------------------------------------------------
@@ -247,19 +239,21 @@ def test_partial_refund_then_the_pipeline_trades_only_the_rest(stack, chain_user
     user = chain_user(7)
     before_deposit = usdt_of(user)
     order = deposit(user, contracts, 1_000 * USDT_UNIT)
-    pipeline.order_validate(order_id=order.pk)  # sized for 1000 USDT: 9 shares
+    pipeline.order_validate(order_id=order.pk)  # booked: 1000 USDT waits for a cycle
 
     refund = services.refund_request(
         order_id=order.pk, reason="partial", requested_by="alice", amount=300 * USDT_UNIT
     )
     order.refresh_from_db()
-    assert order.price is None and order.qty is None  # re-sized for what remains
+    assert order.manual_refund_usdt == 300 * USDT_UNIT
     confirm(refund)
     drive(order.pk)
 
     order.refresh_from_db()
     assert order.status == OrderStatus.EXECUTED
-    assert order.qty == Decimal(6)  # 700 USDT at a 100.50 limit with fees
+    # The cycles traded only the 700 USDT that remained: about 6.99 shares.
+    assert 6 * TOKEN_UNIT < order.tokens_minted < 7 * TOKEN_UNIT
+    assert order.cost_usdt + order.fees_usdt > 699 * USDT_UNIT
     assert order.manual_refund_usdt == 300 * USDT_UNIT
     assert_conserved(order)
     assert usdt_of(user) == before_deposit - order.cost_usdt - order.fees_usdt
@@ -287,7 +281,7 @@ def test_full_refund_of_a_pending_order_closes_the_deposit_with_nothing_to_settl
     assert not SettlementTx.objects.filter(kind="deposit", order_id=order.pk).exists()
 
     confirm(refund)
-    drive(order.pk, first=pipeline.SETTLE)
+    drive(order.pk)
 
     order.refresh_from_db()
     assert order.status == OrderStatus.CANCELED
@@ -305,6 +299,7 @@ def test_automatic_refunds_are_recorded_once_by_the_pipeline(stack, chain_user):
     sim.set_security(code="US.AAPL", fill_mode="reject")
     user = chain_user(9)
     order = deposit(user, contracts, 500 * USDT_UNIT)
+    expire_soon(order)
     drive(order.pk)
     assert pipeline.order_settle(order_id=order.pk) is None  # redelivered: nothing more
 
@@ -314,7 +309,7 @@ def test_automatic_refunds_are_recorded_once_by_the_pipeline(stack, chain_user):
     assert auto.origin == RefundOrigin.AUTOMATIC and auto.status == S.CONFIRMED
     assert auto.amount == 500 * USDT_UNIT
     assert auto.tx_hash == order.settlement_tx_hash
-    assert "reject" in auto.reason.lower()
+    assert "deadline" in auto.reason.lower()
     assert AuditLog.objects.filter(
         order=order, action="refund.automatic", actor="task:orders.settle"
     ).exists()
@@ -359,6 +354,7 @@ def test_settlement_paying_usdt_waits_for_the_reserve(stack, chain_user, setting
     sim.set_security(code="US.AAPL", fill_mode="reject")
     user = chain_user(3)
     order = deposit(user, contracts, 60 * USDT_UNIT)
+    expire_soon(order)
     drive(order.pk, until=lambda: Order.objects.get(pk=order.pk).status == "SETTLING")
     floor_at_vault_balance(settings)
 
@@ -368,7 +364,7 @@ def test_settlement_paying_usdt_waits_for_the_reserve(stack, chain_user, setting
     assert not SettlementTx.objects.filter(kind="deposit", order_id=order.pk).exists()
     assert Alert.objects.filter(key="reserve_short_settlement", resolved_at__isnull=True).exists()
     settings.RESERVE_FLOOR_USDT = Decimal(0)
-    drive(order.pk, first=pipeline.SETTLE)
+    drive(order.pk)
     order.refresh_from_db()
     assert order.status == OrderStatus.FAILED and order.refund_usdt == 60 * USDT_UNIT
     services.refunds_retry_waiting(actor="test:beat")
