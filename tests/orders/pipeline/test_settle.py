@@ -84,7 +84,7 @@ def test_a_reverted_settlement_is_alerted_and_resubmitted_never_dropped(fake_sen
     order = _settling_deposit()
     fake_sender.script("deposit", int(order.onchain_id), Outcome.REVERT, Outcome.CONFIRM)
     assert order_settle(order_id=order.pk).stage == SETTLE
-    assert Alert.objects.get(key=f"settlement_reverted:deposit:{int(order.onchain_id)}")
+    assert Alert.objects.get(key=f"settlement_reverted:{order.pk}")
     assert order_settle(order_id=order.pk) is None
     order.refresh_from_db()
     assert order.status == OrderStatus.EXECUTED
