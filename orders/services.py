@@ -417,6 +417,7 @@ def order_close_vanished(*, order_id: int, actor: str) -> Order | None:
                     actor=actor,
                     action="order.closed_vanished",
                     outcome=OrderStatus.FAILED,
+                    held_at=None,
                     last_error="its chain event vanished in a reorg: nothing settled",
                 )
                 if traded:
