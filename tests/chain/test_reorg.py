@@ -14,6 +14,8 @@ from chain.models import ChainEvent, NonceSequence, SettlementStatus, Settlement
 from chain.services import settlement_check, settlement_submit
 from chain.settlement import DepositSettlement, SettlementState
 from core.models import Alert
+from ops.reconciliation import Reconciliation
+from ops.reconciliation.chain import check_orders_against_chain, read_chain
 from orders.models import Order, OrderStatus
 from tests.fixtures.chain import (
     ALL_KEYS,
@@ -224,6 +226,19 @@ def test_a_reorg_beyond_the_confirmation_depth_never_pays_the_wrong_person(
             assert selectors.is_settled(kind="deposit", onchain_id=vault_id)
             assert paid[vault_id] == orders[vault_id].user_address
     assert set(paid) == {int(o.onchain_id) for o in to_settle} - gone_ids
+    # Reconciliation reads the chain the same way: nobody paid twice or paid another's trade,
+    # and the vanished orders are accounted for (closed, nothing on chain).
+    result = Reconciliation()
+    check_orders_against_chain(result, list(Order.objects.all()), read_chain(), set())
+    wrong = [
+        str(d)
+        for d in result.discrepancies
+        if "not the order's user" in str(d)
+        or "times on chain" in str(d)
+        or "vanished" in str(d)
+        or "no such vault event" in str(d)
+    ]
+    assert wrong == []
 
 
 def test_a_reorg_within_the_confirmation_depth_simply_re_reads(
