@@ -444,6 +444,12 @@ class ChainClient:
             max_priority_fee_per_gas=max(tip, min_priority_fee),
         )
 
+    def mined_nonce(self, address: str) -> int:
+        """Transactions of `address` mined in the canonical chain (the "latest" count)."""
+        return int(
+            self._run(self._w3.eth.get_transaction_count, to_checksum_address(address), "latest")
+        )
+
     def pending_nonce(self, address: str) -> int:
         return int(
             self._run(self._w3.eth.get_transaction_count, to_checksum_address(address), "pending")

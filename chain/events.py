@@ -183,6 +183,51 @@ class DepositRefunded(ContractEvent):
     refund_usdt_units: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class DepositFilled(ContractEvent):
+    """settleDeposits: the cycle, price (USDT base units per whole share) and fee (USDT base
+    units) a batched deposit settlement was made at (beside its DepositSettled)."""
+
+    ABI_NAME = "DepositFilled"
+    ABI_ARGS = {
+        "depositId": "deposit_id",
+        "cycleId": "cycle_id",
+        "pricePerShare": "price_per_share_units",
+        "fee": "fee_units",
+    }
+    deposit_id: int
+    cycle_id: int
+    price_per_share_units: int
+    fee_units: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedeemFilled(ContractEvent):
+    """settleRedeems: as DepositFilled, for a batched redeem settlement."""
+
+    ABI_NAME = "RedeemFilled"
+    ABI_ARGS = {
+        "redeemId": "redeem_id",
+        "cycleId": "cycle_id",
+        "pricePerShare": "price_per_share_units",
+        "fee": "fee_units",
+    }
+    redeem_id: int
+    cycle_id: int
+    price_per_share_units: int
+    fee_units: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettlementSkipped(ContractEvent):
+    """A batch element whose id was already settled: nothing paid (kind 1 deposit, 2 redeem)."""
+
+    ABI_NAME = "SettlementSkipped"
+    ABI_ARGS = {"kind": "kind", "id": "vault_id"}
+    kind: int
+    vault_id: int
+
+
 # BroncoVault: what the admin does.
 
 
@@ -296,6 +341,9 @@ VaultEvent = (
     | DepositSettled
     | RedeemSettled
     | DepositRefunded
+    | DepositFilled
+    | RedeemFilled
+    | SettlementSkipped
     | SymbolListed
     | SymbolUnlisted
     | ReserveWithdrawn

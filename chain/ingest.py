@@ -9,7 +9,7 @@ enqueues its pipeline on commit, so nothing leaves the process for a batch that 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from django.db import DataError, IntegrityError, transaction
@@ -23,14 +23,42 @@ from core.audit import audit_record
 from core.models import Alert
 from orders.exceptions import OrderError
 from orders.models import OrderType
+from orders.selectors import order_get
 from orders.services import (
     ChainOrderRequest,
+    order_close_vanished,
     order_create_from_chain,
+    order_hold,
+    order_release_hold,
     order_request_cancel,
     orders_create_from_chain,
 )
 
 logger = logging.getLogger(__name__)
+
+
+# Which argument of each vault event names the id it is about: such an event is one per
+# (chain id, event name, id) among live rows, wherever it was mined.
+VAULT_ID_ARG = {
+    "Deposit": "depositId",
+    "Redeem": "redeemId",
+    "CancelRequested": "depositId",
+    "DepositSettled": "depositId",
+    "RedeemSettled": "redeemId",
+    "DepositRefunded": "refundId",
+    "DepositFilled": "depositId",
+    "RedeemFilled": "redeemId",
+}
+# Holds the listener places carry this reason prefix (only those does a re-read release).
+REORG_HOLD = "reorg"
+
+
+def vault_key(decoded: ContractEvent) -> tuple[str, int] | None:
+    """(event name, vault id) of an event that names an id, else None."""
+    arg = VAULT_ID_ARG.get(decoded.name)
+    if arg is None:
+        return None
+    return (decoded.name, int(decoded.abi_args()[arg]))
 
 
 @dataclass(frozen=True)
@@ -64,11 +92,6 @@ def cursor_record_head(*, chain_id: int, address: str, head: int) -> None:
     )
 
 
-def cursor_rebase_hash(*, chain_id: int, address: str, block_hash: str) -> None:
-    """After a deep-reorg alert: remember the new canonical hash so it alerts once."""
-    ChainCursor.objects.filter(chain_id=chain_id, address=address).update(block_hash=block_hash)
-
-
 def chain_logs_commit(
     *,
     chain_id: int,
@@ -98,9 +121,9 @@ def chain_logs_commit(
         )
         tx_hashes = {log.tx_hash for log in fresh}
         seen = set(
-            ChainEvent.objects.filter(chain_id=chain_id, tx_hash__in=tx_hashes).values_list(
-                "tx_hash", "log_index"
-            )
+            ChainEvent.objects.filter(
+                chain_id=chain_id, tx_hash__in=tx_hashes, removed_at__isnull=True
+            ).values_list("tx_hash", "log_index")
         ) | set(
             QuarantinedLog.objects.filter(chain_id=chain_id, tx_hash__in=tx_hashes).values_list(
                 "tx_hash", "log_index"
@@ -114,8 +137,9 @@ def chain_logs_commit(
                 continue
             seen.add(log.key)
             new_logs.append(log)
-        events = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
-        quarantined = len(new_logs) - len(events)
+        events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
+        duplicates += remined
+        quarantined = len(new_logs) - len(events) - remined
         ChainEvent.objects.bulk_create(events)
         cursor.block_number = to_block
         cursor.block_hash = to_block_hash
@@ -128,17 +152,41 @@ def chain_logs_commit(
 
 def _act_on_batch(
     *, chain_id: int, vault: str, logs: Sequence[RawLog], actor: str
-) -> list[ChainEvent]:
+) -> tuple[list[ChainEvent], int]:
     """The ChainEvents to write for new `logs` (in chain order), their orders created; the
-    logs it cannot act on are quarantined instead. Deposits and redeems become orders in one
-    bulk step; should that fail on one bad log, every log is taken one at a time, so only
-    that log is quarantined. Cancels run after, in order, as they name earlier deposits."""
-    actionable: list[tuple[RawLog, ContractEvent]] = []
-    requests: dict[tuple[str, int], ChainOrderRequest] = {}
+    logs it cannot act on are quarantined instead, and a log whose event is already recorded
+    live under its vault key (the same deposit re-mined elsewhere, delivered again) is
+    skipped and counted (second value). Deposits and redeems become orders in one bulk step;
+    should that fail on one bad log, every log is taken one at a time, so only that log is
+    quarantined. Cancels run after, in order, as they name earlier deposits. A deposit or
+    redeem that re-appears after a reorg finds its held order and releases it."""
+    decoded_logs: list[tuple[RawLog, ContractEvent]] = []
     for log in logs:
         decoded = _decoded(chain_id=chain_id, vault=vault, log=log, actor=actor)
-        if decoded is None:
-            continue
+        if decoded is not None:
+            decoded_logs.append((log, decoded))
+    keys = {k for _, d in decoded_logs if (k := vault_key(d)) is not None}
+    live: set[tuple[str, int]] = set()
+    if keys:
+        live = {
+            (name, int(vault_id))
+            for name, vault_id in ChainEvent.objects.filter(
+                chain_id=chain_id,
+                removed_at__isnull=True,
+                name__in={k[0] for k in keys},
+                vault_id__in=[k[1] for k in keys],
+            ).values_list("name", "vault_id")
+        }
+    actionable: list[tuple[RawLog, ContractEvent]] = []
+    requests: dict[tuple[str, int], ChainOrderRequest] = {}
+    remined = 0
+    for log, decoded in decoded_logs:
+        key = vault_key(decoded)
+        if key is not None:
+            if key in live:
+                remined += 1
+                continue
+            live.add(key)
         if isinstance(decoded, Deposit | Redeem):
             requests[log.key] = _order_request(chain_id=chain_id, event=decoded)
         actionable.append((log, decoded))
@@ -151,7 +199,62 @@ def _act_on_batch(
             event = _act_on(chain_id=chain_id, log=log, decoded=decoded, actor=actor)
         if event is not None:
             events.append(event)
-    return events
+    for event in events:
+        if event.name in ("Deposit", "Redeem") and event.order_id is not None:
+            _reappeared(
+                chain_id=chain_id,
+                event=event,
+                request=requests.get((event.tx_hash, event.log_index)),
+                actor=actor,
+            )
+    return events, remined
+
+
+def _reappeared(
+    *, chain_id: int, event: ChainEvent, request: ChainOrderRequest | None, actor: str
+) -> None:
+    """A deposit or redeem written live again after a reorg removed it: when its order is
+    held by the reorg and names the same request (user, symbol, amount), release it. One
+    that differs (never, with ids derived from the request) stays held, alerted."""
+    removed = ChainEvent.objects.filter(
+        chain_id=chain_id,
+        name=event.name,
+        vault_id=event.vault_id,
+        removed_at__isnull=False,
+        resolved_at__isnull=True,
+    )
+    if not removed.exists():
+        return
+    order = order_get(order_id=event.order_id)
+    if order is None:
+        return
+    args = event.args
+    amount = int(args["usdtAmount"] if event.name == "Deposit" else args["shares"])
+    same = (
+        order.user_address.lower() == str(args["user"]).lower()
+        and order.symbol == (request.symbol if request else order.symbol)
+        and int(order.usdt_amount if event.name == "Deposit" else order.token_amount) == amount
+    )
+    if not same:
+        chain_alert_raise(
+            chain_id=chain_id,
+            kind="remined_request_differs",
+            message=f"{event.name} {event.vault_id} re-appeared after a reorg naming another "
+            f"request than order {order.pk}: the order stays held",
+            details={"order_id": order.pk, "tx_hash": event.tx_hash, "args": args},
+            actor=actor,
+            order_id=order.pk,
+        )
+        return
+    removed.update(resolved_at=timezone.now())
+    if order.held_at is not None and order.hold_reason.startswith(REORG_HOLD):
+        order_release_hold(order_id=order.pk, actor=actor)
+        logger.warning(
+            "%s %s re-appeared after a reorg: order released",
+            event.name,
+            event.vault_id,
+            extra={"order_id": order.pk, "tx_hash": event.tx_hash},
+        )
 
 
 def _decoded(*, chain_id: int, vault: str, log: RawLog, actor: str) -> ContractEvent | None:
@@ -218,6 +321,7 @@ def _event(
         address=log.address,
         name=decoded.name,
         args=decoded.abi_args(),
+        vault_id=None if (key := vault_key(decoded)) is None else key[1],
         order_id=order_id,
     )
 
@@ -329,32 +433,154 @@ def chain_alert_raise(
 
 
 def removed_log_handle(*, chain_id: int, log: RawLog, actor: str) -> bool:
-    """A `removed: true` log from the node. If we had acted on it (it was confirmed), mark the
-    event removed and raise an alert: the order stands, an operator decides. Returns True
-    when it alerted; False when the log was never acted on (nothing to do)."""
-    event = ChainEvent.objects.filter(
+    """A `removed: true` log from the node for an event we acted on: the block it was in was
+    replaced. Returns True when it was acted on: the listener then walks back to the common
+    ancestor at its next catch-up (`chain_reorg_rewind`), which holds the orders and
+    re-reads; nothing is undone here. False when the log was never acted on."""
+    return ChainEvent.objects.filter(
         chain_id=chain_id,
         tx_hash=log.tx_hash,
         log_index=log.log_index,
         block_hash=log.block_hash,
         removed_at__isnull=True,
-    ).first()
-    if event is None:
-        return False
+    ).exists()
+
+
+def stored_block_hashes(*, chain_id: int, vault: str, below: int) -> list[tuple[int, str]]:
+    """(block number, hash) Bronco recorded at or below `below`, newest first: the blocks of
+    live events acted on. What a walk back to the common ancestor compares with the node."""
+    return list(
+        ChainEvent.objects.filter(
+            chain_id=chain_id,
+            address__iexact=vault,
+            removed_at__isnull=True,
+            block_number__lte=below,
+        )
+        .values_list("block_number", "block_hash")
+        .distinct()
+        .order_by("-block_number")
+    )
+
+
+@dataclass(frozen=True)
+class Rewind:
+    ancestor: int
+    removed: int
+    held: tuple[int, ...]
+
+
+def chain_reorg_rewind(
+    *,
+    chain_id: int,
+    vault: str,
+    ancestor: int,
+    ancestor_hash: str,
+    was_block: int,
+    was_hash: str,
+    now_hash: str,
+    actor: str,
+) -> Rewind:
+    """A reorg replaced the blocks above `ancestor` (the highest block whose stored hash the
+    node still has): in one transaction, every live event of a replaced block is marked
+    removed (kept as history), the order of each removed Deposit or Redeem is held (no
+    settlement sent while held), a critical alert names it all, and the checkpoint rewinds
+    to the ancestor so the listener re-reads forward. Re-mined logs are then taken once each
+    (by vault key) and release their orders; `reorg_holds_resolve` closes those whose
+    request is gone. Idempotent: a second call finds nothing live above the ancestor."""
+    now = timezone.now()
     with transaction.atomic():
-        ChainEvent.objects.filter(pk=event.pk).update(removed_at=timezone.now())
+        cursor = ChainCursor.objects.select_for_update().get(chain_id=chain_id, address=vault)
+        replaced = list(
+            ChainEvent.objects.select_for_update()
+            .filter(chain_id=chain_id, block_number__gt=ancestor, removed_at__isnull=True)
+            .order_by("block_number", "log_index")
+        )
+        ChainEvent.objects.filter(pk__in=[e.pk for e in replaced]).update(removed_at=now)
+        held: list[int] = []
+        for event in replaced:
+            if event.name in ("Deposit", "Redeem") and event.order_id is not None:
+                reason = (
+                    f"{REORG_HOLD}: {event.name} {event.tx_hash}#{event.log_index} in block "
+                    f"{event.block_number} was replaced"
+                )
+                if order_hold(order_id=event.order_id, reason=reason, actor=actor) is not None:
+                    held.append(event.order_id)
+        cursor.block_number = ancestor
+        cursor.block_hash = ancestor_hash
+        cursor.save(update_fields=["block_number", "block_hash", "updated_at"])
         chain_alert_raise(
             chain_id=chain_id,
-            kind="confirmed_event_removed",
-            message=f"confirmed {event.name} {log.tx_hash}#{log.log_index} removed by a reorg",
+            kind="deep_reorg",
+            message=f"reorg beyond the confirmation depth: block {was_block} replaced; "
+            f"re-reading from block {ancestor + 1}; {len(replaced)} events removed, "
+            f"{len(held)} orders held",
             details={
-                "tx_hash": log.tx_hash,
-                "log_index": log.log_index,
-                "block_number": log.block_number,
-                "event": event.name,
-                "order_id": event.order_id,
+                "block_number": was_block,
+                "was": was_hash,
+                "now": now_hash,
+                "ancestor": ancestor,
+                "removed": [f"{e.name} {e.vault_id or e.tx_hash}" for e in replaced][:100],
+                "held_orders": held[:100],
             },
             actor=actor,
-            order_id=event.order_id,
         )
-    return True
+        first_replaced = ancestor + 1
+        transaction.on_commit(lambda: _heal_settlements_later(first_replaced))
+    return Rewind(ancestor=ancestor, removed=len(replaced), held=tuple(held))
+
+
+def _heal_settlements_later(from_block: int) -> None:
+    """The sender re-checks settlements confirmed in the replaced range (chain queue)."""
+    from chain.tasks import settlements_heal
+
+    try:
+        settlements_heal.delay(from_block=from_block)
+    except Exception as exc:  # noqa: BLE001 - the sweep heals too; the listener carries on
+        logger.error("could not enqueue settlements_heal: %s", exc)
+
+
+def reorg_holds_resolve(
+    *,
+    chain_id: int,
+    checkpoint: int,
+    margin: int,
+    on_chain: Callable[[str, int], bool],
+    actor: str,
+) -> int:
+    """Close the orders whose Deposit/Redeem a reorg removed and the re-read did not find
+    again once the checkpoint (which covers confirmed blocks only) passed the block it was
+    in by `margin` blocks (the confirmation depth), and the vault does not hold the request
+    at its id even unconfirmed (`on_chain(name, vault_id)`: a request re-mined later, still
+    unconfirmed, keeps its order held until it is read). Closed with nothing paid on chain
+    (`orders.services.order_close_vanished`, alerting when the order traded). Returns how
+    many were closed."""
+    pending = ChainEvent.objects.filter(
+        chain_id=chain_id,
+        name__in=("Deposit", "Redeem"),
+        removed_at__isnull=False,
+        resolved_at__isnull=True,
+        block_number__lte=checkpoint - margin,
+    )
+    closed = 0
+    for event in pending:
+        live = ChainEvent.objects.filter(
+            chain_id=chain_id, name=event.name, vault_id=event.vault_id, removed_at__isnull=True
+        ).exists()
+        if not live and on_chain(event.name, int(event.vault_id)):
+            continue
+        with transaction.atomic():
+            if not live and event.order_id is not None:
+                order = order_close_vanished(order_id=event.order_id, actor=actor)
+                if order is not None:
+                    closed += 1
+                    chain_alert_raise(
+                        chain_id=chain_id,
+                        kind="request_vanished",
+                        message=f"{event.name} {event.vault_id} (order {event.order_id}) is gone "
+                        "after a reorg: order closed with nothing paid",
+                        details={"order_id": event.order_id, "tx_hash": event.tx_hash},
+                        actor=actor,
+                        order_id=event.order_id,
+                    )
+            ChainEvent.objects.filter(pk=event.pk).update(resolved_at=timezone.now())
+    return closed

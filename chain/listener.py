@@ -11,8 +11,15 @@ What it guarantees:
   alone would race the newHeads/logs delivery order, which nodes do not promise.
 - On start and after every reconnect it subscribes first and then backfills from the
   checkpoint in chunks (halved when the node refuses a range), so nothing falls in the gap.
-- A `removed: true` log for an event already acted on, or a checkpoint block that is no longer
-  canonical, raises a critical alert (`chain.<kind>` + audit); nothing is ever silently undone.
+- Reorgs of any depth: a checkpoint block that is no longer canonical (or a `removed: true`
+  log for an event acted on) makes it walk back to the common ancestor (the highest block
+  whose stored hash the node still has), mark the events of replaced blocks removed, hold
+  their orders and raise a critical alert (`chain.deep_reorg`), rewind the checkpoint to the
+  ancestor and re-read forward (`chain.ingest.chain_reorg_rewind`). Re-mined logs are taken
+  once each, keyed by (chain, event, vault id); a re-mined request releases its order; one
+  still gone once the re-read passed its block and the confirmation depth closes its order
+  with nothing paid (`reorg_holds_resolve`). A reorg within the confirmation depth touches
+  nothing acted on: the range is simply read when it is confirmed.
 - Bad input never stops it: such logs are quarantined; node outages are retried with backoff.
 """
 
@@ -32,12 +39,13 @@ from django.db import DatabaseError, close_old_connections, connection
 from chain.client import ChainClient, ChainSubscription, NewHead, RawLog
 from chain.exceptions import ChainUnavailable, RangeTooLarge
 from chain.ingest import (
-    chain_alert_raise,
     chain_logs_commit,
+    chain_reorg_rewind,
     cursor_ensure,
-    cursor_rebase_hash,
     cursor_record_head,
     removed_log_handle,
+    reorg_holds_resolve,
+    stored_block_hashes,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,6 +93,7 @@ class ListenerStats:
     quarantined: int = 0
     orphaned_dropped: int = 0
     alerts: int = 0
+    reorgs: int = 0
     reconnects: int = 0
     batches: int = 0
     head: int = 0
@@ -112,6 +121,7 @@ class ChainListener:
         self._unconfirmed_lock = threading.Lock()
         self._client: ChainClient | None = None
         self._checkpoint_hash = ""
+        self._suspect_reorg = False
 
     # --- the sync core (runs in one thread: the caller's in poll mode, an executor in ws) ---
 
@@ -174,27 +184,68 @@ class ChainListener:
             self._settle_unconfirmed(up_to=end, canonical=logs)
             written += result.committed
             start = end + 1
+            reorg_holds_resolve(
+                chain_id=self.config.chain_id,
+                checkpoint=result.checkpoint,
+                margin=self.config.confirmations,
+                on_chain=self._request_on_chain,
+                actor=ACTOR,
+            )
         return written
 
+    def _request_on_chain(self, name: str, vault_id: int) -> bool:
+        """Does the vault hold this deposit/redeem at its id now (even unconfirmed)?"""
+        fn = "deposits" if name == "Deposit" else "redeems"
+        record = self.client.call("BroncoVault", self.config.vault, fn, vault_id)
+        return int(record[0], 16) != 0 if isinstance(record[0], str) else bool(record[0])
+
     def _check_checkpoint_canonical(self) -> None:
+        """When the checkpoint block is no longer the node's, walk back to the common ancestor
+        and rewind there (see the module docstring). Runs before every catch-up."""
         number, known = self.stats.checkpoint, self._checkpoint_hash
         if number < 0 or not known:
             return
         current = self.client.block_hash(number)
-        if current == known:
+        if current == known and not self._suspect_reorg:
+            return
+        ancestor, ancestor_hash = self._common_ancestor(below=number, checkpoint_hash=known)
+        self._suspect_reorg = False
+        if ancestor == number:
             return
         self.stats.alerts += 1
-        chain_alert_raise(
+        rewind = chain_reorg_rewind(
             chain_id=self.config.chain_id,
-            kind="deep_reorg",
-            message=f"checkpoint block {number} is no longer canonical (beyond confirmations)",
-            details={"block_number": number, "was": known, "now": current or ""},
+            vault=self.config.vault,
+            ancestor=ancestor,
+            ancestor_hash=ancestor_hash,
+            was_block=number,
+            was_hash=known,
+            now_hash=current or "",
             actor=ACTOR,
         )
-        cursor_rebase_hash(
-            chain_id=self.config.chain_id, address=self.config.vault, block_hash=current or ""
+        logger.warning(
+            "reorg: checkpoint %s replaced; rewound to %s (%s events removed, %s orders held)",
+            number,
+            ancestor,
+            rewind.removed,
+            len(rewind.held),
         )
-        self._checkpoint_hash = current or ""
+        self.stats.reorgs += 1
+        self.stats.checkpoint = ancestor
+        self._checkpoint_hash = ancestor_hash
+
+    def _common_ancestor(self, *, below: int, checkpoint_hash: str) -> tuple[int, str]:
+        """The highest block Bronco recorded (the checkpoint, blocks of live events) whose
+        hash the node still has: every block up to it is unchanged (hashes chain), so
+        everything above it is re-read. Falls back to the block before the start block."""
+        candidates = [(below, checkpoint_hash)] + stored_block_hashes(
+            chain_id=self.config.chain_id, vault=self.config.vault, below=below
+        )
+        for number, stored in candidates:
+            if stored and self.client.block_hash(number) == stored:
+                return number, stored
+        start = max(self.config.start_block, 0) - 1
+        return start, (self.client.block_hash(start) or "") if start >= 0 else ""
 
     def _settle_unconfirmed(self, *, up_to: int, canonical: list[RawLog]) -> None:
         """Forget pushed logs now confirmed; count those the canonical range no longer has."""
@@ -225,7 +276,7 @@ class ChainListener:
                 return
         close_old_connections()
         if removed_log_handle(chain_id=self.config.chain_id, log=log, actor=ACTOR):
-            self.stats.alerts += 1
+            self._suspect_reorg = True
 
     @property
     def unconfirmed_count(self) -> int:

@@ -50,7 +50,11 @@ class ChainCursor(models.Model):
 
 
 class ChainEvent(models.Model):
-    """One confirmed vault log, written once (unique on chain id, tx hash, log index)."""
+    """One confirmed vault log. Among live rows (not removed by a reorg) each is written once,
+    keyed by what it is: (chain id, event name, vault id) for the events that carry an id
+    (a Deposit, a Redeem, a settlement of an id, ...), so a log re-mined in another block
+    or position after a reorg is recognised as the same event; by (chain id, tx hash, log
+    index) for the others. Removed rows stay as history (`removed_at`)."""
 
     chain_id = models.BigIntegerField()
     tx_hash = models.CharField(max_length=66)
@@ -60,9 +64,18 @@ class ChainEvent(models.Model):
     address = models.CharField(max_length=42)
     name = models.CharField(max_length=64, db_index=True)
     args = models.JSONField(default=dict)
+    vault_id = UintField(
+        null=True, blank=True, help_text="The deposit, redeem or refund id the event is about"
+    )
     order_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     removed_at = models.DateTimeField(
         null=True, blank=True, help_text="Set when a reorg removed this confirmed log (alerted)"
+    )
+    resolved_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="For a removed Deposit/Redeem: when its order was released (the request "
+        "re-appeared) or closed (it vanished for good)",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -70,7 +83,14 @@ class ChainEvent(models.Model):
         ordering = ("block_number", "log_index")
         constraints = [
             models.UniqueConstraint(
-                fields=("chain_id", "tx_hash", "log_index"), name="chainevent_unique_log"
+                fields=("chain_id", "tx_hash", "log_index"),
+                condition=Q(removed_at__isnull=True),
+                name="chainevent_unique_live_log",
+            ),
+            models.UniqueConstraint(
+                fields=("chain_id", "name", "vault_id"),
+                condition=Q(removed_at__isnull=True) & Q(vault_id__isnull=False),
+                name="chainevent_unique_live_vault_id",
             ),
         ]
 
@@ -155,8 +175,26 @@ class SettlementTx(models.Model):
         null=True, blank=True, help_text="For a refund: the vault deposit id it pays back"
     )
     order_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    user_address = models.CharField(
+        max_length=42, blank=True, help_text="The depositor / redeemer the settlement names"
+    )
+    symbol = models.CharField(max_length=32, blank=True)
+    request_amount = UintField(
+        default=0, help_text="The deposit's USDT (deposit, refund) or the redeem's shares"
+    )
     usdt_amount = UintField()
     token_amount = UintField()
+    cycle_id = UintField(null=True, blank=True)
+    price_per_share = UintField(null=True, blank=True, help_text="USDT units per whole share")
+    fee_usdt = UintField(null=True, blank=True)
+    batch = models.ForeignKey(
+        "SettlementBatch",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="settlements",
+        help_text="The batched transaction that carries this settlement, if any",
+    )
     sender = models.CharField(max_length=42)
     nonce = models.BigIntegerField(null=True, blank=True)
     status = models.CharField(
@@ -209,11 +247,54 @@ class SettlementTx(models.Model):
         return f"settle {self.kind} {self.onchain_id} {self.status}"
 
 
+class SettlementBatch(models.Model):
+    """One batched settlement transaction (settleDeposits / settleRedeems) carrying many ids:
+    each id keeps its own SettlementTx (linked here), so `settlement_check` per id works; the
+    batch holds the nonce, its attempts and the receipt verdict for all of them."""
+
+    chain_id = models.BigIntegerField()
+    kind = models.CharField(max_length=8, choices=SettlementKind.choices)
+    sender = models.CharField(max_length=42)
+    nonce = models.BigIntegerField(null=True, blank=True)
+    status = models.CharField(
+        max_length=10, choices=SettlementStatus.choices, default=SettlementStatus.SIGNED
+    )
+    tx_hash = models.CharField(max_length=66, blank=True, db_index=True)
+    block_number = models.BigIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    order_id = None  # a batch belongs to many orders (its settlements name them)
+    already_settled = False
+
+    class Meta:
+        ordering = ("-id",)
+        constraints = [
+            models.UniqueConstraint(
+                fields=("chain_id", "sender", "nonce"), name="settlementbatch_unique_nonce"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["deposit", "redeem"]), name="settlementbatch_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.kind} #{self.pk} {self.status}"
+
+
 class SettlementAttempt(models.Model):
     """Each signed broadcast of a settlement (the first, and every fee-bumped replacement with
     the same nonce). Whichever one is mined settles the id."""
 
-    settlement = models.ForeignKey(SettlementTx, on_delete=models.PROTECT, related_name="attempts")
+    settlement = models.ForeignKey(
+        SettlementTx, null=True, blank=True, on_delete=models.PROTECT, related_name="attempts"
+    )
+    batch = models.ForeignKey(
+        SettlementBatch, null=True, blank=True, on_delete=models.PROTECT, related_name="attempts"
+    )
     tx_hash = models.CharField(max_length=66, unique=True)
     nonce = models.BigIntegerField()
     max_fee_per_gas = UintField()
@@ -224,6 +305,12 @@ class SettlementAttempt(models.Model):
 
     class Meta:
         ordering = ("id",)
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(settlement__isnull=True) ^ Q(batch__isnull=True),
+                name="attempt_of_settlement_or_batch",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.tx_hash} (nonce {self.nonce})"

@@ -18,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -38,11 +39,13 @@ from chain.exceptions import (
 from chain.models import (
     NonceSequence,
     SettlementAttempt,
+    SettlementBatch,
     SettlementKind,
     SettlementStatus,
     SettlementTx,
 )
 from chain.settlement import (
+    BATCH_CALLS,
     DepositSettlement,
     RedeemSettlement,
     RefundPayment,
@@ -73,43 +76,99 @@ _ALREADY_DONE = {
 }
 
 
-def _row_values(request: SettlementRequest) -> dict[str, int | None]:
+def _row_values(request: SettlementRequest) -> dict[str, int | str | None]:
     """How a request is stored on its SettlementTx (columns shared by every kind)."""
+    extra: dict[str, int | None] = {"cycle_id": None, "price_per_share": None, "fee_usdt": None}
     match request:
         case DepositSettlement():
             usdt, tokens, deposit_id = request.refund_usdt_units, request.mint_token_units, None
+            amount = request.deposit_usdt_units
+            extra = {
+                "cycle_id": request.cycle_id,
+                "price_per_share": request.price_per_share_units,
+                "fee_usdt": request.fee_units,
+            }
         case RedeemSettlement():
             usdt, tokens, deposit_id = request.payout_usdt_units, request.return_token_units, None
+            amount = request.redeem_token_units
+            extra = {
+                "cycle_id": request.cycle_id,
+                "price_per_share": request.price_per_share_units,
+                "fee_usdt": request.fee_units,
+            }
         case RefundPayment():
             usdt, tokens, deposit_id = request.refund_usdt_units, 0, request.deposit_id
+            amount = request.deposit_usdt_units
     return {
         "onchain_id": request.vault_id,
         "deposit_id": deposit_id,
+        "user_address": request.user,
+        "symbol": request.symbol,
+        "request_amount": amount,
         "usdt_amount": usdt,
         "token_amount": tokens,
+        **extra,
     }
+
+
+def _opt(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 def request_of_row(row: SettlementTx) -> SettlementRequest:
     """The request a SettlementTx was made for (to sign it again)."""
     vault_id, usdt, tokens = int(row.onchain_id), int(row.usdt_amount), int(row.token_amount)
-    order_id = row.order_id
+    named = {
+        "user": row.user_address,
+        "symbol": row.symbol,
+        "order_id": row.order_id,
+    }
+    cycle = {
+        "cycle_id": _opt(row.cycle_id),
+        "price_per_share_units": _opt(row.price_per_share),
+        "fee_units": _opt(row.fee_usdt),
+    }
+    amount = int(row.request_amount)
     if row.kind == SettlementKind.DEPOSIT:
         return DepositSettlement(
-            deposit_id=vault_id, mint_token_units=tokens, refund_usdt_units=usdt, order_id=order_id
+            deposit_id=vault_id,
+            deposit_usdt_units=amount,
+            mint_token_units=tokens,
+            refund_usdt_units=usdt,
+            **named,
+            **cycle,
         )
     if row.kind == SettlementKind.REDEEM:
         return RedeemSettlement(
-            redeem_id=vault_id, payout_usdt_units=usdt, return_token_units=tokens, order_id=order_id
+            redeem_id=vault_id,
+            redeem_token_units=amount,
+            payout_usdt_units=usdt,
+            return_token_units=tokens,
+            **named,
+            **cycle,
         )
     if row.kind == SettlementKind.REFUND and row.deposit_id is not None:
         return RefundPayment(
             refund_id=vault_id,
             deposit_id=int(row.deposit_id),
+            deposit_usdt_units=amount,
             refund_usdt_units=usdt,
-            order_id=order_id,
+            **named,
         )
     raise ValueError(f"settlement {row.pk}: unknown kind {row.kind!r}")
+
+
+# What carries a nonce and its signed attempts: one settlement, or a batch of them.
+Carrier = SettlementTx | SettlementBatch
+
+
+def _vault_call_of(carrier: Carrier) -> tuple[str, tuple]:
+    """The vault function and arguments that `carrier`'s transaction calls."""
+    if isinstance(carrier, SettlementBatch):
+        members = carrier.settlements.order_by("id")
+        elements = [request_of_row(m).batch_element() for m in members]  # type: ignore[union-attr]
+        return BATCH_CALLS[SettlementKind(carrier.kind)], (elements,)
+    return request_of_row(carrier).vault_call()
 
 
 def _bumped(value: int) -> int:
@@ -178,7 +237,9 @@ def settlement_submit(*, request: SettlementRequest, actor: str) -> SettlementTx
         )
     except ContractReverted as exc:
         if exc.error_name != _ALREADY_DONE[SettlementKind(kind)]:
-            raise SettlementRejected(f"{fn}({vault_id}): {exc.error_name or exc}") from exc
+            raise SettlementRejected(
+                f"{fn}({vault_id}): {exc.error_name or exc} {exc.error_args or ''}"
+            ) from exc
         return _record_already_settled(base=base, actor=actor)
 
     fees = client.fee_quote(min_priority_fee=settings.CHAIN_MIN_PRIORITY_FEE_WEI)
@@ -246,9 +307,10 @@ def _audit_view(row: SettlementTx) -> dict:
     }
 
 
-def _attempt_create(row: SettlementTx, signed: SignedTx) -> SettlementAttempt:
+def _attempt_create(row: Carrier, signed: SignedTx) -> SettlementAttempt:
+    owner = {"batch": row} if isinstance(row, SettlementBatch) else {"settlement": row}
     return SettlementAttempt.objects.create(
-        settlement=row,
+        **owner,
         tx_hash=signed.tx_hash,
         nonce=signed.nonce,
         max_fee_per_gas=signed.max_fee_per_gas,
@@ -286,27 +348,85 @@ def _record_already_settled(*, base: dict, actor: str) -> SettlementTx:
     return row
 
 
-def _broadcast(*, pk: int, raw: str, actor: str) -> None:
+def _carrier_view(carrier: Carrier) -> dict:
+    if isinstance(carrier, SettlementBatch):
+        return {
+            "batch": carrier.pk,
+            "kind": carrier.kind,
+            "ids": [int(i) for i in carrier.settlements.values_list("onchain_id", flat=True)],
+            "sender": carrier.sender,
+            "nonce": carrier.nonce,
+            "tx_hash": carrier.tx_hash,
+            "status": carrier.status,
+        }
+    return _audit_view(carrier)
+
+
+def _audit_carrier(
+    carrier: Carrier,
+    *,
+    actor: str,
+    action: str,
+    before: dict | None = None,
+    extra: dict | None = None,
+) -> None:
+    """One audit entry per settlement the carrier holds (a batch: one per id, naming its
+    order), so every order's trail shows what happened to its money."""
+    rows = list(carrier.settlements.all()) if isinstance(carrier, SettlementBatch) else [carrier]
+    for row in rows:
+        audit_record(
+            actor=actor,
+            action=action,
+            order_id=row.order_id,
+            before=before,
+            after=_audit_view(row) | (extra or {}),
+        )
+
+
+def _sync_members(batch: SettlementBatch) -> None:
+    """Bring a batch's settlements to the batch's state. A reverted batch leaves each id
+    REVERTED unless the vault reports it settled (another transaction paid it)."""
+    values = {
+        "tx_hash": batch.tx_hash,
+        "block_number": batch.block_number,
+        "last_error": batch.last_error,
+        "sent_at": batch.sent_at,
+        "updated_at": timezone.now(),
+    }
+    members = batch.settlements.all()
+    if batch.status == SettlementStatus.REVERTED:
+        for row in members:
+            settled = selectors.is_settled(kind=row.kind, onchain_id=int(row.onchain_id))
+            SettlementTx.objects.filter(pk=row.pk).update(
+                **values,
+                status=SettlementStatus.CONFIRMED if settled else SettlementStatus.REVERTED,
+                already_settled=settled,
+                confirmed_at=batch.confirmed_at,
+            )
+        return
+    members.update(**values, status=batch.status, confirmed_at=batch.confirmed_at)
+
+
+def _broadcast(*, pk: int, raw: str, actor: str, batch: bool = False) -> None:
     """Send a committed attempt. Failure leaves the row for settlement_check to retry."""
+    model = SettlementBatch if batch else SettlementTx
     client = chain_client()
     try:
         tx_hash = client.send_raw(raw)
     except (ChainUnavailable, TransactionRejected) as exc:
-        SettlementTx.objects.filter(pk=pk).update(last_error=str(exc)[:2000])
-        logger.warning("settlement %s broadcast failed: %s", pk, exc)
+        model.objects.filter(pk=pk).update(last_error=str(exc)[:2000])
+        logger.warning("settlement %s%s broadcast failed: %s", "batch " * batch, pk, exc)
         return
-    updated = SettlementTx.objects.filter(pk=pk, status=SettlementStatus.SIGNED).update(
-        status=SettlementStatus.SENT, sent_at=timezone.now(), updated_at=timezone.now()
+    now = timezone.now()
+    updated = model.objects.filter(pk=pk, status=SettlementStatus.SIGNED).update(
+        status=SettlementStatus.SENT, sent_at=now, updated_at=now
     )
     if updated:
-        row = SettlementTx.objects.get(pk=pk)
-        audit_record(
-            actor=actor,
-            action="chain.settlement_sent",
-            order_id=row.order_id,
-            after=_audit_view(row),
-        )
-        logger.info("settlement sent %s", tx_hash, extra={"order_id": row.order_id})
+        carrier = model.objects.get(pk=pk)
+        if isinstance(carrier, SettlementBatch):
+            _sync_members(carrier)
+        _audit_carrier(carrier, actor=actor, action="chain.settlement_sent")
+        logger.info("settlement sent %s", tx_hash, extra={"tx_hash": tx_hash})
 
 
 def settlement_check(
@@ -316,11 +436,13 @@ def settlement_check(
 
     CONFIRMED once a receipt of any of its attempts has the configured confirmations and
     succeeded, or reverted while the vault reports the id settled (an earlier attempt won).
-    REVERTED when it reverted and the id is still unsettled (the caller decides what next).
-    PENDING otherwise; on the way it re-broadcasts an attempt the node does not know, and
-    replaces one waiting longer than CHAIN_SETTLEMENT_STUCK_SECONDS with the same nonce and a
-    higher fee. Holds the SettlementTx row lock throughout, so concurrent checks do not
-    replace twice. Raises SettlementTx.DoesNotExist when nothing was submitted.
+    REVERTED when it reverted and the id is still unsettled (the caller decides what next;
+    a critical alert is raised). PENDING otherwise; on the way it re-broadcasts an attempt
+    the node does not know, and replaces one waiting longer than
+    CHAIN_SETTLEMENT_STUCK_SECONDS with the same nonce and a higher fee. A settlement sent
+    in a batch is checked through its batch (all its ids move together). Holds the row (or
+    batch) lock throughout, so concurrent checks do not replace twice. Raises
+    SettlementTx.DoesNotExist when nothing was submitted.
     """
     chain_id = settings.CHAIN_ID
     row = SettlementTx.objects.get(chain_id=chain_id, kind=kind, onchain_id=vault_id)
@@ -328,48 +450,65 @@ def settlement_check(
         return SettlementState(row.status)
     client = chain_client()
     with transaction.atomic():
-        row = SettlementTx.objects.select_for_update().get(pk=row.pk)
-        if row.status in (SettlementStatus.CONFIRMED, SettlementStatus.REVERTED):
-            return SettlementState(row.status)
-        # Only the current nonce's attempts count: a resubmission after a revert takes a
-        # fresh nonce, and the reverted attempt's receipt must not be judged again.
-        attempts = list(row.attempts.filter(nonce=row.nonce).order_by("-id"))
-        receipt = None
-        for attempt in attempts:
-            receipt = client.receipt(attempt.tx_hash)
-            if receipt is not None:
-                break
-        if receipt is not None:
-            return _judge_receipt(client=client, row=row, receipt=receipt, actor=actor)
-        if not attempts:
-            return SettlementState.PENDING
-        latest = attempts[0]
-        if not client.transaction_known(latest.tx_hash):
-            _rebroadcast(client=client, row=row, attempt=latest, actor=actor)
-        elif _waited_too_long(row, latest):
-            _replace(client=client, row=row, latest=latest, actor=actor)
+        carrier: Carrier
+        if row.batch_id is not None:
+            carrier = SettlementBatch.objects.select_for_update().get(pk=row.batch_id)
+        else:
+            carrier = SettlementTx.objects.select_for_update().get(pk=row.pk)
+        _carrier_check(client=client, carrier=carrier, actor=actor)
+    row.refresh_from_db()
+    if row.status in (SettlementStatus.CONFIRMED, SettlementStatus.REVERTED):
+        return SettlementState(row.status)
     return SettlementState.PENDING
 
 
-def _waited_too_long(row: SettlementTx, latest: SettlementAttempt) -> bool:
+def _carrier_check(*, client: ChainClient, carrier: Carrier, actor: str) -> None:
+    """settlement_check's work on a locked carrier."""
+    if carrier.status in (SettlementStatus.CONFIRMED, SettlementStatus.REVERTED):
+        if isinstance(carrier, SettlementBatch):
+            _sync_members(carrier)
+        return
+    # Only the current nonce's attempts count: a resubmission after a revert takes a
+    # fresh nonce, and the reverted attempt's receipt must not be judged again.
+    attempts = list(carrier.attempts.filter(nonce=carrier.nonce).order_by("-id"))
+    receipt = None
+    for attempt in attempts:
+        receipt = client.receipt(attempt.tx_hash)
+        if receipt is not None:
+            break
+    if receipt is not None:
+        _judge_receipt(client=client, row=carrier, receipt=receipt, actor=actor)
+        return
+    if not attempts:
+        return
+    latest = attempts[0]
+    if not client.transaction_known(latest.tx_hash):
+        _rebroadcast(client=client, row=carrier, attempt=latest, actor=actor)
+    elif _waited_too_long(latest):
+        _replace(client=client, row=carrier, latest=latest, actor=actor)
+
+
+def _waited_too_long(latest: SettlementAttempt) -> bool:
     since = latest.created_at
     return timezone.now() - since >= timedelta(seconds=settings.CHAIN_SETTLEMENT_STUCK_SECONDS)
 
 
-def _judge_receipt(
-    *, client: ChainClient, row: SettlementTx, receipt: Receipt, actor: str
-) -> SettlementState:
+def _judge_receipt(*, client: ChainClient, row: Carrier, receipt: Receipt, actor: str) -> None:
     confirmations = client.block_number() - receipt.block_number + 1
     row.tx_hash = receipt.tx_hash
     row.block_number = receipt.block_number
     if confirmations < settings.CHAIN_SETTLEMENT_CONFIRMATIONS:
         row.save(update_fields=["tx_hash", "block_number", "updated_at"])
-        return SettlementState.PENDING
-    before = _audit_view(row)
+        if isinstance(row, SettlementBatch):
+            _sync_members(row)
+        return
+    before = _carrier_view(row)
     if receipt.succeeded:
         row.status = SettlementStatus.CONFIRMED
         action = "chain.settlement_confirmed"
-    elif selectors.is_settled(kind=row.kind, onchain_id=int(row.onchain_id)):
+    elif isinstance(row, SettlementTx) and selectors.is_settled(
+        kind=row.kind, onchain_id=int(row.onchain_id)
+    ):
         row.status = SettlementStatus.CONFIRMED
         row.already_settled = True
         action = "chain.settlement_already_settled"
@@ -379,26 +518,48 @@ def _judge_receipt(
         action = "chain.settlement_reverted"
     row.confirmed_at = timezone.now()
     row.save()
-    audit_record(
+    if isinstance(row, SettlementBatch):
+        _sync_members(row)
+    _audit_carrier(
+        row,
         actor=actor,
         action=action,
-        order_id=row.order_id,
         before=before,
-        after=_audit_view(row) | {"block_number": receipt.block_number},
+        extra={"block_number": receipt.block_number},
     )
+    if row.status == SettlementStatus.REVERTED:
+        _alert_refused(row, reason=row.last_error, actor=actor)
     log = logger.info if row.status == SettlementStatus.CONFIRMED else logger.error
-    log(
-        "settlement %s %s %s",
-        row.kind,
-        row.onchain_id,
-        row.status,
-        extra={"order_id": row.order_id},
-    )
-    return SettlementState(row.status)
+    log("settlement %s %s", row, row.status, extra={"tx_hash": receipt.tx_hash})
+
+
+def _alert_refused(carrier: Carrier, *, reason: str, actor: str) -> None:
+    """A settlement the vault refused is never silent: one critical alert per id."""
+    from chain.ingest import chain_alert_raise
+
+    rows = list(carrier.settlements.all()) if isinstance(carrier, SettlementBatch) else [carrier]
+    for row in rows:
+        if row.status != SettlementStatus.REVERTED and isinstance(carrier, SettlementBatch):
+            continue
+        chain_alert_raise(
+            chain_id=row.chain_id,
+            kind=f"settlement_refused:{row.pk}",
+            message=f"the vault refused settlement {row.kind} {int(row.onchain_id)} "
+            f"(order {row.order_id}): {reason}",
+            details={
+                "kind": row.kind,
+                "vault_id": str(row.onchain_id),
+                "reason": reason,
+                "tx_hash": row.tx_hash,
+                "order_id": row.order_id,
+            },
+            actor=actor,
+            order_id=row.order_id,
+        )
 
 
 def _rebroadcast(
-    *, client: ChainClient, row: SettlementTx, attempt: SettlementAttempt, actor: str
+    *, client: ChainClient, row: Carrier, attempt: SettlementAttempt, actor: str
 ) -> None:
     try:
         client.send_raw(attempt.raw_tx)
@@ -414,21 +575,19 @@ def _rebroadcast(
         row.status = SettlementStatus.SENT
     row.sent_at = timezone.now()
     row.save(update_fields=["status", "sent_at", "updated_at"])
-    audit_record(
-        actor=actor, action="chain.settlement_sent", order_id=row.order_id, after=_audit_view(row)
-    )
+    if isinstance(row, SettlementBatch):
+        _sync_members(row)
+    _audit_carrier(row, actor=actor, action="chain.settlement_sent")
 
 
-def _replace(
-    *, client: ChainClient, row: SettlementTx, latest: SettlementAttempt, actor: str
-) -> None:
+def _replace(*, client: ChainClient, row: Carrier, latest: SettlementAttempt, actor: str) -> None:
     _resign(client=client, row=row, latest=latest, new_nonce=False, actor=actor)
 
 
 def _resign(
     *,
     client: ChainClient,
-    row: SettlementTx,
+    row: Carrier,
     latest: SettlementAttempt,
     new_nonce: bool,
     actor: str,
@@ -439,12 +598,10 @@ def _resign(
     max_fee = max(_bumped(int(latest.max_fee_per_gas)), 2 * fees.base_fee_per_gas + tip)
     if max_fee > settings.CHAIN_MAX_FEE_PER_GAS_WEI:
         if int(latest.max_fee_per_gas) >= settings.CHAIN_MAX_FEE_PER_GAS_WEI:
-            logger.error(
-                "settlement %s stuck at the fee cap", row.pk, extra={"order_id": row.order_id}
-            )
+            logger.error("settlement %s stuck at the fee cap", row)
             return
         max_fee = settings.CHAIN_MAX_FEE_PER_GAS_WEI
-    fn, args = request_of_row(row).vault_call()
+    fn, args = _vault_call_of(row)
     nonce = (
         nonce_allocate(client=client, chain_id=row.chain_id, address=row.sender)
         if new_nonce
@@ -462,7 +619,7 @@ def _resign(
         max_priority_fee_per_gas=min(tip, max_fee),
         chain_id=row.chain_id,
     )
-    before = _audit_view(row)
+    before = _carrier_view(row)
     _attempt_create(row, signed)
     row.nonce = nonce
     row.tx_hash = signed.tx_hash
@@ -470,17 +627,19 @@ def _resign(
         client.send_raw(signed.raw)
     except (TransactionRejected, ChainUnavailable) as exc:
         row.last_error = str(exc)[:2000]
-        logger.warning("settlement %s replacement not accepted: %s", row.pk, exc)
+        logger.warning("settlement %s replacement not accepted: %s", row, exc)
     else:
         row.status = SettlementStatus.SENT
         row.sent_at = timezone.now()
     row.save()
-    audit_record(
+    if isinstance(row, SettlementBatch):
+        _sync_members(row)
+    _audit_carrier(
+        row,
         actor=actor,
         action="chain.settlement_replaced",
-        order_id=row.order_id,
         before=before,
-        after=_audit_view(row) | {"max_fee_per_gas": max_fee, "new_nonce": new_nonce},
+        extra={"max_fee_per_gas": max_fee, "new_nonce": new_nonce},
     )
 
 
@@ -490,10 +649,12 @@ def settlement_resubmit(
     """Try a REVERTED settlement again (the vault was short of USDT, gas ran out, ...).
 
     Under the row lock: the call is estimated first; if the vault now reports the id done
-    ("already settled") the row becomes CONFIRMED; if it would still revert, the row stays
-    REVERTED and nothing is sent (the caller alerts and tries later); otherwise it is signed
-    again with a fresh nonce and sent, and `settlement_check` follows that attempt. Returns
-    the state after the attempt. Safe to call repeatedly and concurrently.
+    ("already settled") the row becomes CONFIRMED; if it would still revert (a mismatch, an
+    unknown id, a reserve still short), the row stays REVERTED and nothing is sent (the
+    caller alerts and tries later): a refused settlement is never resent blindly. Otherwise
+    it is signed again, alone (a batched id leaves its batch), with a fresh nonce and sent,
+    and `settlement_check` follows that attempt. Returns the state after the attempt. Safe to
+    call repeatedly and concurrently.
     """
     client = chain_client()
     with transaction.atomic():
@@ -534,9 +695,151 @@ def settlement_resubmit(
             row.save(update_fields=["last_error", "updated_at"])
             return SettlementState.REVERTED
         latest = row.attempts.order_by("-id").first()
+        if latest is None and row.batch_id is not None:
+            latest = SettlementAttempt.objects.filter(batch_id=row.batch_id).order_by("-id").first()
+        row.batch = None
         row.status = SettlementStatus.SIGNED
         _resign(client=client, row=row, latest=latest, new_nonce=True, actor=actor)
     return SettlementState.PENDING
+
+
+def settlements_submit_batch(
+    *, requests: Sequence[DepositSettlement | RedeemSettlement], actor: str
+) -> list[SettlementTx]:
+    """Settle many deposits (settleDeposits) or many redeems (settleRedeems) in batched
+    transactions of at most CHAIN_SETTLEMENT_BATCH_MAX ids, each id's SettlementTx linked to
+    its SettlementBatch (so `settlement_check` per id follows the batch).
+
+    Idempotent per id, as `settlement_submit`: an id already submitted is returned as it
+    stands (ValueError when asked with other amounts) and not sent again; an id the vault
+    already reports settled is recorded CONFIRMED with `already_settled`, not sent. The batch
+    is estimated before anything is signed: when the vault would refuse it (any element
+    mismatched or invalid) SettlementRejected is raised and nothing of that chunk is
+    recorded. Broadcast after the caller's transaction commits. Returns the rows in the
+    order of `requests`.
+    """
+    kinds = {request.kind for request in requests}
+    if len(kinds) > 1 or kinds - set(BATCH_CALLS):
+        raise ValueError(f"a batch settles deposits or redeems, one kind at a time: {kinds}")
+    if not requests:
+        return []
+    (kind,) = kinds
+    chain_id = settings.CHAIN_ID
+    by_id: dict[int, SettlementTx] = {}
+    fresh: list[DepositSettlement | RedeemSettlement] = []
+    for request in requests:
+        existing = SettlementTx.objects.filter(
+            chain_id=chain_id, kind=kind, onchain_id=request.vault_id
+        ).first()
+        if existing is not None:
+            _check_same(existing, request)
+            by_id[request.vault_id] = existing
+        elif request.vault_id not in {r.vault_id for r in fresh}:
+            fresh.append(request)
+    if fresh:
+        key = _operator_key()
+        sender = address_of_key(key)
+        size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
+        for start in range(0, len(fresh), size):
+            chunk = fresh[start : start + size]
+            by_id.update(_batch_submit_chunk(chunk=chunk, key=key, sender=sender, actor=actor))
+    return [by_id[request.vault_id] for request in requests]
+
+
+def _batch_submit_chunk(
+    *,
+    chunk: list[DepositSettlement | RedeemSettlement],
+    key: str,
+    sender: str,
+    actor: str,
+) -> dict[int, SettlementTx]:
+    chain_id = settings.CHAIN_ID
+    client = chain_client()
+    vault = contract_set().vault
+    kind = chunk[0].kind
+    out: dict[int, SettlementTx] = {}
+    to_send = []
+    for request in chunk:
+        if selectors.is_settled(kind=kind, onchain_id=request.vault_id):
+            base = {
+                "chain_id": chain_id,
+                "kind": kind,
+                **_row_values(request),
+                "order_id": request.order_id,
+                "sender": sender,
+            }
+            out[request.vault_id] = _record_already_settled(base=base, actor=actor)
+        else:
+            to_send.append(request)
+    if not to_send:
+        return out
+    fn, args = BATCH_CALLS[kind], ([r.batch_element() for r in to_send],)
+    try:
+        gas = client.estimate_gas(
+            contract="BroncoVault", address=vault, fn=fn, args=args, sender=sender
+        )
+    except ContractReverted as exc:
+        raise SettlementRejected(
+            f"{fn}({[r.vault_id for r in to_send]}): {exc.error_name or exc} {exc.error_args}"
+        ) from exc
+    fees = client.fee_quote(min_priority_fee=settings.CHAIN_MIN_PRIORITY_FEE_WEI)
+    tip = fees.max_priority_fee_per_gas
+    max_fee = min(2 * fees.base_fee_per_gas + tip, settings.CHAIN_MAX_FEE_PER_GAS_WEI)
+    with transaction.atomic():
+        nonce = nonce_allocate(client=client, chain_id=chain_id, address=sender)
+        signed = client.sign(
+            private_key=key,
+            contract="BroncoVault",
+            address=vault,
+            fn=fn,
+            args=args,
+            nonce=nonce,
+            gas_limit=gas * settings.CHAIN_GAS_LIMIT_PERCENT // 100,
+            max_fee_per_gas=max_fee,
+            max_priority_fee_per_gas=min(tip, max_fee),
+            chain_id=chain_id,
+        )
+        try:
+            with transaction.atomic():
+                batch = SettlementBatch.objects.create(
+                    chain_id=chain_id,
+                    kind=kind,
+                    sender=sender,
+                    nonce=nonce,
+                    tx_hash=signed.tx_hash,
+                    status=SettlementStatus.SIGNED,
+                )
+                rows = [
+                    SettlementTx.objects.create(
+                        chain_id=chain_id,
+                        kind=kind,
+                        **_row_values(request),
+                        order_id=request.order_id,
+                        sender=sender,
+                        batch=batch,
+                        tx_hash=signed.tx_hash,
+                        status=SettlementStatus.SIGNED,
+                    )
+                    for request in to_send
+                ]
+        except IntegrityError:
+            # Another submitter recorded one of these ids first: nothing of this chunk is
+            # kept (the nonce neither); each id goes alone, which returns what exists.
+            transaction.set_rollback(True)
+            rows = None
+        else:
+            _attempt_create(batch, signed)
+            _audit_carrier(batch, actor=actor, action="chain.settlement_signed")
+            batch_pk, raw = batch.pk, signed.raw
+            transaction.on_commit(lambda: _broadcast(pk=batch_pk, raw=raw, actor=actor, batch=True))
+    if rows is None:
+        for request in to_send:
+            out[request.vault_id] = settlement_submit(request=request, actor=actor)
+        return out
+    for row in rows:
+        row.refresh_from_db()
+        out[int(row.onchain_id)] = row
+    return out
 
 
 # --- the SettlementSender the orders and refunds apps call (chain.settlement) -------------
@@ -562,6 +865,12 @@ class ChainSettlementSender:
 
     def submit(self, request: SettlementRequest, *, actor: str) -> Settlement:
         return _settlement_view(settlement_submit(request=request, actor=actor))
+
+    def submit_batch(
+        self, requests: Sequence[DepositSettlement | RedeemSettlement], *, actor: str
+    ) -> list[Settlement]:
+        rows = settlements_submit_batch(requests=requests, actor=actor)
+        return [_settlement_view(row) for row in rows]
 
     def check(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
         return settlement_check(kind=kind, vault_id=vault_id, actor=actor)

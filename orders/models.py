@@ -140,6 +140,14 @@ class Order(models.Model):
         help_text="The live run renews this at every step; past it, the compensation scan "
         "takes the order over",
     )
+    # A hold (orders.services.order_hold): no settlement is sent while it is set.
+    held_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while the order is held (its chain event was replaced by a reorg, or "
+        "the vault refused its settlement): nothing is settled until it is released",
+    )
+    hold_reason = models.CharField(max_length=200, blank=True)
     deadline = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

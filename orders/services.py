@@ -9,12 +9,13 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from core.alerts import alert_raise
 from core.audit import AuditEntry, audit_record, audit_record_many
 from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
 from orders.models import Cycle, CycleStatus, Order, OrderStatus, OrderType
 from orders.runs import initial_lease, run_enqueue_many, run_take_over, stage_for_status
 from orders.stages import Next, Stage
-from orders.state import order_record
+from orders.state import order_record, order_transition
 
 if TYPE_CHECKING:
     from trading.broker import BrokerOrder
@@ -337,3 +338,113 @@ def order_manual_refund_release(*, order_id: int, amount: int, actor: str) -> Or
             changes["refund_usdt"] = int(order.refund_usdt) + int(amount)
         order_record(order=order, actor=actor, action="order.manual_refund_released", **changes)
     return None
+
+
+# --- holds: an order whose chain event a reorg replaced, or whose settlement was refused ----
+
+
+def order_hold(*, order_id: int, reason: str, actor: str) -> Order | None:
+    """Hold an open order: the settle stage sends no settlement while it is held (a settlement
+    already sent is still followed). Audited (`order.held`). Idempotent: an order already held
+    keeps its first reason. Returns None for an unknown or terminal order (nothing to hold)."""
+    for _ in range(_CANCEL_ATTEMPTS):
+        order = Order.objects.filter(pk=order_id).first()
+        if order is None or order.is_terminal:
+            return None
+        if order.held_at is not None:
+            return order
+        try:
+            order = order_record(
+                order=order,
+                actor=actor,
+                action="order.held",
+                held_at=timezone.now(),
+                hold_reason=reason[:200],
+            )
+        except StaleOrderVersion:
+            continue
+        logger.warning(
+            "order held: %s", reason, extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash}
+        )
+        return order
+    raise StaleOrderVersion(order_id, 0)
+
+
+def order_release_hold(*, order_id: int, actor: str) -> Order | None:
+    """Release a hold: the order continues where it stands (a new run at its stage after
+    commit). Audited (`order.hold_released`). Idempotent: an order not held is returned as it
+    is; None for an unknown order."""
+    for _ in range(_CANCEL_ATTEMPTS):
+        order = Order.objects.filter(pk=order_id).first()
+        if order is None:
+            return None
+        if order.held_at is None:
+            return order
+        if order.is_terminal:
+            return order
+        try:
+            with transaction.atomic():
+                order = order_record(
+                    order=order,
+                    actor=actor,
+                    action="order.hold_released",
+                    held_at=None,
+                    hold_reason="",
+                )
+                stage = stage_for_status(order.status)
+                if stage is not None:
+                    run_take_over(order_id=order.pk, stage=stage)
+        except StaleOrderVersion:
+            continue
+        logger.info("order hold released", extra={"order_id": order.pk})
+        return order
+    raise StaleOrderVersion(order_id, 0)
+
+
+def order_close_vanished(*, order_id: int, actor: str) -> Order | None:
+    """Close an open order whose chain event is gone for good (a reorg replaced it and the
+    re-read found it nowhere): FAILED with nothing settled on chain (there is no deposit or
+    redeem to pay back). When it had traded at the broker, a critical alert says so: shares
+    bought or sold for a vanished request are an operator matter. Audited
+    (`order.closed_vanished`). Idempotent: a terminal order is returned unchanged."""
+    for _ in range(_CANCEL_ATTEMPTS):
+        order = Order.objects.filter(pk=order_id).first()
+        if order is None:
+            return None
+        if order.is_terminal:
+            return order
+        traded = bool(order.futu_order_id) or order.filled_qty > 0
+        try:
+            with transaction.atomic():
+                order = order_transition(
+                    order=order,
+                    to_status=OrderStatus.FAILED,
+                    actor=actor,
+                    action="order.closed_vanished",
+                    outcome=OrderStatus.FAILED,
+                    held_at=None,
+                    last_error="its chain event vanished in a reorg: nothing settled",
+                )
+                if traded:
+                    alert_raise(
+                        key=f"order.vanished_traded:{order.pk}",
+                        message=f"order {order.pk} traded at the broker (order "
+                        f"{order.futu_order_id or '-'}, filled {order.filled_qty}) but its chain "
+                        "request vanished in a reorg: the position is the operator's to unwind",
+                        severity="critical",
+                        source=actor,
+                        details={
+                            "order_id": order.pk,
+                            "futu_order_id": order.futu_order_id,
+                            "filled_qty": str(order.filled_qty),
+                            "tx_hash": order.chain_tx_hash,
+                        },
+                    )
+        except StaleOrderVersion:
+            continue
+        logger.error(
+            "order closed: its chain event vanished",
+            extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "traded": traded},
+        )
+        return order
+    raise StaleOrderVersion(order_id, 0)

@@ -34,6 +34,16 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     S.FAILED: frozenset(),
 }
 
+# Transitions only one action may take: a deposit or redeem whose chain event vanished in a
+# reorg is closed with nothing settled (orders.services.order_close_vanished).
+ACTION_TRANSITIONS: Mapping[str, Mapping[str, frozenset[str]]] = {
+    "order.closed_vanished": {
+        S.PENDING: frozenset({S.FAILED}),
+        S.EXECUTING: frozenset({S.FAILED}),
+        S.SETTLING: frozenset({S.FAILED}),
+    },
+}
+
 # Fields a state change may carry along; status and version are the machine's own.
 _MUTABLE_FIELDS = frozenset(
     f.name
@@ -43,8 +53,10 @@ _MUTABLE_FIELDS = frozenset(
 )
 
 
-def is_allowed(from_status: str, to_status: str) -> bool:
-    return to_status in TRANSITIONS.get(from_status, frozenset())
+def is_allowed(from_status: str, to_status: str, action: str = "") -> bool:
+    if to_status in TRANSITIONS.get(from_status, frozenset()):
+        return True
+    return to_status in ACTION_TRANSITIONS.get(action, {}).get(from_status, frozenset())
 
 
 def _jsonable(value: Any) -> Any:
@@ -70,7 +82,7 @@ def _apply(
         raise ValueError(f"not order fields a transition may set: {sorted(unknown)}")
     if order.status in TERMINAL_STATUSES and (to_status or changes):
         raise IllegalTransition(order.pk, order.status, to_status or order.status)
-    if to_status is not None and not is_allowed(order.status, to_status):
+    if to_status is not None and not is_allowed(order.status, to_status, action):
         raise IllegalTransition(order.pk, order.status, to_status)
 
     values: dict[str, Any] = dict(changes)

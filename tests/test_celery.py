@@ -35,6 +35,7 @@ EXPECTED_QUEUES = {
     "orders.tasks.compensation_scan": "default",
     "orders.tasks.ping": "default",
     "chain.tasks.settlements_sweep": "chain",
+    "chain.tasks.settlements_heal": "chain",
     "refunds.tasks.refund_execute": "chain",
     "refunds.tasks.refund_check": "chain",
     "refunds.tasks.refunds_retry_waiting": "chain",

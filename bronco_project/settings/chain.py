@@ -70,6 +70,9 @@ CHAIN_SETTLEMENT_CONFIRMATIONS = env_int(
     "CHAIN_SETTLEMENT_CONFIRMATIONS", 12 if _is_production else 1
 )
 CHAIN_SETTLEMENT_STUCK_SECONDS = env_float("CHAIN_SETTLEMENT_STUCK_SECONDS", 120.0)
+# Ids per batched settlement transaction (settleDeposits / settleRedeems): one element costs
+# about 60-90k gas, so 100 stays well under a 30M block gas limit.
+CHAIN_SETTLEMENT_BATCH_MAX = env_int("CHAIN_SETTLEMENT_BATCH_MAX", 100)
 CHAIN_FEE_BUMP_PERCENT = env_int("CHAIN_FEE_BUMP_PERCENT", 20)
 CHAIN_MIN_PRIORITY_FEE_WEI = env_int("CHAIN_MIN_PRIORITY_FEE_WEI", 1_000_000_000)
 CHAIN_MAX_FEE_PER_GAS_WEI = env_int("CHAIN_MAX_FEE_PER_GAS_WEI", 500_000_000_000)

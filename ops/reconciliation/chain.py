@@ -190,11 +190,23 @@ def check_orders_against_chain(
             chain_id=settings.CHAIN_ID, kind__in=("deposit", "redeem")
         )
     }
+    # Orders closed because their request vanished in a reorg: nothing on chain, nothing paid.
+    vanished = set(
+        AuditLog.objects.filter(action="order.closed_vanished").values_list("order_id", flat=True)
+    )
     for o in orders:
         events = chain.deposits if o.order_type == OrderType.BUY else chain.redeems
+        paid = chain.settled.get((o.order_type, int(o.onchain_id)), [])
+        if o.pk in vanished:
+            if int(o.onchain_id) in events or paid:
+                result.add(
+                    "db/chain",
+                    order_label(o),
+                    "closed as vanished in a reorg, but its request is on chain",
+                )
+            continue
         if int(o.onchain_id) not in events:
             result.add("db/chain", order_label(o), "no such vault event on chain")
-        paid = chain.settled.get((o.order_type, int(o.onchain_id)), [])
         if len(paid) > 1:
             result.add("chain", order_label(o), f"settled {len(paid)} times on chain")
         if not paid:
@@ -207,6 +219,8 @@ def check_orders_against_chain(
             result.add("db/chain", order_label(o), "settled on chain but never finalized")
             continue
         ev = paid[0]
+        if ev.user.lower() != o.user_address.lower():
+            result.add("chain", order_label(o), f"settlement paid {ev.user}, not the order's user")
         usdt, tokens = settlement_amounts(o)
         if isinstance(ev, DepositSettled):
             chain_usdt, chain_tokens = ev.refund_usdt_units, ev.minted_token_units

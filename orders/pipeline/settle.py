@@ -5,6 +5,7 @@ import logging
 from django.conf import settings
 from django.db import transaction
 
+from chain.exceptions import SettlementRejected
 from chain.settlement import (
     DepositSettlement,
     RedeemSettlement,
@@ -23,6 +24,7 @@ from orders.pipeline.common import (
     settlement_kind,
     stage_actor,
 )
+from orders.services import order_hold, order_release_hold
 from orders.state import order_record, order_transition
 from refunds import selectors as refund_selectors
 from refunds import services as refund_services
@@ -49,22 +51,36 @@ def order_settle(*, order_id: int) -> Next | None:
             amount=usdt, order_id=order.pk, actor=stage_actor("settle")
         ):
             return Next(SETTLE, countdown=settings.RESERVE_WAIT_SECONDS)
-        tx = settlement_sender().submit(
-            DepositSettlement(
-                deposit_id=int(order.onchain_id),
-                mint_token_units=tokens,
-                refund_usdt_units=usdt,
-                order_id=order.pk,
+        if order.held_at is not None:
+            # Held (its chain event was replaced by a reorg, or the vault refused it):
+            # nothing is sent until the hold is released.
+            return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
+        try:
+            tx = settlement_sender().submit(
+                DepositSettlement(
+                    deposit_id=int(order.onchain_id),
+                    user=order.user_address,
+                    symbol=order.symbol,
+                    deposit_usdt_units=int(order.usdt_amount),
+                    mint_token_units=tokens,
+                    refund_usdt_units=usdt,
+                    order_id=order.pk,
+                )
+                if order.order_type == OrderType.BUY
+                else RedeemSettlement(
+                    redeem_id=int(order.onchain_id),
+                    user=order.user_address,
+                    symbol=order.symbol,
+                    redeem_token_units=int(order.token_amount),
+                    payout_usdt_units=usdt,
+                    return_token_units=tokens,
+                    order_id=order.pk,
+                ),
+                actor=stage_actor("settle"),
             )
-            if order.order_type == OrderType.BUY
-            else RedeemSettlement(
-                redeem_id=int(order.onchain_id),
-                payout_usdt_units=usdt,
-                return_token_units=tokens,
-                order_id=order.pk,
-            ),
-            actor=stage_actor("settle"),
-        )
+        except SettlementRejected as exc:
+            _hold_refused(order=order, kind=kind, reason=f"settlement refused: {exc}")
+            return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
         order = order_record(
             order=order,
             actor=stage_actor("settle"),
@@ -80,6 +96,9 @@ def order_settle(*, order_id: int) -> Next | None:
         if record is not None and record.tx_hash and record.tx_hash != order.settlement_tx_hash:
             updates["settlement_tx_hash"] = record.tx_hash
         with transaction.atomic():
+            if order.held_at is not None:
+                order_release_hold(order_id=order.pk, actor=stage_actor("settle"))
+                order.refresh_from_db()
             order_transition(
                 order=order,
                 to_status=order.outcome,
@@ -101,22 +120,30 @@ def order_settle(*, order_id: int) -> Next | None:
         # Not "already settled" (that counts as confirmed): alert, and try again once the
         # vault would accept it. Never dropped: the order stays SETTLING until it settles.
         logger.error("settlement reverted", extra={"order_id": order.pk})
-        alert_raise(
-            key=f"settlement_reverted:{kind}:{int(order.onchain_id)}",
-            message=f"{kind} {int(order.onchain_id)} (order {order.pk}) settlement reverted; "
-            "retrying",
-            severity="critical",
-            source=stage_actor("settle"),
-            details={"order_id": order.pk, "tx_hash": order.settlement_tx_hash},
-        )
+        _hold_refused(order=order, kind=kind, reason="settlement reverted on chain")
         audit_record(
             actor=stage_actor("settle"),
             action="order.settlement_reverted",
             order_id=order.pk,
             after={"tx_hash": order.settlement_tx_hash},
         )
+        # Resent only once an eth_call shows the vault would now take it (e.g. the reserve
+        # was refilled); a mismatch never passes, so it is never resent as it is.
         settlement_sender().resubmit(
             kind=kind, vault_id=int(order.onchain_id), actor=stage_actor("settle")
         )
         return Next(SETTLE, countdown=settings.ORDER_RETRY_SECONDS)
     return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
+
+
+def _hold_refused(*, order: Order, kind: str, reason: str) -> None:
+    """A settlement the vault refused: the order is held (no new settlement is sent) and a
+    critical alert raised at once. Never silent, never resent blindly."""
+    order_hold(order_id=order.pk, reason=reason, actor=stage_actor("settle"))
+    alert_raise(
+        key=f"settlement_reverted:{order.pk}",
+        message=f"{kind} {int(order.onchain_id)} (order {order.pk}): {reason}; order held",
+        severity="critical",
+        source=stage_actor("settle"),
+        details={"order_id": order.pk, "tx_hash": order.settlement_tx_hash, "reason": reason},
+    )

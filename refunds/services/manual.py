@@ -192,6 +192,9 @@ def refund_execute(*, refund_id: int, actor: str) -> Refund:
                 RefundPayment(
                     refund_id=int(refund.onchain_id),
                     deposit_id=int(refund.order.onchain_id),
+                    user=refund.order.user_address,
+                    symbol=refund.order.symbol,
+                    deposit_usdt_units=int(refund.order.usdt_amount),
                     refund_usdt_units=int(refund.amount),
                     order_id=refund.order_id,
                 ),

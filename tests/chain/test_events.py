@@ -4,6 +4,7 @@ into its dataclass, with Bronco's types; a log that is not one still raises Unde
 import dataclasses
 import re
 import typing
+from dataclasses import replace
 
 import pytest
 from eth_utils import keccak, to_checksum_address
@@ -21,14 +22,24 @@ from chain.events import (
     CancelRequested,
     ContractEvent,
     Deposit,
+    DepositFilled,
     DepositRefunded,
     DepositSettled,
     Redeem,
+    RedeemFilled,
     RedeemSettled,
     ReserveWithdrawn,
+    SettlementSkipped,
     Transfer,
 )
-from tests.fixtures.chain import DEPLOYER_KEY, OPERATOR_KEY
+from tests.fixtures.chain import (
+    DEPLOYER_KEY,
+    OPERATOR_KEY,
+    call_of,
+    named_deposit,
+    named_redeem,
+    named_refund,
+)
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db]
 
@@ -81,11 +92,39 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
 
     bought = user.deposit_id(user.deposit("AAPL", 40 * UNIT))
     user.request_cancel(bought)
-    vault(OPERATOR_KEY, "settleDeposit", bought, 2 * TOKEN, 15 * UNIT)
+    vault(
+        OPERATOR_KEY,
+        *call_of(named_deposit(bought, mint_token_units=2 * TOKEN, refund_usdt_units=15 * UNIT)),
+    )
     sold = user.redeem_id(user.redeem("AAPL", TOKEN))
-    vault(OPERATOR_KEY, "settleRedeem", sold, 7 * UNIT, 0)
+    vault(
+        OPERATOR_KEY,
+        *call_of(named_redeem(sold, payout_usdt_units=7 * UNIT, return_token_units=0)),
+    )
     refunded = user.deposit_id(user.deposit("AAPL", 10 * UNIT))
-    vault(OPERATOR_KEY, "refundDeposit", refunded, 9001, 3 * UNIT)
+    vault(
+        OPERATOR_KEY,
+        *call_of(named_refund(refund_id=9001, deposit_id=refunded, refund_usdt_units=3 * UNIT)),
+    )
+    # Batched settlement: the settled deposit is skipped (SettlementSkipped), the new one
+    # filled (DepositFilled); a redeem likewise (RedeemFilled).
+    batched = user.deposit_id(user.deposit("AAPL", 20 * UNIT))
+    settled_again = named_deposit(bought, mint_token_units=2 * TOKEN, refund_usdt_units=15 * UNIT)
+    fresh = replace(
+        named_deposit(batched, mint_token_units=TOKEN, refund_usdt_units=0),
+        cycle_id=3,
+        price_per_share_units=19 * UNIT,
+        fee_units=UNIT,
+    )
+    vault(OPERATOR_KEY, "settleDeposits", [settled_again.batch_element(), fresh.batch_element()])
+    sold_batched = user.redeem_id(user.redeem("AAPL", TOKEN // 2))
+    redeemed = replace(
+        named_redeem(sold_batched, payout_usdt_units=9 * UNIT, return_token_units=0),
+        cycle_id=3,
+        price_per_share_units=19 * UNIT,
+        fee_units=UNIT // 2,
+    )
+    vault(OPERATOR_KEY, "settleRedeems", [redeemed.batch_element()])
     vault(DEPLOYER_KEY, "withdrawReserve", admin, 5 * UNIT)
     vault(DEPLOYER_KEY, "pause")
     vault(DEPLOYER_KEY, "unpause")
@@ -129,15 +168,27 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
     assert deposit.address == contracts.vault
     (cancel,) = decoded[CancelRequested]
     assert (cancel.deposit_id, cancel.user) == (bought, user.address)
-    (settled,) = decoded[DepositSettled]
+    settled, settled_batched = decoded[DepositSettled]
+    assert (settled_batched.deposit_id, settled_batched.minted_token_units) == (batched, TOKEN)
+    (filled,) = decoded[DepositFilled]
+    assert (filled.deposit_id, filled.cycle_id, filled.price_per_share_units, filled.fee_units) == (
+        batched,
+        3,
+        19 * UNIT,
+        UNIT,
+    )
+    (skipped,) = decoded[SettlementSkipped]
+    assert (skipped.kind, skipped.vault_id) == (1, bought)
+    (redeem_filled,) = decoded[RedeemFilled]
+    assert (redeem_filled.redeem_id, redeem_filled.fee_units) == (sold_batched, UNIT // 2)
     assert (settled.deposit_id, settled.minted_token_units, settled.refund_usdt_units) == (
         bought,
         2 * TOKEN,
         15 * UNIT,
     )
-    (redeem,) = decoded[Redeem]
+    redeem, _ = decoded[Redeem]
     assert (redeem.redeem_id, redeem.symbol, redeem.token_units) == (sold, "AAPL", TOKEN)
-    (paid,) = decoded[RedeemSettled]
+    paid, _ = decoded[RedeemSettled]
     assert (paid.redeem_id, paid.payout_usdt_units, paid.returned_token_units) == (
         sold,
         7 * UNIT,

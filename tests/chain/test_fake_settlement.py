@@ -26,11 +26,26 @@ from tests.fakes.settlement import FakeSettlementSender, Outcome
 from tests.fixtures.chain import REPO
 
 FAKE = "tests.fakes.settlement.FakeSettlementSender"
-PROTOCOL_METHODS = ("submit", "check", "resubmit", "settlement", "reserve_usdt_units")
+PROTOCOL_METHODS = (
+    "submit",
+    "submit_batch",
+    "check",
+    "resubmit",
+    "settlement",
+    "reserve_usdt_units",
+)
+ALICE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+BOB = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+NAMED = {"user": ALICE, "symbol": "AAPL"}
 
 
-def deposit(deposit_id=7, refund=10, mint=5):
-    return DepositSettlement(deposit_id=deposit_id, mint_token_units=mint, refund_usdt_units=refund)
+def deposit(deposit_id=7, refund=10, mint=5, **overrides):
+    return DepositSettlement(
+        deposit_id=deposit_id,
+        mint_token_units=mint,
+        refund_usdt_units=refund,
+        **(NAMED | {"deposit_usdt_units": 100} | overrides),
+    )
 
 
 @pytest.mark.parametrize("sender", [FakeSettlementSender, ChainSettlementSender])
@@ -55,8 +70,18 @@ def test_the_fake_settles_an_id_at_most_once():
     assert fake.paid == {("deposit", 7): deposit()}
 
     # The kind is part of the key: redeem 7 and refund 7 are other settlements.
-    fake.submit(RedeemSettlement(redeem_id=7, payout_usdt_units=1, return_token_units=0), actor="t")
-    fake.submit(RefundPayment(refund_id=7, deposit_id=8, refund_usdt_units=3), actor="t")
+    fake.submit(
+        RedeemSettlement(
+            redeem_id=7, payout_usdt_units=1, return_token_units=0, redeem_token_units=9, **NAMED
+        ),
+        actor="t",
+    )
+    fake.submit(
+        RefundPayment(
+            refund_id=7, deposit_id=8, refund_usdt_units=3, deposit_usdt_units=100, **NAMED
+        ),
+        actor="t",
+    )
     assert len(fake.submissions) == 3
     with pytest.raises(SettlementTx.DoesNotExist):
         fake.check(kind="redeem", vault_id=8, actor="test")
@@ -116,6 +141,9 @@ def test_refunds_reach_the_chain_through_the_selected_sender(settings):
         RefundPayment(
             refund_id=int(refund.onchain_id),
             deposit_id=int(order.onchain_id),
+            user=order.user_address,
+            symbol=order.symbol,
+            deposit_usdt_units=int(order.usdt_amount),
             refund_usdt_units=int(refund.amount),
         ),
         actor="test",
@@ -151,3 +179,45 @@ def test_production_refuses_any_sender_but_the_real_one():
     refused = production_settings(CHAIN_SETTLEMENT_SENDER=FAKE)
     assert refused.returncode != 0
     assert "refuses to start" in refused.stderr and "CHAIN_SETTLEMENT_SENDER" in refused.stderr
+
+
+def test_the_fake_refuses_a_settlement_naming_another_request_like_the_vault():
+    fake = FakeSettlementSender()
+    fake.record("deposit", 7, user=ALICE, symbol="AAPL", amount=100)
+    for wrong in ({"user": BOB}, {"symbol": "TSLA"}, {"deposit_usdt_units": 101}):
+        with pytest.raises(SettlementRejected, match="DepositMismatch"):
+            fake.submit(deposit(**wrong), actor="test")
+    fake.forget("deposit", 7)
+    with pytest.raises(SettlementRejected, match="UnknownDeposit"):
+        fake.submit(deposit(), actor="test")
+    assert fake.submissions == [] and fake.paid == {}
+
+
+def test_the_fake_batch_skips_settled_ids_and_refuses_a_mismatched_batch_whole():
+    fake = FakeSettlementSender()
+    fake.record("deposit", 2, user=ALICE, symbol="AAPL", amount=100)
+    first = fake.submit_batch([deposit(1), deposit(2)], actor="test")
+    assert [s.vault_id for s in first] == [1, 2]
+    for vault_id in (1, 2):
+        fake.check(kind="deposit", vault_id=vault_id, actor="test")
+    again = fake.submit_batch([deposit(1), deposit(3)], actor="test")  # 1 is skipped
+    assert again[0] == fake.settlement(kind="deposit", vault_id=1)
+    fake.record("deposit", 5, user=BOB, symbol="AAPL", amount=100)
+    with pytest.raises(SettlementRejected, match="DepositMismatch"):
+        fake.submit_batch([deposit(4), deposit(5)], actor="test")
+    assert fake.settlement(kind="deposit", vault_id=4) is None  # nothing of it recorded
+    assert [r.vault_id for r in fake.submissions] == [1, 2, 3]
+    with pytest.raises(ValueError, match="one kind"):
+        fake.submit_batch(
+            [
+                deposit(6),
+                RedeemSettlement(
+                    redeem_id=6,
+                    payout_usdt_units=1,
+                    return_token_units=0,
+                    redeem_token_units=9,
+                    **NAMED,
+                ),
+            ],
+            actor="test",
+        )

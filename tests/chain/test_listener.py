@@ -22,6 +22,7 @@ from tests.fixtures.chain import (
     deploy_contract_set,
     django_test_env,
     listener_config,
+    named_deposit,
     point_settings_at,
     wait_for,
 )
@@ -51,7 +52,7 @@ def test_each_vault_event_becomes_exactly_one_chain_event(
             contract="BroncoVault",
             address=deployed_contracts.vault,
             fn="settleDeposit",
-            args=(dep1, 10**18, 0),
+            args=named_deposit(dep1, mint_token_units=10**18, refund_usdt_units=0).vault_call()[1],
         )
         red = user.redeem("AAPL", 4 * 10**17)
         txs = [d1.tx_hash, d2.tx_hash, cancel.tx_hash, red.tx_hash]
@@ -186,12 +187,16 @@ def test_reorg_before_confirmation_drops_the_orphan_and_takes_the_replacement(
         wait_for(lambda: listener.unconfirmed_count >= 1)
         assert node.rpc("evm_revert", [snapshot]) is True
         replacement = user.deposit("TSLA", 222 * 10**6)
-        assert user.deposit_id(replacement) == orphan_id  # the same id, another deposit
+        # Ids are what a request is: another deposit never takes the orphan's id.
+        assert user.deposit_id(replacement) != orphan_id
         node.rpc("anvil_mine", [hex(3)])
         wait_for(lambda: len(events_for([replacement.tx_hash])) == 1)
-        assert listener.stats.orphaned_dropped >= 1
+        wait_for(lambda: listener.stats.orphaned_dropped >= 1)
     assert not events_for([orphan.tx_hash])
-    order = Order.objects.get(order_type="BUY", chain_id=contracts.chain_id, onchain_id=orphan_id)
+    assert not Order.objects.filter(chain_id=contracts.chain_id, onchain_id=orphan_id).exists()
+    order = Order.objects.get(
+        order_type="BUY", chain_id=contracts.chain_id, onchain_id=user.deposit_id(replacement)
+    )
     assert (order.chain_tx_hash, order.usdt_amount, order.symbol) == (
         replacement.tx_hash,
         222 * 10**6,

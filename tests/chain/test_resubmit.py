@@ -8,8 +8,8 @@ from django.db import transaction
 from chain import selectors
 from chain.models import SettlementStatus, SettlementTx
 from chain.services import settlement_check, settlement_resubmit, settlement_submit
-from chain.settlement import DepositSettlement, SettlementState
-from tests.fixtures.chain import drain_vault, wait_for
+from chain.settlement import SettlementState
+from tests.fixtures.chain import drain_vault, named_deposit, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -23,9 +23,7 @@ def test_reverted_settlement_is_resubmitted_once_funded(own_chain, chain_user):
     with transaction.atomic():
         # Estimated while the vault holds the deposit; broadcast after this block commits.
         settlement_submit(
-            request=DepositSettlement(
-                deposit_id=deposit_id, mint_token_units=0, refund_usdt_units=100 * 10**6
-            ),
+            request=named_deposit(deposit_id, mint_token_units=0, refund_usdt_units=100 * 10**6),
             actor="test",
         )
         drain_vault(node, contracts)

@@ -12,9 +12,9 @@ from chain.client import address_of_key
 from chain.exceptions import SettlementRejected
 from chain.models import NonceSequence, SettlementAttempt, SettlementStatus, SettlementTx
 from chain.services import settlement_check, settlement_submit
-from chain.settlement import DepositSettlement, SettlementState
+from chain.settlement import SettlementState
 from core.models import AuditLog
-from tests.fixtures.chain import OPERATOR_KEY, wait_for
+from tests.fixtures.chain import OPERATOR_KEY, named_deposit, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -38,8 +38,8 @@ def test_fifty_settlements_from_four_workers_take_fifty_consecutive_nonces(
         try:
             for deposit_id in chunk:
                 settlement_submit(
-                    request=DepositSettlement(
-                        deposit_id=deposit_id,
+                    request=named_deposit(
+                        deposit_id,
                         mint_token_units=10**15,
                         refund_usdt_units=10**5,
                         order_id=None,
@@ -71,7 +71,7 @@ def test_fifty_settlements_from_four_workers_take_fifty_consecutive_nonces(
 
 def test_submit_is_idempotent_and_refuses_what_the_vault_would_refuse(chain_settings, chain_user):
     (deposit_id,) = deposits(chain_user(7), 1, amount=3 * 10**6)
-    request = DepositSettlement(deposit_id=deposit_id, mint_token_units=5, refund_usdt_units=10**6)
+    request = named_deposit(deposit_id, mint_token_units=5, refund_usdt_units=10**6)
     first = settlement_submit(request=request, actor="test")
     again = settlement_submit(request=request, actor="test")
     assert again.pk == first.pk and SettlementAttempt.objects.filter(settlement=first).count() == 1
@@ -84,8 +84,8 @@ def test_submit_is_idempotent_and_refuses_what_the_vault_would_refuse(chain_sett
     (other,) = deposits(chain_user(7), 1, amount=10**6)
     with pytest.raises(SettlementRejected, match="RefundAboveDeposit"):
         settlement_submit(
-            request=DepositSettlement(
-                deposit_id=other,
+            request=named_deposit(
+                other,
                 mint_token_units=0,
                 refund_usdt_units=10**6 + 1,
                 order_id=None,
@@ -94,8 +94,8 @@ def test_submit_is_idempotent_and_refuses_what_the_vault_would_refuse(chain_sett
         )
     with pytest.raises(SettlementRejected, match="UnknownDeposit"):
         settlement_submit(
-            request=DepositSettlement(
-                deposit_id=10**9,
+            request=named_deposit(
+                10**9,
                 mint_token_units=0,
                 refund_usdt_units=0,
                 order_id=None,
@@ -113,12 +113,12 @@ def test_a_settlement_already_made_on_chain_is_recognised(chain_settings, chain_
         contract="BroncoVault",
         address=chain_settings.vault,
         fn="settleDeposit",
-        args=(deposit_id, 1, 0),
+        args=named_deposit(deposit_id, mint_token_units=1, refund_usdt_units=0).vault_call()[1],
     )
     nonce_before = anvil.client().pending_nonce(address_of_key(OPERATOR_KEY))
     row = settlement_submit(
-        request=DepositSettlement(
-            deposit_id=deposit_id,
+        request=named_deposit(
+            deposit_id,
             mint_token_units=1,
             refund_usdt_units=0,
             order_id=None,
@@ -140,8 +140,8 @@ def test_a_stuck_settlement_is_replaced_with_the_same_nonce_and_a_higher_fee(
     (deposit_id,) = deposits(user, 1)
     node.rpc("evm_setAutomine", [False])
     row = settlement_submit(
-        request=DepositSettlement(
-            deposit_id=deposit_id,
+        request=named_deposit(
+            deposit_id,
             mint_token_units=10**18,
             refund_usdt_units=0,
             order_id=None,
@@ -180,7 +180,7 @@ def test_losing_a_settlement_race_on_chain_counts_as_settled(own_chain, chain_us
         contract="BroncoVault",
         address=contracts.vault,
         fn="settleDeposit",
-        args=(deposit_id, 7, 0),
+        args=named_deposit(deposit_id, mint_token_units=7, refund_usdt_units=0).vault_call()[1],
         sender=operator,
     )
     fees = client.fee_quote(min_priority_fee=10**9)
@@ -189,7 +189,7 @@ def test_losing_a_settlement_race_on_chain_counts_as_settled(own_chain, chain_us
         contract="BroncoVault",
         address=contracts.vault,
         fn="settleDeposit",
-        args=(deposit_id, 7, 0),
+        args=named_deposit(deposit_id, mint_token_units=7, refund_usdt_units=0).vault_call()[1],
         nonce=client.pending_nonce(operator),
         gas_limit=gas * 2,
         max_fee_per_gas=2 * fees.base_fee_per_gas + 10**9,
@@ -198,8 +198,8 @@ def test_losing_a_settlement_race_on_chain_counts_as_settled(own_chain, chain_us
     )
     client.send_raw(earlier.raw)
     row = settlement_submit(
-        request=DepositSettlement(
-            deposit_id=deposit_id,
+        request=named_deposit(
+            deposit_id,
             mint_token_units=7,
             refund_usdt_units=0,
             order_id=None,

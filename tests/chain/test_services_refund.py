@@ -9,7 +9,7 @@ from chain.exceptions import SettlementRejected
 from chain.models import SettlementTx
 from chain.services import settlement_check, settlement_submit
 from chain.settlement import RefundPayment, SettlementState
-from tests.fixtures.chain import OPERATOR_KEY, wait_for
+from tests.fixtures.chain import OPERATOR_KEY, named_deposit, named_refund, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -18,7 +18,7 @@ UNIT = 10**6
 
 def refund(deposit_id, refund_id, amount):
     return settlement_submit(
-        request=RefundPayment(refund_id=refund_id, deposit_id=deposit_id, refund_usdt_units=amount),
+        request=named_refund(refund_id=refund_id, deposit_id=deposit_id, refund_usdt_units=amount),
         actor="test",
     )
 
@@ -45,7 +45,14 @@ def test_a_refund_is_sent_once_and_confirmed(chain_settings, chain_user):
     with pytest.raises(ValueError, match="other amounts"):
         refund(deposit_id, 91_001, 5 * UNIT)
     with pytest.raises(ValueError, match="names its deposit"):
-        refund(None, 91_002, UNIT)
+        RefundPayment(
+            refund_id=91_002,
+            deposit_id=None,
+            user=user.address,
+            symbol="AAPL",
+            deposit_usdt_units=UNIT,
+            refund_usdt_units=UNIT,
+        )
 
 
 def test_an_id_paid_by_a_lost_attempt_is_recorded_as_paid(chain_settings, chain_user, anvil):
@@ -56,7 +63,9 @@ def test_an_id_paid_by_a_lost_attempt_is_recorded_as_paid(chain_settings, chain_
         contract="BroncoVault",
         address=chain_settings.vault,
         fn="refundDeposit",
-        args=(deposit_id, 91_101, 3 * UNIT),
+        args=named_refund(
+            refund_id=91_101, deposit_id=deposit_id, refund_usdt_units=3 * UNIT
+        ).vault_call()[1],
     )
     before = selectors.usdt_balance(address=user.address)
 
@@ -74,7 +83,7 @@ def test_a_refund_of_a_settled_deposit_is_refused(chain_settings, chain_user, an
         contract="BroncoVault",
         address=chain_settings.vault,
         fn="settleDeposit",
-        args=(deposit_id, 0, 0),
+        args=named_deposit(deposit_id, mint_token_units=0, refund_usdt_units=0).vault_call()[1],
     )
     with pytest.raises(SettlementRejected, match="AlreadySettled"):
         refund(deposit_id, 91_201, UNIT)

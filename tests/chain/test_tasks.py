@@ -7,9 +7,8 @@ from django.utils import timezone
 
 from chain.models import SettlementStatus, SettlementTx
 from chain.services import settlement_submit
-from chain.settlement import DepositSettlement
 from chain.tasks import settlements_sweep
-from tests.fixtures.chain import wait_for
+from tests.fixtures.chain import named_deposit, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -18,7 +17,7 @@ def test_the_sweep_checks_open_settlements_until_confirmed(chain_settings, chain
     user = chain_user(9)
     deposit_id = user.deposit_id(user.deposit("AAPL", 2 * 10**6))
     row = settlement_submit(
-        request=DepositSettlement(deposit_id=deposit_id, mint_token_units=3, refund_usdt_units=1),
+        request=named_deposit(deposit_id, mint_token_units=3, refund_usdt_units=1),
         actor="test",
     )
     assert settlements_sweep() == 0  # younger than the sweep's grace period

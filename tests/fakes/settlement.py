@@ -8,6 +8,14 @@ the real sender does. What happens to a submission is scripted per id (or by def
 (the next check reports it reverted; a resubmission follows the next scripted outcome) or
 `REFUSE` (submit raises SettlementRejected, as when the vault would refuse it for good).
 
+Like the vault, it refuses a request that names another request than the one at its id:
+`record(kind, vault_id, user=, symbol=, amount=)` says what "the vault" holds at an id (a
+deposit's USDT, a redeem's shares); a submission naming anything else raises
+SettlementRejected (DepositMismatch / RedeemMismatch), and an id with no record is accepted
+as named (tests that do not care). `submit_batch` mirrors settleDeposits / settleRedeems:
+an id already settled is skipped (returned as it stands), a mismatched element refuses the
+whole batch before anything is recorded.
+
 Select it with `settings.CHAIN_SETTLEMENT_SENDER = "tests.fakes.settlement.FakeSettlementSender"`
 and reach the instance the code under test uses with `chain.settlement.settlement_sender()`.
 """
@@ -15,6 +23,7 @@ and reach the instance the code under test uses with `chain.settlement.settlemen
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from hashlib import sha256
@@ -24,7 +33,14 @@ import pytest
 
 from chain.exceptions import SettlementRejected
 from chain.models import SettlementKind, SettlementTx
-from chain.settlement import Settlement, SettlementRequest, SettlementState
+from chain.settlement import (
+    DepositSettlement,
+    RedeemSettlement,
+    RefundPayment,
+    Settlement,
+    SettlementRequest,
+    SettlementState,
+)
 
 
 class Outcome(StrEnum):
@@ -49,6 +65,41 @@ class FakeSettlementSender:
         self.paid: dict[tuple[SettlementKind, int], SettlementRequest] = {}  # what "the vault" paid
         self._entries: dict[tuple[SettlementKind, int], _Entry] = {}
         self._scripts: dict[tuple[SettlementKind, int], deque[Outcome]] = defaultdict(deque)
+        # What "the vault" holds per (deposit|redeem, id): (user, symbol, amount).
+        self.records: dict[tuple[SettlementKind, int], tuple[str, str, int]] = {}
+        self.batches: list[list[SettlementRequest]] = []  # every batch sent, in order
+
+    def record(self, kind: str, vault_id: int, *, user: str, symbol: str, amount: int) -> None:
+        """What the vault holds at (kind, id): a settlement naming anything else is refused."""
+        self.records[(SettlementKind(kind), vault_id)] = (user.lower(), symbol, amount)
+
+    def forget(self, kind: str, vault_id: int) -> None:
+        """The request at (kind, id) is gone (a reorg removed it): settling it is refused."""
+        self.records[(SettlementKind(kind), vault_id)] = ("", "", 0)
+
+    def _refusal(self, request: SettlementRequest) -> str | None:
+        match request:
+            case DepositSettlement():
+                key, named = (
+                    (SettlementKind.DEPOSIT, request.deposit_id),
+                    (request.deposit_usdt_units),
+                )
+            case RedeemSettlement():
+                key, named = (SettlementKind.REDEEM, request.redeem_id), request.redeem_token_units
+            case RefundPayment():
+                key, named = (
+                    (SettlementKind.DEPOSIT, request.deposit_id),
+                    (request.deposit_usdt_units),
+                )
+        held = self.records.get(key)
+        if held is None:
+            return None
+        if not held[0]:
+            return f"Unknown{'Redeem' if key[0] == SettlementKind.REDEEM else 'Deposit'}"
+        if held != (request.user.lower(), request.symbol, named):
+            name = "RedeemMismatch" if key[0] == SettlementKind.REDEEM else "DepositMismatch"
+            return f"{name}{(key[1], request.user, request.symbol, named, *held)}"
+        return None
 
     # --- scripting ------------------------------------------------------------------------
 
@@ -86,6 +137,9 @@ class FakeSettlementSender:
                     f"{existing.request} != {request}"
                 )
             return existing.settlement
+        refusal = self._refusal(request)
+        if refusal is not None:
+            raise SettlementRejected(f"{request.vault_call()[0]}({request.vault_id}): {refusal}")
         outcome = self._next_outcome(key)
         if outcome == Outcome.REFUSE:
             raise SettlementRejected(f"{request.vault_call()[0]}({request.vault_id}): refused")
@@ -99,6 +153,24 @@ class FakeSettlementSender:
         self._entries[key] = _Entry(request=request, settlement=settlement, outcome=outcome)
         self.submissions.append(request)
         return settlement
+
+    def submit_batch(
+        self, requests: Sequence[DepositSettlement | RedeemSettlement], *, actor: str
+    ) -> list[Settlement]:
+        kinds = {r.kind for r in requests}
+        if len(kinds) > 1 or kinds - {SettlementKind.DEPOSIT, SettlementKind.REDEEM}:
+            raise ValueError(f"a batch settles deposits or redeems, one kind at a time: {kinds}")
+        for request in requests:  # the whole batch is refused before anything is recorded
+            existing = self._entries.get((request.kind, request.vault_id))
+            if existing is not None:
+                if replace(existing.request, order_id=request.order_id) != request:
+                    raise ValueError(f"settlement {request.kind} {request.vault_id} differs")
+                continue
+            refusal = self._refusal(request)
+            if refusal is not None:
+                raise SettlementRejected(f"batch refused at {request.vault_id}: {refusal}")
+        self.batches.append(list(requests))
+        return [self.submit(request, actor=actor) for request in requests]
 
     def check(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
         entry = self._entry(kind, vault_id)

@@ -8,11 +8,11 @@ from django.utils import timezone
 from chain import selectors as chain_selectors
 from chain.models import SettlementTx
 from chain.services import settlement_check, settlement_submit
-from chain.settlement import DepositSettlement, SettlementState
+from chain.settlement import SettlementState
 from core.models import Alert, AuditLog
 from core.money import USDT_UNIT
 from orders.models import Order, OrderStatus
-from tests.fixtures.chain import drain_vault, wait_for
+from tests.fixtures.chain import drain_vault, named_deposit, wait_for
 from tests.fixtures.pipeline import chain_deposit as _deposit
 from tests.fixtures.pipeline import drive, fast_pipeline
 
@@ -42,8 +42,8 @@ def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chai
     # withdrawn, so it reverts on chain (not "already settled").
     with transaction.atomic():
         settlement_submit(
-            request=DepositSettlement(
-                deposit_id=int(order.onchain_id),
+            request=named_deposit(
+                int(order.onchain_id),
                 mint_token_units=0,
                 refund_usdt_units=order.refund_usdt,
                 order_id=order.pk,
@@ -71,7 +71,7 @@ def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chai
 
     order.refresh_from_db()
     assert order.status == OrderStatus.FAILED
-    alert = Alert.objects.get(key=f"settlement_reverted:deposit:{int(order.onchain_id)}")
+    alert = Alert.objects.get(key=f"settlement_reverted:{order.pk}")
     assert alert.severity == "critical"
     assert AuditLog.objects.filter(order=order, action="order.settlement_reverted").exists()
     row = SettlementTx.objects.get(kind="deposit", onchain_id=int(order.onchain_id))

@@ -19,6 +19,7 @@ from orders.services import ChainOrderRequest, order_create_from_chain
 from refunds import selectors, services
 from refunds.exceptions import RefundRefused
 from refunds.models import Refund, RefundOrigin, RefundStatus
+from tests.fixtures.chain import call_of, named_deposit, named_refund
 from tests.refunds.conftest import (
     confirm,
     deposit,
@@ -391,10 +392,13 @@ def test_a_retried_send_pays_once(stack, chain_user, settings):
     vault_send(
         user.node,
         contracts,
-        "refundDeposit",
-        int(order.onchain_id),
-        int(refund.onchain_id),
-        40 * USDT_UNIT,
+        *call_of(
+            named_refund(
+                refund_id=int(refund.onchain_id),
+                deposit_id=int(order.onchain_id),
+                refund_usdt_units=40 * USDT_UNIT,
+            )
+        ),
     )
     settings.RESERVE_FLOOR_USDT = Decimal(0)
 
@@ -419,7 +423,11 @@ def test_a_refund_the_vault_refuses_fails_and_hands_its_amount_back(stack, chain
     )
     assert refund.status == S.WAITING_RESERVE
     # Someone settled the deposit behind Bronco's back: the vault refuses the refund now.
-    vault_send(user.node, contracts, "settleDeposit", int(order.onchain_id), 0, 0)
+    vault_send(
+        user.node,
+        contracts,
+        *call_of(named_deposit(int(order.onchain_id), mint_token_units=0, refund_usdt_units=0)),
+    )
     settings.RESERVE_FLOOR_USDT = Decimal(0)
 
     refund = services.refund_execute(refund_id=refund.pk, actor="test:retry")

@@ -15,12 +15,28 @@ import {StockToken} from "./StockToken.sol";
 /// Before its settlement, an operator may refund part or all of a deposit manually
 /// (refundDeposit), at most once per refund id; manual refunds plus the settlement's refund
 /// never exceed the deposit either.
+///
+/// Ids survive re-mining: a deposit or redeem id is a hash of what the request is (chain,
+/// vault, kind, user, the user's request nonce, symbol, amount), never of the order in which
+/// requests are mined. A reorg that re-mines a user's requests (in their own nonce order)
+/// gives them the same ids; a request that vanished leaves its id empty, never another
+/// request's. Every settlement names what it settles (user, symbol, amount) and the vault
+/// refuses one whose record differs (DepositMismatch / RedeemMismatch), so an operator whose
+/// view of the chain is stale can never pay another user's trade.
+///
+/// Batched settlement (settleDeposits / settleRedeems) carries the same checks per element;
+/// an id already settled is skipped with SettlementSkipped (a retried batch pays nothing
+/// twice and does not fail), any other invalid element reverts the whole batch.
 /// Pause stops new deposits and redeems; cancel requests and settlement keep working so
 /// that in-flight orders can always complete.
 contract BroncoVault is AccessControl, Pausable {
     using SafeERC20 for IERC20;
 
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
+    uint8 public constant KIND_DEPOSIT = 1;
+    uint8 public constant KIND_REDEEM = 2;
+    /// @notice Token base units per whole share (stock tokens have 18 decimals).
+    uint256 public constant SHARE = 1e18;
 
     struct DepositInfo {
         address user;
@@ -37,11 +53,40 @@ contract BroncoVault is AccessControl, Pausable {
         bool settled;
     }
 
+    /// @notice One element of settleDeposits: the deposit as the operator believes it is
+    /// (id, user, symbol, usdtAmount), what it pays (sharesToMint, usdtRefund), and the
+    /// cycle that filled it at `pricePerShare` (USDT base units per whole share) for `fee`
+    /// (USDT base units).
+    struct DepositSettlement {
+        uint256 depositId;
+        address user;
+        bytes32 symbol;
+        uint256 usdtAmount;
+        uint256 sharesToMint;
+        uint256 usdtRefund;
+        uint256 cycleId;
+        uint256 pricePerShare;
+        uint256 fee;
+    }
+
+    /// @notice One element of settleRedeems, as DepositSettlement for a redeem.
+    struct RedeemSettlement {
+        uint256 redeemId;
+        address user;
+        bytes32 symbol;
+        uint256 shares;
+        uint256 usdtPaid;
+        uint256 sharesReturned;
+        uint256 cycleId;
+        uint256 pricePerShare;
+        uint256 fee;
+    }
+
     IERC20 public immutable usdt;
 
-    /// @notice Ids start at 1, so a zero user in `deposits(id)` means "no such deposit".
-    uint256 public nextDepositId = 1;
-    uint256 public nextRedeemId = 1;
+    /// @notice Requests (deposits and redeems) made by each user so far: the next request's
+    /// nonce. A zero user in `deposits(id)` means "no such deposit".
+    mapping(address => uint256) public nonces;
 
     mapping(uint256 => DepositInfo) public deposits;
     mapping(uint256 => RedeemInfo) public redeems;
@@ -69,12 +114,23 @@ contract BroncoVault is AccessControl, Pausable {
     event DepositRefunded(
         uint256 indexed depositId, uint256 indexed refundId, address indexed user, uint256 amount
     );
+    /// @notice A batched deposit settlement: the cycle, price and fee it settled at.
+    event DepositFilled(
+        uint256 indexed depositId, uint256 indexed cycleId, uint256 pricePerShare, uint256 fee
+    );
+    /// @notice A batched redeem settlement: the cycle, price and fee it settled at.
+    event RedeemFilled(
+        uint256 indexed redeemId, uint256 indexed cycleId, uint256 pricePerShare, uint256 fee
+    );
+    /// @notice A batch element whose id was already settled: nothing paid, the batch goes on.
+    event SettlementSkipped(uint8 indexed kind, uint256 indexed id);
     event SymbolListed(bytes32 indexed symbol, address token);
     event SymbolUnlisted(bytes32 indexed symbol);
     event ReserveWithdrawn(address indexed to, uint256 amount);
 
     error ZeroAmount();
     error ZeroAddress();
+    error EmptyBatch();
     error SymbolNotListed(bytes32 symbol);
     error SymbolAlreadyListed(bytes32 symbol);
     error UnknownDeposit(uint256 depositId);
@@ -84,6 +140,32 @@ contract BroncoVault is AccessControl, Pausable {
     error AlreadySettled(uint256 id);
     error RefundAboveDeposit(uint256 depositId, uint256 refund, uint256 deposited);
     error RefundIdUsed(uint256 refundId);
+    /// @notice The deposit at `depositId` is not the one the operator named.
+    error DepositMismatch(
+        uint256 depositId,
+        address expectedUser,
+        bytes32 expectedSymbol,
+        uint256 expectedAmount,
+        address actualUser,
+        bytes32 actualSymbol,
+        uint256 actualAmount
+    );
+    /// @notice The redeem at `redeemId` is not the one the operator named.
+    error RedeemMismatch(
+        uint256 redeemId,
+        address expectedUser,
+        bytes32 expectedSymbol,
+        uint256 expectedShares,
+        address actualUser,
+        bytes32 actualSymbol,
+        uint256 actualShares
+    );
+    /// @notice Cost at the batch price plus fee plus refunds exceed the deposit.
+    error ChargeAboveDeposit(uint256 depositId, uint256 charged, uint256 deposited);
+    /// @notice More shares returned than the redeem burned.
+    error ReturnAboveRedeem(uint256 redeemId, uint256 returned, uint256 shares);
+    /// @notice Payout plus fee exceed the proceeds of the shares sold at the batch price.
+    error PayoutAboveProceeds(uint256 redeemId, uint256 paidWithFee, uint256 proceeds);
 
     constructor(IERC20 usdt_, address admin, address operator) {
         if (address(usdt_) == address(0) || admin == address(0)) revert ZeroAddress();
@@ -138,6 +220,21 @@ contract BroncoVault is AccessControl, Pausable {
         emit ReserveWithdrawn(to, amount);
     }
 
+    // --- ids -------------------------------------------------------------------------------
+
+    /// @notice The id of a request: what it is, never when it was mined.
+    function requestId(
+        uint8 kind,
+        address user,
+        uint256 userNonce,
+        bytes32 symbol,
+        uint256 amount
+    ) public view returns (uint256) {
+        return uint256(
+            keccak256(abi.encode(block.chainid, address(this), kind, user, userNonce, symbol, amount))
+        );
+    }
+
     // --- users -----------------------------------------------------------------------------
 
     function deposit(bytes32 symbol, uint256 usdtAmount)
@@ -147,7 +244,7 @@ contract BroncoVault is AccessControl, Pausable {
     {
         if (usdtAmount == 0) revert ZeroAmount();
         if (!isListed[symbol]) revert SymbolNotListed(symbol);
-        depositId = nextDepositId++;
+        depositId = requestId(KIND_DEPOSIT, msg.sender, nonces[msg.sender]++, symbol, usdtAmount);
         deposits[depositId] = DepositInfo(msg.sender, symbol, usdtAmount, false, false);
         usdt.safeTransferFrom(msg.sender, address(this), usdtAmount);
         emit Deposit(depositId, msg.sender, symbol, usdtAmount);
@@ -171,7 +268,7 @@ contract BroncoVault is AccessControl, Pausable {
         if (shares == 0) revert ZeroAmount();
         StockToken token = tokenOf[symbol];
         if (address(token) == address(0)) revert SymbolNotListed(symbol);
-        redeemId = nextRedeemId++;
+        redeemId = requestId(KIND_REDEEM, msg.sender, nonces[msg.sender]++, symbol, shares);
         redeems[redeemId] = RedeemInfo(msg.sender, symbol, shares, false);
         token.burn(msg.sender, shares);
         emit Redeem(redeemId, msg.sender, symbol, shares);
@@ -179,34 +276,68 @@ contract BroncoVault is AccessControl, Pausable {
 
     // --- settlement (operator, at most once per id) -----------------------------------------
 
-    function settleDeposit(uint256 depositId, uint256 sharesToMint, uint256 usdtRefund)
-        external
-        onlyRole(OPERATOR_ROLE)
-    {
-        DepositInfo storage d = deposits[depositId];
-        if (d.user == address(0)) revert UnknownDeposit(depositId);
-        if (d.settled) revert AlreadySettled(depositId);
-        uint256 refunded = refundedOf[depositId];
-        if (usdtRefund + refunded > d.usdtAmount) {
-            revert RefundAboveDeposit(depositId, usdtRefund + refunded, d.usdtAmount);
+    /// @notice Settles one deposit the operator names in full: reverts AlreadySettled for a
+    /// settled id, DepositMismatch when the record at the id is another deposit.
+    function settleDeposit(
+        uint256 depositId,
+        address user,
+        bytes32 symbol,
+        uint256 usdtAmount,
+        uint256 sharesToMint,
+        uint256 usdtRefund
+    ) external onlyRole(OPERATOR_ROLE) {
+        _settleDeposit(
+            DepositSettlement(depositId, user, symbol, usdtAmount, sharesToMint, usdtRefund, 0, 0, 0),
+            false
+        );
+    }
+
+    /// @notice Settles many deposits in one transaction; an id already settled (earlier, or
+    /// earlier in this batch) is skipped with SettlementSkipped, any other invalid element
+    /// reverts the whole batch.
+    function settleDeposits(DepositSettlement[] calldata items) external onlyRole(OPERATOR_ROLE) {
+        if (items.length == 0) revert EmptyBatch();
+        for (uint256 i = 0; i < items.length; i++) {
+            _settleDeposit(items[i], true);
         }
-        d.settled = true;
-        if (sharesToMint > 0) tokenOf[d.symbol].mint(d.user, sharesToMint);
-        if (usdtRefund > 0) usdt.safeTransfer(d.user, usdtRefund);
-        emit DepositSettled(depositId, d.user, sharesToMint, usdtRefund);
+    }
+
+    function settleRedeem(
+        uint256 redeemId,
+        address user,
+        bytes32 symbol,
+        uint256 shares,
+        uint256 usdtPaid,
+        uint256 sharesReturned
+    ) external onlyRole(OPERATOR_ROLE) {
+        _settleRedeem(
+            RedeemSettlement(redeemId, user, symbol, shares, usdtPaid, sharesReturned, 0, 0, 0),
+            false
+        );
+    }
+
+    function settleRedeems(RedeemSettlement[] calldata items) external onlyRole(OPERATOR_ROLE) {
+        if (items.length == 0) revert EmptyBatch();
+        for (uint256 i = 0; i < items.length; i++) {
+            _settleRedeem(items[i], true);
+        }
     }
 
     /// @notice Manual refund of part of a deposit not yet settled, paid to the depositor.
-    /// Each refund id pays at most once (RefundIdUsed), so a retried transaction never pays
-    /// twice; manual refunds together never exceed the deposit (RefundAboveDeposit).
-    function refundDeposit(uint256 depositId, uint256 refundId, uint256 amount)
-        external
-        onlyRole(OPERATOR_ROLE)
-    {
+    /// Names the deposit (DepositMismatch otherwise); each refund id pays at most once
+    /// (RefundIdUsed), so a retried transaction never pays twice; manual refunds together
+    /// never exceed the deposit (RefundAboveDeposit).
+    function refundDeposit(
+        uint256 depositId,
+        address user,
+        bytes32 symbol,
+        uint256 usdtAmount,
+        uint256 refundId,
+        uint256 amount
+    ) external onlyRole(OPERATOR_ROLE) {
         if (amount == 0) revert ZeroAmount();
         if (refundIdUsed[refundId]) revert RefundIdUsed(refundId);
-        DepositInfo storage d = deposits[depositId];
-        if (d.user == address(0)) revert UnknownDeposit(depositId);
+        DepositInfo storage d = _depositNamed(depositId, user, symbol, usdtAmount);
         if (d.settled) revert AlreadySettled(depositId);
         uint256 refunded = refundedOf[depositId] + amount;
         if (refunded > d.usdtAmount) revert RefundAboveDeposit(depositId, refunded, d.usdtAmount);
@@ -216,24 +347,86 @@ contract BroncoVault is AccessControl, Pausable {
         emit DepositRefunded(depositId, refundId, d.user, amount);
     }
 
-    function settleRedeem(uint256 redeemId, uint256 usdtPayout, uint256 sharesToReturn)
-        external
-        onlyRole(OPERATOR_ROLE)
-    {
-        RedeemInfo storage r = redeems[redeemId];
-        if (r.user == address(0)) revert UnknownRedeem(redeemId);
-        if (r.settled) revert AlreadySettled(redeemId);
-        r.settled = true;
-        if (sharesToReturn > 0) tokenOf[r.symbol].mint(r.user, sharesToReturn);
-        if (usdtPayout > 0) usdt.safeTransfer(r.user, usdtPayout);
-        emit RedeemSettled(redeemId, r.user, usdtPayout, sharesToReturn);
-    }
-
     function isDepositSettled(uint256 depositId) external view returns (bool) {
         return deposits[depositId].settled;
     }
 
     function isRedeemSettled(uint256 redeemId) external view returns (bool) {
         return redeems[redeemId].settled;
+    }
+
+    // --- internals -------------------------------------------------------------------------
+
+    function _depositNamed(uint256 depositId, address user, bytes32 symbol, uint256 amount)
+        private
+        view
+        returns (DepositInfo storage d)
+    {
+        d = deposits[depositId];
+        if (d.user == address(0)) revert UnknownDeposit(depositId);
+        if (d.user != user || d.symbol != symbol || d.usdtAmount != amount) {
+            revert DepositMismatch(
+                depositId, user, symbol, amount, d.user, d.symbol, d.usdtAmount
+            );
+        }
+    }
+
+    function _redeemNamed(uint256 redeemId, address user, bytes32 symbol, uint256 shares)
+        private
+        view
+        returns (RedeemInfo storage r)
+    {
+        r = redeems[redeemId];
+        if (r.user == address(0)) revert UnknownRedeem(redeemId);
+        if (r.user != user || r.symbol != symbol || r.shares != shares) {
+            revert RedeemMismatch(redeemId, user, symbol, shares, r.user, r.symbol, r.shares);
+        }
+    }
+
+    function _settleDeposit(DepositSettlement memory s, bool batched) private {
+        DepositInfo storage d = _depositNamed(s.depositId, s.user, s.symbol, s.usdtAmount);
+        if (d.settled) {
+            if (!batched) revert AlreadySettled(s.depositId);
+            emit SettlementSkipped(KIND_DEPOSIT, s.depositId);
+            return;
+        }
+        uint256 refunded = refundedOf[s.depositId] + s.usdtRefund;
+        if (refunded > d.usdtAmount) {
+            revert RefundAboveDeposit(s.depositId, refunded, d.usdtAmount);
+        }
+        if (s.pricePerShare > 0 || s.fee > 0) {
+            uint256 charged = (s.sharesToMint * s.pricePerShare) / SHARE + s.fee + refunded;
+            if (charged > d.usdtAmount) {
+                revert ChargeAboveDeposit(s.depositId, charged, d.usdtAmount);
+            }
+        }
+        d.settled = true;
+        if (s.sharesToMint > 0) tokenOf[d.symbol].mint(d.user, s.sharesToMint);
+        if (s.usdtRefund > 0) usdt.safeTransfer(d.user, s.usdtRefund);
+        emit DepositSettled(s.depositId, d.user, s.sharesToMint, s.usdtRefund);
+        if (batched) emit DepositFilled(s.depositId, s.cycleId, s.pricePerShare, s.fee);
+    }
+
+    function _settleRedeem(RedeemSettlement memory s, bool batched) private {
+        RedeemInfo storage r = _redeemNamed(s.redeemId, s.user, s.symbol, s.shares);
+        if (r.settled) {
+            if (!batched) revert AlreadySettled(s.redeemId);
+            emit SettlementSkipped(KIND_REDEEM, s.redeemId);
+            return;
+        }
+        if (s.sharesReturned > r.shares) {
+            revert ReturnAboveRedeem(s.redeemId, s.sharesReturned, r.shares);
+        }
+        if (s.pricePerShare > 0) {
+            uint256 proceeds = ((r.shares - s.sharesReturned) * s.pricePerShare) / SHARE;
+            if (s.usdtPaid + s.fee > proceeds) {
+                revert PayoutAboveProceeds(s.redeemId, s.usdtPaid + s.fee, proceeds);
+            }
+        }
+        r.settled = true;
+        if (s.sharesReturned > 0) tokenOf[r.symbol].mint(r.user, s.sharesReturned);
+        if (s.usdtPaid > 0) usdt.safeTransfer(r.user, s.usdtPaid);
+        emit RedeemSettled(s.redeemId, r.user, s.usdtPaid, s.sharesReturned);
+        if (batched) emit RedeemFilled(s.redeemId, s.cycleId, s.pricePerShare, s.fee);
     }
 }

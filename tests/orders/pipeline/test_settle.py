@@ -84,7 +84,7 @@ def test_a_reverted_settlement_is_alerted_and_resubmitted_never_dropped(fake_sen
     order = _settling_deposit()
     fake_sender.script("deposit", int(order.onchain_id), Outcome.REVERT, Outcome.CONFIRM)
     assert order_settle(order_id=order.pk).stage == SETTLE
-    assert Alert.objects.get(key=f"settlement_reverted:deposit:{int(order.onchain_id)}")
+    assert Alert.objects.get(key=f"settlement_reverted:{order.pk}")
     assert order_settle(order_id=order.pk) is None
     order.refresh_from_db()
     assert order.status == OrderStatus.EXECUTED
@@ -114,4 +114,36 @@ def test_a_manual_refund_in_flight_holds_the_settlement(fake_sender, settings):
     )
     nxt = order_settle(order_id=order.pk)
     assert nxt == type(nxt)(SETTLE, settings.REFUND_CHECK_SECONDS)
+    assert fake_sender.submissions == []
+
+
+def test_a_held_order_sends_no_settlement_until_released(fake_sender):
+    from orders.services import order_hold, order_release_hold
+
+    order = _settling_deposit()
+    order_hold(order_id=order.pk, reason="reorg: test", actor="test")
+    nxt = order_settle(order_id=order.pk)
+    assert nxt is not None and nxt.stage == SETTLE and nxt.countdown > 0
+    assert fake_sender.submissions == []
+    order_release_hold(order_id=order.pk, actor="test")
+    assert order_settle(order_id=order.pk) is None
+    order.refresh_from_db()
+    assert order.status == OrderStatus.EXECUTED and len(fake_sender.submissions) == 1
+
+
+def test_a_settlement_the_vault_refuses_holds_the_order_with_a_critical_alert(fake_sender):
+    order = _settling_deposit()
+    # The vault holds another deposit at this id than the order names: refused, never paid.
+    fake_sender.record(
+        "deposit", int(order.onchain_id), user=order.user_address, symbol="TSLA", amount=1
+    )
+    nxt = order_settle(order_id=order.pk)
+    assert nxt is not None and nxt.stage == SETTLE
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLING and order.held_at is not None
+    assert "DepositMismatch" in order.hold_reason
+    alert = Alert.objects.get(key=f"settlement_reverted:{order.pk}")
+    assert alert.severity == "critical"
+    assert fake_sender.submissions == [] and fake_sender.paid == {}
+    assert order_settle(order_id=order.pk) is not None  # still held: nothing is sent
     assert fake_sender.submissions == []

@@ -1,0 +1,149 @@
+"""The settlement sender heals after a reorg: what Bronco had confirmed in replaced blocks is
+checked again (and re-sent when it vanished), and a nonce sequence with a gap the chain will
+never fill is rebuilt from the chain.
+
+Money stays safe throughout because the vault settles each id at most once and checks that a
+settlement names the request at its id: re-sending a vanished settlement (same request) pays
+at most once, and one whose request vanished too is refused (alerted) rather than paid to
+someone else.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from chain.client import ChainClient, chain_client
+from chain.models import NonceSequence, SettlementBatch, SettlementStatus, SettlementTx
+from chain.services import (
+    Carrier,
+    _carrier_view,
+    _resign,
+    _sync_members,
+)
+from core.audit import audit_record
+
+logger = logging.getLogger(__name__)
+
+
+def _carriers(**filters: object) -> list[Carrier]:
+    singles = SettlementTx.objects.filter(batch__isnull=True, nonce__isnull=False, **filters)
+    batches = SettlementBatch.objects.filter(**filters)
+    return [*singles, *batches]
+
+
+def settlements_heal(*, from_block: int, actor: str = "chain.settlements_heal") -> int:
+    """After a reorg that replaced blocks from `from_block` on: every settlement (or batch)
+    Bronco recorded as mined there (CONFIRMED or REVERTED with a block number at or above it)
+    is checked against the node. One whose receipt is still canonical keeps its verdict (its
+    block number follows the re-mined block); one whose transaction vanished is reopened
+    (SENT, audited): `settlement_check` (the settle stage, the sweep) re-broadcasts the same
+    signed transaction, or signs the same request with a fresh nonce when its nonce went to
+    another. Then the nonce sequence is healed. Returns how many were reopened. Idempotent."""
+    client = chain_client()
+    reopened = 0
+    for carrier in _carriers(
+        chain_id=settings.CHAIN_ID,
+        status__in=[SettlementStatus.CONFIRMED, SettlementStatus.REVERTED],
+        block_number__gte=from_block,
+    ):
+        with transaction.atomic():
+            locked = type(carrier).objects.select_for_update().get(pk=carrier.pk)
+            if locked.block_number is None or locked.block_number < from_block:
+                continue
+            receipt = client.receipt(locked.tx_hash) if locked.tx_hash else None
+            if receipt is not None:
+                if receipt.block_number != locked.block_number:
+                    locked.block_number = receipt.block_number
+                    locked.save(update_fields=["block_number", "updated_at"])
+                    if isinstance(locked, SettlementBatch):
+                        _sync_members(locked)
+                continue
+            before = _carrier_view(locked)
+            locked.status = SettlementStatus.SENT
+            locked.block_number = None
+            locked.confirmed_at = None
+            locked.last_error = f"its transaction vanished in a reorg from block {from_block}"
+            locked.save()
+            if isinstance(locked, SettlementBatch):
+                _sync_members(locked)
+            rows = (
+                list(locked.settlements.all()) if isinstance(locked, SettlementBatch) else [locked]
+            )
+            for row in rows:
+                audit_record(
+                    actor=actor,
+                    action="chain.settlement_reopened",
+                    order_id=row.order_id,
+                    before=before,
+                    after={"kind": row.kind, "onchain_id": int(row.onchain_id), "reason": "reorg"},
+                )
+            reopened += 1
+            logger.warning("settlement %s vanished in a reorg: reopened", locked)
+    nonce_heal(actor=actor, client=client)
+    return reopened
+
+
+def nonce_heal(*, actor: str = "chain.nonce_heal", client: ChainClient | None = None) -> int:
+    """Rebuild the operator's nonce sequence when it has a gap: the stored next nonce is above
+    what the node will ever reach (`eth_getTransactionCount(pending)` is below it) and no
+    transaction of ours is waiting at the node's next nonce. The sequence is reset to the
+    node's count and every open settlement (or batch) at or above it is signed again, same
+    request, in nonce order, with fresh consecutive nonces. Returns how many were re-signed;
+    0 when there is no gap."""
+    client = client or chain_client()
+    healed = 0
+    for seq in NonceSequence.objects.filter(chain_id=settings.CHAIN_ID):
+        pending = client.pending_nonce(seq.address)
+        if seq.next_nonce <= pending:
+            continue
+        open_carriers = sorted(
+            (
+                c
+                for c in _carriers(
+                    chain_id=settings.CHAIN_ID,
+                    sender=seq.address,
+                    status__in=[SettlementStatus.SIGNED, SettlementStatus.SENT],
+                    nonce__gte=pending,
+                )
+            ),
+            key=lambda c: c.nonce,
+        )
+        waiting = [c for c in open_carriers if c.nonce == pending]
+        if waiting and any(
+            client.transaction_known(a.tx_hash) for a in waiting[0].attempts.filter(nonce=pending)
+        ):
+            continue  # the next nonce is at the node: the sequence moves on its own
+        with transaction.atomic():
+            locked = NonceSequence.objects.select_for_update().get(pk=seq.pk)
+            before = locked.next_nonce
+            locked.next_nonce = client.pending_nonce(seq.address)
+            locked.save(update_fields=["next_nonce", "updated_at"])
+            audit_record(
+                actor=actor,
+                action="chain.nonce_rebuilt",
+                before={"address": seq.address, "next_nonce": before},
+                after={"address": seq.address, "next_nonce": locked.next_nonce},
+            )
+        logger.error(
+            "nonce gap for %s: stored next %s, node at %s; re-signing %s open settlements",
+            seq.address,
+            before,
+            pending,
+            len(open_carriers),
+        )
+        for carrier in open_carriers:
+            with transaction.atomic():
+                locked_carrier = type(carrier).objects.select_for_update().get(pk=carrier.pk)
+                if locked_carrier.status not in (SettlementStatus.SIGNED, SettlementStatus.SENT):
+                    continue
+                latest = locked_carrier.attempts.order_by("-id").first()
+                if latest is None:
+                    continue
+                _resign(
+                    client=client, row=locked_carrier, latest=latest, new_nonce=True, actor=actor
+                )
+                healed += 1
+    return healed

@@ -1,0 +1,270 @@
+"""Reorgs under load on a real anvil node (evm_snapshot / evm_revert, then the same signed
+deposits re-mined in another order, some of them never again), deeper and shallower than the
+listener's confirmation depth: no wrong payee, no second order for a deposit, no lost deposit;
+every order ends settled (its request re-appeared) or closed with nothing paid (it vanished),
+with alerts; the settlement records agree with the chain after the sender heals (vanished
+settlements re-sent, the nonce sequence rebuilt)."""
+
+import pytest
+
+from chain import selectors
+from chain.client import address_of_key, decode_log, symbol_to_bytes32
+from chain.healing import settlements_heal
+from chain.models import ChainEvent, NonceSequence, SettlementStatus, SettlementTx
+from chain.services import settlement_check, settlement_submit
+from chain.settlement import DepositSettlement, SettlementState
+from core.models import Alert
+from ops.reconciliation import Reconciliation
+from ops.reconciliation.chain import check_orders_against_chain, read_chain
+from orders.models import Order, OrderStatus
+from tests.fixtures.chain import (
+    ALL_KEYS,
+    OPERATOR_KEY,
+    deploy_contract_set,
+    listener_config,
+    point_settings_at,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
+
+UNIT, TOKEN = 10**6, 10**18
+USERS = ALL_KEYS[2:7]  # five users
+SYMBOLS = ("AAPL", "TSLA", "NVDA")
+PER_USER = 5  # 25 deposits
+
+
+def signed_deposits(client, contracts, key):
+    """A user's deposits, signed once with consecutive nonces (so they can be re-mined)."""
+    address = address_of_key(key)
+    nonce = client.pending_nonce(address)
+    fees = client.fee_quote(min_priority_fee=10**9)
+    out = []
+    for k in range(PER_USER):
+        symbol = SYMBOLS[(k + len(out)) % len(SYMBOLS)]
+        amount = (100 + 37 * k + int(address[-4:], 16) % 50) * UNIT
+        out.append(
+            (
+                address,
+                symbol,
+                amount,
+                client.sign(
+                    private_key=key,
+                    contract="BroncoVault",
+                    address=contracts.vault,
+                    fn="deposit",
+                    args=(symbol_to_bytes32(symbol), amount),
+                    nonce=nonce + k,
+                    gas_limit=300_000,
+                    max_fee_per_gas=4 * fees.base_fee_per_gas + 10**10,
+                    max_priority_fee_per_gas=10**9,
+                    chain_id=contracts.chain_id,
+                ).raw,
+            )
+        )
+    return out
+
+
+def prepare(node, contracts):
+    client = node.client()
+    for key in USERS:
+        client.transact(
+            private_key=key,
+            contract="MockUSDT",
+            address=contracts.usdt,
+            fn="approve",
+            args=(contracts.vault, 2**256 - 1),
+        )
+    return {key: signed_deposits(client, contracts, key) for key in USERS}
+
+
+def mine_round_robin(client, plan, users, skip=frozenset()):
+    """Send each user's k-th deposit in turn (users in the order given): one block each."""
+    for k in range(PER_USER):
+        for key in users:
+            if (key, k) not in skip:
+                client.send_raw(plan[key][k][3])
+
+
+def request_of(order, mint=TOKEN // 100, refund=UNIT):
+    return DepositSettlement(
+        deposit_id=int(order.onchain_id),
+        user=order.user_address,
+        symbol=order.symbol,
+        deposit_usdt_units=int(order.usdt_amount),
+        mint_token_units=mint,
+        refund_usdt_units=refund,
+        order_id=order.pk,
+    )
+
+
+def assert_orders_name_the_vault_records(client, contracts, orders):
+    for order in orders:
+        user, symbol, amount, _cancel, _settled = client.call(
+            "BroncoVault", contracts.vault, "deposits", int(order.onchain_id)
+        )
+        assert (user, int(amount)) == (order.user_address, int(order.usdt_amount)), order
+        assert symbol == "0x" + symbol_to_bytes32(order.symbol).hex()
+
+
+def settled_payees(client, contracts, from_block):
+    """deposit id -> the user every DepositSettled on the canonical chain paid."""
+    paid = {}
+    for log in client.get_logs(
+        from_block=from_block, to_block=client.block_number(), address=contracts.vault
+    ):
+        event = decode_log(log)
+        if event.name == "DepositSettled":
+            assert event.deposit_id not in paid, "a deposit settled twice"
+            paid[event.deposit_id] = event.user
+    return paid
+
+
+def test_a_reorg_beyond_the_confirmation_depth_never_pays_the_wrong_person(
+    anvil_factory, run_listener, settings
+):
+    node = anvil_factory()
+    contracts = deploy_contract_set(node)
+    point_settings_at(settings, node, contracts)
+    client = node.client()
+    plan = prepare(node, contracts)
+    snapshot = node.rpc("evm_snapshot")
+    start = client.block_number() + 1
+    config = listener_config(node, contracts, confirmations=2, start_block=start)
+    last_user = USERS[-1]
+    vanished = {(last_user, 3), (last_user, 4)}  # never mined again
+
+    with run_listener(config, mode="poll") as listener:
+        mine_round_robin(client, plan, USERS)
+        node.rpc("anvil_mine", [hex(3)])
+        wait_for(lambda: Order.objects.count() == len(USERS) * PER_USER, timeout=60)
+        before = {int(o.onchain_id): o for o in Order.objects.all()}
+        # Bronco settles ten of them (one of which will vanish) before the reorg.
+        to_settle = sorted(before.values(), key=lambda o: o.pk)[:9]
+        gone_ids = {
+            int(o.onchain_id)
+            for o in before.values()
+            if any(
+                o.user_address == plan[key][k][0]
+                and o.usdt_amount == plan[key][k][2]
+                and o.symbol == plan[key][k][1]
+                for key, k in vanished
+            )
+        }
+        assert len(gone_ids) == 2
+        to_settle.append(before[min(gone_ids)])
+        for order in to_settle:
+            settlement_submit(request=request_of(order), actor="test")
+        for order in to_settle:
+            wait_for(
+                lambda o=order: (
+                    settlement_check(kind="deposit", vault_id=int(o.onchain_id))
+                    == SettlementState.CONFIRMED
+                )
+            )
+        operator = address_of_key(OPERATOR_KEY)
+        stored_next = NonceSequence.objects.get(address=operator).next_nonce
+
+        # The reorg: everything since the snapshot is replaced (35+ blocks, far beyond the
+        # confirmation depth); the deposits come back in another order, two never do.
+        assert node.rpc("evm_revert", [snapshot]) is True
+        mine_round_robin(client, plan, list(reversed(USERS)), skip=vanished)
+        node.rpc("anvil_mine", [hex(6)])
+        wait_for(lambda: listener.stats.reorgs >= 1, timeout=30)
+        wait_for(
+            lambda: (
+                Order.objects.filter(status=OrderStatus.FAILED).count() == 2
+                and not Order.objects.filter(held_at__isnull=False).exists()
+            ),
+            timeout=60,
+        )
+
+    # No second order, no lost deposit: the re-mined deposits kept their ids and orders.
+    orders = {int(o.onchain_id): o for o in Order.objects.all()}
+    assert set(orders) == set(before)
+    remined = [o for i, o in orders.items() if i not in gone_ids]
+    assert len(remined) == len(USERS) * PER_USER - 2
+    assert all(o.pk == before[int(o.onchain_id)].pk and o.held_at is None for o in remined)
+    assert_orders_name_the_vault_records(client, contracts, remined)
+    for vault_id in gone_ids:
+        assert orders[vault_id].status == OrderStatus.FAILED
+        assert int(client.call("BroncoVault", contracts.vault, "deposits", vault_id)[0], 16) == 0
+    # Each deposit is recorded live once; the replaced rows stay as history.
+    live = ChainEvent.objects.filter(name="Deposit", removed_at__isnull=True)
+    assert live.count() == len(remined)
+    assert live.values("vault_id").distinct().count() == len(remined)
+    assert ChainEvent.objects.filter(name="Deposit", removed_at__isnull=False).count() == 25
+    assert Alert.objects.filter(key="chain.deep_reorg").exists()
+    assert Alert.objects.filter(key="chain.request_vanished").exists()
+
+    # The sender heals: what it had confirmed in the replaced blocks is gone from the chain.
+    assert client.pending_nonce(operator) < stored_next  # the gap the reorg left
+    reopened = settlements_heal(from_block=start, actor="test")
+    assert reopened == len(to_settle)
+    for order in to_settle:
+        wanted = (
+            SettlementState.REVERTED
+            if int(order.onchain_id) in gone_ids
+            else SettlementState.CONFIRMED
+        )
+        wait_for(
+            lambda o=order, w=wanted: (
+                settlement_check(kind="deposit", vault_id=int(o.onchain_id)) == w
+            ),
+            timeout=30,
+        )
+    assert NonceSequence.objects.get(address=operator).next_nonce == client.pending_nonce(operator)
+    # The records agree with the chain; nobody was paid another's settlement.
+    paid = settled_payees(client, contracts, start)
+    for row in SettlementTx.objects.all():
+        vault_id = int(row.onchain_id)
+        if vault_id in gone_ids:
+            assert row.status == SettlementStatus.REVERTED and vault_id not in paid
+            assert Alert.objects.filter(key=f"chain.settlement_refused:{row.pk}").exists()
+        else:
+            assert row.status == SettlementStatus.CONFIRMED
+            assert selectors.is_settled(kind="deposit", onchain_id=vault_id)
+            assert paid[vault_id] == orders[vault_id].user_address
+    assert set(paid) == {int(o.onchain_id) for o in to_settle} - gone_ids
+    # Reconciliation reads the chain the same way: nobody paid twice or paid another's trade,
+    # and the vanished orders are accounted for (closed, nothing on chain).
+    result = Reconciliation()
+    check_orders_against_chain(result, list(Order.objects.all()), read_chain(), set())
+    wrong = [
+        str(d)
+        for d in result.discrepancies
+        if "not the order's user" in str(d)
+        or "times on chain" in str(d)
+        or "vanished" in str(d)
+        or "no such vault event" in str(d)
+    ]
+    assert wrong == []
+
+
+def test_a_reorg_within_the_confirmation_depth_simply_re_reads(
+    anvil_factory, run_listener, settings
+):
+    node = anvil_factory()
+    contracts = deploy_contract_set(node)
+    point_settings_at(settings, node, contracts)
+    client = node.client()
+    plan = prepare(node, contracts)
+    snapshot = node.rpc("evm_snapshot")
+    config = listener_config(
+        node, contracts, confirmations=40, start_block=client.block_number() + 1
+    )
+    with run_listener(config, mode="poll") as listener:
+        mine_round_robin(client, plan, USERS)
+        wait_for(lambda: listener.stats.head >= client.block_number(), timeout=30)
+        assert Order.objects.count() == 0  # nothing confirmed, nothing acted on
+        assert node.rpc("evm_revert", [snapshot]) is True
+        mine_round_robin(client, plan, list(reversed(USERS)))
+        node.rpc("anvil_mine", [hex(45)])
+        wait_for(lambda: Order.objects.count() == len(USERS) * PER_USER, timeout=60)
+        assert listener.stats.reorgs == 0
+    orders = list(Order.objects.all())
+    assert len({int(o.onchain_id) for o in orders}) == len(orders)
+    assert not any(o.held_at for o in orders)
+    assert_orders_name_the_vault_records(client, contracts, orders)
+    assert ChainEvent.objects.filter(name="Deposit").count() == len(orders)
+    assert not Alert.objects.filter(key__startswith="chain.").exists()
