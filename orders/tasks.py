@@ -20,6 +20,7 @@ from core.metrics import count_stage_run
 from core.tasks import QUEUE_BROKER, QUEUE_CHAIN, QUEUE_DEFAULT, TRANSIENT_ERRORS, bronco_task
 from orders import pipeline, runs
 from orders.exceptions import StaleOrderVersion
+from orders.models import Cycle, Order, OrderStatus
 from orders.netting import cycles
 from orders.pipeline import Stage
 
@@ -50,8 +51,16 @@ def _run_stage(stage: Stage, order_id: int, gen: int | None) -> None:
 
 @bronco_task(name="orders.tasks.order_validate", queue=QUEUE_DEFAULT, **_STAGE_OPTIONS)
 def order_validate(order_id: int, gen: int | None = None) -> None:
-    """Validate and book the order (no broker request: cycles price the book)."""
+    """Validate and book the order (no broker request: cycles price the book), then ask
+    for a cycle of its symbol at once rather than at the scheduler's next beat."""
     _run_stage(Stage.VALIDATE, order_id, gen)
+    symbol = (
+        Order.objects.filter(pk=order_id, status=OrderStatus.PENDING, booked_at__isnull=False)
+        .values_list("symbol", flat=True)
+        .first()
+    )
+    if symbol:
+        cycle_kick(symbol)
 
 
 @bronco_task(name="orders.tasks.order_settle", queue=QUEUE_CHAIN, **_STAGE_OPTIONS)
@@ -100,8 +109,19 @@ _CYCLE_OPEN_KEY = "bronco:cycle-open:{}"
 _CYCLE_OPEN_TTL = 30  # seconds: a lost cycle_open task frees its symbol after this long
 
 
-def _cycle_follow(nxt: cycles.CycleNext | None) -> None:
+def cycle_kick(symbol: str) -> bool:
+    """Enqueue a cycle_open of `symbol` unless one is already queued (one per symbol at a
+    time, through a Redis key that expires if its task is lost). True when enqueued."""
+    if _redis().set(_CYCLE_OPEN_KEY.format(symbol), 1, nx=True, ex=_CYCLE_OPEN_TTL):
+        cycle_open.delay(symbol)
+        return True
+    return False
+
+
+def _cycle_follow(nxt: cycles.CycleNext | None, symbol: str | None = None) -> None:
     if nxt is None:
+        if symbol is not None and cycles.book(symbol).exists():
+            cycle_kick(symbol)  # the cycle ended: the next one takes who waits meanwhile
         return
     task = cycle_place if nxt.step == "place" else cycle_poll
     task.apply_async(args=[nxt.cycle_id], countdown=nxt.countdown or None)
@@ -111,19 +131,25 @@ def _cycle_follow(nxt: cycles.CycleNext | None) -> None:
 def cycle_open(symbol: str) -> None:
     """Open a cycle of `symbol` (one quote for its whole book)."""
     try:
-        _cycle_follow(cycles.cycle_open(symbol=symbol))
+        nxt = cycles.cycle_open(symbol=symbol)
     finally:
         _redis().delete(_CYCLE_OPEN_KEY.format(symbol))
+    _cycle_follow(nxt)
 
 
 @bronco_task(name="orders.tasks.cycle_place", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
 def cycle_place(cycle_id: int) -> None:
-    _cycle_follow(cycles.cycle_place(cycle_id=cycle_id))
+    _cycle_follow(cycles.cycle_place(cycle_id=cycle_id), _symbol_of(cycle_id))
 
 
 @bronco_task(name="orders.tasks.cycle_poll", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
 def cycle_poll(cycle_id: int) -> None:
-    _cycle_follow(cycles.cycle_poll(cycle_id=cycle_id))
+    count_stage_run(stage="cycle_poll", superseded=False)
+    _cycle_follow(cycles.cycle_poll(cycle_id=cycle_id), _symbol_of(cycle_id))
+
+
+def _symbol_of(cycle_id: int) -> str | None:
+    return Cycle.objects.filter(pk=cycle_id).values_list("symbol", flat=True).first()
 
 
 def _redis() -> redis.Redis:
@@ -144,13 +170,7 @@ def cycles_schedule() -> int:
     Returns how many cycles it opened."""
     for nxt in cycles.cycles_stalled():
         _cycle_follow(nxt)
-    client = _redis()
-    opened = 0
-    for symbol in cycles.symbols_waiting():
-        if client.set(_CYCLE_OPEN_KEY.format(symbol), 1, nx=True, ex=_CYCLE_OPEN_TTL):
-            cycle_open.delay(symbol)
-            opened += 1
-    return opened
+    return sum(cycle_kick(symbol) for symbol in cycles.symbols_waiting())
 
 
 @bronco_task(name="orders.tasks.ping", queue=QUEUE_DEFAULT, soft_time_limit=10, time_limit=20)

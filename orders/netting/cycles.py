@@ -110,9 +110,14 @@ def _past_deadline(order: Order) -> bool:
 
 
 def book(symbol: str):  # type: ignore[no-untyped-def]
-    """Orders of `symbol` waiting in the book (validated, in no cycle), oldest first."""
+    """Orders of `symbol` waiting in the book (validated, in no cycle, not held after a
+    reorg), oldest first."""
     return Order.objects.filter(
-        symbol=symbol, status=S.PENDING, booked_at__isnull=False, cycle__isnull=True
+        symbol=symbol,
+        status=S.PENDING,
+        booked_at__isnull=False,
+        cycle__isnull=True,
+        held_at__isnull=True,
     ).order_by("booked_at", "pk")
 
 
@@ -122,7 +127,9 @@ def symbols_waiting() -> list[str]:
     symbol starves."""
     in_flight = Cycle.objects.exclude(status=CycleStatus.ALLOCATED).values("symbol")
     rows = (
-        Order.objects.filter(status=S.PENDING, booked_at__isnull=False, cycle__isnull=True)
+        Order.objects.filter(
+            status=S.PENDING, booked_at__isnull=False, cycle__isnull=True, held_at__isnull=True
+        )
         .exclude(symbol__in=in_flight)
         .values_list("symbol", "booked_at")
         .order_by("booked_at")

@@ -80,6 +80,8 @@ def stack(settings, chain_settings, anvil, e2e_sim) -> Iterator[Stack]:
     settings.ORDER_RUN_LEASE_SECONDS = 5
     settings.CHAIN_START_BLOCK = anvil.client().block_number() + 1
     settings.COMPENSATION_SCAN_SECONDS = 2  # beat syncs its schedule from the settings
+    settings.NETTING_CYCLE_TIMEOUT_SECONDS = 3
+    settings.NETTING_CYCLE_LEASE_SECONDS = 5
     from trading.session import reset_broker
 
     reset_broker()

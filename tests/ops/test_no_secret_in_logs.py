@@ -201,8 +201,9 @@ def test_pipeline_run_with_vault_secrets_logs_neither_secret(
     }
     order.refresh_from_db()
     assert order.status == OrderStatus.EXECUTED, order.last_error
-    assert order.futu_order_id  # placed in REAL: trading unlocked with the Vault password
-    (placed,) = real_broker.orders(remark=order.client_id)
+    # Placed in REAL: trading unlocked with the Vault password.
+    cycle = order.allocations.get().cycle
+    (placed,) = real_broker.orders(remark=cycle.client_id)
     assert placed["acc_id"] == real_broker.real_acc_id
     assert real_broker.sim.market.unlocked
     settlement = SettlementTx.objects.get(order_id=order.pk)
@@ -211,7 +212,7 @@ def test_pipeline_run_with_vault_secrets_logs_neither_secret(
 
     # ... the capture saw the whole run at DEBUG ...
     assert "pipeline run done for order" in captured.texts["root logger (caplog)"]
-    assert "order placed" in captured.texts["root logger (caplog)"]
+    assert f"cycle {cycle.pk} of AAPL" in captured.texts["root logger (caplog)"]
     assert any(r.levelno == logging.DEBUG and r.name != "tests.canary" for r in captured.records)
 
     # ... and no secret appears in any of it.

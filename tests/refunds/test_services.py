@@ -258,9 +258,10 @@ def test_partial_refund_then_the_pipeline_trades_only_the_rest(stack, chain_user
     assert order.manual_refund_usdt == 300 * USDT_UNIT
     assert_conserved(order)
     assert usdt_of(user) == before_deposit - order.cost_usdt - order.fees_usdt
-    auto = Refund.objects.get(order=order, origin=RefundOrigin.AUTOMATIC)
-    assert auto.amount == order.refund_usdt > 0
-    assert auto.status == S.CONFIRMED and auto.tx_hash == order.settlement_tx_hash
+    # Fractional shares spend all but rounding dust; a refund is recorded when there is one.
+    assert order.refund_usdt < 10
+    autos = Refund.objects.filter(order=order, origin=RefundOrigin.AUTOMATIC)
+    assert [a.amount for a in autos] == ([order.refund_usdt] if order.refund_usdt else [])
 
 
 def test_full_refund_of_a_pending_order_closes_the_deposit_with_nothing_to_settle(

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import OrderFactory
 from tests.fakes.broker import FAKE_BROKER_FACTORY, FakeBroker
 from trading import services
 from trading.broker import (
@@ -366,27 +365,6 @@ def test_trading_services_work_over_the_fake(fake_broker):
     assert services.broker_funds(currency="HKD").cash == Decimal(10_000_000) - 100 * Decimal(
         "381.4"
     )
-
-
-@pytest.mark.django_db(transaction=True)
-def test_place_stage_adopts_the_order_a_lost_answer_left_at_the_broker(fake_broker):
-    from orders.models import OrderStatus
-    from orders.pipeline import PLACE, POLL, order_place
-
-    fake_broker.set_quote("US.AAPL", "190")
-    order = OrderFactory(qty=Decimal(5), price=Decimal("190.95"))
-    fake_broker.unavailable_next_place(after_accept=True)
-    retry = order_place(order_id=order.pk)
-    assert retry is not None and retry.stage == PLACE
-    assert len(fake_broker.placed) == 1  # the broker has it; the order does not know yet
-    order.refresh_from_db()
-    assert order.status == OrderStatus.PENDING and not order.futu_order_id
-    nxt = order_place(order_id=order.pk)
-    assert nxt is not None and nxt.stage == POLL
-    order.refresh_from_db()
-    assert order.status == OrderStatus.EXECUTING
-    assert order.futu_order_id == fake_broker.placed[0].broker_order_id
-    assert len(fake_broker.placed) == 1 and len(fake_broker.calls_to("place_order")) == 1
 
 
 # --- production refuses it ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('orders', '0010_order_run_lease'),
+        ("orders", "0011_order_hold"),
     ]
 
     operations = [
