@@ -1,11 +1,11 @@
 """What a scenario run did, from the database: orders by outcome, money and shares moved,
-and how long each stage took.
+netting cycles (crossing, broker orders, inventory) and how long each stage took.
 
 Stage latencies come from the audit log's timestamps of each order's transitions:
-order.created -> order.validated -> order.placed -> order.finalized -> order.settled
-(an order refused before the broker goes created -> refused/canceled_before_trade ->
-settled). "log -> settled" starts when the user's transaction receipt came back to the
-driver, i.e. when the vault log existed.
+order.created -> order.booked -> order.joined_cycle -> order.finalized (or left_book) ->
+order.settled (an order refused before the book goes created -> refused/canceled_before_trade
+-> settled). "log -> settled" starts when the user's transaction receipt came back to the
+driver, i.e. when the vault log existed. Broker orders are the cycles' (Cycle.placed_at).
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from typing import Any
 
 from core.models import AuditLog
 from core.money import TOKEN_UNIT, USDT_UNIT
-from orders.models import Order, OrderType
+from orders.models import Cycle, HouseInventory, Order, OrderType
 
 OUTCOMES = ("EXECUTED", "CANCELED", "FAILED")
 _UNTRADED = ("order.refused", "order.canceled_before_trade")
+_TRADED = ("order.finalized", "order.left_book")
 STAGES = (
-    ("validate", "order.created", "order.validated"),
-    ("place", "order.validated", "order.placed"),
-    ("fill", "order.placed", "order.finalized"),
-    ("settle", "order.finalized", "order.settled"),
+    ("validate (book)", "order.created", "order.booked"),
+    ("wait for a cycle", "order.booked", "order.joined_cycle"),
+    ("trade (book -> done)", "order.booked", _TRADED),
+    ("settle", _TRADED, "order.settled"),
     ("refuse", "order.created", _UNTRADED),
     ("settle (refused)", _UNTRADED, "order.settled"),
     ("created -> settled", "order.created", "order.settled"),
@@ -72,6 +73,7 @@ class RunReport:
     shares: dict[str, dict[str, int]] = field(default_factory=dict)
     latencies: list[LatencyRow] = field(default_factory=list)
     broker_orders_per_30s: dict[str, float] = field(default_factory=dict)
+    cycles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,7 @@ class RunReport:
             "shares_token_units": self.shares,
             "latency_seconds": [row.__dict__ for row in self.latencies],
             "broker_orders_per_30s": self.broker_orders_per_30s,
+            "cycles": self.cycles,
         }
 
 
@@ -125,11 +128,17 @@ def stage_latencies(
     return [LatencyRow.of(stage, values[stage]) for stage in stages if values[stage]]
 
 
+def _cycles_of(orders: Sequence[Order]) -> list[Cycle]:
+    return list(Cycle.objects.filter(allocations__order__in=[o.pk for o in orders]).distinct())
+
+
 def broker_order_rate(orders: Sequence[Order], *, window: float = 30.0) -> dict[str, float]:
-    """Broker orders placed (audit order.placed): the most in any `window` seconds, and the
-    mean per `window` over the span from the first to the last placement."""
-    stamps = _stamps(o.pk for o in orders)
-    times = sorted(a["order.placed"].timestamp() for a in stamps.values() if "order.placed" in a)
+    """Broker orders placed by the cycles these orders took part in: the most in any
+    `window` seconds, and the mean per `window` over the span from the first to the last
+    placement."""
+    times = sorted(
+        c.placed_at.timestamp() for c in _cycles_of(orders) if c.futu_order_id and c.placed_at
+    )
     if not times:
         return {"placed": 0, "max_per_window": 0, "mean_per_window": 0.0, "window": window}
     most, lo = 0, 0
@@ -177,7 +186,26 @@ def run_report(orders: Sequence[Order], *, log_times: dict[int, float] | None = 
     report.shares = {s: dict(c) for s, c in sorted(shares.items())}
     report.latencies = stage_latencies(orders, log_times=log_times)
     report.broker_orders_per_30s = broker_order_rate(orders)
+    report.cycles = cycle_summary(orders)
     return report
+
+
+def cycle_summary(orders: Sequence[Order]) -> dict[str, dict[str, Any]]:
+    """Per symbol: cycles, those that needed the broker, units crossed internally (matched
+    buyer against seller without the broker), broker units, and the house inventory now."""
+    summary: dict[str, dict[str, Any]] = {}
+    for cycle in _cycles_of(orders):
+        row = summary.setdefault(
+            cycle.symbol,
+            {"cycles": 0, "to_broker": 0, "crossed_units": 0, "broker_units": 0},
+        )
+        row["cycles"] += 1
+        row["to_broker"] += 1 if cycle.futu_order_id else 0
+        row["crossed_units"] += min(int(cycle.demand_units), int(cycle.supply_units))
+        row["broker_units"] += abs(int(cycle.filled_units))
+    for item in HouseInventory.objects.filter(symbol__in=summary):
+        summary[item.symbol]["inventory_units"] = int(item.token_units)
+    return dict(sorted(summary.items()))
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -234,7 +262,7 @@ def render(report: RunReport) -> str:
             [
                 ["deposited (USDT in)", _usdt(m.get("usdt_in", 0))],
                 ["spent on shares", _usdt(m.get("spent_on_shares", 0))],
-                ["broker fees", _usdt(m.get("fees", 0))],
+                ["Bronco's fees", _usdt(m.get("fees", 0))],
                 ["refunded", _usdt(m.get("refunded", 0))],
                 ["refunded by operators", _usdt(m.get("refunded_manually", 0))],
                 ["sale proceeds", _usdt(m.get("proceeds", 0))],
@@ -265,6 +293,23 @@ def render(report: RunReport) -> str:
             [
                 [r.stage, r.n, _sec(r.p50), _sec(r.p95), _sec(r.p99), _sec(r.max)]
                 for r in report.latencies
+            ],
+        )
+    )
+    out += ["", "Netting cycles (one price per cycle; crossing and inventory before the broker)"]
+    out.append(
+        table(
+            ["symbol", "cycles", "to broker", "crossed", "bought/sold at broker", "inventory"],
+            [
+                [
+                    symbol,
+                    c["cycles"],
+                    c["to_broker"],
+                    _shares(c["crossed_units"]),
+                    _shares(c["broker_units"]),
+                    _shares(c.get("inventory_units", 0)),
+                ]
+                for symbol, c in report.cycles.items()
             ],
         )
     )

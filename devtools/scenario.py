@@ -11,11 +11,11 @@ the simulator's control port, and reads of the database.
 How the symbols behave under the simulator script:
 - AAPL fills in full at once;
 - NVDA fills in full after a few seconds (room for a cancel to win);
-- TSLA fills half and leaves the rest working until the user cancels or the deadline
-  cancels it (partial fills);
-- TCEHY (HK.00700, lots of 100) is rejected by the exchange; deposits too small for one
-  lot never reach it and are refused by Bronco itself.
-Some deposits are below the minimum or too small for one share: refused and refunded.
+- TSLA fills in full after 1 s;
+- TCEHY (HK.00700, lots of 100, ~4,900 USDT a lot) fills in full at once: deposits far below
+  one lot buy fractions, the house inventory holding the rest of each lot.
+Netting prices every symbol's book once per cycle and crosses redeems against deposits. Some
+deposits are below the minimum: refused and refunded.
 """
 
 from __future__ import annotations
@@ -52,16 +52,10 @@ logger = logging.getLogger(__name__)
 SIM_SCRIPT: dict[str, tuple[dict[str, Any], str]] = {
     "US.AAPL": ({"fill_mode": "full", "fill_delay": 0.0}, "fills in full at once"),
     "US.NVDA": ({"fill_mode": "full", "fill_delay": 3.0}, "fills in full after 3 s"),
-    "US.TSLA": (
-        {"fill_mode": "partial", "partial_ratio": "0.5", "fill_delay": 0.0},
-        "fills half; the rest works until cancelled or the deadline",
-    ),
+    "US.TSLA": ({"fill_mode": "full", "fill_delay": 1.0}, "fills in full after 1 s"),
     "HK.00700": (
-        {
-            "fill_mode": "reject",
-            "reject_reason": "Order rejected by the exchange (scenario script)",
-        },
-        "rejected by the exchange",
+        {"fill_mode": "full", "fill_delay": 0.0, "lot_size": 100},
+        "fills in full at once (lots of 100: small deposits buy fractions)",
     ),
 }
 # Benchmarks: every US symbol fills in full at once, so latency is Bronco's, not a script's.
@@ -125,12 +119,12 @@ def user_key(seed: int, index: int) -> str:
 def _amount(rng: random.Random, code: str, *, refusals: bool = True) -> int:
     roll = rng.random() if refusals else 1.0
     if code.startswith("HK."):
-        # One lot of HK.00700 is ~38,000 HKD (~4,900 USDT): half the deposits cover it.
-        usdt = rng.uniform(5_200, 9_000) if roll < 0.5 else rng.uniform(300, 2_000)
+        # One lot of HK.00700 is ~38,000 HKD (~4,900 USDT): every deposit is a fraction of it.
+        usdt = rng.uniform(50, 2_000)
     elif roll < 0.03:
-        usdt = 0.5  # below ORDER_MIN_USDT: refused before the broker
+        usdt = 0.5  # below ORDER_MIN_USDT: refused before the book
     elif roll < 0.07:
-        usdt = rng.uniform(20, 90)  # less than one share: refused before the broker
+        usdt = rng.uniform(20, 90)  # less than one share: buys a fraction
     else:
         usdt = rng.uniform(100 if refusals else 300, 2_500)
     return int(Decimal(str(round(usdt, 2))) * USDT_UNIT)

@@ -61,7 +61,7 @@ class StackConfig:
     opend_port: int = 11111
     opend_control_port: int = 0
     vault_port: int = 8200
-    rate_window: float = 2.0
+    rate_window: float = 30.0
     deadline: int = 60
     fresh: bool = False
     admin_user: str = "admin"
@@ -152,8 +152,8 @@ class DevStack:
                 "FUTU_OPEND_HOST": "127.0.0.1",
                 "FUTU_OPEND_PORT": str(ports["opend"]),
                 "OPEND_SIM_CONTROL": f"127.0.0.1:{ports['opend_control']}",
-                # Futu allows 15 place-order requests per 30 s; the demo shrinks the window,
-                # the same for the limiter (workers) and the simulator. Said in every report.
+                # Futu allows 15 place-order requests per 30 s: the limiter (workers) and the
+                # simulator keep the same window (Futu's own unless --rate-window says).
                 "FUTU_RATE_WINDOW_SECONDS": f"{self.config.rate_window:g}",
                 "ORDER_DEADLINE_SECONDS": str(self.config.deadline),
                 "BRONCO_BROKER_OPENING_CASH": SIM_OPENING_CASH,

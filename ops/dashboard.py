@@ -32,7 +32,7 @@ CHART_HOURS = 24
 STUCK_LIMIT = 20
 ALERT_LIMIT = 10
 
-_SETTLING = ("order.finalized", "order.refused", "order.canceled_before_trade")
+_SETTLING = ("order.finalized", "order.left_book", "order.refused", "order.canceled_before_trade")
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("validate", ("order.created",), ("order.validated",)),
-    Stage("place", ("order.validated",), ("order.placed",)),
-    Stage("execute", ("order.placed",), ("order.finalized",)),
+    Stage("validate", ("order.created",), ("order.booked",)),
+    Stage("wait", ("order.booked",), ("order.joined_cycle",)),
+    Stage("execute", ("order.joined_cycle",), ("order.finalized", "order.left_book")),
     Stage("settle", _SETTLING, ("order.settled",)),
     Stage("end_to_end", ("order.created",), ("order.settled",)),
 )

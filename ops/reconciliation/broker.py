@@ -1,6 +1,7 @@
-"""Reconciliation, the broker side: every placed order is at the broker under its client id
-with the same id, code, side, quantity and fill; no broker order Bronco does not know;
-positions and cash follow from Bronco's fills."""
+"""Reconciliation, the broker side: every netting cycle's order is at the broker under the
+cycle's client id with the same id, code, side, quantity, fill and price; no broker order
+Bronco does not know; positions and cash follow from the cycles' fills; per symbol, what the
+cycles bought net equals the tokens allocated net plus the house inventory."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from collections import Counter, defaultdict
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from ops.reconciliation.database import order_label
-from orders.models import Order
+from core.money import TOKEN_UNIT
+from orders.models import Allocation, Cycle, CycleStatus, HouseInventory, Order
 from trading import pricing
 from trading import services as broker
 from trading.broker import BrokerOrder
@@ -19,6 +20,75 @@ if TYPE_CHECKING:
 
 # The broker reports prices and cash as protobuf doubles: compare money to the cent.
 _CASH_TOLERANCE = Decimal("0.01")
+
+
+def _check_cycle(result: Reconciliation, cycle: Cycle, found: list[BrokerOrder]) -> None:
+    label = f"cycle {cycle.pk} ({cycle.symbol})"
+    if len(found) > 1:
+        result.add(
+            "db/broker",
+            label,
+            f"{len(found)} broker orders carry its client id: "
+            + ", ".join(b.broker_order_id for b in found),
+        )
+    if not cycle.futu_order_id:
+        if found and cycle.status == CycleStatus.ALLOCATED:
+            result.add(
+                "db/broker",
+                label,
+                f"never placed in the database, yet broker order {found[0].broker_order_id}",
+            )
+        return
+    if not found:
+        result.add("db/broker", label, f"broker order {cycle.futu_order_id} not at the broker")
+        return
+    b = found[0]
+    side = "BUY" if cycle.broker_units > 0 else "SELL"
+    qty = Decimal(abs(int(cycle.broker_units))) / TOKEN_UNIT
+    problems = []
+    if b.broker_order_id != cycle.futu_order_id:
+        problems.append(f"broker id {b.broker_order_id} != {cycle.futu_order_id}")
+    if b.code != cycle.stock_code or b.side != side:
+        problems.append(f"{b.side} {b.code} != {side} {cycle.stock_code}")
+    if b.qty != qty:
+        problems.append(f"quantity {b.qty} != {qty}")
+    if cycle.status == CycleStatus.ALLOCATED:
+        filled = Decimal(abs(int(cycle.filled_units))) / TOKEN_UNIT
+        if not b.is_final:
+            problems.append(f"allocated but the broker order is {b.raw_status}")
+        if b.filled_qty != filled:
+            problems.append(f"allocated {filled} shares != {b.filled_qty} filled at the broker")
+        if filled and (b.avg_fill_price or Decimal(0)).quantize(Decimal("0.000001")) != (
+            cycle.price or Decimal(0)
+        ).quantize(Decimal("0.000001")):
+            problems.append(f"cycle price {cycle.price} != {b.avg_fill_price} at the broker")
+    for p in problems:
+        result.add("db/broker", label, p)
+
+
+def _check_positions_against_tokens(result: Reconciliation, cycles: list[Cycle]) -> None:
+    """Per symbol, exact in 10^-18 share units: what the cycles bought less what they sold
+    = tokens Bronco allocated to buyers less tokens it took from sellers + house inventory."""
+    bought: Counter[str] = Counter()
+    for cycle in cycles:
+        if cycle.status == CycleStatus.ALLOCATED:
+            bought[cycle.symbol] += int(cycle.filled_units)
+    allocated: Counter[str] = Counter()
+    for symbol, order_type, units in Allocation.objects.values_list(
+        "cycle__symbol", "order_type", "token_units"
+    ):
+        allocated[symbol] += int(units) if order_type == "BUY" else -int(units)
+    inventory = dict(HouseInventory.objects.values_list("symbol", "token_units"))
+    for symbol in sorted(set(bought) | set(allocated) | set(inventory)):
+        held = int(inventory.get(symbol, 0))
+        if bought[symbol] != allocated[symbol] + held:
+            result.add(
+                "db/broker",
+                f"symbol {symbol}",
+                f"cycles bought {bought[symbol]} units net, but tokens allocated "
+                f"{allocated[symbol]} + inventory {held} = {allocated[symbol] + held}",
+            )
+    result.facts["house_inventory_units"] = {k: int(v) for k, v in sorted(inventory.items())}
 
 
 def broker_orders() -> list[BrokerOrder]:
@@ -33,62 +103,26 @@ def check_broker(
     opening_cash: dict[str, Decimal] | None,
     opening_positions: dict[str, Decimal],
 ) -> None:
+    """Every broker order is a netting cycle's (its remark is the cycle's client id) and
+    matches it; per symbol the broker's position is what Bronco's cycles bought and sold,
+    which is the tokens outstanding plus the house inventory; cash follows from the fills."""
     at_broker: dict[str, list[BrokerOrder]] = defaultdict(list)
     listing = broker_orders()
     for b in listing:
         at_broker[b.client_id].append(b)
-    known = {o.client_id for o in orders}
+    cycles = list(Cycle.objects.all())
+    known = {c.client_id for c in cycles}
     for client_id, found in sorted(at_broker.items()):
         if client_id not in known:
             for b in found:
                 result.add(
                     "broker",
                     f"broker order {b.broker_order_id}",
-                    f"{b.side} {b.qty} {b.code} remark {client_id or '-'!r} is not a Bronco order",
+                    f"{b.side} {b.qty} {b.code} remark {client_id or '-'!r} is not a Bronco cycle",
                 )
-    for o in orders:
-        found = at_broker.get(o.client_id, [])
-        if len(found) > 1:
-            result.add(
-                "db/broker",
-                order_label(o),
-                f"{len(found)} broker orders carry its client id: "
-                + ", ".join(b.broker_order_id for b in found),
-            )
-        if not o.futu_order_id:
-            if found and o.pk not in in_flight:
-                result.add(
-                    "db/broker",
-                    order_label(o),
-                    f"never placed in the database, yet broker order {found[0].broker_order_id}",
-                )
-            continue
-        if not found:
-            result.add(
-                "db/broker", order_label(o), f"broker order {o.futu_order_id} not at the broker"
-            )
-            continue
-        b = found[0]
-        problems = []
-        if b.broker_order_id != o.futu_order_id:
-            problems.append(f"broker id {b.broker_order_id} != {o.futu_order_id}")
-        if b.code != o.stock_code or b.side != o.order_type:
-            problems.append(f"{b.side} {b.code} != {o.order_type} {o.stock_code}")
-        if o.qty is not None and b.qty != o.qty:
-            problems.append(f"quantity {b.qty} != {o.qty}")
-        if o.outcome:
-            if not b.is_final:
-                problems.append(f"finalized but the broker order is {b.raw_status}")
-            if b.filled_qty != o.filled_qty:
-                problems.append(f"filled {o.filled_qty} != {b.filled_qty} at the broker")
-            if (b.avg_fill_price or Decimal(0)).quantize(Decimal("0.000001")) != (
-                o.avg_fill_price or Decimal(0)
-            ).quantize(Decimal("0.000001")):
-                problems.append(
-                    f"average price {o.avg_fill_price} != {b.avg_fill_price} at the broker"
-                )
-        for p in problems:
-            result.add("db/broker", order_label(o), p)
+    for cycle in cycles:
+        _check_cycle(result, cycle, at_broker.get(cycle.client_id, []))
+    _check_positions_against_tokens(result, cycles)
 
     net: Counter[str] = Counter()
     cash: dict[str, Decimal] = defaultdict(Decimal)

@@ -1,12 +1,13 @@
-"""The report's broker-order rate: the most placements in any 30 s, and the mean."""
+"""The report's broker-order rate (the cycles' placements): the most in any 30 s, and the
+mean."""
 
 from datetime import UTC, datetime, timedelta
-from unittest import mock
+from decimal import Decimal
 
 import pytest
 
-from core.audit import audit_record
 from devtools.report import broker_order_rate
+from orders.models import Allocation, Cycle, CycleStatus
 from tests.factories import OrderFactory
 
 pytestmark = pytest.mark.django_db
@@ -15,12 +16,24 @@ T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 
 
 def _placed_at(offsets: list[float]):
+    """One cycle per offset, each placing its broker order then, with one order in it."""
     orders = []
-    for offset in offsets:
+    for i, offset in enumerate(offsets):
         order = OrderFactory()
-        # The clock is the one thing mocked: audit entries take their time from it.
-        with mock.patch("core.audit.timezone.now", return_value=T0 + timedelta(seconds=offset)):
-            audit_record(actor="test", action="order.placed", order_id=order.pk)
+        cycle = Cycle.objects.create(
+            symbol=f"S{i}",
+            stock_code="US.AAPL",
+            status=CycleStatus.ALLOCATED,
+            quote_price=Decimal(100),
+            ccy_per_usdt=Decimal(1),
+            lot_size=1,
+            fee_rate=Decimal(0),
+            futu_order_id=str(1000 + i),
+            placed_at=T0 + timedelta(seconds=offset),
+        )
+        Allocation.objects.create(
+            cycle=cycle, order=order, order_type="BUY", token_units=1, usdt_units=1, fee_units=0
+        )
         orders.append(order)
     return orders
 

@@ -120,8 +120,8 @@ def test_stage_latency_percentiles_from_the_audit_trail(client, viewer):
             t0,
             [
                 ("order.created", 0),
-                ("order.validated", v),
-                ("order.placed", v + p),
+                ("order.booked", v),
+                ("order.joined_cycle", v + p),
                 ("order.fill_seen", v + p + 1),
                 ("order.finalized", v + p + e),
                 ("order.settlement_sent", v + p + e + 0.1),
@@ -137,13 +137,13 @@ def test_stage_latency_percentiles_from_the_audit_trail(client, viewer):
     total.append(3.2)
     # Ended before the window: not counted.
     old = OrderFactory()
-    _trail(old, t0 - timedelta(days=3), [("order.created", 0), ("order.validated", 500)])
+    _trail(old, t0 - timedelta(days=3), [("order.created", 0), ("order.booked", 500)])
 
     client.force_login(viewer)
     rows = {r.stage: r for r in _page(client, hours=24).context["latencies"]}
     for stage, values in (
         ("validate", validate),
-        ("place", place),
+        ("wait", place),
         ("execute", execute),
         ("settle", settle),
         ("end_to_end", total),
@@ -158,7 +158,7 @@ def test_latency_window_excludes_older_stages(client, viewer):
     _trail(
         order,
         timezone.now() - timedelta(hours=3),
-        [("order.created", 0), ("order.validated", 2)],
+        [("order.created", 0), ("order.booked", 2)],
     )
     client.force_login(viewer)
     one_hour = {r.stage: r for r in _page(client, hours=1).context["latencies"]}

@@ -46,8 +46,9 @@ class Command(BaseCommand):
         demo.add_argument(
             "--rate-window",
             type=float,
-            default=2.0,
-            help="FUTU_RATE_WINDOW_SECONDS for the simulator and the limiter (Futu: 30)",
+            default=30.0,
+            help="FUTU_RATE_WINDOW_SECONDS for the simulator and the limiter (Futu's own: 30; "
+            "netting keeps the demo within it)",
         )
         demo.add_argument(
             "--deadline", type=int, default=60, help="ORDER_DEADLINE_SECONDS (default 60)"
