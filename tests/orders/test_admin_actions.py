@@ -354,7 +354,7 @@ def test_refund_without_amount_takes_everything_that_remains(client, refundable)
 @pytest.mark.parametrize(
     ("fields", "amount", "message"),
     [
-        ({"status": OrderStatus.EXECUTING}, "", "still working at the broker"),
+        ({"status": OrderStatus.EXECUTING}, "", "takes part in netting cycle"),
         ({"status": OrderStatus.EXECUTED}, "", "already refunded/settled"),
         ({}, str(600 * 10**6), "above what remains"),
     ],
