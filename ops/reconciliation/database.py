@@ -10,8 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from chain.models import SettlementStatus, SettlementTx
-from core.money import shares_to_token_units
-from orders.models import TERMINAL_STATUSES, Order, OrderType
+from orders.models import TERMINAL_STATUSES, Allocation, Order, OrderType
 
 if TYPE_CHECKING:
     from ops.reconciliation import Reconciliation
@@ -61,6 +60,11 @@ def settlement_amounts(order: Order) -> tuple[int, int]:
 def check_orders(
     result: Reconciliation, orders: list[Order], in_flight: set[int], stuck_after: float
 ) -> None:
+    allocated: dict[int, int] = {}
+    for order_id, units in Allocation.objects.filter(order__in=orders).values_list(
+        "order_id", "token_units"
+    ):
+        allocated[order_id] = allocated.get(order_id, 0) + int(units)
     for o in orders:
         if o.status in TERMINAL_STATUSES and o.outcome != o.status:
             result.add("db", order_label(o), f"status {o.status} but outcome {o.outcome or '-'}")
@@ -70,7 +74,8 @@ def check_orders(
             )
         if not o.outcome:
             continue
-        sold_or_bought = shares_to_token_units(o.filled_qty)
+        # What the order's netting cycles allocated to it, in 10^-18 share units.
+        sold_or_bought = allocated.get(o.pk, 0)
         if o.order_type == OrderType.BUY:
             manual = manual_refund(o)
             charged = o.cost_usdt + o.fees_usdt + o.refund_usdt + manual
@@ -87,7 +92,7 @@ def check_orders(
                 result.add(
                     "db",
                     order_label(o),
-                    f"tokens minted {o.tokens_minted} != shares bought {o.filled_qty}",
+                    f"tokens minted {o.tokens_minted} != {sold_or_bought} allocated by its cycles",
                 )
         else:
             if sold_or_bought + o.tokens_returned != o.token_amount:

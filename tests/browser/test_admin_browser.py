@@ -131,12 +131,12 @@ def test_operator_with_the_permission_refunds_a_deposit(
         order=order, actor="admin:refunder", action="refund.requested"
     ).exists()
 
-    # An order still working at the broker: refused, and the operator is told why.
+    # An order in a netting cycle: refused for now, and the operator is told why.
     page.goto(f"{live_server.url}/admin/orders/order/{working.pk}/refund/")
     page.fill("#id_reason", "user asked")
     page.click("#confirm-refund")
     refusal = page.locator("ul.messagelist li.error").inner_text()
-    assert "Refund refused:" in refusal and "still working at the broker" in refusal
+    assert "Refund refused:" in refusal and "takes part in netting cycle" in refusal
     shot(page, "10_refunder_refund_refused_by_the_service")
     assert not Refund.objects.filter(order=working).exists()
 
@@ -167,7 +167,7 @@ def test_dashboard(page, live_server, orders, chain_settings):
     """The reserve tile reads the anvil vault through refunds.selectors.reserve_status."""
     t0 = timezone.now() - timedelta(minutes=20)
     for i, order in enumerate(orders):
-        steps = (("order.created", 0), ("order.validated", 1 + i), ("order.placed", 2 + 2 * i))
+        steps = (("order.created", 0), ("order.booked", 1 + i), ("order.joined_cycle", 2 + 2 * i))
         for action, offset in steps:
             with mock.patch(
                 "django.utils.timezone.now", return_value=t0 + timedelta(seconds=offset)
@@ -183,8 +183,8 @@ def test_dashboard(page, live_server, orders, chain_settings):
     assert page.locator("#tile-status td[data-status=EXECUTING]").inner_text() == "2"
     assert str(stalled.pk) in page.locator("#tile-stuck").inner_text()
     assert "listener is 80 blocks behind" in page.locator("#tile-alerts").inner_text()
-    latency = page.locator("#tile-latency tr[data-stage=place]").inner_text()
-    assert latency.split()[1:] == ["2", "1.50", "1.99"]  # placed 1 s and 2 s after validation
+    latency = page.locator("#tile-latency tr[data-stage=wait]").inner_text()
+    assert latency.split()[1:] == ["2", "1.50", "1.99"]  # in a cycle 1 s and 2 s after booking
     assert page.locator("#orders-per-hour rect.total").count() == 24
     assert "Balance" in page.locator("#tile-reserve").inner_text()
     shot(page, "06_dashboard")
