@@ -1,11 +1,15 @@
-"""Place: one broker order per Bronco order, whatever crashes (the remark is looked up under
-the order's row lock)."""
+"""Place: one broker order per Bronco order, whatever crashes.
+
+`trading.services.broker_order_submit` records the attempt before calling Futu and, on a
+retry, looks the client id up in the open list *and* in Futu's history (where an order that
+filled or failed at once is, and only there). No order row lock is held across the broker
+call: the attempt must be committed before Futu is called, and the trading record
+serialises concurrent placers; the transition to EXECUTING is a conditional update."""
 
 import logging
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from orders.models import Order
 from orders.pipeline.common import (
@@ -24,61 +28,66 @@ from trading import services as broker
 from trading.exceptions import (
     BrokerRejected,
     BrokerUnavailable,
+    InsufficientBuyingPower,
+    PlacementInFlight,
     RateLimited,
 )
 
 logger = logging.getLogger(__name__)
 
-_HISTORY_LOOKUP_AFTER = timezone.timedelta(hours=1)
 
-
-def order_place(*, order_id: int) -> Next | None:
-    """Place the broker order once. Holds the order's row lock from the remark look-up to
-    saving the broker id, so concurrent placers serialise; the look-up makes a retry after a
-    crash adopt the order the broker already has instead of placing a second one."""
+def _settle_untraded(order_id: int, *, outcome: str, reason: str) -> Next | None:
     with transaction.atomic():
         order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
         if order.status != S.PENDING:
             return None
-        if order.price is None:
-            return Next(VALIDATE)
-        try:
-            # Today's orders suffice for an order created within the hour; an older one may
-            # have reached the broker on an earlier trading day.
-            placed = broker.broker_query_order(
-                client_id=order.client_id,
-                include_history=order.created_at < timezone.now() - _HISTORY_LOOKUP_AFTER,
-            )
+        return settle_untraded(order, outcome=outcome, reason=reason, stage="place")
+
+
+def order_place(*, order_id: int) -> Next | None:
+    """Place the broker order once (see the module docstring); move the order to EXECUTING
+    with Futu's id. A cancel or deadline before any order reached the broker closes the
+    client id at the trading side first, so no later retry can place it."""
+    order = Order.objects.get(pk=order_id)
+    if order.status != S.PENDING:
+        return None
+    if order.price is None:
+        return Next(VALIDATE)
+    try:
+        if order.cancel_requested_at is not None or past_deadline(order):
+            placed = broker.broker_order_abandon(client_id=order.client_id)
             if placed is None:
                 if order.cancel_requested_at is not None:
-                    return settle_untraded(
-                        order,
-                        outcome=S.CANCELED,
-                        reason="cancelled by the user",
-                        stage="place",
+                    return _settle_untraded(
+                        order_id, outcome=S.CANCELED, reason="cancelled by the user"
                     )
-                if past_deadline(order):
-                    return settle_untraded(
-                        order,
-                        outcome=S.FAILED,
-                        reason="could not reach the broker before the deadline",
-                        stage="place",
-                    )
-                placed = broker.broker_place_order(
-                    client_id=order.client_id,
-                    code=order.stock_code,
-                    side=order.order_type,
-                    qty=order.qty,
-                    limit_price=order.price,
+                return _settle_untraded(
+                    order_id,
+                    outcome=S.FAILED,
+                    reason="could not reach the broker before the deadline",
                 )
-        except RateLimited as exc:
-            return Next(PLACE, countdown=max(exc.retry_after, 0.05))
-        except BrokerUnavailable:
-            return Next(PLACE, countdown=settings.ORDER_RETRY_SECONDS)
-        except BrokerRejected as exc:
-            return settle_untraded(
-                order, outcome=S.FAILED, reason=f"broker rejected: {exc}", stage="place"
+        else:
+            placed = broker.broker_order_submit(
+                client_id=order.client_id,
+                code=order.stock_code,
+                side=order.order_type,
+                qty=order.qty,
+                limit_price=order.price,
             )
+    except (RateLimited, PlacementInFlight) as exc:
+        return Next(PLACE, countdown=max(exc.retry_after, 0.05))
+    except InsufficientBuyingPower as exc:
+        # Not the user's fault and not final: wait (trading opened an operator alert).
+        logger.warning("order waits for buying power: %s", exc, extra={"order_id": order_id})
+        return Next(PLACE, countdown=exc.retry_after)
+    except BrokerUnavailable:
+        return Next(PLACE, countdown=settings.ORDER_RETRY_SECONDS)
+    except BrokerRejected as exc:
+        return _settle_untraded(order_id, outcome=S.FAILED, reason=f"broker rejected: {exc}")
+    with transaction.atomic():
+        order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+        if order.status != S.PENDING:
+            return None
         order_transition(
             order=order,
             to_status=S.EXECUTING,

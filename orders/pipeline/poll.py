@@ -1,4 +1,6 @@
-"""Poll: follow the broker order; cancel it when asked or past the deadline."""
+"""Poll: follow the broker order (fills from its deals); cancel it, again until it takes,
+when the user asked or the deadline passed. Never finalizes while the broker still has the
+order working."""
 
 import logging
 
@@ -18,24 +20,25 @@ from orders.pipeline.common import (
 from orders.pipeline.finalize import order_finalize
 from orders.state import order_record
 from trading import services as broker
-from trading.exceptions import (
-    BrokerRejected,
-    BrokerUnavailable,
-    RateLimited,
-)
+from trading.exceptions import BrokerUnavailable, RateLimited
 
 logger = logging.getLogger(__name__)
 
 
 def order_poll(*, order_id: int) -> Next | None:
-    """Query the broker; record new fills; finalize when the broker order is final; cancel it
-    when the user asked or the deadline passed. Pushed updates go through here too."""
+    """Sync the broker order by client id; record new fills; finalize once the broker says
+    the order is final (never while it is working, cancelling or disabled); cancel when
+    asked or past the deadline, re-sending a cancel that did not take (trading throttles
+    and alerts). Pushed updates go through here too."""
     order = Order.objects.get(pk=order_id)
     if order.status != S.EXECUTING:
         return None
+    wants_cancel = order.cancel_requested_at is not None or past_deadline(order)
     try:
-        # By Futu's order id: one row from OpenD, not every order of the account.
-        current = broker.broker_query_order(broker_order_id=order.futu_order_id)
+        if wants_cancel:
+            current = broker.broker_order_cancel(client_id=order.client_id)
+        else:
+            current = broker.broker_order_sync(client_id=order.client_id)
     except (BrokerUnavailable, RateLimited) as exc:
         return Next(POLL, countdown=getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS))
     if current is None:
@@ -68,17 +71,8 @@ def order_poll(*, order_id: int) -> Next | None:
             avg_fill_price=current.avg_fill_price,
         )
     if current.is_final:
-        return order_finalize(order=order, broker_order=current)
-
-    wants_cancel = order.cancel_requested_at is not None or past_deadline(order)
+        return order_finalize(order=order, broker_order=current.order)
     if wants_cancel and order.broker_cancel_sent_at is None:
-        try:
-            broker.broker_cancel_order(client_id=order.client_id)
-        except (BrokerUnavailable, RateLimited) as exc:
-            return Next(POLL, countdown=getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS))
-        except BrokerRejected as exc:
-            # Typically "already filled": the next poll sees the final state.
-            logger.info("cancel refused by broker: %s", exc, extra={"order_id": order.pk})
         order_record(
             order=order,
             actor=stage_actor("poll"),
