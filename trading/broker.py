@@ -190,6 +190,11 @@ class QuoteSource(Protocol):
         without a price, BrokerUnavailable or RateLimited when the venue cannot answer."""
         ...
 
+    def quotes(self, codes: list[str]) -> dict[str, Quote]:
+        """Quotes for many codes in one request (Futu: a snapshot takes up to 400 codes);
+        codes without a price are left out."""
+        ...
+
 
 @runtime_checkable
 class ExecutionVenue(Protocol):

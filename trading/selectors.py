@@ -19,6 +19,12 @@ def broker_quote(*, code: str) -> Quote:
     return quote
 
 
+def broker_quotes(*, codes: list[str]) -> dict[str, Quote]:
+    """Quotes for many codes from one snapshot request (per 400 codes); a code without a
+    price is absent from the result."""
+    return {c: q for c, q in get_broker().quotes(list(codes)).items() if q.price > 0}
+
+
 def broker_query_order(
     *,
     client_id: str | None = None,

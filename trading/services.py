@@ -35,6 +35,7 @@ from trading.selectors import (
     broker_positions,
     broker_query_order,
     broker_quote,
+    broker_quotes,
 )
 from trading.session import (
     get_broker,
@@ -60,6 +61,7 @@ __all__ = [
     "broker_positions",
     "broker_query_order",
     "broker_quote",
+    "broker_quotes",
     "get_broker",
     "plan_buy",
     "plan_sell",

@@ -70,13 +70,13 @@ def order_poll(*, order_id: int) -> Next | None:
             filled_qty=current.filled_qty,
             avg_fill_price=current.avg_fill_price,
         )
-    if current.is_final:
-        return order_finalize(order=order, broker_order=current.order)
     if wants_cancel and order.broker_cancel_sent_at is None:
-        order_record(
+        order = order_record(
             order=order,
             actor=stage_actor("poll"),
             action="order.broker_cancel_sent",
             broker_cancel_sent_at=timezone.now(),
         )
+    if current.is_final:
+        return order_finalize(order=order, broker_order=current.order)
     return Next(POLL, countdown=settings.ORDER_POLL_INTERVAL_SECONDS)

@@ -323,6 +323,12 @@ class FakeBroker:
         return [call for call in self.calls if call.name == name]
 
     # --- QuoteSource --------------------------------------------------------------------
+    def quotes(self, codes: list[str]) -> dict[str, Quote]:
+        with self._lock:
+            self._record("quotes", codes=list(codes))
+            self._raise_scripted("quotes")
+            return {c: self._quotes[c] for c in codes if c in self._quotes}
+
     def quote(self, code: str) -> Quote:
         with self._lock:
             self._record("quote", code=code)

@@ -65,6 +65,9 @@ def test_protocol_checks_can_fail():
         def quote(self, code: str) -> Quote:
             raise NoQuote(code)
 
+        def quotes(self, codes: list[str]) -> dict[str, Quote]:
+            return {}
+
     assert isinstance(QuotesOnly(), QuoteSource)
     assert not isinstance(QuotesOnly(), ExecutionVenue)
     assert not isinstance(QuotesOnly(), Broker)

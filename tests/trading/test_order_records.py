@@ -173,3 +173,15 @@ def test_short_of_buying_power_the_order_waits_with_an_alert(broker_settings):
     assert Alert.objects.get(key="broker_buying_power").severity == "critical"
     broker_settings.set_cash(currency="USD", amount="100000")
     assert _submit("rec-bp").status == BrokerStatus.FILLED
+
+
+def test_one_snapshot_request_quotes_many_codes(broker_settings):
+    from futu.common.constant import ProtoId
+
+    before = broker_settings.request_count(proto_id=ProtoId.Qot_GetSecuritySnapshot)
+    broker_settings.set_market_open(market="HK", is_open=False)
+    quotes = services.broker_quotes(codes=["US.AAPL", "US.TSLA", "HK.00700"])
+    assert broker_settings.request_count(proto_id=ProtoId.Qot_GetSecuritySnapshot) == before + 1
+    assert set(quotes) == {"US.AAPL", "US.TSLA", "HK.00700"}
+    assert quotes["US.AAPL"].market_open and not quotes["HK.00700"].market_open
+    assert quotes["HK.00700"].lot_size == 100 and quotes["HK.00700"].tick_size > 0

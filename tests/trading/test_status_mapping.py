@@ -74,6 +74,8 @@ def test_status_read_through_the_sdk(broker_settings, raw):
         qty=Decimal(1),
         limit_price=Decimal("251"),
     )
+    # A closed market: the simulator's clock would move a scripted WAITING_SUBMIT on.
+    broker_settings.set_market_open(market="US", is_open=False)
     broker_settings.set_order_status(
         order_id=order.broker_order_id, status=raw, last_err="scripted"
     )

@@ -289,6 +289,8 @@ class FutuConnection:
                 logger.warning("OpenD says trading is locked (%s); unlocking again", data)
                 with self._lock:
                     self._unlock(self._trade_ctx)
+                if kind in settings.FUTU_RATE_LIMITS:
+                    self._limit(kind)  # the refused request counted at Futu too
                 continue
             if isinstance(error, BrokerSessionFault):
                 raise self._session_fault(str(error))
