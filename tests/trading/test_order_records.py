@@ -185,3 +185,14 @@ def test_one_snapshot_request_quotes_many_codes(broker_settings):
     assert set(quotes) == {"US.AAPL", "US.TSLA", "HK.00700"}
     assert quotes["US.AAPL"].market_open and not quotes["HK.00700"].market_open
     assert quotes["HK.00700"].lot_size == 100 and quotes["HK.00700"].tick_size > 0
+
+
+@pytest.mark.parametrize("session", ["RTH", "ETH"])
+def test_every_us_order_carries_the_configured_session(broker_settings, settings, session):
+    from trading.session import reset_broker
+
+    settings.FUTU_US_SESSION = session
+    reset_broker()
+    _submit(f"rec-session-{session}")
+    (order,) = broker_settings.orders(remark=f"rec-session-{session}")
+    assert order["session"] == session

@@ -144,6 +144,7 @@ class SimOrder:
     filled_value: Decimal = Decimal("0")
     fee_charged: Decimal = Decimal("0")
     last_err: str = ""
+    session: str = ""  # the US `session` the order was placed with (RTH, ETH, ALL, ...)
 
     @property
     def market(self) -> str:
@@ -401,6 +402,7 @@ class SimMarket:
         qty: Decimal,
         price: Decimal,
         remark: str,
+        session: str = "",
     ) -> SimOrder:
         events: list[Event] = []
         with self.lock:
@@ -444,6 +446,7 @@ class SimMarket:
                 created_at=now,
                 updated_at=now,
                 fill_after=now + sec.fill_delay,
+                session=session,
             )
             self.orders[order.order_id] = order
             events.append(Event("order", acc_id, trd_env, order=copy.copy(order)))

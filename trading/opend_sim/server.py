@@ -74,6 +74,12 @@ def _status_name(number: int) -> str:
     return FutuOrderStatus.to_string2(number)
 
 
+SESSION_NAME = {
+    Common_pb2.Session_RTH: "RTH",
+    Common_pb2.Session_ETH: "ETH",
+    Common_pb2.Session_ALL: "ALL",
+    Common_pb2.Session_OVERNIGHT: "OVERNIGHT",
+}
 FILL_STATUS = {
     "OK": T.OrderFillStatus_OK,
     "CANCELLED": T.OrderFillStatus_Cancelled,
@@ -590,6 +596,7 @@ class OpenDSimulator:
             qty=_num(c2s.qty),
             price=_num(c2s.price),
             remark=c2s.remark,
+            session=SESSION_NAME.get(c2s.session, "") if c2s.HasField("session") else "",
         )
         self._header(rsp.s2c.header, h.accID, h.trdEnv, h.trdMarket)
         rsp.s2c.orderID = order.order_id
@@ -822,6 +829,7 @@ def _order_dict(order: SimOrder) -> dict[str, Any]:
         "filled_qty": str(order.filled_qty),
         "avg_price": str(order.avg_price),
         "fee": str(order.fee_charged),
+        "session": order.session,
     }
 
 
