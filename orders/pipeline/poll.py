@@ -71,12 +71,15 @@ def order_poll(*, order_id: int) -> Next | None:
             avg_fill_price=current.avg_fill_price,
         )
     if wants_cancel and order.broker_cancel_sent_at is None:
-        order = order_record(
+        order_record(
             order=order,
             actor=stage_actor("poll"),
             action="order.broker_cancel_sent",
             broker_cancel_sent_at=timezone.now(),
         )
+        # The cancel's own push takes the run over at once (orders.runs); finalizing here
+        # too would race it. The next poll (this run's or the push's) finalizes.
+        return Next(POLL, countdown=settings.ORDER_POLL_INTERVAL_SECONDS)
     if current.is_final:
         return order_finalize(order=order, broker_order=current.order)
     return Next(POLL, countdown=settings.ORDER_POLL_INTERVAL_SECONDS)

@@ -79,9 +79,12 @@ def test_a_cancel_or_the_deadline_cancels_at_the_broker_once(fake_broker, workin
         working.__class__.objects.filter(pk=working.pk).update(cancel_requested_at=timezone.now())
     else:
         past_deadline(working)
-    # The broker took the cancel at once: the same poll sees it final and finalizes.
-    assert order_poll(order_id=working.pk).stage == SETTLE
+    assert order_poll(order_id=working.pk).stage == POLL
     assert len(fake_broker.calls_to("cancel_order")) == 1
+    working.refresh_from_db()
+    assert working.broker_cancel_sent_at is not None
+    # The broker took the cancel: the next poll sees it final and finalizes.
+    assert order_poll(order_id=working.pk).stage == SETTLE
     working.refresh_from_db()
     assert working.outcome == OrderStatus.CANCELED
     assert working.refund_usdt == working.usdt_amount
