@@ -5,6 +5,7 @@ broker's, buying power is checked, session faults are repaired."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import pytest
@@ -14,6 +15,7 @@ from core.models import Alert
 from trading import services
 from trading.broker import BrokerStatus
 from trading.exceptions import BrokerRejected, InsufficientBuyingPower
+from trading.futu.execution import HISTORY_REUSE_SECONDS
 from trading.models import BrokerFillCorrection, BrokerOrderRecord
 
 pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
@@ -146,6 +148,7 @@ def test_fills_come_from_deals_and_a_reversal_after_final_opens_a_case(broker_se
     changed = services.broker_order_sync(client_id="rec-rev")
     assert changed.filled_qty == 2
     broker_settings.reverse_fills(order_id=state.broker_order_id)
+    time.sleep(HISTORY_REUSE_SECONDS)  # the adapter reuses a history listing this long
     assert services.broker_orders_watch() == 1
     record = BrokerOrderRecord.objects.get(client_id="rec-rev")
     assert record.status == BrokerStatus.FILL_CANCELLED and record.filled_qty == 0

@@ -10,6 +10,7 @@ Futu and looks the remark up in both before placing again.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -86,6 +87,11 @@ def history_window(since: datetime | None) -> tuple[str, str]:
     return _futu_time(since - timedelta(days=1)), _futu_time(now + timedelta(days=1))
 
 
+# A history listing is reused this long: short enough that a poll sees news within about a
+# second, long enough that the polls of many orders share one request.
+HISTORY_REUSE_SECONDS = 1.0
+
+
 class FutuExecution(FutuConnection):
     """The `ExecutionVenue` half of the adapter.
 
@@ -95,6 +101,12 @@ class FutuExecution(FutuConnection):
     (https://openapi.futunn.com/futu-api-doc/en/trade/get-history-order-list.html, 10 per
     30 s); fills are deals (`deal_list_query` for today, `history_deal_list_query` before,
     and the deal push), and a deal can be cancelled or changed after it was reported."""
+
+    _history_cache: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._history_cache = {}
 
     # --- pushes ---------------------------------------------------------------------
     def _install_handlers(self, trade: TradeContext) -> None:
@@ -152,8 +164,14 @@ class FutuExecution(FutuConnection):
     def _history_rows(
         self, *, code: str = "", since: datetime | None = None
     ) -> list[dict[str, Any]]:
-        """Every order (finished or not) created in the window around `since`."""
+        """Every order (finished or not) created in the window around `since`. A listing
+        of the same code and day is reused for `HISTORY_REUSE_SECONDS` (polls of many
+        orders share one request of the 10 per 30 s budget); placing an order drops it."""
         start, end = history_window(since)
+        key = (code, start[:10])
+        cached = self._history_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < HISTORY_REUSE_SECONDS:
+            return cached[1]
         self._limit("history_order_list")
         data = self._call(
             lambda q, t: t.history_order_list_query(
@@ -161,7 +179,9 @@ class FutuExecution(FutuConnection):
             ),
             kind="history_order_list",
         )
-        return data.to_dict("records")
+        rows = data.to_dict("records")
+        self._history_cache[key] = (time.monotonic(), rows)
+        return rows
 
     def list_orders(self) -> list[BrokerOrder]:
         """The account's unfinished orders (OpenD's cache, not rate limited)."""
@@ -230,6 +250,7 @@ class FutuExecution(FutuConnection):
                 )
                 return existing
         self._limit("place")
+        self._history_cache.clear()
         extra: dict[str, Any] = {}
         if code.startswith("US."):
             extra["session"] = getattr(Session, self.us_session)
