@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -35,6 +36,10 @@ class BrokerStatus(StrEnum):
     FILLED = "FILLED"
     CANCELLED = "CANCELLED"
     FAILED = "FAILED"
+    # Fills reversed by the exchange after the fact: final, nothing filled.
+    FILL_CANCELLED = "FILL_CANCELLED"
+    # Inactive but enabled again from outside at any time: not final; Bronco cancels it.
+    DISABLED = "DISABLED"
     UNKNOWN = "UNKNOWN"
 
     @property
@@ -42,7 +47,71 @@ class BrokerStatus(StrEnum):
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES = frozenset({BrokerStatus.FILLED, BrokerStatus.CANCELLED, BrokerStatus.FAILED})
+FINAL_STATUSES = frozenset(
+    {
+        BrokerStatus.FILLED,
+        BrokerStatus.CANCELLED,
+        BrokerStatus.FAILED,
+        BrokerStatus.FILL_CANCELLED,
+    }
+)
+# Statuses in which the broker may still fill the order (it is "working").
+WORKING_STATUSES = frozenset(
+    {
+        BrokerStatus.SUBMITTING,
+        BrokerStatus.WORKING,
+        BrokerStatus.PARTIALLY_FILLED,
+        BrokerStatus.CANCELLING,
+        BrokerStatus.DISABLED,
+        BrokerStatus.UNKNOWN,
+    }
+)
+
+
+class DealStatus(StrEnum):
+    """Futu's OrderFillStatus: a deal can be cancelled or changed after it was reported."""
+
+    OK = "OK"
+    CANCELLED = "CANCELLED"
+    CHANGED = "CHANGED"
+
+
+@dataclass(frozen=True)
+class Deal:
+    """One fill of a broker order (Futu: a deal). Quantity and price are the deal's latest
+    values: a CHANGED deal carries the corrected ones, a CANCELLED deal counts for nothing."""
+
+    deal_id: str
+    broker_order_id: str
+    code: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    status: DealStatus
+    created_at: str = ""
+
+    @property
+    def counts(self) -> bool:
+        return self.status != DealStatus.CANCELLED
+
+
+def fill_from_deals(deals: list[Deal]) -> tuple[Decimal, Decimal | None]:
+    """Filled quantity and average price over the deals that count."""
+    live = [d for d in deals if d.counts]
+    qty = sum((d.qty for d in live), Decimal(0))
+    if qty <= 0:
+        return Decimal(0), None
+    return qty, sum((d.qty * d.price for d in live), Decimal(0)) / qty
+
+
+@dataclass(frozen=True)
+class OrderFee:
+    """The broker's own fee for one order, itemised (Futu `order_fee_query`), in the
+    order's market currency."""
+
+    broker_order_id: str
+    total: Decimal
+    items: tuple[tuple[str, Decimal], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +175,7 @@ class Position:
 
 
 OrderUpdateCallback = Callable[[BrokerOrder], None]
+DealUpdateCallback = Callable[["Deal"], None]
 
 
 @runtime_checkable
@@ -120,6 +190,11 @@ class QuoteSource(Protocol):
         without a price, BrokerUnavailable or RateLimited when the venue cannot answer."""
         ...
 
+    def quotes(self, codes: list[str]) -> dict[str, Quote]:
+        """Quotes for many codes in one request (Futu: a snapshot takes up to 400 codes);
+        codes without a price are left out."""
+        ...
+
 
 @runtime_checkable
 class ExecutionVenue(Protocol):
@@ -130,17 +205,27 @@ class ExecutionVenue(Protocol):
     reached; for a write the outcome is unknown) or RateLimited(retry_after seconds)."""
 
     def place_order(
-        self, *, client_id: str, code: str, side: Side, qty: Decimal, limit_price: Decimal
+        self,
+        *,
+        client_id: str,
+        code: str,
+        side: Side,
+        qty: Decimal,
+        limit_price: Decimal,
+        lookup: bool = True,
     ) -> BrokerOrder:
-        """Place a DAY limit order for `qty` shares at `limit_price` (market currency), or
-        return the order already tagged with `client_id` among today's orders without placing
-        another. Raises BrokerRejected when the venue refuses it (lot size, tick, buying
-        power, sellable shares, risk checks)."""
+        """Place a DAY limit order for `qty` shares at `limit_price` (market currency). With
+        `lookup`, an *unfinished* order already tagged with `client_id` is returned instead
+        (the open list holds nothing else: a finished one would be placed again, which is
+        why `trading.services.broker_order_submit` asks the history on a retry). Raises
+        BrokerRejected when the venue refuses it (lot size, tick, sellable shares, risk
+        checks), InsufficientBuyingPower when the account cannot pay for it now."""
         ...
 
     def cancel_order(self, *, broker_order_id: str) -> BrokerOrder:
-        """Cancel; idempotent: an order already final comes back as it is. Raises
-        BrokerRejected for an order the venue does not know."""
+        """Ask to cancel; idempotent: an order already final comes back as it is. An
+        acknowledged cancel may not take: check the order again. Raises BrokerRejected for
+        an order the venue does not know."""
         ...
 
     def query_order(
@@ -150,21 +235,45 @@ class ExecutionVenue(Protocol):
         client_id: str | None = None,
         code: str = "",
         include_history: bool = True,
+        since: datetime | None = None,
     ) -> BrokerOrder | None:
         """One order by exactly one of the venue's id or our client id; None when the
-        venue has no such order. By client id, past days are searched only with
-        `include_history` (that look-up has a small budget at Futu: 10 per 30 s)."""
+        venue has no such order. The open list first; with `include_history`, the history
+        around `since` (Futu: 10 requests per 30 s)."""
         ...
 
     def find_by_remark(
-        self, client_id: str, *, code: str = "", include_history: bool = False
+        self,
+        client_id: str,
+        *,
+        code: str = "",
+        include_history: bool = False,
+        since: datetime | None = None,
     ) -> BrokerOrder | None:
-        """The order tagged with `client_id` among today's orders (and past days' with
-        `include_history`), or None: the look-up `place_order` makes before placing."""
+        """The order tagged with `client_id` in the open list (unfinished orders), and with
+        `include_history` or `since` in the history around `since` too, or None."""
+        ...
+
+    def list_history_orders(self, *, since: datetime | None = None) -> list[BrokerOrder]:
+        """Every order since `since` (default the last 90 days), finished or not."""
+        ...
+
+    def deals(
+        self, *, broker_order_id: str, code: str = "", since: datetime | None = None
+    ) -> list[Deal]:
+        """The order's deals (fills), each at its latest state (OK, CANCELLED, CHANGED)."""
+        ...
+
+    def order_fee(self, *, broker_order_id: str) -> OrderFee | None:
+        """The broker's itemised fee for the order (market currency); None if unknown."""
+        ...
+
+    def max_buy_qty(self, *, code: str, price: Decimal) -> Decimal:
+        """Shares (whole lots) the account's cash buys at `price` now, fees included."""
         ...
 
     def list_orders(self) -> list[BrokerOrder]:
-        """Today's orders of the account, in any state."""
+        """The account's unfinished orders (Futu's open list)."""
         ...
 
     def funds(self, currency: str = "USD") -> Funds:

@@ -25,6 +25,35 @@ class BrokerUnavailable(TradingError):
     write is unknown: retry, and the remark lookup makes the retry safe."""
 
 
+class BrokerSessionFault(BrokerUnavailable):
+    """The session cannot trade as it is: trading is locked (another client of the same
+    OpenD locked it, OpenD restarted) or the unlock failed. Not a rejection: the adapter
+    re-reads the trade password and unlocks again; when that fails too it raises this with
+    `alerted=True` (an operator alert is open) and the caller retries later."""
+
+    def __init__(self, message: str, *, alerted: bool = False) -> None:
+        self.alerted = alerted
+        super().__init__(message)
+
+
+class InsufficientBuyingPower(TradingError):
+    """The account cannot pay for the order now. Not the user's fault and not final: the
+    order waits (an operator alert is open) and is retried after `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 30.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class PlacementInFlight(TradingError):
+    """Another worker is placing this client id right now (its attempt lease has not run
+    out): retry after `retry_after` seconds, when the attempt is either saved or expired."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class MarketClosed(TradingError):
     """The security's market is not in a trading session."""
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
+
 from trading.broker import BrokerOrder, Funds, Position, Quote
-from trading.exceptions import NoQuote
+from trading.exceptions import BrokerUnavailable, NoQuote, RateLimited
 from trading.session import get_broker
 
 
@@ -16,23 +19,39 @@ def broker_quote(*, code: str) -> Quote:
     return quote
 
 
+def broker_quotes(*, codes: list[str]) -> dict[str, Quote]:
+    """Quotes for many codes from one snapshot request (per 400 codes); a code without a
+    price is absent from the result."""
+    return {c: q for c, q in get_broker().quotes(list(codes)).items() if q.price > 0}
+
+
 def broker_query_order(
     *,
     client_id: str | None = None,
     broker_order_id: str | None = None,
     include_history: bool = True,
+    since: datetime | None = None,
 ) -> BrokerOrder | None:
     """The broker's view of one order, by our client id (Futu remark) or Futu's order id;
-    None when the broker has no such order. A client id not among today's orders is looked
-    for in past days too unless `include_history` is False: that look-up has its own small
-    budget (10 per 30 s), so the place stage skips it for an order created minutes ago."""
+    None when the broker has no such order. Futu's open list holds unfinished orders only:
+    a finished one is found in the history (around `since`) unless `include_history` is
+    False; that look-up has its own budget (10 per 30 s)."""
     return get_broker().query_order(
-        client_id=client_id, broker_order_id=broker_order_id, include_history=include_history
+        client_id=client_id,
+        broker_order_id=broker_order_id,
+        include_history=include_history,
+        since=since,
     )
 
 
-def broker_list_orders() -> list[BrokerOrder]:
-    """Today's orders of the account, for reconciliation."""
+def broker_list_orders(
+    *, include_finished: bool = False, since: datetime | None = None
+) -> list[BrokerOrder]:
+    """The account's unfinished orders (Futu's open list, OpenD's cache, not rate
+    limited); with `include_finished`, every order since `since` (default: the last 90
+    days) from Futu's history, one request of its budget (10 per 30 s)."""
+    if include_finished:
+        return get_broker().list_history_orders(since=since)
     return get_broker().list_orders()
 
 
@@ -42,3 +61,30 @@ def broker_funds(*, currency: str = "USD") -> Funds:
 
 def broker_positions() -> list[Position]:
     return get_broker().positions()
+
+
+def broker_order_fees(*, client_ids: list[str]) -> dict[str, Decimal]:
+    """The broker's own fee (market currency) per client id, as recorded from Futu's
+    `order_fee_query` once each order was final; a client id without a recorded fee is
+    asked of the broker (one request of the `order_fee` budget each) and left out when the
+    broker cannot say. Reads only."""
+    from trading.models import BrokerOrderRecord
+
+    records = {
+        r.client_id: r
+        for r in BrokerOrderRecord.objects.filter(client_id__in=client_ids).exclude(
+            broker_order_id=""
+        )
+    }
+    fees: dict[str, Decimal] = {}
+    for client_id, record in records.items():
+        if record.fee is not None:
+            fees[client_id] = record.fee
+            continue
+        try:
+            fee = get_broker().order_fee(broker_order_id=record.broker_order_id)
+        except (RateLimited, BrokerUnavailable):
+            continue
+        if fee is not None:
+            fees[client_id] = fee.total
+    return fees

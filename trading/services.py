@@ -1,10 +1,13 @@
 """Broker writes and business rules. The order pipeline calls only these (and the reads in
 `trading.selectors`, re-exported here): keyword-only, Bronco types in and out.
 
-Idempotency: placing is keyed by `client_id` (Futu remark) - calling `broker_place_order`
-twice for one client id, from any process, leaves one order at the broker. Over Futu's
-request budget a call either waits briefly or raises RateLimited(retry_after): the caller
-re-schedules, the work never fails for it.
+Idempotency: placing is keyed by `client_id` (Futu remark). `broker_order_submit` (in
+`trading.order_records`) records the attempt before calling Futu and, on any retry, looks
+the remark up in the open list and the history first: calling it twice for one client id,
+from any process, whatever crashed in between, leaves one order at the broker. Follow the
+order with `broker_order_sync`, cancel it with `broker_order_cancel` (re-sent until it
+takes). Over Futu's request budget a call either waits briefly or raises
+RateLimited(retry_after): the caller re-schedules, the work never fails for it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,22 @@ from django.conf import settings
 from trading import pricing
 from trading.broker import BrokerOrder, Quote, Side
 from trading.exceptions import BrokerRejected, DepositTooSmall, MarketClosed, NoQuote
+from trading.order_records import (
+    BrokerOrderState,
+    broker_order_abandon,
+    broker_order_cancel,
+    broker_order_submit,
+    broker_order_sync,
+    broker_orders_watch,
+)
 from trading.selectors import (
     broker_funds,
     broker_list_orders,
+    broker_order_fees,
     broker_positions,
     broker_query_order,
     broker_quote,
+    broker_quotes,
 )
 from trading.session import (
     get_broker,
@@ -32,15 +45,23 @@ from trading.session import (
 )
 
 __all__ = [
+    "BrokerOrderState",
     "BuyPlan",
+    "broker_order_abandon",
+    "broker_order_cancel",
+    "broker_order_submit",
+    "broker_order_sync",
+    "broker_orders_watch",
     "SellPlan",
     "broker_cancel_order",
     "broker_funds",
     "broker_list_orders",
+    "broker_order_fees",
     "broker_place_order",
     "broker_positions",
     "broker_query_order",
     "broker_quote",
+    "broker_quotes",
     "get_broker",
     "plan_buy",
     "plan_sell",
@@ -51,15 +72,26 @@ __all__ = [
 
 
 def broker_place_order(
-    *, client_id: str, code: str, side: str, qty: Decimal, limit_price: Decimal
+    *,
+    client_id: str,
+    code: str,
+    side: str,
+    qty: Decimal,
+    limit_price: Decimal,
+    lookup: bool = True,
 ) -> BrokerOrder:
-    """Place a limit order tagged with `client_id`, or return the order already tagged
-    with it. Raises RateLimited, BrokerRejected or BrokerUnavailable (outcome unknown:
-    retry; the remark lookup keeps the retry from doubling the order)."""
+    """The one call that reaches Futu's place_order (with `lookup`, after asking the open
+    list for the remark). Use `broker_order_submit`: only it records the attempt and asks
+    the history on a retry. Raises RateLimited, BrokerRejected or BrokerUnavailable."""
     if qty <= 0 or limit_price <= 0:
         raise BrokerRejected(f"quantity {qty} and limit price {limit_price} must be positive")
     return get_broker().place_order(
-        client_id=client_id, code=code, side=Side(side), qty=qty, limit_price=limit_price
+        client_id=client_id,
+        code=code,
+        side=Side(side),
+        qty=qty,
+        limit_price=limit_price,
+        lookup=lookup,
     )
 
 

@@ -1,7 +1,8 @@
 """The per-process broker session and the order-update callback registry.
 
 Which broker a process uses is the `TRADING_BROKER_FACTORY` setting: a dotted path to a
-callable taking the keyword `on_order_update` and returning a `trading.broker.Broker`
+callable taking the keywords `on_order_update` and `on_deal_update` and returning a
+`trading.broker.Broker`
 (default: the Futu adapter; tests may choose the in-memory fake). The broker is handed
 `dispatch_order_update`, so every callback registered here sees its order pushes.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable, Hashable
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from trading.broker import Broker, BrokerOrder, OrderUpdateCallback
+from trading.broker import Broker, BrokerOrder, Deal, DealUpdateCallback, OrderUpdateCallback
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ _broker: Broker | None = None
 _broker_pid: int | None = None
 _broker_key: Hashable = None
 _callbacks: list[OrderUpdateCallback] = []
+_deal_callbacks: list[DealUpdateCallback] = []
 
 
 def _settings_key() -> Hashable:
@@ -60,7 +62,9 @@ def get_broker() -> Broker:
             _broker = None
         if _broker is None:
             factory: BrokerFactory = import_string(settings.TRADING_BROKER_FACTORY)
-            _broker = factory(on_order_update=dispatch_order_update)
+            _broker = factory(
+                on_order_update=dispatch_order_update, on_deal_update=dispatch_deal_update
+            )
             _broker_key, _broker_pid = key, os.getpid()
         return _broker
 
@@ -93,3 +97,25 @@ def dispatch_order_update(order: BrokerOrder) -> None:
             fn(order)
         except Exception:  # one bad subscriber must not starve the others
             logger.exception("order update callback %r failed for %s", fn, order.broker_order_id)
+
+
+def register_deal_update_callback(fn: DealUpdateCallback) -> None:
+    """Call `fn(deal)` on every deal push (a new fill, or one cancelled or changed after
+    it was reported), on the broker's callback thread: keep it short."""
+    with _lock:
+        if fn not in _deal_callbacks:
+            _deal_callbacks.append(fn)
+
+
+def unregister_deal_update_callback(fn: DealUpdateCallback) -> None:
+    with _lock:
+        if fn in _deal_callbacks:
+            _deal_callbacks.remove(fn)
+
+
+def dispatch_deal_update(deal: Deal) -> None:
+    for fn in list(_deal_callbacks):
+        try:
+            fn(deal)
+        except Exception:  # one bad subscriber must not starve the others
+            logger.exception("deal update callback %r failed for %s", fn, deal.deal_id)

@@ -24,6 +24,9 @@ FUTU_CONNECT_TIMEOUT_SECONDS = env_float("FUTU_CONNECT_TIMEOUT_SECONDS", 5.0)
 FUTU_REMARK_LOOKUP_REFRESH = env_bool("FUTU_REMARK_LOOKUP_REFRESH", False)
 # Allow US orders to fill in pre-market and after-hours sessions.
 FUTU_FILL_OUTSIDE_RTH = env_bool("FUTU_FILL_OUTSIDE_RTH", False)
+# The `session` argument of every US `place_order` (futu Session: RTH regular hours, ETH
+# regular + pre/after hours, ALL including overnight, OVERNIGHT only).
+FUTU_US_SESSION = env_str("FUTU_US_SESSION", "RTH").upper()
 
 # --- Which broker --------------------------------------------------------------------
 # Dotted path to a callable (a factory function or a class) taking the keyword
@@ -52,6 +55,9 @@ FUTU_RATE_LIMITS = {
     "history_order_list": (env_int("FUTU_RATE_HISTORY_ORDER_LIST_PER_WINDOW", 10), 0.0),
     "funds": (env_int("FUTU_RATE_FUNDS_PER_WINDOW", 10), 0.0),
     "positions": (env_int("FUTU_RATE_POSITIONS_PER_WINDOW", 10), 0.0),
+    "history_deal_list": (env_int("FUTU_RATE_HISTORY_DEAL_LIST_PER_WINDOW", 10), 0.0),
+    "order_fee": (env_int("FUTU_RATE_ORDER_FEE_PER_WINDOW", 10), 0.0),
+    "trading_info": (env_int("FUTU_RATE_TRADING_INFO_PER_WINDOW", 10), 0.0),
     "snapshot": (env_int("FUTU_RATE_SNAPSHOT_PER_WINDOW", 60), 0.0),
 }
 # Safety margins so clock and network jitter between our grant and Futu's count never
@@ -84,3 +90,20 @@ TRADING_FEES = {
         env_decimal("TRADING_FEE_MIN_HK", "3.00"),
     ),
 }
+
+# --- Broker-order records (trading.order_records) ----------------------------------------
+# How long one placement attempt may take (connect + Futu's answer). Another worker retries
+# the client id only after it; keep it above FUTU_CONNECT_TIMEOUT_SECONDS plus the SDK's
+# request timeout, or a slow attempt and its retry could both place.
+TRADING_PLACE_ATTEMPT_LEASE_SECONDS = env_float("TRADING_PLACE_ATTEMPT_LEASE_SECONDS", 30.0)
+# A cancel Futu acknowledged but that did not take is sent again after this grace period,
+# doubling each time, at most TRADING_CANCEL_MAX_REQUESTS times; then an operator alert.
+TRADING_CANCEL_GRACE_SECONDS = env_float("TRADING_CANCEL_GRACE_SECONDS", 5.0)
+TRADING_CANCEL_MAX_REQUESTS = env_int("TRADING_CANCEL_MAX_REQUESTS", 5)
+# How long after an order is final its fills are still watched (deals cancelled or
+# corrected by the exchange come within the trading day; a day covers it in any zone).
+TRADING_FILL_WATCH_SECONDS = env_float("TRADING_FILL_WATCH_SECONDS", 86400.0)
+# Check the account's buying power (acctradinginfo_query) before every buy; when short the
+# order waits this long (operator alert open) instead of being rejected and refunded.
+TRADING_CHECK_BUYING_POWER = env_bool("TRADING_CHECK_BUYING_POWER", True)
+TRADING_BUYING_POWER_RETRY_SECONDS = env_float("TRADING_BUYING_POWER_RETRY_SECONDS", 60.0)

@@ -92,8 +92,10 @@ def _check_positions_against_tokens(result: Reconciliation, cycles: list[Cycle])
 
 
 def broker_orders() -> list[BrokerOrder]:
-    """Every order of the account at the broker today (OpenD's cache, not rate limited)."""
-    return broker.broker_list_orders()
+    """Every order of the account at the broker over the last 90 days, finished or not:
+    Futu's open list holds unfinished orders only, so this reads the history (one request
+    of its 10 per 30 s budget)."""
+    return broker.broker_list_orders(include_finished=True)
 
 
 def check_broker(
@@ -126,11 +128,17 @@ def check_broker(
 
     net: Counter[str] = Counter()
     cash: dict[str, Decimal] = defaultdict(Decimal)
-    for b in listing:
-        if b.client_id not in known or b.filled_qty <= 0:
-            continue
+    filled = [b for b in listing if b.client_id in known and b.filled_qty > 0]
+    # The broker's own fee per order (order_fee_query), not Bronco's model of it.
+    real_fees = broker.broker_order_fees(client_ids=[b.client_id for b in filled])
+    for b in filled:
         value = b.filled_qty * (b.avg_fill_price or Decimal(0))
-        fee = pricing.fee_for(b.code, b.filled_qty, b.avg_fill_price or Decimal(0))
+        fee = real_fees.get(b.client_id)
+        if fee is None:
+            result.notes.append(
+                f"broker fee of {b.client_id} unknown: Bronco's fee model used for cash"
+            )
+            fee = pricing.fee_for(b.code, b.filled_qty, b.avg_fill_price or Decimal(0))
         currency = pricing.currency_of(b.code)
         if b.side == "BUY":
             net[b.code] += b.filled_qty

@@ -56,7 +56,9 @@ from trading import services as broker
 from trading.exceptions import (
     BrokerRejected,
     BrokerUnavailable,
+    InsufficientBuyingPower,
     NoQuote,
+    PlacementInFlight,
     RateLimited,
 )
 
@@ -304,55 +306,51 @@ def _lease(countdown: float = 0.0) -> timezone.datetime:
 
 
 def cycle_place(*, cycle_id: int) -> CycleNext | None:
-    """Place the cycle's broker order once (see the module docstring)."""
-    with transaction.atomic():
-        cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
-        if cycle.status != CycleStatus.OPEN:
-            return CycleNext("poll", cycle.pk) if cycle.status == CycleStatus.PLACED else None
-        retry = cycle.placed_at is not None
-        if not retry:
-            Cycle.objects.filter(pk=cycle.pk).update(placed_at=timezone.now())
-    # The attempt is committed: a crash from here on is healed by the look-up below.
+    """Place the cycle's broker order once, through `trading.services.broker_order_submit`
+    (idempotent per client id: the attempt is committed before Futu is called and a retry
+    looks the remark up in the open list and the history). A rejection allocates the cycle
+    at the quote with nothing from the broker (crossing and inventory only; what remains of
+    each deposit waits for the next cycle)."""
+    cycle = Cycle.objects.get(pk=cycle_id)
+    if cycle.status != CycleStatus.OPEN:
+        return CycleNext("poll", cycle.pk) if cycle.status == CycleStatus.PLACED else None
+    if cycle.placed_at is None:
+        Cycle.objects.filter(pk=cycle.pk, placed_at__isnull=True).update(placed_at=timezone.now())
     side = "BUY" if cycle.broker_units > 0 else "SELL"
     qty = Decimal(abs(int(cycle.broker_units)) // TOKEN_UNITS_PER_SHARE)
-    with transaction.atomic():
-        cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
-        if cycle.status != CycleStatus.OPEN:
-            return None
-        try:
-            placed = broker.broker_query_order(client_id=cycle.client_id, include_history=retry)
-            if placed is None:
-                placed = broker.broker_place_order(
-                    client_id=cycle.client_id,
-                    code=cycle.stock_code,
-                    side=side,
-                    qty=qty,
-                    limit_price=cycle.limit_price,
-                )
-        except RateLimited as exc:
-            return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
-        except BrokerUnavailable:
-            return CycleNext("place", cycle.pk, settings.ORDER_RETRY_SECONDS)
-        except BrokerRejected as exc:
-            # Nothing traded: everyone trades at the quote against crossing and inventory
-            # as far as they reach; the rest of each deposit waits for the next cycle.
-            Cycle.objects.filter(pk=cycle.pk).update(last_error=f"broker rejected: {exc}")
-            alert_raise(
-                key=f"cycle_rejected:{cycle.symbol}",
-                message=f"cycle {cycle.pk} of {cycle.symbol}: the broker rejected its order: {exc}",
-                severity="warning",
-                source=ACTOR,
-                details={"cycle_id": cycle.pk},
-            )
+    try:
+        placed = broker.broker_order_submit(
+            client_id=cycle.client_id,
+            code=cycle.stock_code,
+            side=side,
+            qty=qty,
+            limit_price=cycle.limit_price,
+        )
+    except (RateLimited, PlacementInFlight, InsufficientBuyingPower) as exc:
+        return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
+    except BrokerUnavailable:
+        return CycleNext("place", cycle.pk, settings.ORDER_RETRY_SECONDS)
+    except BrokerRejected as exc:
+        alert_raise(
+            key=f"cycle_rejected:{cycle.symbol}",
+            message=f"cycle {cycle.pk} of {cycle.symbol}: the broker rejected its order: {exc}",
+            severity="warning",
+            source=ACTOR,
+            details={"cycle_id": cycle.pk},
+        )
+        with transaction.atomic():
             inventory = _inventory(cycle.symbol)
             cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
+            if cycle.status != CycleStatus.OPEN:
+                return None
+            cycle.last_error = f"broker rejected: {exc}"
             _allocate(cycle=cycle, inventory=inventory, filled_units=0, price=cycle.quote_price)
-            return None
-        Cycle.objects.filter(pk=cycle.pk, status=CycleStatus.OPEN).update(
-            status=CycleStatus.PLACED,
-            futu_order_id=placed.broker_order_id,
-            lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS),
-        )
+        return None
+    Cycle.objects.filter(pk=cycle.pk, status=CycleStatus.OPEN).update(
+        status=CycleStatus.PLACED,
+        futu_order_id=placed.broker_order_id,
+        lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS),
+    )
     return CycleNext("poll", cycle_id, settings.ORDER_POLL_INTERVAL_SECONDS)
 
 
@@ -360,19 +358,30 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
 
 
 def cycle_poll(*, cycle_id: int) -> CycleNext | None:
-    """Follow the cycle's broker order; allocate once it is final; cancel it when it has
-    worked longer than NETTING_CYCLE_TIMEOUT_SECONDS (what filled is allocated, the rest
-    of each deposit waits for the next cycle)."""
+    """Follow the cycle's broker order (fills from its deals, `broker_order_sync`); allocate
+    once it is final, at its average fill price, with the broker's own fee as Bronco's cost;
+    past NETTING_CYCLE_TIMEOUT_SECONDS cancel it until the cancel takes
+    (`broker_order_cancel`, called at every poll): what filled is allocated, the rest of each
+    deposit waits for the next cycle. Never allocates while the broker still works it."""
     cycle = Cycle.objects.get(pk=cycle_id)
     if cycle.status != CycleStatus.PLACED:
         return None
+    timeout = timezone.timedelta(seconds=settings.NETTING_CYCLE_TIMEOUT_SECONDS)
+    cancelling = cycle.cancel_sent_at is not None or (
+        timezone.now() - (cycle.placed_at or cycle.created_at) >= timeout
+    )
     try:
-        current = broker.broker_query_order(broker_order_id=cycle.futu_order_id)
+        if cancelling:
+            state = broker.broker_order_cancel(client_id=cycle.client_id)
+            if cycle.cancel_sent_at is None:
+                Cycle.objects.filter(pk=cycle.pk).update(cancel_sent_at=timezone.now())
+        else:
+            state = broker.broker_order_sync(client_id=cycle.client_id)
     except (BrokerUnavailable, RateLimited) as exc:
         return CycleNext(
             "poll", cycle.pk, getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS)
         )
-    if current is None:
+    if state is None:
         alert_raise(
             key=f"broker_lost_cycle:{cycle.pk}",
             message=f"cycle {cycle.pk}: the broker does not know Futu order "
@@ -382,30 +391,20 @@ def cycle_poll(*, cycle_id: int) -> CycleNext | None:
             details={"cycle_id": cycle.pk, "futu_order_id": cycle.futu_order_id},
         )
         return CycleNext("poll", cycle.pk, settings.ORDER_RETRY_SECONDS)
-    if current.is_final:
+    if state.is_final:
         sign = 1 if cycle.broker_units > 0 else -1
-        filled = sign * int(current.filled_qty) * TOKEN_UNITS_PER_SHARE
-        price = current.avg_fill_price if filled else cycle.quote_price
-        fee = pricing.fee_for(cycle.stock_code, current.filled_qty, price) if filled else Decimal(0)
+        filled = sign * int(state.filled_qty) * TOKEN_UNITS_PER_SHARE
+        price = state.avg_fill_price if filled else cycle.quote_price
         with transaction.atomic():
             inventory = _inventory(cycle.symbol)
             cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
             if cycle.status != CycleStatus.PLACED:
                 return None
-            cycle.broker_fee_usdt = market_to_usdt_units_up(fee, ccy_per_usdt=cycle.ccy_per_usdt)
+            cycle.broker_fee_usdt = market_to_usdt_units_up(
+                state.fee or Decimal(0), ccy_per_usdt=cycle.ccy_per_usdt
+            )
             _allocate(cycle=cycle, inventory=inventory, filled_units=filled, price=price)
         return None
-    timeout = timezone.timedelta(seconds=settings.NETTING_CYCLE_TIMEOUT_SECONDS)
-    if cycle.cancel_sent_at is None and timezone.now() - cycle.placed_at >= timeout:
-        try:
-            broker.broker_cancel_order(broker_order_id=cycle.futu_order_id)
-        except (BrokerUnavailable, RateLimited) as exc:
-            return CycleNext(
-                "poll", cycle.pk, getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS)
-            )
-        except BrokerRejected as exc:
-            logger.info("cycle %s: cancel refused: %s", cycle.pk, exc)
-        Cycle.objects.filter(pk=cycle.pk).update(cancel_sent_at=timezone.now())
     Cycle.objects.filter(pk=cycle.pk).update(
         lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS)
     )
@@ -527,6 +526,7 @@ def _allocate(
     HouseInventory.objects.filter(pk=inventory.pk).update(token_units=result.inventory_after)
     updated = Cycle.objects.filter(pk=cycle.pk, status=cycle.status).update(
         status=CycleStatus.ALLOCATED,
+        last_error=cycle.last_error,
         filled_units=filled_units,
         price=price,
         broker_fee_usdt=cycle.broker_fee_usdt,

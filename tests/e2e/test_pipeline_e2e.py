@@ -68,8 +68,14 @@ def test_deposit_then_redeem_settle_exactly_on_chain(stack, chain_user):
     )
 
 
-def test_worker_killed_between_broker_accept_and_db_save_settles_once(stack, chain_user, tmp_path):
-    stack.sim.set_security(code="US.AAPL", price="100.00", fill_mode="full", lot_size=1)
+@pytest.mark.parametrize("fill_mode", ["full", "fail"], ids=["fills-at-once", "rejected"])
+def test_worker_killed_between_broker_accept_and_db_save_settles_once(
+    stack, chain_user, tmp_path, fill_mode
+):
+    """Under Futu's documented listing: the order fills (or is rejected by the exchange)
+    the moment it is accepted, so it has left the open list when the worker dies; the retry
+    finds it in the history because the attempt was recorded before Futu was called."""
+    stack.sim.set_security(code="US.AAPL", price="100.00", fill_mode=fill_mode, lot_size=1)
     marker = tmp_path / "crashed"
     stack.start(
         "crashing-worker",
@@ -89,7 +95,10 @@ def test_worker_killed_between_broker_accept_and_db_save_settles_once(stack, cha
             "--without-mingle",
         ],
         BRONCO_CRASH_MARKER=str(marker),
+        TRADING_PLACE_ATTEMPT_LEASE_SECONDS="8",
     )
+    # A failed cycle leaves the deposit in the book: its deadline ends it, refunded.
+    stack.env["ORDER_DEADLINE_SECONDS"] = "20"
     stack.start_listener()
     user = chain_user(3)
     usdt0 = chain_selectors.usdt_balance(address=user.address)
@@ -100,17 +109,22 @@ def test_worker_killed_between_broker_accept_and_db_save_settles_once(stack, cha
         lambda: _order_for_deposit(stack.contracts, deposit_id), timeout=30, what="the order"
     )
     wait_until(marker.exists, timeout=30, what="the worker to crash after placing")
+    client_id, broker_id = marker.read_text().split()
+    (at_broker,) = stack.sim.orders(remark=client_id)
+    assert at_broker["status"] == ("FILLED_ALL" if fill_mode == "full" else "FAILED")
     order = wait_until(
         lambda: _terminal(order.pk), timeout=90, what="the order to settle after the crash"
     )
 
-    assert order.status == OrderStatus.EXECUTED
-    client_id, broker_id = marker.read_text().split()
     cycle = Cycle.objects.get(client_id=client_id)  # the cycle's broker order crashed the worker
     assert cycle.futu_order_id == broker_id
-    assert order.allocations.get().cycle_id == cycle.pk
     assert len(stack.sim.orders(remark=cycle.client_id)) == 1  # healed without a second order
     assert SettlementTx.objects.filter(kind="deposit", onchain_id=deposit_id).count() == 1
+    if fill_mode == "full":
+        assert order.status == OrderStatus.EXECUTED
+    else:
+        assert order.status == OrderStatus.FAILED and order.tokens_minted == 0
+        assert order.refund_usdt == 500 * USDT_UNIT
     assert chain_selectors.token_balance(symbol="AAPL", address=user.address) - tokens0 == (
         order.tokens_minted
     )

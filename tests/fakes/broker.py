@@ -15,11 +15,16 @@ and it records every call (`calls`, `calls_to(name)`) and every order it actuall
 (`placed`), so a test can assert how many placements reached the broker.
 
 Semantics copied from the Futu adapter, because callers rely on them:
-- `place_order` looks the client id (Futu's remark) up among *today's* orders first and
-  returns that order instead of placing again; after `roll_day()` an old order is found
-  only by `query_order(client_id=..., include_history=True)` or `find_by_remark(...,
-  include_history=True)`, and a second placement for its client id is not prevented (as at
-  Futu: that is why the place stage asks with history for an older order).
+- The open list (`list_orders`, and the look-up `find_by_remark` makes without history)
+  holds *unfinished* orders only, as Futu's `order_list_query` does; a finished order
+  (filled, cancelled, failed) is found only with `include_history=True` or `since=...`
+  (Futu's `history_order_list_query`). `place_order` looks the client id up in the open
+  list only (unless `lookup=False`): a second placement for a client id whose order already
+  finished is not prevented (as at Futu: that is why `trading.services.broker_order_submit`
+  asks the history on every retry).
+- Fills are deals (`deals`); `reverse_fills` and `change_deal` script the exchange's
+  corrections after the fact. Fees come from `order_fee` (zero unless `set_fee`).
+- `max_buy_qty` is the cash (less what working buys hold) over the price, in whole lots.
 - Unfinished DAY orders are cancelled when the day rolls.
 - Every order update (accepted, filled, cancelled, failed) is pushed to `on_order_update`
   on a thread of its own, as the SDK does; the push has been delivered when the call that
@@ -35,9 +40,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import pytest
@@ -45,7 +50,10 @@ import pytest
 from trading.broker import (
     BrokerOrder,
     BrokerStatus,
+    Deal,
+    DealStatus,
     Funds,
+    OrderFee,
     OrderUpdateCallback,
     Position,
     Quote,
@@ -54,6 +62,7 @@ from trading.broker import (
 from trading.exceptions import (
     BrokerRejected,
     BrokerUnavailable,
+    InsufficientBuyingPower,
     NoQuote,
     RateLimited,
     TradingError,
@@ -107,6 +116,7 @@ class _FakeOrder:
     filled_value: Decimal = Decimal(0)
     last_error: str = ""
     updated_at: str = ""
+    raw: str = ""  # a Futu status the Bronco status does not say (DISABLED, FILL_CANCELLED)
 
     @property
     def remaining(self) -> Decimal:
@@ -124,7 +134,7 @@ class _FakeOrder:
             status=self.status,
             filled_qty=self.filled_qty,
             avg_fill_price=self.filled_value / self.filled_qty if filled else None,
-            raw_status=_RAW[(self.status, filled)],
+            raw_status=self.raw or _RAW.get((self.status, filled), str(self.status)),
             last_error=self.last_error,
             created_at=self.created_at,
             updated_at=self.updated_at or self.created_at,
@@ -144,11 +154,15 @@ class FakeBroker:
         self,
         *,
         on_order_update: OrderUpdateCallback | None = None,
+        on_deal_update: Any = None,
         cash: Mapping[str, Decimal | int | str] | None = None,
         fill_crossing_orders: bool = False,
         push_on_place: bool = True,
     ) -> None:
         self.on_order_update = on_order_update
+        self.on_deal_update = on_deal_update
+        self.deals_made: list[Deal] = []
+        self._fees: dict[str, OrderFee] = {}
         # Fill a new order in full at the quote, at once, when its limit crosses the quote
         # (as the OpenD simulator does by default); otherwise orders rest until `fill`.
         self.fill_crossing_orders = fill_crossing_orders
@@ -309,6 +323,12 @@ class FakeBroker:
         return [call for call in self.calls if call.name == name]
 
     # --- QuoteSource --------------------------------------------------------------------
+    def quotes(self, codes: list[str]) -> dict[str, Quote]:
+        with self._lock:
+            self._record("quotes", codes=list(codes))
+            self._raise_scripted("quotes")
+            return {c: self._quotes[c] for c in codes if c in self._quotes}
+
     def quote(self, code: str) -> Quote:
         with self._lock:
             self._record("quote", code=code)
@@ -327,6 +347,7 @@ class FakeBroker:
         side: Side | str,
         qty: Decimal,
         limit_price: Decimal,
+        lookup: bool = True,
     ) -> BrokerOrder:
         side = Side(side)
         pending: list[BrokerOrder] = []
@@ -343,7 +364,7 @@ class FakeBroker:
                 raise ValueError("client id must fit Futu's remark (64 bytes)")
             if qty <= 0 or limit_price <= 0:
                 raise BrokerRejected(f"quantity {qty} and price {limit_price} must be positive")
-            existing = self._find(client_id, code=code, include_history=False)
+            existing = self._find(client_id, code=code, include_history=False) if lookup else None
             if existing is not None:
                 return existing.view()
             scripted = self._pop_scripted("place_order")
@@ -402,6 +423,7 @@ class FakeBroker:
         client_id: str | None = None,
         code: str = "",
         include_history: bool = True,
+        since: datetime | None = None,
     ) -> BrokerOrder | None:
         with self._lock:
             self._record(
@@ -418,24 +440,118 @@ class FakeBroker:
                 found = self._find(client_id, code=code, include_history=include_history)
             else:
                 found = self._orders.get(str(broker_order_id))
+                if found is not None and not include_history and found.status.is_final:
+                    found = None
             return found.view() if found is not None else None
 
     def find_by_remark(
-        self, client_id: str, *, code: str = "", include_history: bool = False
+        self,
+        client_id: str,
+        *,
+        code: str = "",
+        include_history: bool = False,
+        since: datetime | None = None,
     ) -> BrokerOrder | None:
         with self._lock:
-            self._record(
-                "find_by_remark", client_id=client_id, code=code, include_history=include_history
-            )
+            history = include_history or since is not None
+            self._record("find_by_remark", client_id=client_id, code=code, include_history=history)
             self._raise_scripted("find_by_remark")
-            found = self._find(client_id, code=code, include_history=include_history)
+            found = self._find(client_id, code=code, include_history=history)
             return found.view() if found is not None else None
 
     def list_orders(self) -> list[BrokerOrder]:
+        """The open list: unfinished orders only."""
         with self._lock:
             self._record("list_orders")
             self._raise_scripted("list_orders")
-            return [o.view() for o in self._orders.values() if o.day == self._day]
+            return [o.view() for o in self._orders.values() if not o.status.is_final]
+
+    def list_history_orders(self, *, since: datetime | None = None) -> list[BrokerOrder]:
+        with self._lock:
+            self._record("list_history_orders")
+            return [o.view() for o in self._orders.values()]
+
+    def deals(
+        self, *, broker_order_id: str, code: str = "", since: datetime | None = None
+    ) -> list[Deal]:
+        with self._lock:
+            self._record("deals", broker_order_id=broker_order_id)
+            self._raise_scripted("deals")
+            return [d for d in self.deals_made if d.broker_order_id == str(broker_order_id)]
+
+    def order_fee(self, *, broker_order_id: str) -> OrderFee | None:
+        with self._lock:
+            self._record("order_fee", broker_order_id=broker_order_id)
+            if str(broker_order_id) not in self._orders:
+                return None
+            return self._fees.get(
+                str(broker_order_id),
+                OrderFee(broker_order_id=str(broker_order_id), total=Decimal(0)),
+            )
+
+    def max_buy_qty(self, *, code: str, price: Decimal) -> Decimal:
+        with self._lock:
+            self._record("max_buy_qty", code=code, price=price)
+            quote = self._quotes.get(code)
+            lot = quote.lot_size if quote else 1
+            currency = currency_of(code)
+            power = self._cash.get(currency, Decimal(0)) - self._frozen(currency)
+            if price <= 0 or power <= 0:
+                return Decimal(0)
+            return (power / (price * lot)).to_integral_value(rounding=ROUND_FLOOR) * lot
+
+    # --- scripting the exchange's corrections --------------------------------------------
+    def set_fee(self, broker_order_id: str, total: Decimal | str, items: Any = ()) -> None:
+        with self._lock:
+            self._fees[str(broker_order_id)] = OrderFee(
+                broker_order_id=str(broker_order_id),
+                total=Decimal(str(total)),
+                items=tuple((name, Decimal(str(v))) for name, v in items),
+            )
+
+    def disable(self, broker_order_id: str) -> BrokerOrder:
+        """Someone outside Bronco disabled the order: inactive, not final."""
+        with self._lock:
+            order = self._order(broker_order_id)
+            order.raw = "DISABLED"
+            self._set_status(order, BrokerStatus.DISABLED)
+            view = order.view()
+        self._deliver([view])
+        return view
+
+    def reverse_fills(self, broker_order_id: str) -> BrokerOrder:
+        """The exchange cancels every deal of the order after the fact (FILL_CANCELLED)."""
+        with self._lock:
+            order = self._order(broker_order_id)
+            for i, deal in enumerate(self.deals_made):
+                if deal.broker_order_id == order.broker_order_id:
+                    self.deals_made[i] = replace(deal, status=DealStatus.CANCELLED)
+            order.filled_qty = order.filled_value = Decimal(0)
+            order.raw = "FILL_CANCELLED"
+            self._set_status(order, BrokerStatus.FILL_CANCELLED)
+            view = order.view()
+        self._deliver([view])
+        return view
+
+    def change_deal(
+        self, deal_id: str, qty: Decimal | str, price: Decimal | str | None = None
+    ) -> Deal:
+        """The exchange corrects one deal after the fact (CHANGED)."""
+        with self._lock:
+            i, deal = next((i, d) for i, d in enumerate(self.deals_made) if d.deal_id == deal_id)
+            order = self._order(deal.broker_order_id)
+            new = replace(
+                deal,
+                qty=Decimal(str(qty)),
+                price=deal.price if price is None else Decimal(str(price)),
+                status=DealStatus.CHANGED,
+            )
+            self.deals_made[i] = new
+            order.filled_qty += new.qty - deal.qty
+            order.filled_value += new.qty * new.price - deal.qty * deal.price
+            view = order.view()
+        self._deliver([view])
+        return new
 
     def funds(self, currency: str = "USD") -> Funds:
         """`currency`'s own cash (no conversion between currencies); frozen is what working
@@ -495,11 +611,10 @@ class FakeBroker:
             for o in self._orders.values()
             if o.client_id == client_id and (not code or o.code == code)
         ]
-        today = [o for o in matches if o.day == self._day]
-        if today:
-            return today[0]
-        past = [o for o in matches if o.day < self._day]
-        return past[0] if include_history and past else None
+        unfinished = [o for o in matches if not o.status.is_final]
+        if unfinished:
+            return unfinished[0]
+        return matches[0] if include_history and matches else None
 
     def _stamp(self) -> str:
         self._ticks += 1
@@ -527,7 +642,7 @@ class FakeBroker:
         else:
             power = self._cash.get(quote.currency, Decimal(0)) - self._frozen(quote.currency)
             if qty * limit_price > power:
-                raise BrokerRejected("insufficient buying power")
+                raise InsufficientBuyingPower("insufficient buying power")
 
     def _frozen(self, currency: str) -> Decimal:
         """What working buys in `currency` would still spend at their limits."""
@@ -564,6 +679,17 @@ class FakeBroker:
             holding.qty -= qty
         order.filled_qty += qty
         order.filled_value += value
+        self.deals_made.append(
+            Deal(
+                deal_id=f"d{len(self.deals_made) + 1}",
+                broker_order_id=order.broker_order_id,
+                code=order.code,
+                side=order.side,
+                qty=qty,
+                price=price,
+                status=DealStatus.OK,
+            )
+        )
         filled = order.filled_qty == order.qty
         self._set_status(order, BrokerStatus.FILLED if filled else BrokerStatus.PARTIALLY_FILLED)
 

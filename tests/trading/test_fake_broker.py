@@ -25,7 +25,13 @@ from trading.broker import (
     QuoteSource,
     Side,
 )
-from trading.exceptions import BrokerRejected, BrokerUnavailable, NoQuote, RateLimited
+from trading.exceptions import (
+    BrokerRejected,
+    BrokerUnavailable,
+    InsufficientBuyingPower,
+    NoQuote,
+    RateLimited,
+)
 from trading.futu import FutuBroker
 from trading.session import get_broker, reset_broker
 
@@ -57,6 +63,9 @@ def test_protocol_checks_can_fail():
     class QuotesOnly:
         def quote(self, code: str) -> Quote:
             raise NoQuote(code)
+
+        def quotes(self, codes: list[str]) -> dict[str, Quote]:
+            return {}
 
     assert isinstance(QuotesOnly(), QuoteSource)
     assert not isinstance(QuotesOnly(), ExecutionVenue)
@@ -170,14 +179,15 @@ def test_venue_checks_reject_like_futu():
     cases = [
         ("HK.00700", Side.BUY, "50", "381.4", "lot size"),
         ("HK.00700", Side.BUY, "100", "381.5", "price step"),
-        ("HK.00700", Side.BUY, "100", "381.4", "buying power"),
-        ("US.AAPL", Side.BUY, "6", "190", "buying power"),
+        # Short of buying power is the account's state, not a rejection: the order waits.
+        ("HK.00700", Side.BUY, "100", "381.4", "buying power", InsufficientBuyingPower),
+        ("US.AAPL", Side.BUY, "6", "190", "buying power", InsufficientBuyingPower),
         ("US.AAPL", Side.SELL, "1", "190", "sellable"),
         ("US.NOPE", Side.BUY, "1", "1", "unknown security"),
         ("US.AAPL", Side.BUY, "0", "190", "positive"),
     ]
-    for i, (code, side, qty, price, reason) in enumerate(cases):
-        with pytest.raises(BrokerRejected, match=reason):
+    for i, (code, side, qty, price, reason, *error) in enumerate(cases):
+        with pytest.raises(error[0] if error else BrokerRejected, match=reason):
             fake.place_order(
                 client_id=f"r-{i}",
                 code=code,
@@ -190,7 +200,7 @@ def test_venue_checks_reject_like_futu():
         client_id="ok", code="US.AAPL", side=Side.BUY, qty=Decimal(5), limit_price=Decimal("190")
     )
     # The first froze 950 of the 1000: 51 more is over the buying power, 50 is not.
-    with pytest.raises(BrokerRejected, match="buying power"):
+    with pytest.raises(InsufficientBuyingPower, match="buying power"):
         fake.place_order(
             client_id="ok-2", code="US.AAPL", side=Side.BUY, qty=Decimal(1), limit_price=Decimal(51)
         )
@@ -360,7 +370,8 @@ def test_trading_services_work_over_the_fake(fake_broker):
     assert len(fake_broker.calls_to("cancel_order")) == 1
     with pytest.raises(BrokerRejected):
         services.broker_cancel_order(client_id="never-placed")
-    assert [o.client_id for o in services.broker_list_orders()] == ["c-svc"]
+    assert services.broker_list_orders() == []  # the open list: unfinished orders only
+    assert [o.client_id for o in services.broker_list_orders(include_finished=True)] == ["c-svc"]
     assert services.broker_positions()[0].qty == 100
     assert services.broker_funds(currency="HKD").cash == Decimal(10_000_000) - 100 * Decimal(
         "381.4"

@@ -30,9 +30,11 @@ EXPECTED = {
     "CANCELLED_PART": BrokerStatus.CANCELLED,
     "CANCELLED_ALL": BrokerStatus.CANCELLED,
     "FAILED": BrokerStatus.FAILED,
-    "DISABLED": BrokerStatus.CANCELLED,
+    # Enabled again from outside at any time: not final; Bronco cancels it explicitly.
+    "DISABLED": BrokerStatus.DISABLED,
     "DELETED": BrokerStatus.CANCELLED,
-    "FILL_CANCELLED": BrokerStatus.FAILED,
+    # Fills reversed after the fact: final, nothing filled (a correction if it was final).
+    "FILL_CANCELLED": BrokerStatus.FILL_CANCELLED,
 }
 
 
@@ -50,7 +52,6 @@ def test_final_statuses_are_exactly_those_after_which_no_fill_can_come():
         "CANCELLED_PART",
         "CANCELLED_ALL",
         "FAILED",
-        "DISABLED",
         "DELETED",
         "FILL_CANCELLED",
     }
@@ -73,6 +74,8 @@ def test_status_read_through_the_sdk(broker_settings, raw):
         qty=Decimal(1),
         limit_price=Decimal("251"),
     )
+    # A closed market: the simulator's clock would move a scripted WAITING_SUBMIT on.
+    broker_settings.set_market_open(market="US", is_open=False)
     broker_settings.set_order_status(
         order_id=order.broker_order_id, status=raw, last_err="scripted"
     )

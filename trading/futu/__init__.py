@@ -16,8 +16,8 @@ from __future__ import annotations
 from django.conf import settings
 
 import trading.futu_sdk  # noqa: F401  (undoes the SDK's SIGINT handler; first, before futu)
-from trading.broker import OrderUpdateCallback
-from trading.futu.connection import FutuConnection, trade_password
+from trading.broker import DealUpdateCallback, OrderUpdateCallback
+from trading.futu.connection import FutuConnection, trade_password_reader
 from trading.futu.execution import FutuExecution
 from trading.futu.market_data import FutuMarketData
 from trading.futu.parsing import FUTU_STATUS_MAP, classify_error, map_status, order_from_row
@@ -37,7 +37,12 @@ class FutuBroker(FutuMarketData, FutuExecution):
     """One OpenD session (a quote and a trade context) for one account, per process."""
 
     @classmethod
-    def from_settings(cls, *, on_order_update: OrderUpdateCallback | None = None) -> FutuBroker:
+    def from_settings(
+        cls,
+        *,
+        on_order_update: OrderUpdateCallback | None = None,
+        on_deal_update: DealUpdateCallback | None = None,
+    ) -> FutuBroker:
         return cls(
             host=settings.FUTU_OPEND_HOST,
             port=settings.FUTU_OPEND_PORT,
@@ -45,14 +50,20 @@ class FutuBroker(FutuMarketData, FutuExecution):
             security_firm=settings.FUTU_SECURITY_FIRM,
             trd_env=settings.FUTU_TRD_ENV,
             acc_id=settings.FUTU_ACC_ID,
-            trade_password=trade_password(settings.FUTU_TRD_ENV),
+            trade_password=trade_password_reader(settings.FUTU_TRD_ENV),
             connect_timeout=settings.FUTU_CONNECT_TIMEOUT_SECONDS,
             on_order_update=on_order_update,
+            on_deal_update=on_deal_update,
+            us_session=settings.FUTU_US_SESSION,
             remark_lookup_refresh=settings.FUTU_REMARK_LOOKUP_REFRESH,
             fill_outside_rth=settings.FUTU_FILL_OUTSIDE_RTH,
         )
 
 
-def futu_broker_from_settings(*, on_order_update: OrderUpdateCallback | None = None) -> FutuBroker:
+def futu_broker_from_settings(
+    *,
+    on_order_update: OrderUpdateCallback | None = None,
+    on_deal_update: DealUpdateCallback | None = None,
+) -> FutuBroker:
     """The default `TRADING_BROKER_FACTORY`: the Futu adapter configured from settings."""
-    return FutuBroker.from_settings(on_order_update=on_order_update)
+    return FutuBroker.from_settings(on_order_update=on_order_update, on_deal_update=on_deal_update)

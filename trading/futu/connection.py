@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from futu import (
     RET_OK,
     OpenQuoteContext,
@@ -39,10 +40,12 @@ from futu.common.constant import ContextStatus
 from futu.common.ft_logger import logger as futu_logger
 from futu.common.network_manager import NetManager
 
+from core.alerts import AlertSeverity, alert_raise
 from core.metrics import count_broker_error
-from core.secrets import SecretUnavailable, get_secret
-from trading.broker import OrderUpdateCallback
-from trading.exceptions import BrokerUnavailable
+from core.secrets import SecretUnavailable, clear_secret_cache, get_secret
+from trading.broker import DealUpdateCallback, OrderUpdateCallback
+from trading.exceptions import BrokerSessionFault, BrokerUnavailable
+from trading.futu.parsing import _DISCONNECTED as _DISCONNECT_TEXT
 from trading.futu.parsing import classify_error
 from trading.ratelimit import RedisRateLimiter
 
@@ -98,9 +101,11 @@ class FutuConnection:
         security_firm: str = "FUTUSECURITIES",
         trd_env: str = "SIMULATE",
         acc_id: int = 0,
-        trade_password: str = "",
+        trade_password: str | Callable[[], str] = "",
         connect_timeout: float = 5.0,
         on_order_update: OrderUpdateCallback | None = None,
+        on_deal_update: DealUpdateCallback | None = None,
+        us_session: str = "RTH",
         remark_lookup_refresh: bool = False,
         fill_outside_rth: bool = False,
         limiter_factory: Callable[[str], RedisRateLimiter] | None = None,
@@ -109,6 +114,8 @@ class FutuConnection:
             raise ValueError(f"trd_env must be SIMULATE or REAL, not {trd_env!r}")
         if trd_env == TrdEnv.REAL and not trade_password:
             raise ValueError("REAL trading needs a trade password (FUTU_TRADE_PASSWORD)")
+        if us_session not in ("RTH", "ETH", "ALL", "OVERNIGHT"):
+            raise ValueError(f"us_session must be RTH, ETH, ALL or OVERNIGHT, not {us_session!r}")
         self.host, self.port = host, port
         self.trd_market = getattr(TrdMarket, trd_market)
         self.security_firm = getattr(SecurityFirm, security_firm)
@@ -118,6 +125,8 @@ class FutuConnection:
         self._password = trade_password
         self.connect_timeout = connect_timeout
         self.on_order_update = on_order_update
+        self.on_deal_update = on_deal_update
+        self.us_session = us_session
         self.remark_lookup_refresh = remark_lookup_refresh
         self.fill_outside_rth = fill_outside_rth
         self._limiter_factory = limiter_factory or (
@@ -203,15 +212,48 @@ class FutuConnection:
             )
         self.acc_id = int(rows[0]["acc_id"])
 
+    def _read_password(self) -> str:
+        """The trade password, read afresh (from Vault, through its short cache) at every
+        unlock, so a rotated password is picked up without a restart."""
+        return self._password() if callable(self._password) else self._password
+
     def _unlock(self, trade: TradeContext) -> None:
-        if not self._password:
+        """Unlock trading. On failure the password is read once more after clearing the
+        secrets cache (it may have been rotated); a second failure raises
+        BrokerSessionFault with an operator alert open (REAL only: paper trading does not
+        need the unlock)."""
+        password = self._read_password()
+        if not password:
             return
-        ret, msg = trade.unlock_trade(password=self._password)
+        ret, msg = trade.unlock_trade(password=password)
         if ret == RET_OK:
             return
-        if self.trd_env == TrdEnv.REAL:
+        if self.trd_env != TrdEnv.REAL:
+            logger.warning("unlock_trade failed (not needed for SIMULATE): %s", msg)
+            return
+        if _DISCONNECT_TEXT.search(str(msg)):
             raise BrokerUnavailable(f"unlock_trade failed: {msg}")
-        logger.warning("unlock_trade failed (not needed for SIMULATE): %s", msg)
+        clear_secret_cache()
+        ret, msg = trade.unlock_trade(password=self._read_password())
+        if ret == RET_OK:
+            logger.info("unlocked trading with a re-read trade password")
+            return
+        raise self._session_fault(f"unlock_trade failed twice: {msg}")
+
+    def _session_fault(self, message: str) -> BrokerSessionFault:
+        """An operator alert for a session Bronco cannot repair by itself, and the error the
+        caller retries on (never a rejection: nothing is refunded for it)."""
+        try:
+            alert_raise(
+                key=f"broker_session:{self.trd_env}:{self.acc_id}",
+                message=f"Futu session cannot trade: {message}",
+                severity=AlertSeverity.CRITICAL,
+                source="trading.futu",
+                details={"account": self.acc_id, "trd_env": self.trd_env},
+            )
+        except DatabaseError:
+            logger.exception("could not record the broker session alert")
+        return BrokerSessionFault(message, alerted=True)
 
     def _teardown(self) -> None:
         for ctx in (self._quote_ctx, self._trade_ctx):
@@ -241,6 +283,17 @@ class FutuConnection:
                 return data
             error = classify_error(data, retry_after=self._retry_after(kind))
             count_broker_error(operation=kind, error=type(error).__name__)
+            if isinstance(error, BrokerSessionFault) and attempt == 1:
+                # Locked by another client or after an OpenD restart: the request was not
+                # carried out, so unlocking and asking again is safe, for writes too.
+                logger.warning("OpenD says trading is locked (%s); unlocking again", data)
+                with self._lock:
+                    self._unlock(self._trade_ctx)
+                if kind in settings.FUTU_RATE_LIMITS:
+                    self._limit(kind)  # the refused request counted at Futu too
+                continue
+            if isinstance(error, BrokerSessionFault):
+                raise self._session_fault(str(error))
             if isinstance(error, BrokerUnavailable):
                 with self._lock:
                     self._teardown()
@@ -277,3 +330,8 @@ def trade_password(trd_env: str) -> str:
         if trd_env == "REAL":
             raise
         return ""
+
+
+def trade_password_reader(trd_env: str) -> Callable[[], str]:
+    """What the session calls at every unlock: the password as Vault has it now."""
+    return lambda: trade_password(trd_env)

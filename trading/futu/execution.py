@@ -1,15 +1,18 @@
 """Execution at OpenD: place, cancel and query orders, look orders up by remark, read
 funds and positions, and receive order and deal pushes.
 
-Every order carries the Bronco client id in Futu's `remark`; `place_order` first looks the
-remark up among the account's orders and returns that order if it exists, so a retry
-after "Futu accepted, we crashed before saving" never places a second order.
+Every order carries the Bronco client id in Futu's `remark`. The open list holds only
+unfinished orders, so a retry after "Futu accepted, we crashed before saving" must ask the
+history too: `trading.services.broker_order_submit` records every attempt before calling
+Futu and looks the remark up in both before placing again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,17 +21,25 @@ from futu import (
     Currency,
     ModifyOrderOp,
     OrderType,
+    Session,
     TimeInForce,
     TradeDealHandlerBase,
     TradeOrderHandlerBase,
     TrdSide,
 )
 
-from trading.broker import BrokerOrder, Funds, Position
+from trading.broker import BrokerOrder, BrokerStatus, Deal, Funds, OrderFee, Position
 from trading.broker import Side as BrokerSide
-from trading.exceptions import BrokerRejected, BrokerUnavailable
+from trading.exceptions import BrokerRejected, BrokerUnavailable, RateLimited
 from trading.futu.connection import FutuConnection, TradeContext
-from trading.futu.parsing import funds_from_row, order_from_row, position_from_row
+from trading.futu.parsing import (
+    deal_from_row,
+    fee_from_row,
+    funds_from_row,
+    order_from_row,
+    position_from_row,
+    to_decimal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,27 +60,58 @@ class _OrderPushHandler(TradeOrderHandlerBase):
 
 
 class _DealPushHandler(TradeDealHandlerBase):
+    def __init__(self, on_row: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self._on_row = on_row
+
     def on_recv_rsp(self, rsp_pb: Any) -> tuple[int, Any]:
         ret, data = super().on_recv_rsp(rsp_pb)
         if ret == RET_OK:
             for row in data.to_dict("records"):
-                logger.info(
-                    "broker fill: order %s %s %s @ %s",
-                    row.get("order_id"),
-                    row.get("code"),
-                    row.get("qty"),
-                    row.get("price"),
-                )
+                self._on_row(row)
         return ret, data
 
 
+def _futu_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def history_window(since: datetime | None) -> tuple[str, str]:
+    """The [start, end] a history look-up covers for something that began at `since`:
+    a day either side, so no time zone (OpenD reports times in the market's zone, the
+    caller's clock may be UTC) can push the attempt out of it. Empty: the SDK's default
+    (the last 90 days)."""
+    if since is None:
+        return "", ""
+    now = datetime.now(tz=UTC)
+    return _futu_time(since - timedelta(days=1)), _futu_time(now + timedelta(days=1))
+
+
+# A history listing is reused this long: short enough that a poll sees news within about a
+# second, long enough that the polls of many orders share one request.
+HISTORY_REUSE_SECONDS = 1.0
+
+
 class FutuExecution(FutuConnection):
-    """The `ExecutionVenue` half of the adapter."""
+    """The `ExecutionVenue` half of the adapter.
+
+    Listing as Futu documents it: `order_list_query` returns the account's *unfinished*
+    orders (https://openapi.futunn.com/futu-api-doc/en/trade/get-order-list.html); a
+    finished one (filled, cancelled, failed) is found only by `history_order_list_query`
+    (https://openapi.futunn.com/futu-api-doc/en/trade/get-history-order-list.html, 10 per
+    30 s); fills are deals (`deal_list_query` for today, `history_deal_list_query` before,
+    and the deal push), and a deal can be cancelled or changed after it was reported."""
+
+    _history_cache: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._history_cache = {}
 
     # --- pushes ---------------------------------------------------------------------
     def _install_handlers(self, trade: TradeContext) -> None:
         trade.set_handler(_OrderPushHandler(self._on_order_push))
-        trade.set_handler(_DealPushHandler())
+        trade.set_handler(_DealPushHandler(self._on_deal_push))
 
     def _on_order_push(self, row: dict[str, Any]) -> None:
         """Runs on the SDK's callback thread for every order update of the account."""
@@ -86,10 +128,25 @@ class FutuExecution(FutuConnection):
         if self.on_order_update is not None:
             self.on_order_update(order)
 
+    def _on_deal_push(self, row: dict[str, Any]) -> None:
+        """Runs on the SDK's callback thread for every deal (new, cancelled, changed)."""
+        deal = deal_from_row(row)
+        logger.info(
+            "broker deal push: order %s deal %s %s %s @ %s",
+            deal.broker_order_id,
+            deal.deal_id,
+            deal.status,
+            deal.qty,
+            deal.price,
+        )
+        if self.on_deal_update is not None:
+            self.on_deal_update(deal)
+
     # --- order look-ups -------------------------------------------------------------
     def _order_rows(
         self, *, code: str = "", order_id: str = "", refresh: bool = False
     ) -> list[dict[str, Any]]:
+        """The open list: unfinished orders only (OpenD's cache unless `refresh`)."""
         if refresh:
             self._limit("order_list")
         data = self._call(
@@ -104,28 +161,54 @@ class FutuExecution(FutuConnection):
         )
         return data.to_dict("records")
 
-    def _history_rows(self, *, code: str = "") -> list[dict[str, Any]]:
+    def _history_rows(
+        self, *, code: str = "", since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Every order (finished or not) created in the window around `since`. A listing
+        of the same code and day is reused for `HISTORY_REUSE_SECONDS` (polls of many
+        orders share one request of the 10 per 30 s budget); placing an order drops it."""
+        start, end = history_window(since)
+        key = (code, start[:10])
+        cached = self._history_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < HISTORY_REUSE_SECONDS:
+            return cached[1]
         self._limit("history_order_list")
         data = self._call(
             lambda q, t: t.history_order_list_query(
-                code=code, trd_env=self.trd_env, acc_id=self.acc_id
+                code=code, start=start, end=end, trd_env=self.trd_env, acc_id=self.acc_id
             ),
             kind="history_order_list",
         )
-        return data.to_dict("records")
+        rows = data.to_dict("records")
+        self._history_cache[key] = (time.monotonic(), rows)
+        return rows
 
     def list_orders(self) -> list[BrokerOrder]:
-        """Today's orders of the account (OpenD's cache, not rate limited)."""
+        """The account's unfinished orders (OpenD's cache, not rate limited)."""
         return [order_from_row(row) for row in self._order_rows()]
 
+    def list_history_orders(self, *, since: datetime | None = None) -> list[BrokerOrder]:
+        """Every order since `since` (a day's margin; default the last 90 days), finished
+        or not. One request of the history budget (10 per 30 s)."""
+        return [order_from_row(row) for row in self._history_rows(since=since)]
+
     def find_by_remark(
-        self, client_id: str, *, code: str = "", include_history: bool = False
+        self,
+        client_id: str,
+        *,
+        code: str = "",
+        include_history: bool = False,
+        since: datetime | None = None,
     ) -> BrokerOrder | None:
-        """The account's order tagged with this client id, or None. Looks at today's orders
-        (OpenD's cache, not rate limited); `include_history` also searches past days."""
-        rows = self._order_rows(code=code, refresh=self.remark_lookup_refresh)
-        if include_history and not any(r.get("remark") == client_id for r in rows):
-            rows = self._history_rows(code=code)
+        """The account's order tagged with this client id, or None. Looks in the open
+        list (OpenD's cache, not rate limited) and, with `include_history` or `since`, in
+        the history around `since` too: an order that finished (filled at once, failed) is
+        in the history only."""
+        rows = [r for r in self._order_rows(code=code, refresh=self.remark_lookup_refresh)]
+        if (include_history or since is not None) and not any(
+            r.get("remark") == client_id for r in rows
+        ):
+            rows = self._history_rows(code=code, since=since)
         matches = [order_from_row(r) for r in rows if r.get("remark") == client_id]
         if len(matches) > 1:
             logger.error(
@@ -145,22 +228,32 @@ class FutuExecution(FutuConnection):
         side: BrokerSide | str,
         qty: Decimal,
         limit_price: Decimal,
+        lookup: bool = True,
     ) -> BrokerOrder:
+        """Place a DAY limit order tagged with `client_id`. With `lookup` the open list is
+        asked first (an unfinished order with this remark is returned as it is); the caller
+        that knows an earlier attempt may have finished asks the history itself
+        (`trading.services.broker_order_submit`). US orders carry the configured `session`."""
         side = BrokerSide(side)
         if len(client_id.encode()) > 64:
             raise ValueError("client id must fit Futu's remark (64 bytes)")
         if qty <= 0 or limit_price <= 0:
             raise BrokerRejected(f"quantity {qty} and price {limit_price} must be positive")
-        existing = self.find_by_remark(client_id, code=code)
-        if existing is not None:
-            logger.info(
-                "client id %s is already broker order %s (%s); not placing again",
-                client_id,
-                existing.broker_order_id,
-                existing.raw_status,
-            )
-            return existing
+        if lookup:
+            existing = self.find_by_remark(client_id, code=code)
+            if existing is not None:
+                logger.info(
+                    "client id %s is already broker order %s (%s); not placing again",
+                    client_id,
+                    existing.broker_order_id,
+                    existing.raw_status,
+                )
+                return existing
         self._limit("place")
+        self._history_cache.clear()
+        extra: dict[str, Any] = {}
+        if code.startswith("US."):
+            extra["session"] = getattr(Session, self.us_session)
         data = self._call(
             lambda q, t: t.place_order(
                 price=float(limit_price),
@@ -173,6 +266,7 @@ class FutuExecution(FutuConnection):
                 remark=client_id,
                 time_in_force=TimeInForce.DAY,
                 fill_outside_rth=self.fill_outside_rth,
+                **extra,
             ),
             kind="place",
             retry=False,
@@ -190,10 +284,30 @@ class FutuExecution(FutuConnection):
         )
         if isinstance(row.get("order_status"), str) and row.get("remark") == client_id:
             return order_from_row(row)
-        found = self.query_order(broker_order_id=order_id)
-        if found is None:
-            raise BrokerUnavailable(f"order {order_id} was placed but cannot be read back")
-        return found
+        # Futu has the order now: nothing after this point may raise (a caller told
+        # "failed" would retry, and the open list no longer shows an order that filled at
+        # once). Read it back (the open list, then the history if the order finished at
+        # once and the budget allows); an order not read back is reported UNKNOWN (not
+        # final) and the next sync finds its truth.
+        try:
+            found = self.query_order(
+                broker_order_id=order_id, code=code, since=datetime.now(tz=UTC)
+            )
+        except (BrokerUnavailable, RateLimited) as exc:
+            logger.warning("placed order %s not read back: %s", order_id, exc)
+            found = None
+        return found or BrokerOrder(
+            broker_order_id=order_id,
+            client_id=client_id,
+            code=code,
+            side=side,
+            qty=qty,
+            price=limit_price,
+            status=BrokerStatus.UNKNOWN,
+            filled_qty=Decimal(0),
+            avg_fill_price=None,
+            raw_status="",
+        )
 
     def query_order(
         self,
@@ -202,23 +316,33 @@ class FutuExecution(FutuConnection):
         client_id: str | None = None,
         code: str = "",
         include_history: bool = True,
+        since: datetime | None = None,
     ) -> BrokerOrder | None:
+        """One order by exactly one of Futu's id or our client id: the open list first,
+        then (with `include_history`) the history around `since`."""
         if bool(broker_order_id) == bool(client_id):
             raise ValueError("give exactly one of broker_order_id and client_id")
         if client_id:
-            return self.find_by_remark(client_id, code=code, include_history=include_history)
+            return self.find_by_remark(
+                client_id,
+                code=code,
+                include_history=include_history,
+                since=since if include_history else None,
+            )
         rows = self._order_rows(order_id=str(broker_order_id))
         rows = [r for r in rows if str(r.get("order_id")) == str(broker_order_id)]
-        if not rows:
+        if not rows and include_history:
             rows = [
                 r
-                for r in self._history_rows(code=code)
+                for r in self._history_rows(code=code, since=since)
                 if str(r.get("order_id")) == str(broker_order_id)
             ]
         return order_from_row(rows[0]) if rows else None
 
     def cancel_order(self, *, broker_order_id: str) -> BrokerOrder:
-        """Cancel; idempotent: cancelling an order that is already final returns it."""
+        """Ask Futu to cancel. Idempotent: an order already final comes back as it is.
+        An acknowledged cancel may not take (py-futu-api issue 248): the caller checks the
+        order later and cancels again (`trading.services.broker_order_cancel`)."""
         self._limit("modify")
         try:
             self._call(
@@ -244,6 +368,61 @@ class FutuExecution(FutuConnection):
         if order is None:
             raise BrokerUnavailable(f"order {broker_order_id} cancelled but cannot be read back")
         return order
+
+    # --- deals, fees, buying power --------------------------------------------------
+    def deals(
+        self, *, broker_order_id: str, code: str = "", since: datetime | None = None
+    ) -> list[Deal]:
+        """The order's deals, each at its latest state (OK, CANCELLED, CHANGED): today's
+        from OpenD's cache (`deal_list_query`), and past days' (`history_deal_list_query`,
+        10 per 30 s) when the order began more than 12 hours ago."""
+        data = self._call(
+            lambda q, t: t.deal_list_query(code=code, trd_env=self.trd_env, acc_id=self.acc_id),
+            kind="order_list",
+        )
+        rows = data.to_dict("records")
+        if since is not None and since < datetime.now(tz=UTC) - timedelta(hours=12):
+            start, end = history_window(since)
+            self._limit("history_deal_list")
+            old = self._call(
+                lambda q, t: t.history_deal_list_query(
+                    code=code, start=start, end=end, trd_env=self.trd_env, acc_id=self.acc_id
+                ),
+                kind="history_deal_list",
+            )
+            seen = {str(r.get("deal_id")) for r in rows}
+            rows += [r for r in old.to_dict("records") if str(r.get("deal_id")) not in seen]
+        return [deal_from_row(r) for r in rows if str(r.get("order_id")) == str(broker_order_id)]
+
+    def order_fee(self, *, broker_order_id: str) -> OrderFee | None:
+        """The broker's itemised fee for one order (`order_fee_query`,
+        https://openapi.futunn.com/futu-api-doc/en/trade/get-order-fee.html)."""
+        self._limit("order_fee")
+        data = self._call(
+            lambda q, t: t.order_fee_query(
+                order_id_list=[str(broker_order_id)], trd_env=self.trd_env, acc_id=self.acc_id
+            ),
+            kind="order_fee",
+        )
+        rows = [r for r in data.to_dict("records") if str(r["order_id"]) == str(broker_order_id)]
+        return fee_from_row(rows[0]) if rows else None
+
+    def max_buy_qty(self, *, code: str, price: Decimal) -> Decimal:
+        """Shares the account's cash buys at `price` now, in whole lots, fees included
+        (`acctradinginfo_query`'s max_cash_buy,
+        https://openapi.futunn.com/futu-api-doc/en/trade/get-max-trd-qtys.html)."""
+        self._limit("trading_info")
+        data = self._call(
+            lambda q, t: t.acctradinginfo_query(
+                order_type=OrderType.NORMAL,
+                code=code,
+                price=float(price),
+                trd_env=self.trd_env,
+                acc_id=self.acc_id,
+            ),
+            kind="trading_info",
+        )
+        return to_decimal(data.to_dict("records")[0].get("max_cash_buy"))
 
     # --- funds and positions --------------------------------------------------------
     def funds(self, currency: str = "USD") -> Funds:

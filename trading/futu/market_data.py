@@ -1,4 +1,11 @@
-"""Market data from OpenD: a security's snapshot and its market's state, as a `Quote`."""
+"""Market data from OpenD: snapshots and each security's own market state, as `Quote`s.
+
+One snapshot request carries up to 400 codes (`get_market_snapshot`,
+https://openapi.futunn.com/futu-api-doc/en/quote/get-market-snapshot.html, 60 per 30 s)
+and one `get_market_state` request the same codes
+(https://openapi.futunn.com/futu-api-doc/en/quote/get-market-state.html): market state is
+per security, not per market. The tick is the snapshot's own `price_spread`.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +13,52 @@ from trading.broker import Quote
 from trading.exceptions import BrokerRejected, NoQuote
 from trading.futu.connection import FutuConnection
 from trading.futu.parsing import quote_from_snapshot, to_decimal
-from trading.pricing import currency_of, market_of
+from trading.pricing import currency_of
+
+SNAPSHOT_MAX_CODES = 400
 
 
 class FutuMarketData(FutuConnection):
     """The `QuoteSource` half of the adapter."""
 
     def quote(self, code: str) -> Quote:
-        """Snapshot (rate limited: 60 per 30 s) plus the global market state (not limited).
-        Raises NoQuote for an unknown code or a security without a last price."""
-        self._limit("snapshot")
-        try:
-            snap = self._call(lambda q, t: q.get_market_snapshot([code]), kind="snapshot")
-        except BrokerRejected as exc:
-            raise NoQuote(f"no quote for {code}: {exc}") from exc
-        if snap is None or len(snap) == 0:
+        """One code's quote (one snapshot request). Raises NoQuote for an unknown code or a
+        security without a last price."""
+        quotes = self.quotes([code])
+        if code not in quotes:
             raise NoQuote(f"no quote for {code}")
-        row = snap.iloc[0].to_dict()
-        if to_decimal(row.get("last_price")) <= 0:
-            raise NoQuote(f"{code} has no last price")
-        return quote_from_snapshot(
-            row,
-            code=code,
-            currency=currency_of(code),
-            market_state=self._market_state(code),
-            fill_outside_rth=self.fill_outside_rth,
-        )
+        return quotes[code]
 
-    def _market_state(self, code: str) -> str:
-        """Futu's name for the state of `code`'s market (e.g. "AFTERNOON", "CLOSED")."""
-        state = self._call(lambda q, t: q.get_global_state())
-        return str(state.get(f"market_{market_of(code).lower()}", ""))
+    def quotes(self, codes: list[str]) -> dict[str, Quote]:
+        """Quotes for many codes: one snapshot and one market-state request per 400 codes.
+        Codes without a price are left out. Raises NoQuote when OpenD refuses the batch
+        (an unknown code in it)."""
+        result: dict[str, Quote] = {}
+        unique = list(dict.fromkeys(codes))
+        for start in range(0, len(unique), SNAPSHOT_MAX_CODES):
+            batch = unique[start : start + SNAPSHOT_MAX_CODES]
+            self._limit("snapshot")
+            try:
+                snap = self._call(
+                    lambda q, t, batch=batch: q.get_market_snapshot(batch), kind="snapshot"
+                )
+                states = self._market_states(batch)
+            except BrokerRejected as exc:
+                raise NoQuote(f"no quote for {', '.join(batch)}: {exc}") from exc
+            for row in snap.to_dict("records") if snap is not None else []:
+                code = str(row.get("code"))
+                if to_decimal(row.get("last_price")) <= 0:
+                    continue
+                result[code] = quote_from_snapshot(
+                    row,
+                    code=code,
+                    currency=currency_of(code),
+                    market_state=states.get(code, ""),
+                    fill_outside_rth=self.fill_outside_rth,
+                )
+        return result
+
+    def _market_states(self, codes: list[str]) -> dict[str, str]:
+        """Futu's market state of each security (e.g. "AFTERNOON", "CLOSED")."""
+        data = self._call(lambda q, t: q.get_market_state(codes))
+        return {str(r["code"]): str(r.get("market_state") or "") for r in data.to_dict("records")}

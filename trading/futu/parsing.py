@@ -15,9 +15,25 @@ from typing import Any
 
 from futu import OrderStatus, TrdSide
 
-from trading.broker import BrokerOrder, BrokerStatus, Funds, Position, Quote
+from trading.broker import (
+    BrokerOrder,
+    BrokerStatus,
+    Deal,
+    DealStatus,
+    Funds,
+    OrderFee,
+    Position,
+    Quote,
+)
 from trading.broker import Side as BrokerSide
-from trading.exceptions import BrokerRejected, BrokerUnavailable, RateLimited, TradingError
+from trading.exceptions import (
+    BrokerRejected,
+    BrokerSessionFault,
+    BrokerUnavailable,
+    InsufficientBuyingPower,
+    RateLimited,
+    TradingError,
+)
 
 # Every Futu order status -> Bronco's. `is_final` on the Bronco side says no fill can follow.
 FUTU_STATUS_MAP: Mapping[str, BrokerStatus] = {
@@ -37,22 +53,44 @@ FUTU_STATUS_MAP: Mapping[str, BrokerStatus] = {
     OrderStatus.CANCELLED_PART: BrokerStatus.CANCELLED,
     OrderStatus.CANCELLED_ALL: BrokerStatus.CANCELLED,
     OrderStatus.FAILED: BrokerStatus.FAILED,
-    # Disabled (HK) orders rest inactive until re-enabled; Bronco never re-enables one, so
-    # no fill can follow: treat as cancelled with whatever filled before.
-    OrderStatus.DISABLED: BrokerStatus.CANCELLED,
+    # Disabled orders rest inactive and can be enabled again from outside (another client,
+    # the app): not final. Bronco cancels a disabled order explicitly (`broker_order_sync`).
+    OrderStatus.DISABLED: BrokerStatus.DISABLED,
     # Only orders without fills can be deleted.
     OrderStatus.DELETED: BrokerStatus.CANCELLED,
-    # The exchange reversed the fills; the order is void.
-    OrderStatus.FILL_CANCELLED: BrokerStatus.FAILED,
+    # The exchange reversed the fills after the fact; the order is void (nothing filled).
+    OrderStatus.FILL_CANCELLED: BrokerStatus.FILL_CANCELLED,
 }
 
 OPEN_MARKET_STATES = frozenset({"MORNING", "AFTERNOON"})
-EXTENDED_MARKET_STATES = frozenset({"PRE_MARKET_BEGIN", "AFTER_HOURS_BEGIN", "NIGHT_OPEN"})
+# US pre-market and after-hours (fill_outside_rth / session ETH). NIGHT_OPEN is a futures
+# night session, not a US stock session: the US overnight session is OVERNIGHT.
+EXTENDED_MARKET_STATES = frozenset({"PRE_MARKET_BEGIN", "AFTER_HOURS_BEGIN"})
 
-_RATE_LIMITED = re.compile(r"frequen|频繁|频率|too many requests", re.IGNORECASE)
+# OpenD answers in the language it is configured with (Chinese or English); the SDK's own
+# transport errors are English ("Connection lost", "Timeout", "Not connected", "Connection
+# closed": futu/common/err.py). The SDK hands back only the text (the response's errCode
+# is not surfaced by `place_order` & co.), so classes are told apart by text, both languages.
+_RATE_LIMITED = re.compile(r"frequen|频繁|频率|限频|too many requests", re.IGNORECASE)
 _DISCONNECTED = re.compile(
-    r"connection lost|not connected|connection closed|disconnect|timeout|time out|"
-    r"context status bad|sendfail|connect fail",
+    r"connection lost|not connected|connection closed|disconnect|timeout|time out|timed out|"
+    r"context status bad|sendfail|connect fail|"
+    r"连接断开|断开连接|未连接|连接失败|连接已关闭|网络异常|超时",
+    re.IGNORECASE,
+)
+_UNLOCK_FAILED = re.compile(
+    r"unlock failed|wrong (trade )?password|password (is )?(wrong|incorrect)|"
+    r"解锁失败|密码错误|交易密码",
+    re.IGNORECASE,
+)
+_LOCKED = re.compile(
+    r"trade is locked|not unlocked|unlock trade first|please unlock|"
+    r"未解锁|请先解锁|交易已锁定|锁定",
+    re.IGNORECASE,
+)
+_BUYING_POWER = re.compile(
+    r"insufficient buying power|buying power is insufficient|not enough (cash|buying power)|"
+    r"购买力不足|资金不足|可用资金不足",
     re.IGNORECASE,
 )
 
@@ -64,12 +102,19 @@ def map_status(raw: str) -> BrokerStatus:
 
 
 def classify_error(message: str, *, retry_after: float = 1.0) -> TradingError:
-    """An SDK error message -> the domain exception it means."""
+    """An SDK error message -> the domain exception it means. Only what is none of the
+    known transient or session classes is a rejection (and only a rejection refunds)."""
     text = str(message)
     if _RATE_LIMITED.search(text):
         return RateLimited(retry_after, f"Futu rate limit: {text}")
     if _DISCONNECTED.search(text):
         return BrokerUnavailable(f"OpenD unavailable: {text}")
+    if _UNLOCK_FAILED.search(text):
+        return BrokerSessionFault(f"unlock failed: {text}")
+    if _LOCKED.search(text):
+        return BrokerSessionFault(f"trading is locked: {text}")
+    if _BUYING_POWER.search(text):
+        return InsufficientBuyingPower(f"insufficient buying power: {text}")
     return BrokerRejected(text)
 
 
@@ -103,6 +148,33 @@ def order_from_row(row: Mapping[str, Any]) -> BrokerOrder:
         last_error=str(row.get("last_err_msg") or ""),
         created_at=str(row.get("create_time") or ""),
         updated_at=str(row.get("updated_time") or ""),
+    )
+
+
+def deal_from_row(row: Mapping[str, Any]) -> Deal:
+    """One row of `deal_list_query` / `history_deal_list_query` or a deal push."""
+    status = str(row.get("status") or "OK")
+    side = str(row.get("trd_side", ""))
+    return Deal(
+        deal_id=str(row.get("deal_id")),
+        broker_order_id=str(row.get("order_id")),
+        code=str(row.get("code", "")),
+        side=BrokerSide.SELL if side in (TrdSide.SELL, TrdSide.SELL_SHORT) else BrokerSide.BUY,
+        qty=to_decimal(row.get("qty")),
+        price=to_decimal(row.get("price")),
+        status=DealStatus(status) if status in DealStatus.__members__ else DealStatus.OK,
+        created_at=str(row.get("create_time") or ""),
+    )
+
+
+def fee_from_row(row: Mapping[str, Any]) -> OrderFee:
+    """One row of `order_fee_query`: total and (title, amount) items."""
+    items = tuple((str(title), to_decimal(value)) for title, value in row.get("fee_details") or [])
+    total = to_decimal(row.get("fee_amount"))
+    return OrderFee(
+        broker_order_id=str(row["order_id"]),
+        total=total if total > 0 else sum((v for _, v in items), Decimal(0)),
+        items=items,
     )
 
 

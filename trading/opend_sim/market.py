@@ -18,10 +18,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, ROUND_UP, Decimal
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
+from trading.opend_sim import fees
 from trading.pricing import is_on_tick, tick_size_for
 
 # Futu order status names (futu.common.constant.OrderStatus values).
@@ -37,17 +38,55 @@ OPEN_STATUSES = frozenset(
         "UNSUBMITTED",
     }
 )
+# What `order_list_query` returns: orders not yet finished. A DISABLED order can be enabled
+# again, so it is not finished either.
+UNFINISHED_STATUSES = OPEN_STATUSES | {"DISABLED"}
 MATCHABLE_STATUSES = frozenset({"SUBMITTED", "FILLED_PART"})
 FILL_MODES = frozenset({"full", "partial", "none", "reject", "fail"})
+# How a cancel request behaves: "take" (the order is cancelled), "ignore" (OpenD
+# acknowledges the request but the order keeps working: py-futu-api issue 248).
+CANCEL_MODES = frozenset({"take", "ignore"})
 MARKET_CURRENCY = {"US": "USD", "HK": "HKD"}
-RATE_LIMIT_MESSAGE = (
-    "Request frequency limit exceeded (请求过于频繁): at most {limit} {kind} requests per "
-    "{window:g} seconds per account; please try again later"
-)
+LANGUAGES = ("en", "zh")
+# OpenD answers in the language it is configured with (Chinese by default, English when
+# set so): every refusal the simulator makes has both texts, chosen by `SimMarket.language`.
+MESSAGES: dict[str, tuple[str, str]] = {
+    "rate_limit": (
+        "Request frequency limit exceeded: at most {limit} {kind} requests per {window:g} "
+        "seconds per account; please try again later",
+        "请求过于频繁，每个账户每 {window:g} 秒最多 {limit} 次 {kind} 请求，请稍后再试",
+    ),
+    "locked": ("Trade is locked, please unlock trade first", "交易未解锁，请先解锁交易"),
+    "wrong_password": ("Unlock failed: wrong trade password", "解锁失败：交易密码错误"),
+    "buying_power": ("Insufficient buying power", "购买力不足"),
+    "sellable": ("Insufficient sellable quantity", "可卖数量不足"),
+    "no_order": ("Order {order_id} does not exist", "订单 {order_id} 不存在"),
+    "not_cancellable": (
+        "Order {order_id} is {status} and cannot be cancelled",
+        "订单 {order_id} 当前状态为 {status}，不能撤单",
+    ),
+    "unknown_stock": ("Unknown stock {code}", "未知的股票 {code}"),
+    "lot": (
+        "Quantity {qty} is not a multiple of the lot size {lot}",
+        "下单数量 {qty} 不是每手股数 {lot} 的整数倍",
+    ),
+    "tick": (
+        "Price {price} is not a valid price step ({tick})",
+        "价格 {price} 不符合价位 ({tick})",
+    ),
+    "suspended": ("{code} is suspended", "{code} 已停牌"),
+    "rejected": ("Order rejected by the exchange (simulated)", "订单被交易所拒绝（模拟）"),
+    "failed": ("Order failed (simulated)", "下单失败（模拟）"),
+}
 
 
 class SimError(Exception):
     """A request the simulated broker refuses; its text becomes the response's retMsg."""
+
+
+def message(key: str, language: str, **kwargs: Any) -> str:
+    en, zh = MESSAGES[key]
+    return (zh if language == "zh" else en).format(**kwargs)
 
 
 def _now_str(ts: float) -> str:
@@ -73,7 +112,8 @@ class SimSecurity:
     fill_mode: str = "full"
     partial_ratio: Decimal = Decimal("0.5")
     fill_delay: float = 0.0
-    reject_reason: str = "Order rejected by the exchange (simulated)"
+    reject_reason: str = ""  # empty: the standard text in OpenD's language
+    cancel_mode: str = "take"
     walk: Decimal = Decimal("0")  # relative std-dev per walk step; 0 = fixed price
     suspended: bool = False
 
@@ -104,6 +144,11 @@ class SimOrder:
     filled_value: Decimal = Decimal("0")
     fee_charged: Decimal = Decimal("0")
     last_err: str = ""
+    session: str = ""  # the US `session` the order was placed with (RTH, ETH, ALL, ...)
+
+    @property
+    def market(self) -> str:
+        return self.code.split(".", 1)[0]
 
     @property
     def avg_price(self) -> Decimal:
@@ -121,6 +166,9 @@ class SimFill:
     qty: Decimal
     price: Decimal
     created_at: float
+    # Futu's OrderFillStatus: OK, CANCELLED (the exchange reversed it), CHANGED.
+    status: str = "OK"
+    updated_at: float = 0.0
 
 
 @dataclass
@@ -151,6 +199,7 @@ class SimRateLimiter:
         self._times: dict[tuple[str, int], deque[float]] = {}
         self._last: dict[tuple[str, int], float] = {}
         self.log: list[tuple[str, int, float, bool]] = []
+        self.language = "en"
 
     def check(self, kind: str, acc_id: int, now: float) -> None:
         if kind not in self.limits:
@@ -167,7 +216,9 @@ class SimRateLimiter:
         times.append(now)
         self._last[key] = now
         if not ok:
-            raise SimError(RATE_LIMIT_MESSAGE.format(limit=limit, kind=kind, window=self.window))
+            raise SimError(
+                message("rate_limit", self.language, limit=limit, kind=kind, window=self.window)
+            )
 
     def max_in_window(self, kind: str, acc_id: int | None = None) -> int:
         """The most requests of `kind` seen in any window (sliding over request times)."""
@@ -203,6 +254,8 @@ class SimMarket:
         rate_window: float = 30.0,
         rate_limits: dict[str, tuple[int, float]] | None = None,
         fee_rates: dict[str, tuple[Decimal, Decimal]] | None = None,
+        language: str = "en",
+        lenient_listing: bool = False,
         walk_interval: float = 1.0,
         seed: int | None = None,
         state_file: str | Path | None = None,
@@ -223,10 +276,20 @@ class SimMarket:
                 "history_order_list": (10, 0.0),
                 "funds": (10, 0.0),
                 "positions": (10, 0.0),
+                "history_deal_list": (10, 0.0),
+                "order_fee": (10, 0.0),
+                "trading_info": (10, 0.0),
                 "snapshot": (60, 0.0),
             },
         )
-        self.fee_rates = fee_rates or {}
+        # `fee_rates` is accepted for old callers and ignored: fees follow the published
+        # schedule in `trading.opend_sim.fees`.
+        del fee_rates
+        self.language = language
+        self.rate.language = language
+        # The old, kinder listing: `order_list_query` returns finished orders too. Only for a
+        # test that shows the difference; Futu documents the open list as unfinished orders.
+        self.lenient_listing = lenient_listing
         self.unlocked = False
         self.market_open: dict[str, bool] = {"US": True, "HK": True}
         self.securities: dict[str, SimSecurity] = {}
@@ -264,14 +327,35 @@ class SimMarket:
     def security(self, code: str) -> SimSecurity:
         sec = self.securities.get(code)
         if sec is None:
-            raise SimError(f"Unknown stock {code}")
+            raise SimError(self.msg("unknown_stock", code=code))
         return sec
 
-    def _fee(self, code: str, value: Decimal) -> Decimal:
-        rate, minimum = self.fee_rates.get(code.split(".", 1)[0], (Decimal(0), Decimal(0)))
+    def msg(self, key: str, **kwargs: Any) -> str:
+        return message(key, self.language, **kwargs)
+
+    def set_language(self, language: str) -> None:
+        if language not in LANGUAGES:
+            raise SimError(f"language must be one of {LANGUAGES}")
+        with self.lock:
+            self.language = self.rate.language = language
+
+    def _fee(
+        self, code: str, value: Decimal, side: str = "BUY", qty: Decimal = Decimal(0)
+    ) -> Decimal:
+        """The order's total fee on `value` filled (see `fees.order_fees`)."""
         if value <= 0:
             return Decimal("0")
-        return max(value * rate, minimum).quantize(Decimal("0.01"), rounding=ROUND_UP)
+        return fees.total(fees.order_fees(code=code, side=side, qty=qty, value=value))
+
+    def order_fee_items(self, order: SimOrder) -> list[tuple[str, Decimal]]:
+        """The itemised fee of an order as `order_fee_query` reports it."""
+        return fees.order_fees(
+            code=order.code, side=order.side, qty=order.filled_qty, value=order.filled_value
+        )
+
+    def _reserve(self, code: str, side: str, qty: Decimal, price: Decimal) -> Decimal:
+        """Cash a buy needs at placement: notional plus the fee if filled in full."""
+        return qty * price + self._fee(code, qty * price, side, qty)
 
     def _touch(self, order: SimOrder, status: str, now: float, err: str = "") -> Event:
         order.status = status
@@ -294,8 +378,19 @@ class SimMarket:
                 return
             expected = hashlib.md5(self.trade_password.encode()).hexdigest()  # noqa: S324
             if password_md5.lower() != expected:
-                raise SimError("Unlock failed: wrong trade password")
+                raise SimError(self.msg("wrong_password"))
             self.unlocked = True
+
+    def lock_trade(self) -> None:
+        """Another client of the same OpenD locked trading: every REAL write now fails."""
+        with self.lock:
+            self.unlocked = False
+
+    def set_trade_password(self, password: str) -> None:
+        """The password was rotated (and OpenD restarted): trading is locked again."""
+        with self.lock:
+            self.trade_password = password
+            self.unlocked = False
 
     def place(
         self,
@@ -307,6 +402,7 @@ class SimMarket:
         qty: Decimal,
         price: Decimal,
         remark: str,
+        session: str = "",
     ) -> SimOrder:
         events: list[Event] = []
         with self.lock:
@@ -314,28 +410,25 @@ class SimMarket:
             self.rate.check("place", acc_id, now)
             acc = self.account(acc_id, trd_env)
             if trd_env == 1 and not self.unlocked:
-                raise SimError("Trade is locked: unlock_trade first")
+                raise SimError(self.msg("locked"))
             sec = self.security(code)
             if len(remark.encode()) > 64:
                 raise SimError("remark is longer than 64 bytes")
             if sec.suspended:
-                raise SimError(f"{code} is suspended")
+                raise SimError(self.msg("suspended", code=code))
             if sec.fill_mode == "reject":
-                raise SimError(sec.reject_reason)
+                raise SimError(sec.reject_reason or self.msg("rejected"))
             if qty <= 0 or qty % sec.lot_size:
-                raise SimError(f"Quantity {qty} is not a multiple of the lot size {sec.lot_size}")
+                raise SimError(self.msg("lot", qty=qty, lot=sec.lot_size))
             if not is_on_tick(code, price):
-                raise SimError(
-                    f"Price {price} is not a valid price step ({tick_size_for(code, price)})"
-                )
+                raise SimError(self.msg("tick", price=price, tick=tick_size_for(code, price)))
             currency = MARKET_CURRENCY[sec.market]
             if side == "BUY":
-                need = qty * price + self._fee(code, qty * price)
-                if self._available_cash(acc, currency) < need:
-                    raise SimError("Insufficient buying power")
+                if self._available_cash(acc, currency) < self._reserve(code, side, qty, price):
+                    raise SimError(self.msg("buying_power"))
             elif side == "SELL":
                 if self._sellable(acc, code) < qty:
-                    raise SimError("Insufficient sellable position")
+                    raise SimError(self.msg("sellable"))
             else:
                 raise SimError(f"Unsupported side {side}")
             self._next_order_id += 1
@@ -353,11 +446,12 @@ class SimMarket:
                 created_at=now,
                 updated_at=now,
                 fill_after=now + sec.fill_delay,
+                session=session,
             )
             self.orders[order.order_id] = order
             events.append(Event("order", acc_id, trd_env, order=copy.copy(order)))
             if sec.fill_mode == "fail":
-                events.append(self._touch(order, "FAILED", now, "Order failed (simulated)"))
+                events.append(self._touch(order, "FAILED", now, self.msg("failed")))
             else:
                 events.extend(self._match(order, now))
         self._emit(events)
@@ -379,15 +473,19 @@ class SimMarket:
             self.rate.check("modify", acc_id, now)
             self.account(acc_id, trd_env)
             if trd_env == 1 and not self.unlocked:
-                raise SimError("Trade is locked: unlock_trade first")
+                raise SimError(self.msg("locked"))
             order = self.orders.get(order_id)
             if order is None or order.acc_id != acc_id:
-                raise SimError(f"Order {order_id} does not exist")
+                raise SimError(self.msg("no_order", order_id=order_id))
             if op == "CANCEL":
-                if order.status not in OPEN_STATUSES:
-                    raise SimError(f"Order {order_id} is {order.status} and cannot be cancelled")
-                final = "CANCELLED_PART" if order.filled_qty else "CANCELLED_ALL"
-                events.append(self._touch(order, final, now))
+                if order.status not in OPEN_STATUSES and order.status != "DISABLED":
+                    raise SimError(
+                        self.msg("not_cancellable", order_id=order_id, status=order.status)
+                    )
+                if self.securities[order.code].cancel_mode == "take":
+                    final = "CANCELLED_PART" if order.filled_qty else "CANCELLED_ALL"
+                    events.append(self._touch(order, final, now))
+                # "ignore": acknowledged, and the order keeps working (issue 248).
             elif op == "NORMAL":
                 if order.status not in OPEN_STATUSES:
                     raise SimError(f"Order {order_id} is {order.status} and cannot be modified")
@@ -418,23 +516,76 @@ class SimMarket:
         codes: Iterable[str] = (),
         order_ids: Iterable[int] = (),
         statuses: Iterable[str] = (),
+        unfinished_only: bool = False,
+        start: float | None = None,
+        end: float | None = None,
     ) -> list[SimOrder]:
+        """Orders of the account under Futu's filters. `unfinished_only` is the open list
+        (`order_list_query`: "查询未完成订单", unfinished orders only,
+        https://openapi.futunn.com/futu-api-doc/en/trade/get-order-list.html); without it,
+        the history (`history_order_list_query`, every order in [start, end],
+        https://openapi.futunn.com/futu-api-doc/en/trade/get-history-order-list.html).
+        `start`/`end` bound the creation time (epoch seconds)."""
         codes, ids, statuses = set(codes), set(order_ids), set(statuses)
+        open_only = unfinished_only and not self.lenient_listing
         with self.lock:
             self.account(acc_id, trd_env)
             return [
                 o
                 for o in sorted(self.orders.values(), key=lambda o: o.order_id)
                 if o.acc_id == acc_id
+                and (not open_only or o.status in UNFINISHED_STATUSES)
                 and (not codes or o.code.split(".", 1)[1] in codes or o.code in codes)
                 and (not ids or o.order_id in ids)
                 and (not statuses or o.status in statuses)
+                and (start is None or o.created_at >= start)
+                and (end is None or o.created_at <= end)
             ]
 
-    def list_fills(self, *, acc_id: int, trd_env: int) -> list[SimFill]:
+    def list_fills(
+        self,
+        *,
+        acc_id: int,
+        trd_env: int,
+        codes: Iterable[str] = (),
+        start: float | None = None,
+        end: float | None = None,
+    ) -> list[SimFill]:
+        codes = set(codes)
         with self.lock:
             self.account(acc_id, trd_env)
-            return [f for f in self.fills if f.acc_id == acc_id]
+            return [
+                f
+                for f in self.fills
+                if f.acc_id == acc_id
+                and (not codes or f.code.split(".", 1)[1] in codes or f.code in codes)
+                and (start is None or f.created_at >= start)
+                and (end is None or f.created_at <= end)
+            ]
+
+    def order_fees(self, *, acc_id: int, trd_env: int, order_ids: Iterable[int]) -> list[Any]:
+        """(order, itemised fee) for each known order id (`order_fee_query`)."""
+        with self.lock:
+            self.account(acc_id, trd_env)
+            return [
+                (o, self.order_fee_items(o))
+                for o in (self.orders.get(int(i)) for i in order_ids)
+                if o is not None and o.acc_id == acc_id
+            ]
+
+    def max_buy_qty(self, *, acc_id: int, trd_env: int, code: str, price: Decimal) -> Decimal:
+        """Whole lots the account's buying power covers at `price`, fees included
+        (`acctradinginfo_query`'s max_cash_buy)."""
+        with self.lock:
+            acc = self.account(acc_id, trd_env)
+            sec = self.security(code)
+            cash = self._available_cash(acc, MARKET_CURRENCY[sec.market])
+            if price <= 0:
+                return Decimal(0)
+            lots = (cash / (price * sec.lot_size)).to_integral_value(rounding=ROUND_FLOOR)
+            while lots > 0 and self._reserve(code, "BUY", lots * sec.lot_size, price) > cash:
+                lots -= 1
+            return Decimal(max(lots, 0) * sec.lot_size)
 
     def _available_cash(self, acc: SimAccount, currency: str) -> Decimal:
         return acc.cash.get(currency, Decimal(0)) - self._frozen(acc, currency)
@@ -510,7 +661,7 @@ class SimMarket:
         value = qty * price
         order.filled_qty += qty
         order.filled_value += value
-        fee_total = self._fee(order.code, order.filled_value)
+        fee_total = self._fee(order.code, order.filled_value, order.side, order.filled_qty)
         fee, order.fee_charged = fee_total - order.fee_charged, fee_total
         if order.side == "BUY":
             acc.cash[currency] = acc.cash.get(currency, Decimal(0)) - value - fee
@@ -532,6 +683,7 @@ class SimMarket:
             qty=qty,
             price=price,
             created_at=now,
+            updated_at=now,
         )
         self._next_fill_id += 1
         self.fills.append(fill)
@@ -583,6 +735,8 @@ class SimMarket:
                     value = _dec(value)
                 if key == "fill_mode" and value not in FILL_MODES:
                     raise SimError(f"fill_mode must be one of {sorted(FILL_MODES)}")
+                if key == "cancel_mode" and value not in CANCEL_MODES:
+                    raise SimError(f"cancel_mode must be one of {sorted(CANCEL_MODES)}")
                 setattr(sec, key, value)
         self.tick()
         return sec
@@ -626,10 +780,75 @@ class SimMarket:
             self.accounts[acc_id].positions[code] = _dec(qty)
         self._emit([])
 
+    def reverse_fills(self, order_id: int) -> SimOrder:
+        """The exchange cancels every fill of the order after the fact: deals become
+        CANCELLED, the order FILL_CANCELLED, cash and shares go back."""
+        with self.lock:
+            order = self._order(order_id)
+            now = time.time()
+            events: list[Event] = []
+            for fill in [f for f in self.fills if f.order_id == order.order_id]:
+                if fill.status == "CANCELLED":
+                    continue
+                events.extend(self._undo_fill(order, fill, fill.qty, fill.price, now))
+                fill.status, fill.updated_at = "CANCELLED", now
+                events.append(Event("fill", order.acc_id, order.trd_env, fill=copy.copy(fill)))
+            events.append(self._touch(order, "FILL_CANCELLED", now))
+        self._emit(events)
+        return order
+
+    def change_deal(self, fill_id: int, qty: Decimal, price: Decimal | None = None) -> SimFill:
+        """The exchange corrects a deal after the fact (status CHANGED): the order's filled
+        quantity and average follow."""
+        with self.lock:
+            fill = next((f for f in self.fills if f.fill_id == int(fill_id)), None)
+            if fill is None:
+                raise SimError(f"Deal {fill_id} does not exist")
+            order = self._order(fill.order_id)
+            now = time.time()
+            new_qty, new_price = _dec(qty), fill.price if price is None else _dec(price)
+            self._undo_fill(order, fill, fill.qty, fill.price, now)
+            acc = self.accounts[order.acc_id]
+            value = new_qty * new_price
+            currency = MARKET_CURRENCY[order.market]
+            order.filled_qty += new_qty
+            order.filled_value += value
+            sign = -1 if order.side == "BUY" else 1
+            acc.cash[currency] = acc.cash.get(currency, Decimal(0)) + sign * value
+            acc.positions[order.code] = acc.positions.get(order.code, Decimal(0)) - sign * new_qty
+            self._recharge_fee(order, acc, currency)
+            fill.qty, fill.price, fill.status, fill.updated_at = new_qty, new_price, "CHANGED", now
+            status = "FILLED_ALL" if order.filled_qty >= order.qty else order.status
+            events = [
+                Event("fill", order.acc_id, order.trd_env, fill=copy.copy(fill)),
+                self._touch(order, status, now),
+            ]
+        self._emit(events)
+        return fill
+
+    def _undo_fill(
+        self, order: SimOrder, fill: SimFill, qty: Decimal, price: Decimal, now: float
+    ) -> list[Event]:
+        acc = self.accounts[order.acc_id]
+        currency = MARKET_CURRENCY[order.market]
+        value = qty * price
+        order.filled_qty -= qty
+        order.filled_value -= value
+        sign = 1 if order.side == "BUY" else -1
+        acc.cash[currency] = acc.cash.get(currency, Decimal(0)) + sign * value
+        acc.positions[order.code] = acc.positions.get(order.code, Decimal(0)) - sign * qty
+        self._recharge_fee(order, acc, currency)
+        return []
+
+    def _recharge_fee(self, order: SimOrder, acc: SimAccount, currency: str) -> None:
+        fee = self._fee(order.code, order.filled_value, order.side, order.filled_qty)
+        acc.cash[currency] = acc.cash.get(currency, Decimal(0)) + order.fee_charged - fee
+        order.fee_charged = fee
+
     def _order(self, order_id: int) -> SimOrder:
         order = self.orders.get(int(order_id))
         if order is None:
-            raise SimError(f"Order {order_id} does not exist")
+            raise SimError(self.msg("no_order", order_id=order_id))
         return order
 
     # --- persistence ----------------------------------------------------------------

@@ -44,6 +44,9 @@ PROTO_MODULES: dict[int, str] = {
     ProtoId.Trd_GetOrderFillList: "Trd_GetOrderFillList",
     ProtoId.Trd_UpdateOrderFill: "Trd_UpdateOrderFill",
     ProtoId.Trd_GetHistoryOrderList: "Trd_GetHistoryOrderList",
+    ProtoId.Trd_GetHistoryOrderFillList: "Trd_GetHistoryOrderFillList",
+    ProtoId.Trd_GetOrderFee: "Trd_GetOrderFee",
+    ProtoId.Trd_GetMaxTrdQtys: "Trd_GetMaxTrdQtys",
     ProtoId.Qot_GetSecuritySnapshot: "Qot_GetSecuritySnapshot",
     ProtoId.Qot_GetMarketState: "Qot_GetMarketState",
 }

@@ -16,6 +16,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,31 @@ def _status_number(name: str) -> int:
 
 def _status_name(number: int) -> str:
     return FutuOrderStatus.to_string2(number)
+
+
+SESSION_NAME = {
+    Common_pb2.Session_RTH: "RTH",
+    Common_pb2.Session_ETH: "ETH",
+    Common_pb2.Session_ALL: "ALL",
+    Common_pb2.Session_OVERNIGHT: "OVERNIGHT",
+}
+FILL_STATUS = {
+    "OK": T.OrderFillStatus_OK,
+    "CANCELLED": T.OrderFillStatus_Cancelled,
+    "CHANGED": T.OrderFillStatus_Changed,
+}
+
+
+def _parse_time(text: str) -> float | None:
+    """Futu's "YYYY-MM-DD HH:MM:SS[.mmm]" (the simulator's clock is UTC) -> epoch seconds."""
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    raise SimError(f"bad time {text!r}: YYYY-MM-DD HH:MM:SS expected")
 
 
 def _num(value: float) -> Decimal:
@@ -454,11 +480,11 @@ class OpenDSimulator:
         pb.createTime = _now_str(fill.created_at)
         pb.secMarket = SEC_MARKET[market]
         pb.createTimestamp = fill.created_at
-        pb.updateTimestamp = fill.created_at
-        pb.status = T.OrderFillStatus_OK
+        pb.updateTimestamp = fill.updated_at or fill.created_at
+        pb.status = FILL_STATUS[fill.status]
         pb.trdMarket = TRD_MARKET[market]
 
-    def _list_orders(self, c2s: Any, rsp: Any) -> None:
+    def _list_orders(self, c2s: Any, rsp: Any, *, unfinished_only: bool) -> None:
         h = c2s.header
         cond = c2s.filterConditions
         ids = [int(x) for x in cond.orderIDExList] + list(cond.idList)
@@ -469,6 +495,9 @@ class OpenDSimulator:
             codes=cond.codeList,
             order_ids=ids,
             statuses=statuses,
+            unfinished_only=unfinished_only,
+            start=_parse_time(cond.beginTime),
+            end=_parse_time(cond.endTime),
         )
         self._header(rsp.s2c.header, h.accID, h.trdEnv, h.trdMarket)
         with self.market.lock:
@@ -478,20 +507,77 @@ class OpenDSimulator:
     def _on_Trd_GetOrderList(self, conn: Connection, c2s: Any, rsp: Any) -> None:
         if c2s.refreshCache:
             self.market.check_rate("order_list", c2s.header.accID)
-        self._list_orders(c2s, rsp)
+        self._list_orders(c2s, rsp, unfinished_only=True)
 
     def _on_Trd_GetHistoryOrderList(self, conn: Connection, c2s: Any, rsp: Any) -> None:
         self.market.check_rate("history_order_list", c2s.header.accID)
-        self._list_orders(c2s, rsp)
+        self._list_orders(c2s, rsp, unfinished_only=False)
+
+    def _list_deals(self, c2s: Any, rsp: Any, *, today_only: bool) -> None:
+        h = c2s.header
+        cond = c2s.filterConditions
+        start, end = _parse_time(cond.beginTime), _parse_time(cond.endTime)
+        if today_only:
+            start = datetime.now(tz=UTC).replace(hour=0, minute=0, second=0).timestamp()
+            end = None
+        fills = self.market.list_fills(
+            acc_id=h.accID, trd_env=h.trdEnv, codes=cond.codeList, start=start, end=end
+        )
+        self._header(rsp.s2c.header, h.accID, h.trdEnv, h.trdMarket)
+        with self.market.lock:
+            for fill in fills:
+                self._fill_deal(rsp.s2c.orderFillList.add(), fill)
 
     def _on_Trd_GetOrderFillList(self, conn: Connection, c2s: Any, rsp: Any) -> None:
+        """`deal_list_query`: today's deals (OpenD's cache; refresh counts against the
+        order-list budget)."""
+        if c2s.refreshCache:
+            self.market.check_rate("order_list", c2s.header.accID)
+        self._list_deals(c2s, rsp, today_only=True)
+
+    def _on_Trd_GetHistoryOrderFillList(self, conn: Connection, c2s: Any, rsp: Any) -> None:
+        """`history_deal_list_query`: deals in [begin, end], 10 per 30 s."""
+        self.market.check_rate("history_deal_list", c2s.header.accID)
+        self._list_deals(c2s, rsp, today_only=False)
+
+    def _on_Trd_GetOrderFee(self, conn: Connection, c2s: Any, rsp: Any) -> None:
+        """`order_fee_query`: each order's fee, itemised (`trading.opend_sim.fees`)."""
         h = c2s.header
-        codes = set(c2s.filterConditions.codeList)
-        fills = self.market.list_fills(acc_id=h.accID, trd_env=h.trdEnv)
+        self.market.check_rate("order_fee", h.accID)
+        rows = self.market.order_fees(
+            acc_id=h.accID, trd_env=h.trdEnv, order_ids=[int(i) for i in c2s.orderIdExList]
+        )
         self._header(rsp.s2c.header, h.accID, h.trdEnv, h.trdMarket)
-        for fill in fills:
-            if not codes or fill.code.split(".", 1)[1] in codes:
-                self._fill_deal(rsp.s2c.orderFillList.add(), fill)
+        for order, items in rows:
+            fee = rsp.s2c.orderFeeList.add()
+            fee.orderIDEx = str(order.order_id)
+            fee.feeAmount = float(sum((amount for _, amount in items), Decimal(0)))
+            for title, amount in items:
+                item = fee.feeList.add()
+                item.title = title
+                item.value = float(amount)
+
+    def _on_Trd_GetMaxTrdQtys(self, conn: Connection, c2s: Any, rsp: Any) -> None:
+        """`acctradinginfo_query`: the most a new order could buy with cash or sell."""
+        h = c2s.header
+        self.market.check_rate("trading_info", h.accID)
+        market = SEC_MARKET_NAME.get(c2s.secMarket) if c2s.HasField("secMarket") else None
+        code = f"{market or self._market_of_header(h)}.{c2s.code}"
+        buy = self.market.max_buy_qty(
+            acc_id=h.accID, trd_env=h.trdEnv, code=code, price=_num(c2s.price)
+        )
+        with self.market.lock:
+            sell = self.market._sellable(self.market.account(h.accID, h.trdEnv), code)
+        self._header(rsp.s2c.header, h.accID, h.trdEnv, h.trdMarket)
+        q = rsp.s2c.maxTrdQtys
+        q.maxCashBuy = float(buy)
+        q.maxCashAndMarginBuy = float(buy)
+        q.maxPositionSell = float(sell)
+        q.maxSellShort = 0.0
+        q.maxBuyBack = 0.0
+
+    def _market_of_header(self, header: Any) -> str:
+        return {T.TrdMarket_HK: "HK", T.TrdMarket_US: "US"}.get(header.trdMarket, "US")
 
     def _on_Trd_PlaceOrder(self, conn: Connection, c2s: Any, rsp: Any) -> None:
         h = c2s.header
@@ -510,6 +596,7 @@ class OpenDSimulator:
             qty=_num(c2s.qty),
             price=_num(c2s.price),
             remark=c2s.remark,
+            session=SESSION_NAME.get(c2s.session, "") if c2s.HasField("session") else "",
         )
         self._header(rsp.s2c.header, h.accID, h.trdEnv, h.trdMarket)
         rsp.s2c.orderID = order.order_id
@@ -657,6 +744,31 @@ class OpenDSimulator:
             return _order_dict(
                 m.set_order_status(int(args["order_id"]), args["status"], args.get("last_err", ""))
             )
+        if cmd == "set_language":
+            m.set_language(args["language"])
+            return m.language
+        if cmd == "lock_trade":
+            m.lock_trade()
+            return None
+        if cmd == "set_trade_password":
+            m.set_trade_password(args["password"])
+            return None
+        if cmd == "reverse_fills":
+            return _order_dict(m.reverse_fills(int(args["order_id"])))
+        if cmd == "change_deal":
+            fill = m.change_deal(int(args["fill_id"]), args["qty"], args.get("price"))
+            return _deal_dict(fill)
+        if cmd == "deals":
+            order_id = args.get("order_id")
+            with m.lock:
+                return [
+                    _deal_dict(f)
+                    for f in m.fills
+                    if order_id is None or f.order_id == int(order_id)
+                ]
+        if cmd == "set_lenient_listing":
+            m.lenient_listing = bool(args["lenient"])
+            return m.lenient_listing
         if cmd == "orders":
             remark = args.get("remark")
             with m.lock:
@@ -717,6 +829,18 @@ def _order_dict(order: SimOrder) -> dict[str, Any]:
         "filled_qty": str(order.filled_qty),
         "avg_price": str(order.avg_price),
         "fee": str(order.fee_charged),
+        "session": order.session,
+    }
+
+
+def _deal_dict(fill: SimFill) -> dict[str, Any]:
+    return {
+        "fill_id": str(fill.fill_id),
+        "order_id": str(fill.order_id),
+        "code": fill.code,
+        "qty": str(fill.qty),
+        "price": str(fill.price),
+        "status": fill.status,
     }
 
 
@@ -726,6 +850,7 @@ def _security_dict(sec: SimSecurity) -> dict[str, Any]:
         "price": str(sec.price),
         "lot_size": sec.lot_size,
         "fill_mode": sec.fill_mode,
+        "cancel_mode": sec.cancel_mode,
         "suspended": sec.suspended,
     }
 
