@@ -5,6 +5,7 @@ cycles bought net equals the tokens allocated net plus the house inventory."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from orders.models import Allocation, Cycle, CycleStatus, HouseInventory, Order
 from trading import pricing
 from trading import services as broker
 from trading.broker import BrokerOrder
+from trading.exceptions import RateLimited
 
 if TYPE_CHECKING:
     from ops.reconciliation import Reconciliation
@@ -91,11 +93,23 @@ def _check_positions_against_tokens(result: Reconciliation, cycles: list[Cycle])
     result.facts["house_inventory_units"] = {k: int(v) for k, v in sorted(inventory.items())}
 
 
+# How long reconciliation waits for the history budget the running workers share with it.
+_HISTORY_WAIT_SECONDS = 90.0
+
+
 def broker_orders() -> list[BrokerOrder]:
     """Every order of the account at the broker over the last 90 days, finished or not:
     Futu's open list holds unfinished orders only, so this reads the history (one request
-    of its 10 per 30 s budget)."""
-    return broker.broker_list_orders(include_finished=True)
+    of its 10 per 30 s budget). While the workers have used that budget up, it waits for
+    it (up to _HISTORY_WAIT_SECONDS) rather than failing; RateLimited after that."""
+    deadline = time.monotonic() + _HISTORY_WAIT_SECONDS
+    while True:
+        try:
+            return broker.broker_list_orders(include_finished=True)
+        except RateLimited as exc:
+            if time.monotonic() + exc.retry_after > deadline:
+                raise
+            time.sleep(max(exc.retry_after, 0.1))
 
 
 def check_broker(

@@ -450,6 +450,7 @@ def _allocate(
                 fee_units=f.fee_units,
             )
             for f in result.buyers
+            if f.token_units
         ]
         + [
             Allocation(
@@ -461,6 +462,7 @@ def _allocate(
                 fee_units=f.fee_units,
             )
             for f in result.sellers
+            if f.token_units
         ]
     )
     min_units = usdt_to_units(settings.ORDER_MIN_USDT)

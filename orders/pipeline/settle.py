@@ -14,6 +14,7 @@ from chain.settlement import (
 )
 from core.alerts import alert_raise
 from core.audit import audit_record
+from core.money import TOKEN_UNIT
 from orders.models import Order, OrderType
 from orders.pipeline.common import (
     SETTLE,
@@ -43,7 +44,6 @@ def order_settle(*, order_id: int) -> Next | None:
         return None
     kind = settlement_kind(order)
     usdt = order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt
-    tokens = order.tokens_minted if order.order_type == OrderType.BUY else order.tokens_returned
     if not order.settlement_tx_hash:
         if refund_selectors.order_refunds_in_flight(order_id=order.pk):
             return Next(SETTLE, countdown=settings.REFUND_CHECK_SECONDS)
@@ -56,37 +56,14 @@ def order_settle(*, order_id: int) -> Next | None:
             # nothing is sent until the hold is released.
             return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
         try:
-            tx = settlement_sender().submit(
-                DepositSettlement(
-                    deposit_id=int(order.onchain_id),
-                    user=order.user_address,
-                    symbol=order.symbol,
-                    deposit_usdt_units=int(order.usdt_amount),
-                    mint_token_units=tokens,
-                    refund_usdt_units=usdt,
-                    order_id=order.pk,
-                )
-                if order.order_type == OrderType.BUY
-                else RedeemSettlement(
-                    redeem_id=int(order.onchain_id),
-                    user=order.user_address,
-                    symbol=order.symbol,
-                    redeem_token_units=int(order.token_amount),
-                    payout_usdt_units=usdt,
-                    return_token_units=tokens,
-                    order_id=order.pk,
-                ),
-                actor=stage_actor("settle"),
-            )
+            sent = _send_batched(order)
         except SettlementRejected as exc:
             _hold_refused(order=order, kind=kind, reason=f"settlement refused: {exc}")
             return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
-        order = order_record(
-            order=order,
-            actor=stage_actor("settle"),
-            action="order.settlement_sent",
-            settlement_tx_hash=tx.tx_hash,
-        )
+        if not sent:
+            # Another worker is sending it in its batch right now: check again shortly.
+            return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
+        order.refresh_from_db()
     state = settlement_sender().check(
         kind=kind, vault_id=int(order.onchain_id), actor=stage_actor("settle")
     )
@@ -134,6 +111,105 @@ def order_settle(*, order_id: int) -> Next | None:
         )
         return Next(SETTLE, countdown=settings.ORDER_RETRY_SECONDS)
     return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
+
+
+def settlement_request(order: Order) -> DepositSettlement | RedeemSettlement:
+    """The vault call that settles `order`, naming what it settles (user, symbol, amount)
+    and, for an order that traded in netting cycles, its last cycle, its average price per
+    share (USDT base units per whole share: rounded down for a deposit and up for a redeem,
+    so the vault's own check of charge and proceeds holds exactly) and Bronco's fee."""
+    last = order.allocations.order_by("-cycle_id").values_list("cycle_id", flat=True).first()
+    traded = last is not None
+    if order.order_type == OrderType.BUY:
+        minted = int(order.tokens_minted)
+        price = (int(order.cost_usdt) * TOKEN_UNIT) // minted if minted else 0
+        return DepositSettlement(
+            deposit_id=int(order.onchain_id),
+            user=order.user_address,
+            symbol=order.symbol,
+            deposit_usdt_units=int(order.usdt_amount),
+            mint_token_units=minted,
+            refund_usdt_units=int(order.refund_usdt),
+            order_id=order.pk,
+            cycle_id=last if traded else None,
+            price_per_share_units=price if traded else None,
+            fee_units=int(order.fees_usdt) if traded else None,
+        )
+    sold = int(order.token_amount) - int(order.tokens_returned)
+    price = -((-int(order.cost_usdt) * TOKEN_UNIT) // sold) if sold else 0
+    return RedeemSettlement(
+        redeem_id=int(order.onchain_id),
+        user=order.user_address,
+        symbol=order.symbol,
+        redeem_token_units=int(order.token_amount),
+        payout_usdt_units=int(order.payout_usdt),
+        return_token_units=int(order.tokens_returned),
+        order_id=order.pk,
+        cycle_id=last if traded else None,
+        price_per_share_units=price if traded else None,
+        fee_units=int(order.fees_usdt) if traded else None,
+    )
+
+
+def _usdt_paid(order: Order) -> int:
+    return int(order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt)
+
+
+def _send_batched(order: Order) -> bool:
+    """Send `order`'s settlement together with the other settling orders of its kind that
+    wait to be sent (up to CHAIN_SETTLEMENT_BATCH_MAX ids per transaction; each id at most
+    once in the vault), as far as the reserve covers what they pay. Row locks (skip
+    locked) keep two workers from batching the same order. False when another worker holds
+    this order's row (it is sending it). A batch the vault would refuse is retried with this
+    order alone, so one bad element never blocks the others; SettlementRejected then means
+    this order's own settlement is refused."""
+    actor = stage_actor("settle")
+    with transaction.atomic():
+        me = (
+            Order.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(pk=order.pk, status=S.SETTLING, settlement_tx_hash="", held_at__isnull=True)
+            .first()
+        )
+        if me is None:
+            return False
+        balance, floor = refund_selectors.reserve_available()
+        room = balance - floor - _usdt_paid(me)
+        batch = [me]
+        others = (
+            Order.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                status=S.SETTLING,
+                order_type=me.order_type,
+                settlement_tx_hash="",
+                held_at__isnull=True,
+            )
+            .exclude(pk=me.pk)
+            .order_by("pk")[: max(settings.CHAIN_SETTLEMENT_BATCH_MAX - 1, 0)]
+        )
+        for other in others:
+            paid = _usdt_paid(other)
+            if paid > room or refund_selectors.order_refunds_in_flight(order_id=other.pk):
+                continue
+            room -= paid
+            batch.append(other)
+        try:
+            with transaction.atomic():
+                settlements = settlement_sender().submit_batch(
+                    [settlement_request(o) for o in batch], actor=actor
+                )
+        except SettlementRejected:
+            if len(batch) == 1:
+                raise
+            batch = [me]
+            settlements = settlement_sender().submit_batch([settlement_request(me)], actor=actor)
+        for o, settlement in zip(batch, settlements, strict=True):
+            order_record(
+                order=o,
+                actor=actor,
+                action="order.settlement_sent",
+                settlement_tx_hash=settlement.tx_hash,
+            )
+    return True
 
 
 def _hold_refused(*, order: Order, kind: str, reason: str) -> None:
