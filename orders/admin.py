@@ -23,7 +23,7 @@ from django.urls import URLPattern, path, reverse
 
 from core.models import AuditLog
 from orders.exceptions import OrderError
-from orders.models import Order, OrderType
+from orders.models import Allocation, Cycle, HouseInventory, Order, OrderType
 from orders.services import order_operator_cancel, order_operator_retry
 from refunds.exceptions import RefundRefused
 from refunds.services import refund_request
@@ -64,6 +64,85 @@ class AuditLogInline(admin.TabularInline):
         return False
 
 
+class OrderAllocationInline(admin.TabularInline):
+    """What the order got in each netting cycle it took part in."""
+
+    model = Allocation
+    fk_name = "order"
+    extra = 0
+    can_delete = False
+    fields = ("cycle", "order_type", "token_units", "usdt_units", "fee_units", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class CycleAllocationInline(OrderAllocationInline):
+    """Each participant's allocation in the cycle."""
+
+    fk_name = "cycle"
+    fields = ("order", "order_type", "token_units", "usdt_units", "fee_units")
+    readonly_fields = fields
+
+
+@admin.register(Cycle)
+class CycleAdmin(admin.ModelAdmin):
+    """Netting cycles: their quote, what they crossed, their one broker order (Futu id and
+    remark), the one price everyone traded at, the broker's fee (Bronco's cost), the house
+    inventory before and after, and each participant's allocation. Read-only."""
+
+    list_display = (
+        "id",
+        "symbol",
+        "status",
+        "quote_price",
+        "price",
+        "demand_units",
+        "supply_units",
+        "broker_units",
+        "filled_units",
+        "futu_order_id",
+        "broker_fee_usdt",
+        "inventory_after",
+        "created_at",
+    )
+    list_filter = ("status", "symbol", "created_at")
+    search_fields = ("=id", "client_id", "futu_order_id")
+    date_hierarchy = "created_at"
+    inlines = (CycleAllocationInline,)
+    readonly_fields = tuple(f.name for f in Cycle._meta.concrete_fields)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(HouseInventory)
+class HouseInventoryAdmin(admin.ModelAdmin):
+    """Shares Bronco holds at the broker that no token represents (10^-18 share units)."""
+
+    list_display = ("symbol", "token_units", "updated_at")
+    readonly_fields = ("symbol", "token_units", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
     list_display = (
@@ -80,7 +159,7 @@ class OrderAdmin(admin.ModelAdmin):
     list_filter = ("status", "order_type", "stock_code", "created_at")
     search_fields = ("=id", "client_id", "chain_tx_hash", "user_address", "futu_order_id")
     date_hierarchy = "created_at"
-    inlines = (AuditLogInline,)
+    inlines = (OrderAllocationInline, AuditLogInline)
     readonly_fields = tuple(f.name for f in Order._meta.concrete_fields)
     actions = ("retry_orders", "cancel_orders")
 

@@ -1,9 +1,12 @@
 """Admin pages render for staff and send anonymous visitors to the login page."""
 
+from decimal import Decimal
+
 import pytest
 from django.urls import reverse
 
 from core.audit import audit_record
+from orders.models import Allocation, Cycle, CycleStatus
 from tests.factories import OrderFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -12,6 +15,9 @@ PAGES = [
     ("admin:orders_order_changelist", None),
     ("admin:core_auditlog_changelist", None),
     ("admin:orders_order_change", "order"),
+    ("admin:orders_cycle_changelist", None),
+    ("admin:orders_cycle_change", "cycle"),
+    ("admin:orders_houseinventory_changelist", None),
 ]
 
 
@@ -23,11 +29,42 @@ def order():
         futu_order_id="FUTU-777", client_id="bronco-order", chain_tx_hash="0x" + "ab" * 32
     )
     audit_record(actor="test", action="order.created", order_id=order.pk, after={"x": 1})
+    cycle = Cycle.objects.create(
+        symbol="AAPL",
+        stock_code="US.AAPL",
+        status=CycleStatus.ALLOCATED,
+        quote_price=Decimal("180"),
+        price=Decimal("180.25"),
+        ccy_per_usdt=Decimal(1),
+        lot_size=1,
+        fee_rate=Decimal("0.001"),
+        futu_order_id="FUTU-CYCLE-1",
+    )
+    Allocation.objects.create(
+        cycle=cycle,
+        order=order,
+        order_type="BUY",
+        token_units=42 * 10**15,
+        usdt_units=7_571_000,
+        fee_units=7_572,
+    )
     return order
 
 
 def _url(name, arg, order):
+    if arg == "cycle":
+        return reverse(name, args=[order.allocations.get().cycle_id])
     return reverse(name, args=[order.pk]) if arg else reverse(name)
+
+
+def test_cycle_page_shows_its_broker_order_price_and_allocations(client, order):
+    client.force_login(UserFactory(is_superuser=True))
+    cycle = order.allocations.get().cycle
+    body = client.get(reverse("admin:orders_cycle_change", args=[cycle.pk])).content.decode()
+    assert "FUTU-CYCLE-1" in body and "180.250000" in body
+    assert f"/admin/orders/order/{order.pk}/" in body  # the participant's allocation
+    order_page = client.get(reverse("admin:orders_order_change", args=[order.pk]))
+    assert "42000000000000000" in order_page.content.decode()  # its allocation
 
 
 @pytest.mark.parametrize(("name", "arg"), PAGES)

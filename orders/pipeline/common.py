@@ -8,7 +8,6 @@ from django.utils import timezone
 
 from core.metrics import observe_stage
 from core.models import AuditLog
-from orders.allocation import Settlement, allocate_buy, allocate_sell
 from orders.models import Order, OrderStatus, OrderType
 from orders.stages import Next, Stage
 from orders.state import order_transition
@@ -58,28 +57,10 @@ def available_usdt(order: Order) -> int:
     return int(order.usdt_amount) - int(order.manual_refund_usdt)
 
 
-def return_everything(order: Order) -> Settlement:
-    if order.order_type == OrderType.BUY:
-        return allocate_buy(
-            usdt_in=available_usdt(order),
-            filled_qty=Decimal(0),
-            avg_price=None,
-            fee=Decimal(0),
-            ccy_per_usdt=Decimal(1),
-        )
-    return allocate_sell(
-        tokens_in=order.token_amount,
-        filled_qty=Decimal(0),
-        avg_price=None,
-        fee=Decimal(0),
-        ccy_per_usdt=Decimal(1),
-    )
-
-
 def settle_untraded(order: Order, *, outcome: str, reason: str, stage: str) -> Next:
-    """PENDING -> SETTLING with everything returned to the user. Only called when no broker
-    order exists for this client id (callers look the remark up first)."""
-    s = return_everything(order)
+    """PENDING -> SETTLING with everything returned to the user (the deposit less manual
+    refunds, or every token of a redeem). Only for an order that never joined a cycle."""
+    buy = order.order_type == OrderType.BUY
     order_transition(
         order=order,
         to_status=S.SETTLING,
@@ -87,8 +68,8 @@ def settle_untraded(order: Order, *, outcome: str, reason: str, stage: str) -> N
         action="order.refused" if outcome == S.FAILED else "order.canceled_before_trade",
         outcome=outcome,
         last_error=reason,
-        refund_usdt=s.refund_usdt,
-        tokens_returned=s.tokens_returned,
+        refund_usdt=available_usdt(order) if buy else 0,
+        tokens_returned=0 if buy else int(order.token_amount),
     )
     logger.info(
         "order settles untraded",
