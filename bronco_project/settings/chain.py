@@ -33,7 +33,14 @@ CHAIN_START_BLOCK = env_int("CHAIN_START_BLOCK", 0)
 
 # Listener.
 CHAIN_CONFIRMATIONS = env_int("CHAIN_CONFIRMATIONS", 12 if _is_production else 1)
+# eth_getLogs range: at most CHAIN_BACKFILL_CHUNK_BLOCKS; halved on a range refusal (or a
+# read timeout on a wider range) down to CHAIN_BACKFILL_MIN_CHUNK_BLOCKS, doubled back after
+# CHAIN_BACKFILL_GROW_AFTER accepted full-size ranges in a row (chain.node_errors).
 CHAIN_BACKFILL_CHUNK_BLOCKS = env_int("CHAIN_BACKFILL_CHUNK_BLOCKS", 2000)
+CHAIN_BACKFILL_MIN_CHUNK_BLOCKS = env_int("CHAIN_BACKFILL_MIN_CHUNK_BLOCKS", 1)
+CHAIN_BACKFILL_GROW_AFTER = env_int("CHAIN_BACKFILL_GROW_AFTER", 8)
+# A node failing this long raises the alert chain.node_unreachable (resolved on recovery).
+CHAIN_NODE_ALERT_AFTER_SECONDS = env_float("CHAIN_NODE_ALERT_AFTER_SECONDS", 60.0)
 CHAIN_POLL_INTERVAL_SECONDS = env_float("CHAIN_POLL_INTERVAL_SECONDS", 1.0)
 CHAIN_RECONNECT_MAX_DELAY_SECONDS = env_float("CHAIN_RECONNECT_MAX_DELAY_SECONDS", 10.0)
 CHAIN_RPC_TIMEOUT_SECONDS = env_float("CHAIN_RPC_TIMEOUT_SECONDS", 15.0)

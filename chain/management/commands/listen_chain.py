@@ -3,8 +3,9 @@
 import signal
 import threading
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from chain.exceptions import NodeMisconfigured
 from chain.listener import ChainListener, ListenerConfig
 
 
@@ -35,4 +36,7 @@ class Command(BaseCommand):
             f"listening to {config.vault} on chain {config.chain_id} ({options['mode']}, "
             f"{config.confirmations} confirmations)"
         )
-        ChainListener(config, stop_event=stop).run(mode=str(options["mode"]))
+        try:
+            ChainListener(config, stop_event=stop).run(mode=str(options["mode"]))
+        except NodeMisconfigured as exc:
+            raise CommandError(f"the node is not the one Bronco expects: {exc}") from exc
