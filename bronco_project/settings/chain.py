@@ -82,7 +82,12 @@ CHAIN_SETTLEMENT_STUCK_SECONDS = env_float("CHAIN_SETTLEMENT_STUCK_SECONDS", 120
 CHAIN_SETTLEMENT_BATCH_MAX = env_int("CHAIN_SETTLEMENT_BATCH_MAX", 100)
 CHAIN_FEE_BUMP_PERCENT = env_int("CHAIN_FEE_BUMP_PERCENT", 20)
 CHAIN_MIN_PRIORITY_FEE_WEI = env_int("CHAIN_MIN_PRIORITY_FEE_WEI", 1_000_000_000)
+# The most a settlement pays per gas: a replacement the market prices higher is sent at this
+# cap with the alert chain.settlement_fee_cap:<id>.
 CHAIN_MAX_FEE_PER_GAS_WEI = env_int("CHAIN_MAX_FEE_PER_GAS_WEI", 500_000_000_000)
+# How far back a settlement's own event (DepositSettled, ...) is looked for when the vault
+# reports an id settled but no receipt of ours says so (a lagging node, a lost record).
+CHAIN_SETTLEMENT_EVENT_LOOKBACK_BLOCKS = env_int("CHAIN_SETTLEMENT_EVENT_LOOKBACK_BLOCKS", 50_000)
 CHAIN_GAS_LIMIT_PERCENT = env_int("CHAIN_GAS_LIMIT_PERCENT", 130)
 # What orders and refunds pay through (chain.settlement.settlement_sender): a dotted path to a
 # SettlementSender. Tests may name a fake; production refuses anything but the real one.
