@@ -53,6 +53,7 @@ from chain.exceptions import (
 )
 from chain.ingest import (
     chain_logs_commit,
+    chain_logs_replay,
     chain_reorg_rewind,
     cursor_ensure,
     cursor_record_head,
@@ -244,6 +245,39 @@ class ChainListener:
                 actor=ACTOR,
             )
         return written
+
+    def replay(self, from_block: int, to_block: int) -> ListenerStats:
+        """Read [from_block, to_block] again and act on any log of it Bronco has no record of
+        (`listen_chain --replay FROM:TO`): idempotent, nothing doubles, the checkpoint does
+        not move (blocks above it are left to the listener). Node errors are handled as in
+        the backfill; a transport error stops the replay (run it again)."""
+        if from_block > to_block:
+            raise ValueError(f"empty range {from_block}:{to_block}")
+        close_old_connections()
+        self.preflight()
+        self._load_checkpoint()
+        start = from_block
+        while start <= to_block and not self.stop_event.is_set():
+            end = min(start + self.chunk.size - 1, to_block)
+            logs = self._get_logs(start, end)
+            if logs is None:
+                continue
+            result = chain_logs_replay(
+                chain_id=self.config.chain_id, vault=self.config.vault, logs=logs, actor=ACTOR
+            )
+            self.stats.batches += 1
+            self.stats.committed += result.committed
+            self.stats.duplicates += result.duplicates
+            self.stats.quarantined += result.quarantined
+            start = end + 1
+        return self.stats
+
+    def log_on_chain(self, log: RawLog) -> bool:
+        """Does the node still have this log, at its block hash (not reorged away)?"""
+        found = self.client.get_logs(
+            from_block=log.block_number, to_block=log.block_number, address=self.config.vault
+        )
+        return any(f.key == log.key and f.block_hash == log.block_hash for f in found)
 
     def _get_logs(self, start: int, end: int) -> list[RawLog] | None:
         """The vault's logs of [start, end], or None when the range must be asked again
