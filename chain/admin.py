@@ -1,6 +1,8 @@
 """Read-mostly admin views of what the chain app records."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from chain.models import (
     ChainCursor,
@@ -36,6 +38,26 @@ class QuarantinedLogAdmin(ReadOnlyAdmin):
     list_display = ("id", "reason", "address", "tx_hash", "log_index", "created_at", "resolved_at")
     list_filter = ("reason",)
     search_fields = ("tx_hash", "address")
+    actions = ("reprocess",)
+
+    @admin.action(description="Re-process (after a fix): act on the log if still on chain")
+    def reprocess(self, request: HttpRequest, queryset: QuerySet) -> None:
+        from chain.ingest import quarantined_log_reprocess
+        from chain.listener import ChainListener, ListenerConfig
+
+        listener = ChainListener(ListenerConfig.from_settings())
+        actor = f"admin:{request.user.get_username()}"
+        done = 0
+        for row in queryset.filter(resolved_at=None).order_by("block_number", "log_index"):
+            done += quarantined_log_reprocess(
+                quarantined_id=row.pk,
+                vault=listener.config.vault,
+                canonical=listener.log_on_chain,
+                actor=actor,
+            )
+        left = queryset.filter(resolved_at=None).count()
+        level = messages.SUCCESS if not left else messages.WARNING
+        self.message_user(request, f"{done} re-processed, {left} still quarantined", level)
 
 
 class SettlementAttemptInline(admin.TabularInline):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -29,34 +30,27 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3, HTTPProvider, Web3, WebSocketProvider
 from web3.exceptions import (
     ContractLogicError,
+    InvalidAddress,
     TimeExhausted,
     TransactionNotFound,
     Web3Exception,
     Web3RPCError,
 )
 
+from chain import node_errors
 from chain.events import ContractEvent, EventT, event_from_abi, event_type
 from chain.events import bytes32_to_symbol as bytes32_to_symbol  # re-exported: callers' door
 from chain.events import symbol_to_bytes32 as symbol_to_bytes32
 from chain.exceptions import (
     ChainUnavailable,
     ContractReverted,
-    RangeTooLarge,
+    NodeMisconfigured,
     TransactionRejected,
 )
 
+logger = logging.getLogger(__name__)
+
 ARTIFACTS_PATH = Path(__file__).resolve().parent / "contracts" / "artifacts.json"
-
-_RANGE_ERROR_HINTS = (
-    "range",
-    "too many",
-    "limit exceeded",
-    "exceed",
-    "response size",
-    "query returned more than",
-    "block range",
-)
-
 
 # --- Bronco types ---------------------------------------------------------------------------
 
@@ -302,16 +296,16 @@ def _receipt(r: Any) -> Receipt:
 
 
 def _translate(exc: BaseException) -> Exception:
+    """Any web3/requests/socket error as a Bronco error, by class (chain.node_errors)."""
     if isinstance(exc, ContractLogicError):
         name, args = decode_revert(exc.data)
         return ContractReverted(str(exc.message or exc), error_name=name, error_args=args)
+    if isinstance(exc, InvalidAddress):
+        return NodeMisconfigured(f"invalid address: {exc}", setting="CHAIN_VAULT_ADDRESS")
     if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError):
-        return ChainUnavailable(str(exc))
+        return node_errors.transport_error(exc)
     if isinstance(exc, Web3RPCError):
-        message = str(exc.message).lower()
-        if any(hint in message for hint in _RANGE_ERROR_HINTS):
-            return RangeTooLarge(exc.message)
-        return TransactionRejected(exc.message)
+        return node_errors.web3_rpc_error(exc)
     return ChainUnavailable(f"{type(exc).__name__}: {exc}")
 
 
@@ -320,7 +314,15 @@ class ChainClient:
 
     def __init__(self, rpc_url: str, *, timeout: float = 15.0) -> None:
         self.rpc_url = rpc_url
-        self._w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        # web3's own retries (5 tries of every failed read) are off: Bronco reacts by error
+        # class (chain.node_errors), and a hidden retry loop would hide a range refusal.
+        self._w3 = Web3(
+            HTTPProvider(
+                rpc_url,
+                request_kwargs={"timeout": timeout},
+                exception_retry_configuration=None,
+            )
+        )
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -339,6 +341,8 @@ class ChainClient:
         try:
             b = self._run(self._w3.eth.get_block, number)
         except TransactionRejected:
+            return None
+        if b is None:
             return None
         return BlockHeader(
             number=int(b["number"]),
@@ -434,10 +438,15 @@ class ChainClient:
         return int(self._run(self._w3.eth.estimate_gas, tx))
 
     def fee_quote(self, *, min_priority_fee: int) -> FeeQuote:
+        """The latest base fee and a priority fee of at least `min_priority_fee`. A node
+        without `eth_maxPriorityFeePerGas` whose `eth_feeHistory` is unusable (`reward` null
+        or missing, as some clients answer) gets `min_priority_fee`: web3's fallback raises
+        TypeError/KeyError there, which never leaves this method. Transport errors do."""
         header = self.block("latest")
         try:
             tip = int(self._run(lambda: self._w3.eth.max_priority_fee))
-        except TransactionRejected:
+        except (TransactionRejected, NodeMisconfigured, TypeError, KeyError, ValueError) as exc:
+            logger.info("no usable priority fee suggestion (%s): using the minimum", exc)
             tip = 0
         return FeeQuote(
             base_fee_per_gas=header.base_fee_per_gas if header else 0,

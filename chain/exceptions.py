@@ -9,8 +9,28 @@ class ChainUnavailable(ChainError):
     """The node did not answer (connection refused, closed, timed out). Transient."""
 
 
+class NodeTimedOut(ChainUnavailable):
+    """The node accepted the request but did not answer within the read timeout. On a wide
+    eth_getLogs range this is how some nodes say "range too large" (see chain.node_errors)."""
+
+
+class RateLimited(ChainUnavailable):
+    """The node (or its provider) refused for rate or quota (HTTP 429, -32005 "limit
+    exceeded"): wait with jitter and ask again, the same request."""
+
+
 class RangeTooLarge(ChainError):
-    """The node refused an eth_getLogs range (too many blocks or results): halve it."""
+    """The node refused an eth_getLogs range (too many blocks or results): split it."""
+
+
+class NodeMisconfigured(ChainError):
+    """The node answers, but Bronco is pointed at the wrong thing (wrong chain id, no vault
+    code at the address, unknown method, invalid address, refused credentials). Retrying
+    cannot help; `setting` names what to fix."""
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(f"{message} (fix {setting})")
+        self.setting = setting
 
 
 class ContractReverted(ChainError):

@@ -115,28 +115,10 @@ def chain_logs_commit(
             cursor.head_number = head
             cursor.save(update_fields=["head_number", "updated_at"])
             return BatchResult(checkpoint=cursor.block_number)
-        fresh = sorted(
-            (log for log in logs if log.block_number > cursor.block_number),
-            key=lambda log: (log.block_number, log.log_index),
+        new_logs, duplicates = _unseen(
+            chain_id=chain_id,
+            logs=[log for log in logs if log.block_number > cursor.block_number],
         )
-        tx_hashes = {log.tx_hash for log in fresh}
-        seen = set(
-            ChainEvent.objects.filter(
-                chain_id=chain_id, tx_hash__in=tx_hashes, removed_at__isnull=True
-            ).values_list("tx_hash", "log_index")
-        ) | set(
-            QuarantinedLog.objects.filter(chain_id=chain_id, tx_hash__in=tx_hashes).values_list(
-                "tx_hash", "log_index"
-            )
-        )
-        new_logs: list[RawLog] = []
-        duplicates = 0
-        for log in fresh:
-            if log.key in seen:
-                duplicates += 1
-                continue
-            seen.add(log.key)
-            new_logs.append(log)
         events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
         duplicates += remined
         quarantined = len(new_logs) - len(events) - remined
@@ -148,6 +130,103 @@ def chain_logs_commit(
     return BatchResult(
         committed=len(events), duplicates=duplicates, quarantined=quarantined, checkpoint=to_block
     )
+
+
+def _unseen(*, chain_id: int, logs: Sequence[RawLog]) -> tuple[list[RawLog], int]:
+    """`logs` in chain order without those already recorded (a live event or a quarantined
+    log at the same tx hash and log index), and how many were dropped so."""
+    fresh = sorted(logs, key=lambda log: (log.block_number, log.log_index))
+    tx_hashes = {log.tx_hash for log in fresh}
+    seen = set(
+        ChainEvent.objects.filter(
+            chain_id=chain_id, tx_hash__in=tx_hashes, removed_at__isnull=True
+        ).values_list("tx_hash", "log_index")
+    ) | set(
+        QuarantinedLog.objects.filter(chain_id=chain_id, tx_hash__in=tx_hashes).values_list(
+            "tx_hash", "log_index"
+        )
+    )
+    new_logs: list[RawLog] = []
+    duplicates = 0
+    for log in fresh:
+        if log.key in seen:
+            duplicates += 1
+            continue
+        seen.add(log.key)
+        new_logs.append(log)
+    return new_logs, duplicates
+
+
+def chain_logs_replay(
+    *, chain_id: int, vault: str, logs: Sequence[RawLog], actor: str
+) -> BatchResult:
+    """Act on logs of blocks the checkpoint already passed that Bronco has no record of
+    (`listen_chain --replay`, the webhook): what is recorded is skipped, exactly as in
+    `chain_logs_commit`, so a replay never doubles anything. The checkpoint does not move;
+    logs above it are left to the listener. Holds the cursor row lock, like the listener."""
+    with transaction.atomic():
+        cursor = ChainCursor.objects.select_for_update().get(chain_id=chain_id, address=vault)
+        new_logs, duplicates = _unseen(
+            chain_id=chain_id,
+            logs=[
+                log
+                for log in logs
+                if log.block_number <= cursor.block_number and log.address.lower() == vault.lower()
+            ],
+        )
+        events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
+        ChainEvent.objects.bulk_create(events)
+    return BatchResult(
+        committed=len(events),
+        duplicates=duplicates + remined,
+        quarantined=len(new_logs) - len(events) - remined,
+        checkpoint=cursor.block_number,
+    )
+
+
+def quarantined_log_reprocess(
+    *, quarantined_id: int, vault: str, canonical: Callable[[RawLog], bool], actor: str
+) -> bool:
+    """Act on a quarantined log again (after a fix), as the listener would have. `canonical`
+    says whether the node still has the log at its block (a log reorged away is never acted
+    on). True when it became an event (the quarantine row resolved, audited with `actor`,
+    e.g. "admin:<username>"); False when it still cannot be acted on (it stays quarantined)."""
+    with transaction.atomic():
+        row = QuarantinedLog.objects.select_for_update().get(pk=quarantined_id)
+        if row.resolved_at is not None:
+            return False
+        log = RawLog(
+            address=row.address,
+            topics=tuple(row.topics),
+            data=row.data,
+            block_number=row.block_number,
+            block_hash=row.block_hash,
+            tx_hash=row.tx_hash,
+            log_index=row.log_index,
+        )
+        if not canonical(log):
+            audit_record(
+                actor=actor,
+                action="chain.quarantine_reprocess_refused",
+                after={"tx_hash": row.tx_hash, "log_index": row.log_index, "why": "not on chain"},
+            )
+            return False
+        with transaction.atomic():
+            row_key = (row.tx_hash, row.log_index)
+            events, _remined = _act_on_batch(
+                chain_id=row.chain_id, vault=vault, logs=[log], actor=actor
+            )
+            ChainEvent.objects.bulk_create(events)
+        done = any((e.tx_hash, e.log_index) == row_key for e in events)
+        if done:
+            row.resolved_at = timezone.now()
+            row.save(update_fields=["resolved_at"])
+        audit_record(
+            actor=actor,
+            action="chain.quarantine_reprocessed" if done else "chain.quarantine_reprocess_failed",
+            after={"tx_hash": row.tx_hash, "log_index": row.log_index, "reason": row.reason},
+        )
+    return done
 
 
 def _act_on_batch(

@@ -10,7 +10,12 @@ What it guarantees:
   and counted, while the replacement is taken from `eth_getLogs`. Relying on the pushed logs
   alone would race the newHeads/logs delivery order, which nodes do not promise.
 - On start and after every reconnect it subscribes first and then backfills from the
-  checkpoint in chunks (halved when the node refuses a range), so nothing falls in the gap.
+  checkpoint in chunks, so nothing falls in the gap. The chunk halves when the node refuses
+  a range (or times out on one) and grows back after a run of accepted ranges; a rate limit
+  is waited out with jitter at the same size (`chain.node_errors` says which error is which).
+- A node that is the wrong one (chain id, no vault code, unknown method) stops it with
+  `NodeMisconfigured` naming the setting; an unreachable node raises `chain.node_unreachable`
+  once it has failed for `node_alert_after_seconds`, resolved at the next success.
 - Reorgs of any depth: a checkpoint block that is no longer canonical (or a `removed: true`
   log for an event acted on) makes it walk back to the common ancestor (the highest block
   whose stored hash the node still has), mark the events of replaced blocks removed, hold
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,11 +41,19 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from eth_utils import is_address
 
 from chain.client import ChainClient, ChainSubscription, NewHead, RawLog
-from chain.exceptions import ChainUnavailable, RangeTooLarge
+from chain.exceptions import (
+    ChainUnavailable,
+    NodeMisconfigured,
+    NodeTimedOut,
+    RangeTooLarge,
+    RateLimited,
+)
 from chain.ingest import (
     chain_logs_commit,
+    chain_logs_replay,
     chain_reorg_rewind,
     cursor_ensure,
     cursor_record_head,
@@ -47,6 +61,8 @@ from chain.ingest import (
     reorg_holds_resolve,
     stored_block_hashes,
 )
+from chain.node_errors import Backoff, LogChunk
+from core.alerts import alert_raise, alert_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +77,14 @@ class ListenerConfig:
     ws_url: str
     confirmations: int = 1
     chunk_blocks: int = 2000
+    min_chunk_blocks: int = 1
+    chunk_grow_after: int = 8
     poll_interval: float = 1.0
     reconnect_max_delay: float = 10.0
     start_block: int = 0
     idle_check_seconds: float = 5.0
+    rpc_timeout: float = 15.0
+    node_alert_after_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> ListenerConfig:
@@ -78,6 +98,10 @@ class ListenerConfig:
             "ws_url": settings.CHAIN_WS_URL,
             "confirmations": settings.CHAIN_CONFIRMATIONS,
             "chunk_blocks": settings.CHAIN_BACKFILL_CHUNK_BLOCKS,
+            "min_chunk_blocks": settings.CHAIN_BACKFILL_MIN_CHUNK_BLOCKS,
+            "chunk_grow_after": settings.CHAIN_BACKFILL_GROW_AFTER,
+            "rpc_timeout": settings.CHAIN_RPC_TIMEOUT_SECONDS,
+            "node_alert_after_seconds": settings.CHAIN_NODE_ALERT_AFTER_SECONDS,
             "poll_interval": settings.CHAIN_POLL_INTERVAL_SECONDS,
             "reconnect_max_delay": settings.CHAIN_RECONNECT_MAX_DELAY_SECONDS,
             "start_block": settings.CHAIN_START_BLOCK or contracts.deploy_block,
@@ -99,6 +123,10 @@ class ListenerStats:
     head: int = 0
     checkpoint: int = -1
     chunk_halvings: int = 0
+    chunk_grows: int = 0
+    range_timeouts: int = 0
+    rate_limited: int = 0
+    get_logs_calls: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -116,7 +144,15 @@ class ChainListener:
         self.config = config
         self.stop_event = stop_event or threading.Event()
         self.stats = ListenerStats()
-        self._chunk = config.chunk_blocks
+        self.chunk = LogChunk(
+            maximum=config.chunk_blocks,
+            minimum=config.min_chunk_blocks,
+            grow_after=config.chunk_grow_after,
+        )
+        self._rate_backoff = Backoff(base=0.2, cap=config.reconnect_max_delay)
+        self._failing_since: float | None = None
+        self._alerted = False
+        self._preflight_done = False
         self._unconfirmed: dict[tuple[str, int, str], RawLog] = {}
         self._unconfirmed_lock = threading.Lock()
         self._client: ChainClient | None = None
@@ -128,8 +164,30 @@ class ChainListener:
     @property
     def client(self) -> ChainClient:
         if self._client is None:
-            self._client = ChainClient(self.config.rpc_url)
+            self._client = ChainClient(self.config.rpc_url, timeout=self.config.rpc_timeout)
         return self._client
+
+    def preflight(self) -> None:
+        """Refuse a node that is the wrong one, naming the setting (NodeMisconfigured): an
+        invalid vault address, another chain id, no contract code at the vault address.
+        Transport errors pass through (the caller retries)."""
+        if not is_address(self.config.vault):
+            raise NodeMisconfigured(
+                f"{self.config.vault!r} is not an address", setting="CHAIN_VAULT_ADDRESS"
+            )
+        node_chain = self.client.chain_id()
+        if node_chain != self.config.chain_id:
+            raise NodeMisconfigured(
+                f"the node at {self.config.rpc_url} is chain {node_chain}, "
+                f"Bronco expects chain {self.config.chain_id}",
+                setting="CHAIN_ID / CHAIN_RPC_URL",
+            )
+        if not self.client.code_at(self.config.vault):
+            raise NodeMisconfigured(
+                f"no contract code at the vault address {self.config.vault} on chain {node_chain}",
+                setting="CHAIN_VAULT_ADDRESS",
+            )
+        self._preflight_done = True
 
     def _load_checkpoint(self) -> None:
         checkpoint = cursor_ensure(
@@ -143,6 +201,8 @@ class ChainListener:
     def catch_up(self, head: int) -> int:
         """Act on every log confirmed at `head` past the checkpoint. Returns events written."""
         close_old_connections()
+        if not self._preflight_done:
+            self.preflight()
         self._load_checkpoint()
         self.stats.head = head
         self._check_checkpoint_canonical()
@@ -153,17 +213,9 @@ class ChainListener:
         written = 0
         start = self.stats.checkpoint + 1
         while start <= target and not self.stop_event.is_set():
-            end = min(start + self._chunk - 1, target)
-            try:
-                logs = self.client.get_logs(
-                    from_block=start, to_block=end, address=self.config.vault
-                )
-            except RangeTooLarge:
-                if self._chunk == 1:
-                    raise
-                self._chunk = max(1, self._chunk // 2)
-                self.stats.chunk_halvings += 1
-                logger.warning("node refused a log range; chunk now %s blocks", self._chunk)
+            end = min(start + self.chunk.size - 1, target)
+            logs = self._get_logs(start, end)
+            if logs is None:
                 continue
             end_hash = self.client.block_hash(end) or ""
             result = chain_logs_commit(
@@ -184,6 +236,7 @@ class ChainListener:
             self._settle_unconfirmed(up_to=end, canonical=logs)
             written += result.committed
             start = end + 1
+            self._node_ok()
             reorg_holds_resolve(
                 chain_id=self.config.chain_id,
                 checkpoint=result.checkpoint,
@@ -192,6 +245,86 @@ class ChainListener:
                 actor=ACTOR,
             )
         return written
+
+    def replay(self, from_block: int, to_block: int) -> ListenerStats:
+        """Read [from_block, to_block] again and act on any log of it Bronco has no record of
+        (`listen_chain --replay FROM:TO`): idempotent, nothing doubles, the checkpoint does
+        not move (blocks above it are left to the listener). Node errors are handled as in
+        the backfill; a transport error stops the replay (run it again)."""
+        if from_block > to_block:
+            raise ValueError(f"empty range {from_block}:{to_block}")
+        close_old_connections()
+        self.preflight()
+        self._load_checkpoint()
+        start = from_block
+        while start <= to_block and not self.stop_event.is_set():
+            end = min(start + self.chunk.size - 1, to_block)
+            logs = self._get_logs(start, end)
+            if logs is None:
+                continue
+            result = chain_logs_replay(
+                chain_id=self.config.chain_id, vault=self.config.vault, logs=logs, actor=ACTOR
+            )
+            self.stats.batches += 1
+            self.stats.committed += result.committed
+            self.stats.duplicates += result.duplicates
+            self.stats.quarantined += result.quarantined
+            start = end + 1
+        return self.stats
+
+    def log_on_chain(self, log: RawLog) -> bool:
+        """Does the node still have this log, at its block hash (not reorged away)?"""
+        found = self.client.get_logs(
+            from_block=log.block_number, to_block=log.block_number, address=self.config.vault
+        )
+        return any(f.key == log.key and f.block_hash == log.block_hash for f in found)
+
+    def _get_logs(self, start: int, end: int) -> list[RawLog] | None:
+        """The vault's logs of [start, end], or None when the range must be asked again
+        (smaller after a range refusal, the same after a rate limit). Raises what no
+        retry of this range can fix: transport errors, a refusal at the smallest chunk,
+        configuration errors."""
+        span = end - start + 1
+        self.stats.get_logs_calls += 1
+        try:
+            logs = self.client.get_logs(from_block=start, to_block=end, address=self.config.vault)
+        except NodeTimedOut:
+            if span <= self.chunk.minimum:
+                raise
+            self.stats.range_timeouts += 1
+            self._shrink(f"timed out on {span} blocks")
+            return None
+        except RangeTooLarge as exc:
+            if not self._shrink(f"refused {span} blocks: {exc}"):
+                raise
+            return None
+        except RateLimited as exc:
+            self.stats.rate_limited += 1
+            delay = self._rate_backoff.next(at_least=getattr(exc, "retry_after", None))
+            logger.warning("node rate limited eth_getLogs (%s); waiting %.2fs", exc, delay)
+            self.stop_event.wait(delay)
+            return None
+        self._rate_backoff.reset()
+        grows = self.chunk.grows
+        self.chunk.accepted(span)
+        if self.chunk.grows > grows:
+            self.stats.chunk_grows += 1
+            logger.info("node accepts %s-block ranges again; chunk now %s", span, self.chunk.size)
+        return logs
+
+    def _shrink(self, why: str) -> bool:
+        if not self.chunk.shrink():
+            return False
+        self.stats.chunk_halvings += 1
+        logger.warning("node %s; chunk now %s blocks", why, self.chunk.size)
+        return True
+
+    def _node_ok(self) -> None:
+        """The node answered a full round: end an outage (and its alert)."""
+        self._failing_since = None
+        if self._alerted:
+            self._alerted = False
+            alert_resolve(key="chain.node_unreachable", actor=ACTOR)
 
     def _request_on_chain(self, name: str, vault_id: int) -> bool:
         """Does the vault hold this deposit/redeem at its id now (even unconfirmed)?"""
@@ -296,12 +429,34 @@ class ChainListener:
             self.stop_event.wait(delay)
 
     def _note_failure(self, exc: Exception, delay: float) -> float:
+        """Log a failed round and return the next wait (capped, doubled). A node failing
+        for longer than `node_alert_after_seconds` raises `chain.node_unreachable`."""
         self.stats.errors.append(f"{type(exc).__name__}: {exc}"[:300])
         del self.stats.errors[:-20]
         logger.warning("listener: %s: %s; retrying in %.1fs", type(exc).__name__, exc, delay)
         if isinstance(exc, DatabaseError):
             connection.close()
+        elif isinstance(exc, ChainUnavailable | RangeTooLarge):
+            now = time.monotonic()
+            self._failing_since = self._failing_since or now
+            if not self._alerted and now - self._failing_since >= (
+                self.config.node_alert_after_seconds
+            ):
+                self._node_alert(exc, now - self._failing_since)
         return min(max(delay, 0.2) * 2, self.config.reconnect_max_delay)
+
+    def _node_alert(self, exc: Exception, seconds: float) -> None:
+        try:
+            alert_raise(
+                key="chain.node_unreachable",
+                message=f"the listener has not reached the node for {seconds:.0f}s: {exc}",
+                source=ACTOR,
+                details={"rpc_url": self.config.rpc_url, "error": str(exc)[:300]},
+            )
+            self._alerted = True
+            self.stats.alerts += 1
+        except DatabaseError:
+            logger.exception("could not record the node_unreachable alert")
 
     # --- WebSocket mode ------------------------------------------------------------------------
 

@@ -27,9 +27,17 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chain import selectors
-from chain.client import ChainClient, Receipt, SignedTx, address_of_key, chain_client
+from chain.client import (
+    ChainClient,
+    Receipt,
+    SignedTx,
+    address_of_key,
+    chain_client,
+    event_topic,
+)
 from chain.deployment import contract_set
 from chain.exceptions import (
+    ChainError,
     ChainUnavailable,
     ContractReverted,
     NotConfigured,
@@ -69,6 +77,13 @@ def _operator_key() -> str:
 
 
 # The revert that means "an earlier attempt already did this", per kind.
+# The vault's log for a settled id: (event, topic position of the id).
+_SETTLED_EVENT = {
+    SettlementKind.DEPOSIT: ("DepositSettled", 1),
+    SettlementKind.REDEEM: ("RedeemSettled", 1),
+    SettlementKind.REFUND: ("DepositRefunded", 2),
+}
+
 _ALREADY_DONE = {
     SettlementKind.DEPOSIT: "AlreadySettled",
     SettlementKind.REDEEM: "AlreadySettled",
@@ -408,7 +423,9 @@ def _sync_members(batch: SettlementBatch) -> None:
 
 
 def _broadcast(*, pk: int, raw: str, actor: str, batch: bool = False) -> None:
-    """Send a committed attempt. Failure leaves the row for settlement_check to retry."""
+    """Send a committed attempt (a first one, a replacement or a re-sign: each is committed
+    before it reaches the node, so a transaction that settles is never unknown to the
+    database). Failure leaves the row for settlement_check to retry."""
     model = SettlementBatch if batch else SettlementTx
     client = chain_client()
     try:
@@ -418,9 +435,9 @@ def _broadcast(*, pk: int, raw: str, actor: str, batch: bool = False) -> None:
         logger.warning("settlement %s%s broadcast failed: %s", "batch " * batch, pk, exc)
         return
     now = timezone.now()
-    updated = model.objects.filter(pk=pk, status=SettlementStatus.SIGNED).update(
-        status=SettlementStatus.SENT, sent_at=now, updated_at=now
-    )
+    updated = model.objects.filter(
+        pk=pk, status__in=(SettlementStatus.SIGNED, SettlementStatus.SENT)
+    ).update(status=SettlementStatus.SENT, sent_at=now, updated_at=now)
     if updated:
         carrier = model.objects.get(pk=pk)
         if isinstance(carrier, SettlementBatch):
@@ -510,8 +527,15 @@ def _judge_receipt(*, client: ChainClient, row: Carrier, receipt: Receipt, actor
         kind=row.kind, onchain_id=int(row.onchain_id)
     ):
         row.status = SettlementStatus.CONFIRMED
-        row.already_settled = True
-        action = "chain.settlement_already_settled"
+        settled_by = _settlement_event_tx(client=client, row=row)
+        if settled_by is not None:
+            row.tx_hash, row.block_number = settled_by
+        row.already_settled = row.tx_hash not in _attempt_hashes(row)
+        action = (
+            "chain.settlement_already_settled"
+            if row.already_settled
+            else "chain.settlement_confirmed"
+        )
     else:
         row.status = SettlementStatus.REVERTED
         row.last_error = f"reverted in block {receipt.block_number}"
@@ -558,18 +582,110 @@ def _alert_refused(carrier: Carrier, *, reason: str, actor: str) -> None:
         )
 
 
+_NONCE_TOO_LOW = ("nonce too low", "nonce has already been used", "oldnonce")
+_REPLACEMENT_UNDERPRICED = ("replacement transaction underpriced", "replacement underpriced")
+_FEE_CAP_TOO_LOW = (
+    "less than block base fee",
+    "fee cap less than",
+    "feecap",
+    "fee cap too low",
+    "max fee per gas less than",
+    "transaction underpriced",
+)
+
+
+def _says(exc: Exception, hints: tuple[str, ...]) -> bool:
+    message = str(exc).lower()
+    return any(hint in message for hint in hints)
+
+
+def _attempt_hashes(row: Carrier) -> set[str]:
+    return set(row.attempts.values_list("tx_hash", flat=True))
+
+
+def _settlement_event_tx(*, client: ChainClient, row: SettlementTx) -> tuple[str, int] | None:
+    """(tx hash, block) of the vault's DepositSettled / RedeemSettled / DepositRefunded log
+    for this id within the last CHAIN_SETTLEMENT_EVENT_LOOKBACK_BLOCKS, or None (not found,
+    or the node would not say)."""
+    name, position = _SETTLED_EVENT[SettlementKind(row.kind)]
+    id_topic = "0x" + int(row.onchain_id).to_bytes(32, "big").hex()
+    topics: list[str | None] = [event_topic(name)] + [None] * (position - 1) + [id_topic]
+    try:
+        head = client.block_number()
+        logs = client.get_logs(
+            from_block=max(0, head - settings.CHAIN_SETTLEMENT_EVENT_LOOKBACK_BLOCKS),
+            to_block=head,
+            address=contract_set().vault,
+            topics=topics,
+        )
+    except ChainError as exc:
+        logger.warning("settlement %s: could not look for its event: %s", row, exc)
+        return None
+    return (logs[-1].tx_hash, logs[-1].block_number) if logs else None
+
+
+def _settled_elsewhere(*, client: ChainClient, row: Carrier, actor: str) -> bool:
+    """Checked before any re-sign with a new nonce: did an earlier attempt (any nonce)
+    succeed, or does the vault already report the id settled? Moves the row when it can (the
+    recorded hash is the transaction that emitted the settlement event) and returns True:
+    then nothing may be signed. A settled id whose transaction the node does not show yet (a
+    lagging backend) stays PENDING, to be confirmed by a later check: never a second send."""
+    for attempt in row.attempts.order_by("-id"):
+        receipt = client.receipt(attempt.tx_hash)
+        if receipt is not None and receipt.succeeded:
+            _judge_receipt(client=client, row=row, receipt=receipt, actor=actor)
+            return True
+    if isinstance(row, SettlementBatch):
+        return False  # a batch skips settled ids on chain (SettlementSkipped)
+    if not selectors.is_settled(kind=row.kind, onchain_id=int(row.onchain_id)):
+        return False
+    settled_by = _settlement_event_tx(client=client, row=row)
+    if settled_by is None:
+        row.last_error = "the vault reports it settled; its transaction is not visible yet"
+        row.save(update_fields=["last_error", "updated_at"])
+        logger.warning("settlement %s settled on chain; waiting to see its transaction", row)
+        return True
+    before = _carrier_view(row)
+    row.tx_hash, row.block_number = settled_by
+    row.already_settled = row.tx_hash not in _attempt_hashes(row)
+    row.status = SettlementStatus.CONFIRMED
+    row.confirmed_at = timezone.now()
+    row.save()
+    _audit_carrier(
+        row,
+        actor=actor,
+        action=(
+            "chain.settlement_already_settled"
+            if row.already_settled
+            else "chain.settlement_confirmed"
+        ),
+        before=before,
+        extra={"block_number": row.block_number, "found_by": "settlement event"},
+    )
+    return True
+
+
 def _rebroadcast(
     *, client: ChainClient, row: Carrier, attempt: SettlementAttempt, actor: str
 ) -> None:
+    """The node does not have the latest attempt: send it again. What a refusal means:
+    - nonce too low: the nonce is used. If by one of ours or the id is settled on chain,
+      record that (`_settled_elsewhere`); otherwise it went to a transaction not ours, and
+      the settlement is re-signed with a new nonce.
+    - fee cap below the base fee, or an underpriced replacement: re-signed with the same
+      nonce and a fresh fee quote (bumped), up to CHAIN_MAX_FEE_PER_GAS_WEI.
+    """
     try:
         client.send_raw(attempt.raw_tx)
     except TransactionRejected as exc:
-        if "nonce too low" not in str(exc).lower():
-            row.last_error = str(exc)[:2000]
-            row.save(update_fields=["last_error", "updated_at"])
-            return
-        # The nonce went to a transaction that is not ours: take a new one.
-        _resign(client=client, row=row, latest=attempt, new_nonce=True, actor=actor)
+        row.last_error = str(exc)[:2000]
+        row.save(update_fields=["last_error", "updated_at"])
+        if _says(exc, _NONCE_TOO_LOW):
+            _resign(client=client, row=row, latest=attempt, new_nonce=True, actor=actor)
+        elif _says(exc, _REPLACEMENT_UNDERPRICED) or _says(exc, _FEE_CAP_TOO_LOW):
+            _resign(client=client, row=row, latest=attempt, new_nonce=False, actor=actor)
+        else:
+            logger.warning("settlement %s rebroadcast refused: %s", row, exc)
         return
     if row.status == SettlementStatus.SIGNED:
         row.status = SettlementStatus.SENT
@@ -592,15 +708,23 @@ def _resign(
     new_nonce: bool,
     actor: str,
 ) -> None:
-    """Sign again with a higher fee: the same nonce (a replacement), or a fresh one."""
+    """Sign again with a fresh fee quote, bumped above the latest attempt: the same nonce (a
+    replacement), or a fresh one (only after `_settled_elsewhere` said no). The fee is capped
+    at CHAIN_MAX_FEE_PER_GAS_WEI, with the alert `chain.settlement_fee_cap:<id>` when the
+    market asks more. The attempt is committed before it is broadcast (on commit of the
+    caller's transaction, which holds the carrier's row lock)."""
+    if new_nonce and _settled_elsewhere(client=client, row=row, actor=actor):
+        return
     fees = client.fee_quote(min_priority_fee=settings.CHAIN_MIN_PRIORITY_FEE_WEI)
     tip = max(_bumped(int(latest.max_priority_fee_per_gas)), fees.max_priority_fee_per_gas)
     max_fee = max(_bumped(int(latest.max_fee_per_gas)), 2 * fees.base_fee_per_gas + tip)
-    if max_fee > settings.CHAIN_MAX_FEE_PER_GAS_WEI:
-        if int(latest.max_fee_per_gas) >= settings.CHAIN_MAX_FEE_PER_GAS_WEI:
+    cap = settings.CHAIN_MAX_FEE_PER_GAS_WEI
+    if max_fee > cap:
+        _alert_fee_cap(row, wanted=max_fee, base_fee=fees.base_fee_per_gas, actor=actor)
+        if int(latest.max_fee_per_gas) >= cap and not new_nonce:
             logger.error("settlement %s stuck at the fee cap", row)
             return
-        max_fee = settings.CHAIN_MAX_FEE_PER_GAS_WEI
+        max_fee = cap
     fn, args = _vault_call_of(row)
     nonce = (
         nonce_allocate(client=client, chain_id=row.chain_id, address=row.sender)
@@ -623,14 +747,8 @@ def _resign(
     _attempt_create(row, signed)
     row.nonce = nonce
     row.tx_hash = signed.tx_hash
-    try:
-        client.send_raw(signed.raw)
-    except (TransactionRejected, ChainUnavailable) as exc:
-        row.last_error = str(exc)[:2000]
-        logger.warning("settlement %s replacement not accepted: %s", row, exc)
-    else:
-        row.status = SettlementStatus.SENT
-        row.sent_at = timezone.now()
+    if new_nonce:
+        row.status = SettlementStatus.SIGNED
     row.save()
     if isinstance(row, SettlementBatch):
         _sync_members(row)
@@ -640,6 +758,22 @@ def _resign(
         action="chain.settlement_replaced",
         before=before,
         extra={"max_fee_per_gas": max_fee, "new_nonce": new_nonce},
+    )
+    pk, raw, batch = row.pk, signed.raw, isinstance(row, SettlementBatch)
+    transaction.on_commit(lambda: _broadcast(pk=pk, raw=raw, actor=actor, batch=batch))
+
+
+def _alert_fee_cap(row: Carrier, *, wanted: int, base_fee: int, actor: str) -> None:
+    from chain.ingest import chain_alert_raise
+
+    chain_alert_raise(
+        chain_id=row.chain_id,
+        kind=f"settlement_fee_cap:{row.pk}",
+        message=f"settlement {row} needs a fee of {wanted} wei/gas (base fee {base_fee}), above "
+        f"CHAIN_MAX_FEE_PER_GAS_WEI={settings.CHAIN_MAX_FEE_PER_GAS_WEI}: sent at the cap",
+        details={"wanted": wanted, "base_fee": base_fee, "tx_hash": row.tx_hash},
+        actor=actor,
+        order_id=getattr(row, "order_id", None),
     )
 
 

@@ -33,7 +33,14 @@ CHAIN_START_BLOCK = env_int("CHAIN_START_BLOCK", 0)
 
 # Listener.
 CHAIN_CONFIRMATIONS = env_int("CHAIN_CONFIRMATIONS", 12 if _is_production else 1)
+# eth_getLogs range: at most CHAIN_BACKFILL_CHUNK_BLOCKS; halved on a range refusal (or a
+# read timeout on a wider range) down to CHAIN_BACKFILL_MIN_CHUNK_BLOCKS, doubled back after
+# CHAIN_BACKFILL_GROW_AFTER accepted full-size ranges in a row (chain.node_errors).
 CHAIN_BACKFILL_CHUNK_BLOCKS = env_int("CHAIN_BACKFILL_CHUNK_BLOCKS", 2000)
+CHAIN_BACKFILL_MIN_CHUNK_BLOCKS = env_int("CHAIN_BACKFILL_MIN_CHUNK_BLOCKS", 1)
+CHAIN_BACKFILL_GROW_AFTER = env_int("CHAIN_BACKFILL_GROW_AFTER", 8)
+# A node failing this long raises the alert chain.node_unreachable (resolved on recovery).
+CHAIN_NODE_ALERT_AFTER_SECONDS = env_float("CHAIN_NODE_ALERT_AFTER_SECONDS", 60.0)
 CHAIN_POLL_INTERVAL_SECONDS = env_float("CHAIN_POLL_INTERVAL_SECONDS", 1.0)
 CHAIN_RECONNECT_MAX_DELAY_SECONDS = env_float("CHAIN_RECONNECT_MAX_DELAY_SECONDS", 10.0)
 CHAIN_RPC_TIMEOUT_SECONDS = env_float("CHAIN_RPC_TIMEOUT_SECONDS", 15.0)
@@ -75,7 +82,12 @@ CHAIN_SETTLEMENT_STUCK_SECONDS = env_float("CHAIN_SETTLEMENT_STUCK_SECONDS", 120
 CHAIN_SETTLEMENT_BATCH_MAX = env_int("CHAIN_SETTLEMENT_BATCH_MAX", 100)
 CHAIN_FEE_BUMP_PERCENT = env_int("CHAIN_FEE_BUMP_PERCENT", 20)
 CHAIN_MIN_PRIORITY_FEE_WEI = env_int("CHAIN_MIN_PRIORITY_FEE_WEI", 1_000_000_000)
+# The most a settlement pays per gas: a replacement the market prices higher is sent at this
+# cap with the alert chain.settlement_fee_cap:<id>.
 CHAIN_MAX_FEE_PER_GAS_WEI = env_int("CHAIN_MAX_FEE_PER_GAS_WEI", 500_000_000_000)
+# How far back a settlement's own event (DepositSettled, ...) is looked for when the vault
+# reports an id settled but no receipt of ours says so (a lagging node, a lost record).
+CHAIN_SETTLEMENT_EVENT_LOOKBACK_BLOCKS = env_int("CHAIN_SETTLEMENT_EVENT_LOOKBACK_BLOCKS", 50_000)
 CHAIN_GAS_LIMIT_PERCENT = env_int("CHAIN_GAS_LIMIT_PERCENT", 130)
 # What orders and refunds pay through (chain.settlement.settlement_sender): a dotted path to a
 # SettlementSender. Tests may name a fake; production refuses anything but the real one.

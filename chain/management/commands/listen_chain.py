@@ -3,8 +3,9 @@
 import signal
 import threading
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from chain.exceptions import NodeMisconfigured
 from chain.listener import ChainListener, ListenerConfig
 
 
@@ -16,6 +17,12 @@ class Command(BaseCommand):
         parser.add_argument("--confirmations", type=int, default=None)
         parser.add_argument("--start-block", type=int, default=None)
         parser.add_argument("--poll-interval", type=float, default=None)
+        parser.add_argument(
+            "--replay",
+            metavar="FROM:TO",
+            default=None,
+            help="re-read blocks FROM..TO (inclusive), act on logs not yet recorded, and exit",
+        )
 
     def handle(self, *args: object, **options: object) -> None:
         config = ListenerConfig.from_settings(
@@ -24,6 +31,9 @@ class Command(BaseCommand):
             poll_interval=options["poll_interval"],
         )
         stop = threading.Event()
+        if options["replay"]:
+            self._replay(config, str(options["replay"]))
+            return
 
         def request_stop(signum: int, frame: object) -> None:
             self.stderr.write(f"signal {signum}: stopping after the current batch")
@@ -35,4 +45,21 @@ class Command(BaseCommand):
             f"listening to {config.vault} on chain {config.chain_id} ({options['mode']}, "
             f"{config.confirmations} confirmations)"
         )
-        ChainListener(config, stop_event=stop).run(mode=str(options["mode"]))
+        try:
+            ChainListener(config, stop_event=stop).run(mode=str(options["mode"]))
+        except NodeMisconfigured as exc:
+            raise CommandError(f"the node is not the one Bronco expects: {exc}") from exc
+
+    def _replay(self, config: ListenerConfig, span: str) -> None:
+        try:
+            first, last = (int(part) for part in span.split(":"))
+        except ValueError as exc:
+            raise CommandError(f"--replay wants FROM:TO block numbers, got {span!r}") from exc
+        try:
+            stats = ChainListener(config).replay(first, last)
+        except (NodeMisconfigured, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(
+            f"replayed blocks {first}..{last}: {stats.committed} new events, "
+            f"{stats.duplicates} already recorded, {stats.quarantined} quarantined"
+        )
