@@ -63,7 +63,15 @@ FILLS_SCRIPT: dict[str, tuple[dict[str, Any], str]] = {
     code: ({"fill_mode": "full", "fill_delay": 0.0}, "fills in full at once")
     for code in ("US.AAPL", "US.NVDA", "US.TSLA")
 }
-MIXES = {"demo": SIM_SCRIPT, "fills": FILLS_SCRIPT}
+# Benchmarks of netting: all four symbols fill at once, the HK one in lots of 100.
+NETTING_SCRIPT: dict[str, tuple[dict[str, Any], str]] = {
+    **FILLS_SCRIPT,
+    "HK.00700": (
+        {"fill_mode": "full", "fill_delay": 0.0, "lot_size": 100},
+        "fills in full at once (lots of 100: small deposits buy fractions)",
+    ),
+}
+MIXES = {"demo": SIM_SCRIPT, "fills": FILLS_SCRIPT, "netting": NETTING_SCRIPT}
 _SYMBOL_WEIGHTS = {"AAPL": 35, "NVDA": 25, "TSLA": 25, "TCEHY": 15}
 _FILLABLE = ("US.AAPL", "US.NVDA", "US.TSLA")
 _CANCELLABLE = ("US.NVDA", "US.TSLA")
@@ -135,7 +143,8 @@ def scenario_plan(
 ) -> ScenarioPlan:
     """A deterministic plan. Cancels go to deposits of symbols that leave time to cancel;
     each user's redeems come after at least one of its deposits on a fillable symbol.
-    `mix="fills"` (benchmarks): only US symbols that fill at once, no refusals."""
+    `mix="fills"` (benchmarks): only US symbols that fill at once, no refusals;
+    `mix="netting"`: every symbol fills at once (the HK one in lots of 100), no refusals."""
     if users < 1:
         raise ValueError("at least one user")
     if mix not in MIXES:

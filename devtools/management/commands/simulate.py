@@ -71,7 +71,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--mix",
-            choices=("demo", "fills"),
+            choices=("demo", "fills", "netting"),
             default="demo",
             help="demo: fills, partial fills, rejections, refusals; fills: every order fills",
         )
