@@ -5,7 +5,7 @@ first, nothing is written and `StaleOrderVersion` is raised. A terminal order ne
 status again. Each change writes its audit entry in the same transaction.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import F, Model
 from django.utils import timezone
 
-from core.audit import audit_record
+from core.audit import AuditEntry, audit_record, audit_record_many
 from orders.exceptions import IllegalTransition, StaleOrderVersion
 from orders.models import TERMINAL_STATUSES, Order, OrderStatus
 
@@ -119,3 +119,47 @@ def order_record(*, order: Order, actor: str, action: str, **changes: Any) -> Or
     """Change fields of a non-terminal order without changing its status (fills seen, broker
     id saved, cancel requested), under the same version check and audit."""
     return _apply(order=order, to_status=None, actor=actor, action=action, changes=changes)
+
+
+def orders_transition_many(
+    *, moves: Sequence[tuple[Order, str, Mapping[str, Any]]], actor: str, action: str
+) -> list[Order]:
+    """Move many orders at once: each `(order, to_status, changes)`, every move checked
+    against the transition table like `order_transition`, then one bulk UPDATE and one
+    append of their audit entries (a netting cycle moves hundreds of orders; one statement
+    per order would hold the audit chain's lock for seconds).
+
+    The caller must hold the orders' row locks (`select_for_update`) for the whole
+    transaction, so the versions it read are the current ones: every other writer's
+    conditional UPDATE waits on the lock and then finds the version moved on. Raises
+    IllegalTransition for a move the table refuses and ValueError for a field a transition
+    may not set; nothing is written then. Returns the orders as they now are."""
+    if not moves:
+        return []
+    entries = []
+    fields = {"status", "version", "updated_at"}
+    now = timezone.now()
+    for order, to_status, changes in moves:
+        unknown = set(changes) - _MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"not order fields a transition may set: {sorted(unknown)}")
+        if order.status in TERMINAL_STATUSES or not is_allowed(order.status, to_status):
+            raise IllegalTransition(order.pk, order.status, to_status)
+    for order, to_status, changes in moves:
+        before = {"status": order.status, "version": order.version}
+        before.update({k: _jsonable(getattr(order, k)) for k in changes})
+        for key, value in changes.items():
+            setattr(order, key, value)
+        order.status = to_status
+        order.version += 1
+        order.updated_at = now
+        fields.update(changes)
+        after = {"status": to_status, "version": order.version}
+        after.update({k: _jsonable(v) for k, v in changes.items()})
+        entries.append(
+            AuditEntry(actor=actor, action=action, order_id=order.pk, before=before, after=after)
+        )
+    with transaction.atomic():
+        Order.objects.bulk_update([o for o, _, _ in moves], sorted(fields), batch_size=500)
+        audit_record_many(entries)
+    return [o for o, _, _ in moves]

@@ -48,9 +48,9 @@ from orders.netting.allocation import (
     buyer_demand,
     plan_cycle,
 )
-from orders.runs import run_take_over
+from orders.runs import run_take_over, runs_take_over_many
 from orders.stages import Stage
-from orders.state import order_transition
+from orders.state import order_transition, orders_transition_many
 from trading import pricing
 from trading import services as broker
 from trading.exceptions import (
@@ -270,14 +270,11 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 inventory_before=int(inventory.token_units),
                 lease_until=_lease(),
             )
-            for order in orders:
-                order_transition(
-                    order=order,
-                    to_status=S.EXECUTING,
-                    actor=ACTOR,
-                    action="order.joined_cycle",
-                    cycle=cycle,
-                )
+            orders_transition_many(
+                moves=[(order, S.EXECUTING, {"cycle": cycle}) for order in orders],
+                actor=ACTOR,
+                action="order.joined_cycle",
+            )
             logger.info(
                 "cycle %s of %s: %d buys, %d sells, net %s units, broker %s units",
                 cycle.pk,
@@ -467,10 +464,12 @@ def _allocate(
     )
     min_units = usdt_to_units(settings.ORDER_MIN_USDT)
     share = Decimal(TOKEN_UNITS_PER_SHARE)
+    finished: list[tuple[Order, str, dict]] = []
+    carried: list[tuple[Order, str, dict]] = []
     for buyer, fill in zip(buyers, result.buyers, strict=True):
         order = by_pk[fill.key]
         minted = int(order.tokens_minted) + fill.token_units
-        changes = {
+        changes: dict = {
             "cycle": None,
             "cost_usdt": int(order.cost_usdt) + fill.cost_units,
             "fees_usdt": int(order.fees_usdt) + fill.fee_units,
@@ -488,43 +487,36 @@ def _allocate(
         )
         if done:
             _observe_execute(order)
-            order_transition(
-                order=order,
-                to_status=S.SETTLING,
-                actor=ACTOR,
-                action="order.finalized",
+            changes.update(
                 outcome=_outcome(order, traded=minted > 0),
                 refund_usdt=left,
                 last_error=_unfilled_reason(order) if left >= min_units else "",
-                **changes,
             )
-            run_take_over(order_id=order.pk, stage=Stage.SETTLE)
+            finished.append((order, S.SETTLING, changes))
         else:
-            order_transition(
-                order=order,
-                to_status=S.PENDING,
-                actor=ACTOR,
-                action="order.carried_over",
-                **changes,
-            )
+            carried.append((order, S.PENDING, changes))
     for fill in result.sellers:
         order = by_pk[fill.key]
         _observe_execute(order)
-        order_transition(
-            order=order,
-            to_status=S.SETTLING,
-            actor=ACTOR,
-            action="order.finalized",
-            outcome=S.EXECUTED,
-            cycle=None,
-            cost_usdt=fill.proceeds_units,
-            fees_usdt=fill.fee_units,
-            payout_usdt=fill.payout_units,
-            tokens_returned=0,
-            filled_qty=(Decimal(fill.token_units) / share).quantize(Decimal("0.000001")),
-            avg_fill_price=price,
+        finished.append(
+            (
+                order,
+                S.SETTLING,
+                {
+                    "cycle": None,
+                    "outcome": S.EXECUTED,
+                    "cost_usdt": fill.proceeds_units,
+                    "fees_usdt": fill.fee_units,
+                    "payout_usdt": fill.payout_units,
+                    "tokens_returned": 0,
+                    "filled_qty": (Decimal(fill.token_units) / share).quantize(Decimal("0.000001")),
+                    "avg_fill_price": price,
+                },
+            )
         )
-        run_take_over(order_id=order.pk, stage=Stage.SETTLE)
+    orders_transition_many(moves=finished, actor=ACTOR, action="order.finalized")
+    orders_transition_many(moves=carried, actor=ACTOR, action="order.carried_over")
+    runs_take_over_many(order_ids=[o.pk for o, _, _ in finished], stage=Stage.SETTLE)
     HouseInventory.objects.filter(pk=inventory.pk).update(token_units=result.inventory_after)
     updated = Cycle.objects.filter(pk=cycle.pk, status=cycle.status).update(
         status=CycleStatus.ALLOCATED,

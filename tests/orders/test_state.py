@@ -129,3 +129,37 @@ def test_random_walks():
     run_state_machine_as_test(
         OrderWalk, settings=settings(max_examples=40, stateful_step_count=12, deadline=None)
     )
+
+
+@pytest.mark.django_db
+def test_many_moves_at_once_are_checked_written_and_audited_together():
+    from django.db import transaction
+
+    from core.models import AuditLog
+    from orders.state import orders_transition_many
+
+    a, b = OrderFactory(), OrderFactory()
+    done = OrderFactory(status=S.EXECUTED)
+    with transaction.atomic():
+        locked = list(Order.objects.select_for_update().filter(pk__in=[a.pk, b.pk, done.pk]))
+        by_pk = {o.pk: o for o in locked}
+        with pytest.raises(IllegalTransition):
+            orders_transition_many(
+                moves=[(by_pk[a.pk], S.EXECUTING, {}), (by_pk[done.pk], S.SETTLING, {})],
+                actor="t",
+                action="order.bulk",
+            )
+        assert Order.objects.get(pk=a.pk).status == S.PENDING  # nothing written
+        orders_transition_many(
+            moves=[(by_pk[a.pk], S.EXECUTING, {"last_error": "x"}), (by_pk[b.pk], S.SETTLING, {})],
+            actor="t",
+            action="order.bulk",
+        )
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert (a.status, a.version, a.last_error) == (S.EXECUTING, 1, "x")
+    assert (b.status, b.version) == (S.SETTLING, 1)
+    entries = {e.order_id: e for e in AuditLog.objects.filter(action="order.bulk")}
+    assert entries[a.pk].before == {"status": "PENDING", "version": 0, "last_error": ""}
+    assert entries[a.pk].after == {"status": "EXECUTING", "version": 1, "last_error": "x"}
+    assert entries[b.pk].after == {"status": "SETTLING", "version": 1}
