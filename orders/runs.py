@@ -1,16 +1,17 @@
 """One live pipeline run per order.
 
-A *run* is the Celery chain that drives an order: validate -> place -> poll ... -> settle,
-each stage enqueuing the next (`Next`). Every task of a run carries the run's generation
-(`Order.run_gen`). A task acts only while its generation is the order's current one, and
-every step it takes renews the order's lease (`Order.run_lease_until`: now + the countdown
-to its next step + `ORDER_RUN_LEASE_SECONDS`, which covers queueing and the task's own time
-limit). So:
+A *run* is the Celery chain that drives an order's own work: validate (which books it), and
+later settle, each stage enqueuing the next (`Next`); in between, the order is its netting
+cycle's (`orders.netting.cycles`, which has a lease of its own). Every task of a run
+carries the run's generation (`Order.run_gen`). A task acts only while its generation is
+the order's current one, and every step it takes renews the order's lease
+(`Order.run_lease_until`: now + the countdown to its next step + `ORDER_RUN_LEASE_SECONDS`,
+which covers queueing and the task's own time limit). So:
 
 - the compensation scan takes over (new generation) only an open order whose lease ran out:
   its run is dead (worker killed, task lost with the queue) — a live run keeps renewing;
 - a takeover that must not wait (a user's or an operator's cancel, an operator's retry, a
-  broker push that brings news) starts a new generation at once; the superseded run's next
+  cycle starting an order's settle run) starts a new generation at once; the superseded run's next
   task finds another generation and stops, so two runs never go on side by side. Stages are
   safe to run concurrently anyway (row locks, versioned updates): what the generation
   prevents is runs multiplying.
