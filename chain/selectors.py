@@ -9,6 +9,7 @@ from django.conf import settings
 
 from chain.client import bytes32_to_symbol, chain_client, symbol_to_bytes32
 from chain.deployment import contract_set
+from chain.exceptions import NotConfigured
 from chain.models import ChainCursor, SettlementKind, SettlementTx
 
 
@@ -36,6 +37,15 @@ _ZERO = "0x0000000000000000000000000000000000000000"
 
 def _vault() -> str:
     return contract_set().vault
+
+
+def token_addresses() -> dict[str, str]:
+    """symbol -> stock token address as the deployment recorded them (a database read, no
+    RPC); empty when no deployment is known for CHAIN_ID."""
+    try:
+        return dict(contract_set().tokens)
+    except NotConfigured:
+        return {}
 
 
 def usdt_address() -> str:

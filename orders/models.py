@@ -6,7 +6,8 @@ Order status only changes through `orders.state`, which owns the transition tabl
 import uuid
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Lower
 
 from core.money import UintField
 
@@ -189,6 +190,9 @@ class Order(models.Model):
                 name="order_open_by_run_lease",
                 condition=Q(status__in=_OPEN_VALUES),
             ),
+            # The public API's `orders?address=`: a user's orders (any letter case), newest
+            # first, one keyset page at a time.
+            models.Index(Lower("user_address"), F("id").desc(), name="order_by_user_newest"),
         ]
         # Operator actions in Django admin (orders.admin), each audited as admin:<username>.
         permissions = [

@@ -37,10 +37,15 @@ INSTALLED_APPS = [
     "trading",
     "refunds",
     "ops",
+    "ninja",
+    "corsheaders",
+    "api",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "api.ratelimit.RateLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -171,6 +176,7 @@ LOGGING = {
 }
 
 # Each domain keeps its own settings in a module of its own.
+from bronco_project.settings.api import *  # noqa: E402,F403
 from bronco_project.settings.chain import *  # noqa: E402,F403
 from bronco_project.settings.trading import *  # noqa: E402,F403
 
