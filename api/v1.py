@@ -33,7 +33,7 @@ from api.schemas import (
     SymbolOut,
     SymbolsOut,
 )
-from chain.selectors import token_addresses
+from chain import selectors as chain
 from core.money import TOKEN_DECIMALS, USDT_DECIMALS
 from orders import selectors as orders
 from trading import pricing
@@ -136,13 +136,39 @@ def _etagged(request: HttpRequest, body: dict) -> HttpResponse:
     return response
 
 
+_tokens: dict[tuple[int, str, str], str] = {}
+
+
+def _token_addresses() -> dict[str, str]:
+    """symbol -> stock token address: the deployment record, else the vault's `tokenOf` (one
+    RPC per symbol, then kept for the process: a listed symbol's token never changes). A
+    symbol the vault has not listed, or a node that does not answer, gives no address."""
+    recorded = chain.token_addresses()
+    out = {}
+    for symbol in settings.BRONCO_SYMBOLS:
+        key = (settings.CHAIN_ID, settings.CHAIN_VAULT_ADDRESS, symbol)
+        if symbol in recorded:
+            out[symbol] = recorded[symbol]
+        elif key in _tokens:
+            out[symbol] = _tokens[key]
+        else:
+            try:
+                address = chain.token_address(symbol=symbol)
+            except Exception as exc:  # noqa: BLE001  (any node or config failure: no address)
+                logger.info("token address of %s unknown: %s", symbol, exc)
+                continue
+            if address:
+                _tokens[key] = out[symbol] = address
+    return out
+
+
 @api.get("/symbols", response={200: SymbolsOut, 429: Problem}, summary="Listed symbols")
 def symbols(request: HttpRequest):
     """Every listed symbol: Futu code, market, token address, whether it can trade now, lot,
     tick, the last quote and its age (the API's quote cache; read from the broker when
     older than API_QUOTE_TTL_SECONDS), and the minimum deposit. `next_session_opens_at`
     is null until Bronco keeps a market calendar."""
-    tokens = token_addresses()
+    tokens = _token_addresses()
     codes = dict(settings.BRONCO_SYMBOLS)
     cached = quotes.cached_quotes(list(codes.values()))
     out = []
