@@ -127,6 +127,10 @@ def test_ctrl_c_stops_every_child(stack_env, tmp_path):
         flower = re.search(r"flower\s+(http://127\.0\.0\.1:\d+)/\s+basic auth (\S+)", out)
         vault = re.search(r"OpenBao (http://127\.0\.0\.1:(\d+))", out)
         assert requests.get(f"{web}/health", timeout=5).status_code == 200
+        api = re.search(r"api\s+(http://\S+/api/v1/)\s+docs (\S+)\s+status page (\S+)", out)
+        assert requests.get(f"{api.group(1)}symbols", timeout=10).json()["symbols"]
+        assert requests.get(api.group(2), timeout=5).status_code == 200
+        assert "Track a deposit" in requests.get(api.group(3), timeout=5).text
         user, password = flower.group(2).split(":", 1)
         assert requests.get(flower.group(1), timeout=5).status_code == 401
         assert requests.get(flower.group(1), auth=(user, password), timeout=5).ok

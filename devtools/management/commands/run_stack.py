@@ -145,6 +145,8 @@ class Command(BaseCommand):
                 else ""
             ),
             f"  metrics {info.web_url}/metrics   health {info.web_url}/health",
+            f"  api     {info.web_url}/api/v1/   docs {info.web_url}/api/v1/docs   "
+            f"status page {info.web_url}/track/",
             f"  chain   {info.anvil_url}   OpenD simulator {info.opend} "
             f"(control {info.opend_control})   OpenBao {info.vault_addr}",
             f"  logs    {stack.var / 'log'}/<name>.log",
