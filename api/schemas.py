@@ -5,17 +5,17 @@ share; times are ISO 8601 UTC."""
 
 from __future__ import annotations
 
-from ninja import Schema
+from pydantic import BaseModel
 
 
-class Problem(Schema):
+class Problem(BaseModel):
     """Every error: a machine code and what was wrong."""
 
     error: str
     detail: str | list[dict]
 
 
-class LastQuote(Schema):
+class LastQuote(BaseModel):
     price: str
     currency: str
     at: str
@@ -23,7 +23,7 @@ class LastQuote(Schema):
     market_state: str
 
 
-class SymbolOut(Schema):
+class SymbolOut(BaseModel):
     symbol: str
     code: str
     market: str
@@ -38,17 +38,17 @@ class SymbolOut(Schema):
     min_deposit_usdt: str
 
 
-class SymbolsOut(Schema):
+class SymbolsOut(BaseModel):
     symbols: list[SymbolOut]
 
 
-class FeeOut(Schema):
+class FeeOut(BaseModel):
     rate: str
     flat_usdt: str
     fee_usdt: str
 
 
-class QuoteOut(Schema):
+class QuoteOut(BaseModel):
     symbol: str
     code: str
     side: str
@@ -73,7 +73,7 @@ class QuoteOut(Schema):
     min_deposit_usdt: str
 
 
-class CycleOut(Schema):
+class CycleOut(BaseModel):
     cycle: int
     price: str | None
     currency_per_usdt: str | None
@@ -83,14 +83,14 @@ class CycleOut(Schema):
     at: str | None
 
 
-class StageOut(Schema):
+class StageOut(BaseModel):
     stage: str
     description: str
     status: str | None
     at: str | None
 
 
-class OrderOut(Schema):
+class OrderOut(BaseModel):
     kind: str
     vault_id: str
     chain_id: int
@@ -120,6 +120,6 @@ class OrderOut(Schema):
     updated_at: str | None
 
 
-class OrdersOut(Schema):
+class OrdersOut(BaseModel):
     orders: list[OrderOut]
     next_cursor: str | None

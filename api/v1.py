@@ -1,7 +1,8 @@
 """/api/v1/: the read-only public API (django-ninja; the OpenAPI schema at
 /api/v1/openapi.json, interactive docs at /api/v1/docs).
 
-Every answer is built through a schema of `api.schemas`. Bad input is a 4xx `Problem`
+Every answer is built through a pydantic model of `api.schemas` (plain BaseModel: ninja's
+Schema adds an ORM getter that cost 0.5 ms per order here). Bad input is a 4xx `Problem`
 (`{"error": ..., "detail": ...}`), never a 500. Order reads carry an ETag (a hash of the
 body) and answer 304 to a matching If-None-Match. Nothing here writes Bronco's state.
 """

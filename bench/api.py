@@ -254,9 +254,9 @@ def main() -> int:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if requests.get(f"{base}/health", timeout=2).ok:
+                if requests.get(f"{base}/health", timeout=10).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit("gunicorn did not come up")
