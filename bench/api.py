@@ -3,7 +3,7 @@ with 100,000 orders in the database, under gunicorn (the production WSGI server,
 runserver), on this machine.
 
     .venv/bin/python bench/api.py [--orders 100000] [--addresses 1000] [--seconds 20]
-                                  [--clients 8] [--workers 3]
+                                  [--clients 8] [--workers 3] [--reuse]
 
 Uses its own database (BENCH_DATABASE_URL, default bronco_bench_api: dropped and re-created)
 and Redis database (BENCH_REDIS_URL, default db 13: flushed), so it never touches dev or test
@@ -11,8 +11,9 @@ data. Loads N orders spread over the addresses (newest first per address is the 
 with three audit entries (its timeline: the real hash-chained append) and one allocation in a
 cycle, then runs gunicorn with DJANGO_DEBUG=false and the rate limit off, and C client threads
 that each ask, for random addresses, the first page then the next one through its cursor
-(limit 20), for S seconds. Prints requests/s, p50/p99 latency and the query plan of a page;
-writes bench/results/api.json.
+(limit 20), for S seconds; then one client alone (latency without queueing). Prints
+requests/s, p50/p99 latency, the machine's load average, and the query plan of a page with
+and without its index; writes bench/results/api.json.
 """
 
 from __future__ import annotations
@@ -156,6 +157,21 @@ def query_plan(address: str) -> str:
         return "\n".join(r[0] for r in cur.fetchall())
 
 
+def plan_without_index(address: str) -> str:
+    """The same page with index scans switched off for this session: what it costs without
+    order_by_user_newest (the single-column user_address index cannot serve lower())."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SET enable_indexscan = off")
+        cur.execute("SET enable_bitmapscan = off")
+        try:
+            return query_plan(address)
+        finally:
+            cur.execute("RESET enable_indexscan")
+            cur.execute("RESET enable_bitmapscan")
+
+
 def run_load(base: str, addresses: int, seconds: float, clients: int) -> dict:
     import requests
 
@@ -212,26 +228,39 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the database a previous run loaded"
+    )
     args = parser.parse_args()
 
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
-    reset_database()
+    if not args.reuse:
+        reset_database()
     import django
 
     django.setup()
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    print(f"Loading {args.orders:,} orders over {args.addresses:,} addresses ...")
-    load(args.orders, args.addresses)
+    from orders.selectors import Order
+
+    if args.reuse and Order.objects.count() == args.orders:
+        print(f"Reusing the {args.orders:,} orders already loaded")
+    else:
+        if args.reuse:
+            raise SystemExit("--reuse: the database does not hold --orders orders; run without")
+        print(f"Loading {args.orders:,} orders over {args.addresses:,} addresses ...")
+        load(args.orders, args.addresses)
     from django.db import connection
 
     with connection.cursor() as cur:
         cur.execute("ANALYZE")
     plan = query_plan(address_of(7))
     print("Query plan of one page:\n" + plan)
+    no_index = plan_without_index(address_of(7))
+    print("Without the index:\n" + no_index)
 
     port = free_port()
     env = {
@@ -262,7 +291,10 @@ def main() -> int:
                 raise SystemExit("gunicorn did not come up")
             time.sleep(0.2)
         run_load(base, args.addresses, 3.0, args.clients)  # warm-up: connections, caches
+        load_before = os.getloadavg()[0]
         result = run_load(base, args.addresses, args.seconds, args.clients)
+        single = run_load(base, args.addresses, min(args.seconds, 10.0), 1)
+        load_after = os.getloadavg()[0]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -277,9 +309,12 @@ def main() -> int:
         "clients": args.clients,
         "machine_cores": os.cpu_count(),
         **result,
+        "one_client": {k: single[k] for k in ("requests_per_second", "p50_ms", "p99_ms")},
+        "load_average_1min": [round(load_before, 2), round(load_after, 2)],
         "query_plan": plan.splitlines(),
+        "query_plan_without_index": no_index.splitlines(),
     }
-    print(json.dumps({k: v for k, v in report.items() if k != "query_plan"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if not k.startswith("query_plan")}, indent=2))
     out = REPO / "bench" / "results" / "api.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {out.relative_to(REPO)}")
