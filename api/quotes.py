@@ -21,7 +21,7 @@ from api.ratelimit import shared_redis
 from trading import pricing
 from trading import services as broker
 from trading.broker import Quote
-from trading.exceptions import BrokerUnavailable, NoQuote, RateLimited
+from trading.exceptions import BrokerUnavailable, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -68,43 +68,61 @@ def _load(raw: bytes) -> CachedQuote:
     return CachedQuote(Quote(**q), float(data["at"]))
 
 
-def cached_quote(code: str, *, fetch: bool = True) -> CachedQuote | None:
-    """The quote of Futu `code` taken at most API_QUOTE_TTL_SECONDS ago: from the cache, else
-    from the broker (when `fetch`) and cached. None when not cached and not fetched. Raises
-    QuoteUnavailable when the broker has no price or cannot answer."""
-    key = _key(code)
-    client = _redis()
+# Cached for a code the broker had no price for: it is not asked again within the TTL.
+_NO_PRICE = b"none"
+
+
+def _cached(client: redis.Redis, code: str) -> CachedQuote | bytes | None:
+    """The cached quote, _NO_PRICE, or None when nothing is cached."""
     try:
-        raw = client.get(key)
+        raw = client.get(_key(code))
     except redis.RedisError as exc:
         logger.warning("quote cache not read (Redis: %s)", exc)
-        raw = None
-    if raw is not None:
-        return _load(raw)
-    if not fetch:
         return None
+    if raw is None or raw == _NO_PRICE:
+        return raw
+    return _load(raw)
+
+
+def _fetch(client: redis.Redis, codes: list[str]) -> dict[str, CachedQuote]:
+    """One snapshot request for `codes` (the broker takes up to 400 per request), cached.
+    Raises RateLimited or BrokerUnavailable."""
+    fresh = broker.broker_quotes(codes=codes)
+    now = time.time()
+    out = {code: CachedQuote(quote, now) for code, quote in fresh.items()}
+    for code in codes:
+        _cache_put(client, code, _dump(out[code]) if code in out else _NO_PRICE)
+    return out
+
+
+def cached_quote(code: str) -> CachedQuote:
+    """The quote of Futu `code` taken at most API_QUOTE_TTL_SECONDS ago: from the cache, else
+    from one snapshot request for every listed symbol at once (so the API spends at most one
+    request of the broker's snapshot budget per TTL, whichever symbols are asked), cached.
+    Raises QuoteUnavailable when the broker has no price for it or cannot answer."""
+    client = _redis()
+    found = _cached(client, code)
+    if found == _NO_PRICE:
+        raise QuoteUnavailable(f"the broker has no price for {code} now")
+    if isinstance(found, CachedQuote):
+        return found
+    codes = sorted({code, *settings.BRONCO_SYMBOLS.values()})
     try:
-        quote = broker.broker_quote(code=code)
-    except NoQuote as exc:
-        raise QuoteUnavailable(f"no price for {code}: {exc}") from exc
+        fetched = _fetch(client, codes)
     except RateLimited as exc:
         raise QuoteUnavailable(
             "the broker's quote budget is spent", retry_after=exc.retry_after
         ) from exc
     except BrokerUnavailable as exc:
         raise QuoteUnavailable("the broker does not answer now") from exc
-    cached = CachedQuote(quote, time.time())
-    _cache_put(client, cached)
-    return cached
+    if code not in fetched:
+        raise QuoteUnavailable(f"the broker has no price for {code} now")
+    return fetched[code]
 
 
-def _cache_put(client: redis.Redis, cached: CachedQuote) -> None:
+def _cache_put(client: redis.Redis, code: str, value: str | bytes) -> None:
     try:
-        client.set(
-            _key(cached.quote.code),
-            _dump(cached),
-            px=max(1, int(settings.API_QUOTE_TTL_SECONDS * 1000)),
-        )
+        client.set(_key(code), value, px=max(1, int(settings.API_QUOTE_TTL_SECONDS * 1000)))
     except redis.RedisError as exc:
         logger.warning("quote cache not written (Redis: %s)", exc)
 
@@ -118,25 +136,16 @@ def limit_price(quote: Quote, *, side: str) -> Decimal:
 
 
 def cached_quotes(codes: list[str]) -> dict[str, CachedQuote]:
-    """Quotes of many codes: the cached ones, and the rest from one broker snapshot request
-    (then cached). A code the broker cannot price now is left out; never raises for the
-    broker (the symbols list still answers when the broker does not)."""
-    out: dict[str, CachedQuote] = {}
-    for code in codes:
-        found = cached_quote(code, fetch=False)
-        if found is not None:
-            out[code] = found
-    missing = [c for c in codes if c not in out]
-    if not missing:
-        return out
-    try:
-        fresh = broker.broker_quotes(codes=missing)
-    except (RateLimited, BrokerUnavailable) as exc:
-        logger.info("symbols without fresh quotes: %s", exc)
-        return out
-    now = time.time()
+    """Quotes of many codes: the cached ones, and the rest from one snapshot request (then
+    cached). A code the broker cannot price now is left out; never raises for the broker (the
+    symbols list still answers when the broker does not)."""
     client = _redis()
-    for code, quote in fresh.items():
-        out[code] = CachedQuote(quote, now)
-        _cache_put(client, out[code])
+    cached = {code: _cached(client, code) for code in codes}
+    out = {code: c for code, c in cached.items() if isinstance(c, CachedQuote)}
+    missing = [code for code, c in cached.items() if c is None]
+    if missing:
+        try:
+            out.update(_fetch(client, missing))
+        except (RateLimited, BrokerUnavailable) as exc:
+            logger.info("symbols without fresh quotes: %s", exc)
     return out
