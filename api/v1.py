@@ -92,6 +92,13 @@ def _on_invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     return _problem(400, "invalid_input", detail)
 
 
+@api.exception_handler(Exception)
+def _on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """A fault of ours: logged with its traceback, answered as JSON without one."""
+    logger.exception("API %s failed", request.path)
+    return _problem(500, "internal_error", "the server failed; the failure is logged")
+
+
 @api.exception_handler(HttpError)
 def _on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return _problem(exc.status_code, "http_error", str(exc))

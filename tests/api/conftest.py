@@ -3,6 +3,9 @@ Redis, so no count or cached price leaks from one test to the next."""
 
 import uuid
 
+# py_ecc (under web3) raises the recursion limit when first imported; importing it here, before
+# any hypothesis test runs, keeps hypothesis from warning that the limit moved under it.
+import py_ecc  # noqa: F401
 import pytest
 
 from tests.browser.conftest import browser, page  # noqa: F401  (the status page's browser test)

@@ -3,10 +3,14 @@ bad input, the rate limit, ETags, CORS and the OpenAPI schema."""
 
 import time
 from decimal import Decimal
+from urllib.parse import quote as quote_path
 
 import pytest
 from django.core import signing
 from django.test import Client
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_hyp
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from core.audit import audit_record
@@ -17,6 +21,14 @@ from tests.factories import OrderFactory
 pytestmark = pytest.mark.django_db
 
 ADDRESS = "0x" + "ab" * 20
+# The fixtures these property tests use (client, settings, fake broker) are the same for
+# every generated input on purpose.
+FIXTURE_HEALTH = HealthCheck.function_scoped_fixture
+
+
+@pytest.fixture
+def no_limit(settings):
+    settings.API_RATE_LIMIT_REQUESTS = 0
 
 
 @pytest.fixture
@@ -383,3 +395,38 @@ def test_every_answer_matches_its_schema(client, aapl):
     check("OrdersOut", client.get("/api/v1/orders", {"address": ADDRESS}).json())
     check("QuoteOut", client.get("/api/v1/quote", {"symbol": "AAPL", "usdt": "50"}).json())
     check("SymbolsOut", client.get("/api/v1/symbols").json())
+
+
+@settings_hyp(max_examples=60, deadline=None, suppress_health_check=[FIXTURE_HEALTH])
+@given(
+    symbol=st.text(max_size=12),
+    amount=st.one_of(st.text(max_size=30), st.decimals(allow_nan=True).map(str)),
+    field=st.sampled_from(["usdt", "shares"]),
+)
+def test_any_quote_input_is_answered_without_a_500(aapl, no_limit, symbol, amount, field):
+    r = Client().get("/api/v1/quote", {"symbol": symbol, field: amount})
+    assert r.status_code in (200, 400, 404), r.content
+    assert "error" in r.json() or r.status_code == 200
+
+
+@settings_hyp(max_examples=60, deadline=None, suppress_health_check=[FIXTURE_HEALTH])
+@given(
+    address=st.one_of(st.text(max_size=44), st.just(ADDRESS)),
+    cursor=st.one_of(st.none(), st.text(max_size=80)),
+    limit=st.one_of(st.none(), st.text(max_size=25), st.integers().map(str)),
+    vault_id=st.text(min_size=1, max_size=80).filter(lambda v: "/" not in v and "?" not in v),
+)
+def test_any_order_input_is_answered_without_a_500(
+    client, no_limit, address, cursor, limit, vault_id
+):
+    params = {"address": address}
+    if cursor is not None:
+        params["cursor"] = cursor
+    if limit is not None:
+        params["limit"] = limit
+    for r in (
+        client.get("/api/v1/orders", params),
+        client.get(f"/api/v1/orders/deposit/{quote_path(vault_id)}"),
+        client.get(f"/api/v1/orders/by-tx/{quote_path(vault_id)}"),
+    ):
+        assert r.status_code in (200, 400, 404), (r.status_code, r.content)
