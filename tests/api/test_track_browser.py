@@ -30,6 +30,11 @@ def test_an_address_shows_its_orders_and_their_stages_move_without_a_reload(
     audit_record(
         actor="test", action="order.created", order_id=order.pk, after={"status": "PENDING"}
     )
+    statuses = []
+    page.on(
+        "response",
+        lambda r: statuses.append(r.status) if "/api/v1/orders?" in r.url else None,
+    )
     page.goto(f"{live_server.url}/track/")
     page.fill("#q", ADDRESS)
     page.click("button[type=submit]")
@@ -42,6 +47,9 @@ def test_an_address_shows_its_orders_and_their_stages_move_without_a_reload(
     expect(newest.locator(".status")).to_have_text("PENDING")
     expect(newest.locator("li[data-stage=seen]")).to_have_count(1)
     shot(page, "track_address_pending")
+    # Polls of an unchanged answer cost a 304 (the page sends the ETag back).
+    expect(page.locator("#updated")).to_contain_text("no change")
+    assert statuses[0] == 200 and 304 in statuses
 
     order_transition(
         order=order, to_status=OrderStatus.EXECUTING, actor="test", action="order.joined_cycle"

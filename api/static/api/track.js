@@ -1,6 +1,6 @@
 // The status page: ask /api/v1/ for the orders of a transaction hash or an address, show
-// them, and poll again every data-poll-ms. The browser revalidates with If-None-Match (the
-// API answers 304 while nothing changed), so a poll is cheap.
+// them, and poll again every data-poll-ms with If-None-Match: the API answers 304 while
+// nothing changed, so a poll is cheap.
 (function () {
   "use strict";
   const pollMs = Number(document.currentScript.dataset.pollMs) || 5000;
@@ -61,9 +61,21 @@
     }
   }
 
+  let etag = null;
+
   async function poll(url) {
     try {
-      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      const headers = { Accept: "application/json" };
+      if (etag) headers["If-None-Match"] = etag;
+      // The ETag is kept here, not in the HTTP cache: an unchanged answer is a 304 with no
+      // body, and the page keeps what it shows.
+      const response = await fetch(url, { headers, cache: "no-store" });
+      if (response.status === 304) {
+        updated.textContent = "Updated " + new Date().toLocaleTimeString() + " (no change)";
+        timer = setTimeout(() => poll(url), pollMs);
+        return;
+      }
+      etag = response.headers.get("ETag");
       const body = await response.json();
       if (!response.ok) {
         message.textContent = body.detail && body.detail.length !== undefined && typeof body.detail !== "string"
@@ -85,6 +97,7 @@
 
   function start(q) {
     clearTimeout(timer);
+    etag = null;
     const url = urlFor(q.trim());
     if (!url) {
       message.textContent = "Paste a transaction hash (0x + 64 hex digits) or an address (0x + 40 hex digits).";
