@@ -98,18 +98,27 @@ def _timelines(order_ids: list[int]) -> dict[int, list[dict]]:
 def _cycles(order_ids: list[int]) -> tuple[dict[int, list[dict]], dict[int, int]]:
     out: dict[int, list[dict]] = defaultdict(list)
     traded: dict[int, int] = defaultdict(int)
-    for allocation in allocations_of(order_ids=order_ids):
-        cycle = allocation.cycle
-        traded[allocation.order_id] += int(allocation.token_units)
-        out[allocation.order_id].append(
+    rows = allocations_of(order_ids=order_ids).values_list(
+        "order_id",
+        "cycle_id",
+        "cycle__price",
+        "cycle__ccy_per_usdt",
+        "token_units",
+        "usdt_units",
+        "fee_units",
+        "cycle__allocated_at",
+    )
+    for order_id, cycle_id, price, fx, token_units, usdt_units, fee_units, at in rows:
+        traded[order_id] += int(token_units)
+        out[order_id].append(
             {
-                "cycle": cycle.pk,
-                "price": price_str(cycle.price),
-                "currency_per_usdt": price_str(cycle.ccy_per_usdt),
-                "shares": shares(allocation.token_units),
-                "usdt": usdt(allocation.usdt_units),
-                "fee_usdt": usdt(allocation.fee_units),
-                "at": _iso(cycle.allocated_at),
+                "cycle": cycle_id,
+                "price": price_str(price),
+                "currency_per_usdt": price_str(fx),
+                "shares": shares(token_units),
+                "usdt": usdt(usdt_units),
+                "fee_usdt": usdt(fee_units),
+                "at": _iso(at),
             }
         )
     return out, traded

@@ -10,7 +10,6 @@ body) and answer 304 to a matching If-None-Match. Nothing here writes Bronco's s
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from django.core import signing
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import HttpError, ValidationError
+from pydantic import BaseModel
 
 from api import public, quotes
 from api.schemas import (
@@ -129,9 +129,9 @@ def _amount(name: str, raw: str, *, decimals: int, maximum: Decimal) -> int:
     return int(value.scaleb(decimals))
 
 
-def _etagged(request: HttpRequest, body: dict) -> HttpResponse:
-    """JSON with an ETag (hash of the body); 304 when If-None-Match names it already."""
-    content = json.dumps(body, separators=(",", ":"), sort_keys=True)
+def _etagged(request: HttpRequest, answer: BaseModel) -> HttpResponse:
+    """`answer` as JSON with an ETag (a hash of the body); 304 when If-None-Match names it."""
+    content = answer.model_dump_json()
     etag = '"' + hashlib.sha256(content.encode()).hexdigest()[:32] + '"'
     wanted = request.headers.get("If-None-Match", "")
     if etag in [t.strip().removeprefix("W/") for t in wanted.split(",")] or wanted == "*":
@@ -275,8 +275,8 @@ def quote(
     )
 
 
-def _order_body(order) -> dict:  # type: ignore[no-untyped-def]
-    return OrderOut(**public.orders_public([order])[0]).model_dump(mode="json")
+def _order_body(order) -> OrderOut:  # type: ignore[no-untyped-def]
+    return OrderOut(**public.orders_public([order])[0])
 
 
 @api.get(
@@ -294,7 +294,7 @@ def orders_by_tx(request: HttpRequest, tx_hash: str):
     if not found:
         raise ApiProblem(404, "not_found", f"no order of transaction {tx_hash.lower()} (yet)")
     rows = [OrderOut(**o) for o in public.orders_public(found)]
-    return _etagged(request, OrdersOut(orders=rows, next_cursor=None).model_dump(mode="json"))
+    return _etagged(request, OrdersOut(orders=rows, next_cursor=None))
 
 
 @api.get(
@@ -361,4 +361,4 @@ def orders_of_address(request: HttpRequest, page: Query[PageQuery]):
     found = found[:limit]
     cursor = signing.dumps({"a": address, "b": found[-1].pk}, salt=CURSOR_SALT) if more else None
     rows = [OrderOut(**o) for o in public.orders_public(found)]
-    return _etagged(request, OrdersOut(orders=rows, next_cursor=cursor).model_dump(mode="json"))
+    return _etagged(request, OrdersOut(orders=rows, next_cursor=cursor))
