@@ -12,7 +12,8 @@ with three audit entries (its timeline: the real hash-chained append) and one al
 cycle, then runs gunicorn with DJANGO_DEBUG=false and the rate limit off, and C client threads
 that each ask, for random addresses, the first page then the next one through its cursor
 (limit 20), for S seconds; then one client alone (latency without queueing). Prints
-requests/s, p50/p99 latency, the machine's load average, and the query plan of a page with
+requests/s, p50/p99 latency, gunicorn's CPU time per request (less sensitive to other load
+on the machine than the rates), the machine's load average, and the query plan of a page with
 and without its index; writes bench/results/api.json.
 """
 
@@ -172,6 +173,23 @@ def plan_without_index(address: str) -> str:
             cur.execute("RESET enable_bitmapscan")
 
 
+def cpu_seconds(master_pid: int) -> float:
+    """User + system CPU seconds of gunicorn's master and its workers so far (/proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry.name), int(fields[1])
+        if master_pid in (pid, ppid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def run_load(base: str, addresses: int, seconds: float, clients: int) -> dict:
     import requests
 
@@ -292,7 +310,9 @@ def main() -> int:
             time.sleep(0.2)
         run_load(base, args.addresses, 3.0, args.clients)  # warm-up: connections, caches
         load_before = os.getloadavg()[0]
+        cpu_before = cpu_seconds(server.pid)
         result = run_load(base, args.addresses, args.seconds, args.clients)
+        cpu_ms = (cpu_seconds(server.pid) - cpu_before) * 1000 / max(result["requests"], 1)
         single = run_load(base, args.addresses, min(args.seconds, 10.0), 1)
         load_after = os.getloadavg()[0]
     finally:
@@ -309,6 +329,7 @@ def main() -> int:
         "clients": args.clients,
         "machine_cores": os.cpu_count(),
         **result,
+        "server_cpu_ms_per_request": round(cpu_ms, 2),
         "one_client": {k: single[k] for k in ("requests_per_second", "p50_ms", "p99_ms")},
         "load_average_1min": [round(load_before, 2), round(load_after, 2)],
         "query_plan": plan.splitlines(),
