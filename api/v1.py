@@ -286,7 +286,8 @@ def _order_body(order) -> OrderOut:  # type: ignore[no-untyped-def]
 )
 def orders_by_tx(request: HttpRequest, tx_hash: str):
     """The orders whose deposit / redeem, or whose settlement, is in transaction `tx_hash`
-    (0x and 64 hex digits), newest first. 404 when none (yet: the listener acts after its
+    (0x and 64 hex digits), newest first, at most 100 (a settlement batch holds at most
+    CHAIN_SETTLEMENT_BATCH_MAX = 100 ids). 404 when none (yet: the listener acts after its
     confirmations)."""
     if not TX_HASH.match(tx_hash):
         raise ApiProblem(400, "invalid_tx_hash", "tx_hash must be 0x followed by 64 hex digits")
