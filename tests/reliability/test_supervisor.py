@@ -106,3 +106,21 @@ def test_a_one_off_child_that_exits_is_a_failure_not_restarted(tmp_path):
         assert not [e for e in events if e[0] == "restart"]
     finally:
         sup.stop_all(timeout=5)
+
+
+def test_compose_and_procfile_document_their_restart_policy():
+    """Compose restarts every long-running service and never a one-shot step; the Procfile
+    says that honcho restarts nothing and where supervision lives instead."""
+    import yaml
+
+    from tests.main.test_compose import LONG_RUNNING, ONE_SHOT, ROOT
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in LONG_RUNNING:
+        assert compose["services"][name].get("restart") == "unless-stopped", name
+    for name in ONE_SHOT:
+        assert compose["services"][name].get("restart") == "no", name
+    header = (ROOT / "docker-compose.yml").read_text().split("x-bronco-env")[0]
+    assert "Restart policy" in header
+    procfile = (ROOT / "Procfile").read_text()
+    assert "Restart policy: none" in procfile and "make run" in procfile

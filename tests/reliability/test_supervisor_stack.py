@@ -32,6 +32,39 @@ def _pids_running(marker: str, needle: str) -> list[int]:
     return found
 
 
+def _pids_running_any(needle: str) -> list[int]:
+    """OpenBao gets a minimal environment (no marker): found by its command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmd:
+                found.append(int(entry.name))
+    return found
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(text[text.rindex(")") + 2 :].split()[1])
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                todo.append(pid)
+    return found
+
+
 def _wait(condition, timeout: float, what: str, proc: subprocess.Popen, out: Path):
     deadline = time.monotonic() + timeout
     while not (value := condition()):
@@ -89,6 +122,31 @@ def test_a_killed_child_is_restarted_counted_alerted_and_a_crash_loop_stops_the_
             "warning",
             1,
         )
+
+        # OpenBao (dev mode) killed: restarted, seeded again, a new token in the token file
+        # that every process reads at its next login.
+        token_file = tmp_path / "var" / "openbao" / "token"
+        old_token = token_file.read_text()
+        (bao,) = [p for p in _pids_running_any("server -dev") if p in _descendants(proc.pid)]
+        os.kill(bao, signal.SIGKILL)
+        _wait(lambda: "OpenBao seeded again" in out.read_text(), 60, "re-seed", proc, out)
+        assert token_file.read_text() != old_token
+        read = subprocess.run(
+            [
+                *(sys.executable, "manage.py", "shell", "-c"),
+                "from core.secrets import get_secret as g; print(len(g('operator_private_key')))",
+            ],
+            cwd=ROOT,
+            env={
+                **stack_env,
+                "VAULT_ADDR": re.search(r"OpenBao\s+(http://\S+)", text).group(1),
+                "VAULT_TOKEN_FILE": str(token_file),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert read.stdout.strip().splitlines()[-1] == "66", read.stderr[-2000:]
 
         # A second death within the window: past --max-restarts 1, a crash loop.
         os.killpg(os.getpgid(restarted[0]), signal.SIGKILL)
