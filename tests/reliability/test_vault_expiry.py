@@ -50,13 +50,7 @@ def test_a_renewable_token_is_renewed_before_it_lapses(vault_server, settings):
     token = root.auth.token.create(
         policies=[POLICY], ttl="4s", explicit_max_ttl="120s", renewable=True
     )["auth"]["client_token"]
-    settings.VAULT_ADDR = vault_server.addr
-    settings.VAULT_TOKEN = token
-    settings.VAULT_TOKEN_FILE = settings.VAULT_ROLE_ID = settings.VAULT_SECRET_ID = ""
-    settings.VAULT_CACHE_TTL_SECONDS = 0
-    settings.VAULT_RETRY_SECONDS = 0.2
-    settings.VAULT_STALE_GRACE_SECONDS = 0
-    clear_secret_cache()
+    _point(settings, vault_server, token=token)
     try:
         name = "futu_trade_password"
         assert get_secret(name) == vault_server.secrets[name]
@@ -69,26 +63,7 @@ def test_a_renewable_token_is_renewed_before_it_lapses(vault_server, settings):
 
 
 def test_an_approle_token_past_its_max_ttl_is_replaced_by_a_new_login(vault_server, settings):
-    root = vault_server.client()
-    root.auth.approle.create_or_update_approle(
-        role_name="bronco-short",
-        token_policies=[POLICY],
-        token_ttl="2s",
-        token_max_ttl="3s",
-        secret_id_num_uses=0,
-    )
-    settings.VAULT_ADDR = vault_server.addr
-    settings.VAULT_TOKEN = settings.VAULT_TOKEN_FILE = ""
-    settings.VAULT_ROLE_ID = root.auth.approle.read_role_id(role_name="bronco-short")["data"][
-        "role_id"
-    ]
-    settings.VAULT_SECRET_ID = root.auth.approle.generate_secret_id(role_name="bronco-short")[
-        "data"
-    ]["secret_id"]
-    settings.VAULT_CACHE_TTL_SECONDS = 0
-    settings.VAULT_RETRY_SECONDS = 0.2
-    settings.VAULT_STALE_GRACE_SECONDS = 0
-    clear_secret_cache()
+    _approle(vault_server, settings, role="bronco-short", num_uses=0, token_ttl="2s", max_ttl="3s")
     try:
         name = "operator_private_key"
         assert get_secret(name) == vault_server.secrets[name]
@@ -102,22 +77,43 @@ def test_an_approle_token_past_its_max_ttl_is_replaced_by_a_new_login(vault_serv
         clear_secret_cache()
 
 
-def _approle(vault_server, settings, *, num_uses: int) -> None:
-    root = vault_server.client()
-    role = f"bronco-uses-{num_uses}"
-    root.auth.approle.create_or_update_approle(
-        role_name=role, token_policies=[POLICY], token_ttl="10m", secret_id_num_uses=num_uses
-    )
+def _point(settings, vault_server, *, token: str = "", role_id: str = "", secret_id: str = ""):
+    """Settings at the session's OpenBao with these credentials; every read goes to Vault
+    and a failure is not hidden by retries or a stale value."""
     settings.VAULT_ADDR = vault_server.addr
-    settings.VAULT_TOKEN = settings.VAULT_TOKEN_FILE = settings.VAULT_SECRET_ID_FILE = ""
-    settings.VAULT_ROLE_ID = root.auth.approle.read_role_id(role_name=role)["data"]["role_id"]
-    settings.VAULT_SECRET_ID = root.auth.approle.generate_secret_id(role_name=role)["data"][
-        "secret_id"
-    ]
+    settings.VAULT_TOKEN = token
+    settings.VAULT_ROLE_ID, settings.VAULT_SECRET_ID = role_id, secret_id
+    settings.VAULT_TOKEN_FILE = settings.VAULT_SECRET_ID_FILE = ""
     settings.VAULT_CACHE_TTL_SECONDS = 0
     settings.VAULT_RETRY_SECONDS = 0.2
     settings.VAULT_STALE_GRACE_SECONDS = 0
     clear_secret_cache()
+
+
+def _approle(
+    vault_server,
+    settings,
+    *,
+    num_uses: int,
+    role: str = "",
+    token_ttl: str = "10m",
+    max_ttl: str = "",
+) -> None:
+    root = vault_server.client()
+    role = role or f"bronco-uses-{num_uses}"
+    root.auth.approle.create_or_update_approle(
+        role_name=role,
+        token_policies=[POLICY],
+        token_ttl=token_ttl,
+        token_max_ttl=max_ttl or None,
+        secret_id_num_uses=num_uses,
+    )
+    _point(
+        settings,
+        vault_server,
+        role_id=root.auth.approle.read_role_id(role_name=role)["data"]["role_id"],
+        secret_id=root.auth.approle.generate_secret_id(role_name=role)["data"]["secret_id"],
+    )
 
 
 def test_unlimited_use_secret_id_logs_in_from_every_process(vault_server, settings):
