@@ -15,22 +15,24 @@ deposits and redeems from generated user keys, never from Bronco's operator acco
 orders flow, one fault every `--fault-interval` seconds, in this order:
 
   broker-group   kill -9 the broker queue's worker with its whole process group (its pool)
+  reorg          evm_snapshot, 4 s of traffic and 2 more blocks, evm_revert, the reverted
+                 blocks' signed transactions sent again (a real reorg returns them to the
+                 mempool), 3 blocks mined so the new chain is the longer one
   listener       kill -9 the chain listener
+  node-outage    SIGSTOP anvil for 10 s (the node answers nothing), then SIGCONT
   chain-worker   kill -9 the chain queue's worker group
   pool-child     kill -9 the busiest prefork child of the broker worker (mid-task)
   opend          kill -9 the OpenD simulator (restarted from its state file)
   redis          kill -9 the Redis server and start it again empty (queues, locks, limiter)
-  reorg          evm_snapshot, 4 s of traffic and 2 more blocks, evm_revert, the reverted
-                 blocks' signed transactions sent again (a real reorg returns them to the
-                 mempool), 3 blocks mined so the new chain is the longer one
-  node-outage    SIGSTOP anvil for 10 s (the node answers nothing), then SIGCONT
 
 and prints: sent (deposits, redeems), settled, traded, refunded because of a fault (terminal
 with nothing traded: in this mix every order fills, so each of those is the faults' cost),
 lost (on chain, no terminal order at the end), dropped by the reorg (no longer on chain: the
 user kept the money), paid twice (an id with two live settlement events), duplicate broker
-orders (two broker orders with one remark), per fault the time until the process was back
-and until the next order settled after it, and `reconcile`'s verdict. Exit 0 only when
+orders (two broker orders with one remark), per fault: the time until the process was back,
+until the next order settled after it, and the longest stretch without any settlement
+between the fault and the next one (or the end: how long the pipeline stalled), and
+`reconcile`'s verdict. Exit 0 only when
 nothing was lost, paid twice or ordered twice, every order finished and reconcile is clean.
 """
 
@@ -47,6 +49,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +60,16 @@ os.chdir(REPO)
 from devtools.processes import free_port, spawn, stop_group  # noqa: E402
 
 DB_NAME = "bronco_bench_chaos"
+# The chain faults early, while users still send (a reorg then has transactions to replace).
 FAULTS = (
     "broker-group",
+    "reorg",
     "listener",
+    "node-outage",
     "chain-worker",
     "pool-child",
     "opend",
     "redis",
-    "reorg",
-    "node-outage",
 )
 OPENING_CASH = "USD=10000000,HKD=50000000"
 
@@ -77,6 +81,7 @@ class FaultRecord:
     ended_at: float = 0.0  # the fault's own end (a restart seen, SIGCONT, revert done)
     back_after: float | None = None  # seconds until the process was back
     first_settled_after: float | None = None  # seconds until an order settled after it
+    longest_stall: float | None = None  # longest gap without a settlement until the next fault
     note: str = ""
 
 
@@ -362,10 +367,14 @@ def _figures(result: dict[str, Any], chaos: Chaos) -> dict[str, Any]:
             order_id__in=[o.pk for o in orders], action="order.settled"
         ).values_list("created_at", flat=True)
     )
-    for record in chaos.records:
+    last_settled = settled_times[-1] if settled_times else time.time()
+    for i, record in enumerate(chaos.records):
         after = next((t for t in settled_times if t >= record.ended_at), None)
         if after is not None:
             record.first_settled_after = round(after - record.at, 2)
+        until = chaos.records[i + 1].at if i + 1 < len(chaos.records) else last_settled
+        marks = [record.at, *(t for t in settled_times if record.at < t < until), until]
+        record.longest_stall = round(max(b - a for a, b in pairwise(marks)), 2)
     alerts = Counter(
         Alert.objects.filter(created_at__gte=result["started_at_dt"]).values_list("key", flat=True)
     )
@@ -516,12 +525,13 @@ def main() -> int:
     say("\nPer fault (seconds from the injection)")
     say(
         table(
-            ["fault", "process back", "next settlement", "note"],
+            ["fault", "process back", "next settlement", "longest stall", "note"],
             [
                 [
                     f["name"],
                     "-" if f["back_after"] is None else f"{f['back_after']:.1f}",
                     "-" if f["first_settled_after"] is None else f"{f['first_settled_after']:.1f}",
+                    "-" if f["longest_stall"] is None else f"{f['longest_stall']:.1f}",
                     f["note"],
                 ]
                 for f in figures["faults"]
