@@ -333,18 +333,21 @@ def _figures(result: dict[str, Any], chaos: Chaos) -> dict[str, Any]:
         (OrderType.BUY if o.order_type == OrderType.BUY else OrderType.SELL, int(o.onchain_id)): o
         for o in orders
     }
-    lost, dropped = [], []
+    lost, dropped, vanished_orders = [], [], set()
     for s in sent:
         if s.kind not in ("deposit", "redeem"):
             continue
         order = by_key.get((OrderType.BUY if s.kind == "deposit" else OrderType.SELL, s.onchain_id))
-        if order is not None and order.is_terminal:
-            continue
-        if client.rpc("eth_getTransactionReceipt", [s.tx_hash]) is None:
+        receipt = client.rpc("eth_getTransactionReceipt", [s.tx_hash])
+        if receipt is None or int(receipt["status"], 16) == 0:
+            # Replaced by the reorg and not mined again (or reverted when it was): the
+            # request is gone from the chain, the user kept the money.
             dropped.append(s.tx_hash)
+            if order is not None:
+                vanished_orders.add(order.pk)
         elif order is None or not order.is_terminal:
             lost.append(s.tx_hash)
-    terminal = [o for o in orders if o.is_terminal]
+    terminal = [o for o in orders if o.is_terminal and o.pk not in vanished_orders]
     untraded = [o for o in terminal if int(o.cost_usdt) == 0]
     reasons = Counter((o.last_error or o.hold_reason or o.status)[:80] for o in untraded)
 
@@ -515,7 +518,7 @@ def main() -> int:
         ["traded", figures["traded"]],
         ["refunded because of a fault", figures["refunded_because_of_a_fault"]],
         ["lost", figures["lost"]],
-        ["dropped by the reorg (not on chain)", figures["dropped_by_reorg"]],
+        ["dropped by the reorg (not on chain, or reverted)", figures["dropped_by_reorg"]],
         ["paid twice", figures["paid_twice"]],
         ["duplicate broker orders", figures["duplicate_broker_orders"]],
         ["every order finished", figures["finished"]],
