@@ -339,7 +339,10 @@ def _figures(result: dict[str, Any], chaos: Chaos) -> dict[str, Any]:
             continue
         order = by_key.get((OrderType.BUY if s.kind == "deposit" else OrderType.SELL, s.onchain_id))
         receipt = client.rpc("eth_getTransactionReceipt", [s.tx_hash])
-        if receipt is None or int(receipt["status"], 16) == 0:
+        status = None if receipt is None else receipt["status"]
+        if isinstance(status, str):
+            status = int(status, 16)
+        if status is None or status == 0:
             # Replaced by the reorg and not mined again (or reverted when it was): the
             # request is gone from the chain, the user kept the money.
             dropped.append(s.tx_hash)
