@@ -1,7 +1,7 @@
 """Secrets that expire, against the session's OpenBao with short TTLs (core.secrets):
 
-- a renewable VAULT_TOKEN with a 4 s TTL is renewed before it lapses, by the process's
-  renewal thread even while nothing is read, so a read 10 s later still works;
+- a renewable VAULT_TOKEN with a 6 s TTL is renewed before it lapses, by the process's
+  renewal thread even while nothing is read, so a read 14 s later still works;
 - an AppRole token past its max TTL is replaced by a new login;
 - AppRole with many processes: with the README's recommended secret-id policy
   (`secret_id_num_uses=0`) every process logs in on its own; with a single-use secret id a
@@ -48,16 +48,16 @@ def _in_children(count: int, name: str) -> list[str]:
 def test_a_renewable_token_is_renewed_before_it_lapses(vault_server, settings):
     root = vault_server.client()
     token = root.auth.token.create(
-        policies=[POLICY], ttl="4s", explicit_max_ttl="120s", renewable=True
+        policies=[POLICY], ttl="6s", explicit_max_ttl="120s", renewable=True
     )["auth"]["client_token"]
     _point(settings, vault_server, token=token)
     try:
         name = "futu_trade_password"
         assert get_secret(name) == vault_server.secrets[name]
-        time.sleep(10)  # two and a half TTLs without a read: only the thread renews
+        time.sleep(14)  # over two TTLs without a read: only the thread renews
         assert get_secret(name) == vault_server.secrets[name]
         left = root.auth.token.lookup(token)["data"]["ttl"]
-        assert 0 < left <= 4
+        assert 0 < left <= 6
     finally:
         clear_secret_cache()
 
