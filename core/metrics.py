@@ -175,6 +175,16 @@ REFUND_FAILURES = RedisCounter(
     "Refund attempts that failed, by reason",
     labelnames=("reason",),
 )
+PROCESS_RESTARTS = RedisCounter(
+    "bronco_process_restarts",
+    "Processes of the stack started again by their supervisor after they died, by name",
+    labelnames=("process",),
+)
+SECRET_READ_FAILURES = RedisCounter(
+    "bronco_secret_read_failures",
+    "Vault reads of a secret that failed (after its retries), by secret name and error",
+    labelnames=("secret", "error"),
+)
 EVENT_METRICS: tuple[RedisCounter | RedisHistogram, ...] = (
     STAGE_LATENCY,
     BROKER_ERRORS,
@@ -182,6 +192,8 @@ EVENT_METRICS: tuple[RedisCounter | RedisHistogram, ...] = (
     RATE_LIMIT_WAIT_SECONDS,
     STAGE_RUNS,
     REFUND_FAILURES,
+    PROCESS_RESTARTS,
+    SECRET_READ_FAILURES,
 )
 
 
@@ -210,6 +222,16 @@ def count_rate_limit_wait(*, bucket: str, seconds: float) -> None:
 def count_refund_failure(*, reason: str) -> None:
     """A refund attempt failed (`reason`: a short fixed word or the exception class name)."""
     REFUND_FAILURES.inc(reason=reason)
+
+
+def count_process_restart(*, process: str) -> None:
+    """A supervisor started `process` (a fixed stack name: worker-broker, listener...) again."""
+    PROCESS_RESTARTS.inc(process=process)
+
+
+def count_secret_read_failure(*, secret: str, error: str) -> None:
+    """Reading secret `secret` (a fixed name) failed with `error` (a short fixed word)."""
+    SECRET_READ_FAILURES.inc(secret=secret, error=error)
 
 
 def reset_event_metrics() -> None:

@@ -289,6 +289,12 @@ class Child:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen
+    env: dict[str, str] = field(default_factory=dict)
+    restart: bool = False  # a service the supervisor restarts when it dies
+    restarts: list[float] = field(default_factory=list)  # monotonic times of restarts
+    started_at: float = field(default_factory=time.monotonic)
+    restart_due: float | None = None  # when a dead service is started again
+    backoff: float = 0.0  # the last delay used (seconds); 0 after a stable run
 
     @property
     def alive(self) -> bool:
@@ -302,25 +308,130 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How `Supervisor.check()` treats a service that died.
+
+    A dead service is started again after a backoff: `initial_backoff` seconds, doubled for
+    each restart that follows a run shorter than `stable_after` seconds, at most
+    `max_backoff`; a run of `stable_after` seconds or more resets it. **Crash loop**: a
+    service that would be restarted for the `max_restarts + 1`-th time within `window`
+    seconds is not; `check()` raises CrashLoop and the stack stops (default: 5 restarts in
+    60 s)."""
+
+    initial_backoff: float = 1.0
+    max_backoff: float = 30.0
+    stable_after: float = 30.0
+    max_restarts: int = 5
+    window: float = 60.0
+
+    def describe(self) -> str:
+        return (
+            f"a dead process is restarted after {self.initial_backoff:g} s, doubling up to "
+            f"{self.max_backoff:g} s while it keeps dying within {self.stable_after:g} s; "
+            f"more than {self.max_restarts} restarts of one process within {self.window:g} s "
+            "is a crash loop and stops the stack"
+        )
+
+
+class CrashLoop(ChildFailed):
+    """A service kept dying: more restarts within the policy's window than it allows."""
+
+
 @dataclass
 class Supervisor:
     log_dir: Path
     cwd: Path
     children: list[Child] = field(default_factory=list)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # Called after a dead service was started again: (child, its exit code, restarts in
+    # the window). Called when a service died, before its backoff: (child, exit code).
+    on_restart: Callable[[Child, int, int], None] | None = None
+    on_death: Callable[[Child, int], None] | None = None
+    log: Callable[[str], None] = print
 
     def __post_init__(self) -> None:
         # Before the caller builds its children's environment from os.environ: a child it
         # starts without `start()` (a one-off step, the scenario) carries the marker too.
         watch_children()
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], *, restart: bool = False
+    ) -> Child:
+        """Start `name`; with `restart`, a service that `check()` starts again when it dies."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:
-            proc = spawn(argv, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        child = Child(name=name, argv=argv, log_path=log_path, proc=proc)
+        proc = self._spawn(argv, env, log_path, mode="wb")
+        child = Child(
+            name=name, argv=argv, log_path=log_path, proc=proc, env=dict(env), restart=restart
+        )
         self.children.append(child)
         return child
+
+    def _spawn(
+        self, argv: list[str], env: dict[str, str], log_path: Path, *, mode: str
+    ) -> subprocess.Popen:
+        with open(log_path, mode) as log:
+            return spawn(argv, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def check(self, now: float | None = None) -> list[Child]:
+        """One supervision pass: schedule a restart for each service found dead, start
+        those whose backoff has passed. Returns the services started again in this pass.
+        Raises ChildFailed when a child that is not a service exited, CrashLoop when a
+        service exceeded the policy (see RestartPolicy)."""
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for child in list(self.children):
+            if child.alive:
+                continue
+            code = child.proc.returncode
+            if not child.restart:
+                raise ChildFailed(
+                    f"{child.name} exited with {code}; see {child.log_path}:\n{child.log_tail()}"
+                )
+            if child.restart_due is None:
+                self._schedule(child, code, now)
+            elif now >= child.restart_due:
+                self._restart(child, code, now)
+                restarted.append(child)
+        return restarted
+
+    def _schedule(self, child: Child, code: int, now: float) -> None:
+        p = self.policy
+        recent = [t for t in child.restarts if now - t < p.window]
+        if len(recent) >= p.max_restarts:
+            raise CrashLoop(
+                f"{child.name} died {len(recent) + 1} times within {p.window:g} s (last exit "
+                f"{code}): crash loop, stopping; see {child.log_path}:\n{child.log_tail()}"
+            )
+        stable = now - child.started_at >= p.stable_after
+        child.backoff = (
+            p.initial_backoff
+            if stable or not child.backoff
+            else min(p.max_backoff, child.backoff * 2)
+        )
+        child.restart_due = now + child.backoff
+        self.log(
+            f"supervisor: {child.name} (pid {child.proc.pid}) exited with {code}; restarting "
+            f"in {child.backoff:g} s"
+        )
+        if self.on_death is not None:
+            self.on_death(child, code)
+
+    def _restart(self, child: Child, code: int, now: float) -> None:
+        stop_group(child.proc, timeout=5)  # what it forked (a pool) goes with it
+        with open(child.log_path, "ab") as log:
+            log.write(f"\n--- supervisor: restarted after exit {code} ---\n".encode())
+        child.proc = self._spawn(child.argv, child.env, child.log_path, mode="ab")
+        child.started_at = now
+        child.restart_due = None
+        child.restarts = [t for t in child.restarts if now - t < self.policy.window] + [now]
+        self.log(
+            f"supervisor: {child.name} restarted (pid {child.proc.pid}, "
+            f"{len(child.restarts)} restart(s) in {self.policy.window:g} s)"
+        )
+        if self.on_restart is not None:
+            self.on_restart(child, code, len(child.restarts))
 
     def wait_ready(
         self,
@@ -352,8 +463,11 @@ class Supervisor:
                 )
             time.sleep(interval)
 
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
     def exited(self) -> list[Child]:
-        return [c for c in self.children if not c.alive]
+        return [c for c in self.children if not c.alive and not c.restart]
 
     def stop_all(self, *, timeout: float = 15.0) -> None:
         """SIGTERM each child's process group, newest first; SIGKILL what lingers."""

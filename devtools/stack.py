@@ -35,7 +35,14 @@ from django.db import connections
 
 from chain.client import ChainClient
 from core.db import maintenance_connection
-from devtools.processes import ChildFailed, PortTaken, Supervisor, free_port
+from devtools.processes import (
+    Child,
+    ChildFailed,
+    PortTaken,
+    RestartPolicy,
+    Supervisor,
+    free_port,
+)
 
 PY = sys.executable
 MANAGE = [PY, "manage.py"]
@@ -86,14 +93,69 @@ class StackInfo:
 
 
 class DevStack:
-    def __init__(self, config: StackConfig, *, out: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        config: StackConfig,
+        *,
+        out: Callable[[str], None] = print,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         self.config = config
         self.out = out
         self.root = Path(settings.BASE_DIR)
         self.var = config.var_dir if config.var_dir.is_absolute() else self.root / config.var_dir
-        self.supervisor = Supervisor(log_dir=self.var / "log", cwd=self.root)
+        self.supervisor = Supervisor(
+            log_dir=self.var / "log",
+            cwd=self.root,
+            policy=policy or RestartPolicy(),
+            on_restart=self._restarted,
+            log=out,
+        )
         self.info = StackInfo()
         self.env: dict[str, str] = {}
+        self._vault_root_token = ""
+
+    # --- supervision -----------------------------------------------------------------
+    def supervise(self) -> list[Child]:
+        """One supervision pass (see Supervisor.check and RestartPolicy): dead services are
+        started again after their backoff, counted in /metrics (bronco_process_restarts)
+        and raised as an alert; raises CrashLoop (the stack must stop) past the policy."""
+        from core.alerts import alert_raise
+        from core.models import AlertSeverity
+
+        try:
+            return self.supervisor.check()
+        except ChildFailed as exc:
+            try:
+                alert_raise(
+                    key="stack:crash_loop",
+                    message=str(exc).splitlines()[0],
+                    severity=AlertSeverity.CRITICAL,
+                    source="devtools.stack",
+                )
+            except Exception as alert_exc:  # noqa: BLE001 - stopping matters more
+                self.out(f"supervisor: could not raise the alert: {alert_exc!r}")
+            raise
+
+    def _restarted(self, child: Child, code: int, restarts: int) -> None:
+        from core.alerts import alert_raise
+        from core.metrics import count_process_restart
+
+        if child.name == "openbao":
+            self._reseed_vault()
+        count_process_restart(process=child.name)
+        try:
+            alert_raise(
+                key=f"stack:restarted:{child.name}",
+                message=(
+                    f"{child.name} exited with {code} and was restarted ({restarts} restart(s) "
+                    f"within {self.supervisor.policy.window:g} s); see {child.log_path}"
+                ),
+                source="devtools.stack",
+                details={"process": child.name, "exit_code": code, "restarts": restarts},
+            )
+        except Exception as exc:  # noqa: BLE001 - the database may be what died
+            self.out(f"supervisor: could not raise the alert for {child.name}: {exc!r}")
 
     # --- the sequence ----------------------------------------------------------------
     def up(self) -> StackInfo:
@@ -227,7 +289,7 @@ class DevStack:
 
     # --- the parts -------------------------------------------------------------------
     def _start_anvil(self, rpc_url: str) -> None:
-        child = self.supervisor.start("anvil", [*MANAGE, "anvil"], self.env)
+        child = self.supervisor.start("anvil", [*MANAGE, "anvil"], self.env, restart=True)
         self.supervisor.wait_ready(
             child,
             lambda: ChainClient(rpc_url, timeout=2).chain_id() == settings.CHAIN_ID,
@@ -254,6 +316,7 @@ class DevStack:
                 f"-dev-listen-address=127.0.0.1:{port}",
             ],
             {"PATH": os.environ.get("PATH", ""), "HOME": str(self.var / "openbao")},
+            restart=True,
         )
         self.supervisor.wait_ready(
             child,
@@ -261,18 +324,51 @@ class DevStack:
             timeout=30,
             what="health answer",
         )
-        reader = self._seed_vault(addr, root_token)
+        self._vault_root_token = root_token
+        self.info.vault_addr = addr
+        self._write_vault_token(self._seed_vault(addr, root_token))
+        self.env.pop("VAULT_TOKEN", None)
         self.env.update(
             {
                 "VAULT_ADDR": addr,
-                "VAULT_TOKEN": reader,
+                # Read again at every login: after an OpenBao restart (a dev server forgets
+                # everything) the supervisor seeds it again and writes a new token here,
+                # which running processes pick up on their next Forbidden.
+                "VAULT_TOKEN_FILE": str(self._vault_token_path),
                 "VAULT_KV_MOUNT": "secret",
                 "VAULT_SECRET_PATH": "bronco",
                 "VAULT_SECRET_FIELD": "value",
             }
         )
-        self.info.vault_addr = addr
         self.out(f"OpenBao    {addr} (dev server; secrets {', '.join(SECRET_NAMES)})")
+
+    @property
+    def _vault_token_path(self) -> Path:
+        return self.var / "openbao" / "token"
+
+    def _write_vault_token(self, token: str) -> None:
+        """Replace the token file atomically, readable by this user only."""
+        path = self._vault_token_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        os.replace(tmp, path)
+
+    def _reseed_vault(self) -> None:
+        """After the supervisor restarted OpenBao (dev mode: empty again): seed it and hand
+        the children a new read token through the token file."""
+        addr = self.info.vault_addr
+        child = self.supervisor.child("openbao")
+        self.supervisor.wait_ready(
+            child,
+            lambda: requests.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200,
+            timeout=30,
+            what="health answer after restart",
+        )
+        self._write_vault_token(self._seed_vault(addr, self._vault_root_token))
+        self.out("supervisor: OpenBao seeded again; new read token in the token file")
 
     def _seed_vault(self, addr: str, root_token: str) -> str:
         """KV v2 secrets at secret/bronco/<name>, and a read-only token for the children.
@@ -322,6 +418,7 @@ class DevStack:
                 settings.FUTU_TRADE_PASSWORD,
             ],
             self.env,
+            restart=True,
         )
         control = SimulatorControl("127.0.0.1", control_port, timeout=2)
         try:
@@ -370,7 +467,10 @@ class DevStack:
         host = socket.gethostname()
         web_url = f"http://127.0.0.1:{ports['web']}"
         web = self.supervisor.start(
-            "web", [*MANAGE, "runserver", f"127.0.0.1:{ports['web']}", "--noreload"], self.env
+            "web",
+            [*MANAGE, "runserver", f"127.0.0.1:{ports['web']}", "--noreload"],
+            self.env,
+            restart=True,
         )
         workers = []
         for queue, concurrency in WORKERS:
@@ -392,19 +492,23 @@ class DevStack:
                     "--without-mingle",
                 ],
                 self.env,
+                restart=True,
             )
         beat = self.supervisor.start(
             "beat",
             [*CELERY, "beat", "--loglevel", "INFO", "-s", str(self.var / "celerybeat-schedule")],
             self.env,
+            restart=True,
         )
-        listener = self.supervisor.start("listener", [*MANAGE, "listen_chain"], self.env)
+        listener = self.supervisor.start(
+            "listener", [*MANAGE, "listen_chain"], self.env, restart=True
+        )
         auth = settings.FLOWER_BASIC_AUTH
         if not auth:
             auth = f"flower:{secrets.token_urlsafe(12)}"
             self.info.flower_auth_generated = True
         flower = self.supervisor.start(
-            "flower", [*CELERY, "flower"], {**self.env, "FLOWER_BASIC_AUTH": auth}
+            "flower", [*CELERY, "flower"], {**self.env, "FLOWER_BASIC_AUTH": auth}, restart=True
         )
         flower_url = f"http://127.0.0.1:{ports['flower']}"
         user, _, password = auth.partition(",")[0].partition(":")

@@ -196,6 +196,17 @@ VAULT_CACHE_TTL_SECONDS = env_float("VAULT_CACHE_TTL_SECONDS", 60.0)
 VAULT_TIMEOUT_SECONDS = env_float("VAULT_TIMEOUT_SECONDS", 5.0)
 # CA bundle for a Vault with a private CA; empty: the system's.
 VAULT_CACERT = env_str("VAULT_CACERT", "")
+# Credentials read from a file at every login instead (a Vault Agent sink, a mounted
+# secret): a rotated token or secret id is picked up without a restart. Win over the above.
+VAULT_TOKEN_FILE = env_str("VAULT_TOKEN_FILE", "")
+VAULT_SECRET_ID_FILE = env_str("VAULT_SECRET_ID_FILE", "")
+# A failed read is retried (fresh credentials, a new login) for up to this long before the
+# caller gets SecretUnavailable and an alert opens; the last value read stays in use for
+# VAULT_STALE_GRACE_SECONDS while Vault cannot be read (0: never serve a stale value).
+VAULT_RETRY_SECONDS = env_float("VAULT_RETRY_SECONDS", 5.0)
+VAULT_STALE_GRACE_SECONDS = env_float("VAULT_STALE_GRACE_SECONDS", 600.0)
+# A renewable token is renewed once less than this fraction of its TTL is left.
+VAULT_RENEW_FRACTION = env_float("VAULT_RENEW_FRACTION", 0.5)
 
 # --- Alerts (core.alerts, ops.alert_rules) ----------------------------------------
 ADMINS = [(addr, addr) for addr in env_list("DJANGO_ADMINS", "")]

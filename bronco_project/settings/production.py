@@ -12,7 +12,9 @@ from bronco_project.settings.base import (
     VAULT_ADDR,
     VAULT_ROLE_ID,
     VAULT_SECRET_ID,
+    VAULT_SECRET_ID_FILE,
     VAULT_TOKEN,
+    VAULT_TOKEN_FILE,
 )
 from bronco_project.settings.chain import (
     CHAIN_SETTLEMENT_SENDER,
@@ -31,9 +33,9 @@ _problems = production_problems(
     database_url=DATABASE_URL,
     dev_database_url=DEV_DATABASE_URL,
     vault_addr=VAULT_ADDR,
-    vault_token=VAULT_TOKEN,
+    vault_token=VAULT_TOKEN or VAULT_TOKEN_FILE,
     vault_role_id=VAULT_ROLE_ID,
-    vault_secret_id=VAULT_SECRET_ID,
+    vault_secret_id=VAULT_SECRET_ID or VAULT_SECRET_ID_FILE,
 )
 if TRADING_BROKER_FACTORY != DEFAULT_TRADING_BROKER_FACTORY:
     _problems.append(

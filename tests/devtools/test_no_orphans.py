@@ -9,7 +9,9 @@ and by a marker variable in the environment that only this run has.
 """
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,8 @@ from urllib.parse import urlparse
 
 import psycopg2
 import pytest
+
+from tests.main.test_run_stack import stack_env  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -88,6 +92,40 @@ def _left(recorded: dict[int, int], groups: set[int], marker: bytes) -> dict[int
     return left
 
 
+def _listening_ports(pids) -> set[int]:
+    """TCP ports on which any of `pids` listens (from /proc: socket inodes of their fds)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _kill(pids: dict[int, str]) -> None:
     for pid in pids:
         try:
@@ -141,6 +179,8 @@ def _run_and_kill(tmp: Path, env: dict[str, str], marker: bytes) -> None:
             assert part in commands, f"{part} not among the run's processes: {commands}"
         pool = [p for p in recorded if "worker" in _cmdline(p) and "celery" in _cmdline(p)]
         assert len(pool) >= 3, "a worker and its two prefork children"
+        ports = _listening_ports([run.pid, *recorded])
+        assert len(ports) >= 3, f"anvil, OpenBao, the OpenD simulator listen: {ports}"
 
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
@@ -148,6 +188,8 @@ def _run_and_kill(tmp: Path, env: dict[str, str], marker: bytes) -> None:
         while (left := _left(recorded, groups, marker)) and time.monotonic() < gone_by:
             time.sleep(0.1)
         assert left == {}, f"left running {GONE_WITHIN:g} s after the SIGKILL: {left}"
+        held = {port for port in ports if not _bindable(port)}
+        assert held == set(), f"ports still held after the SIGKILL: {held}"
     finally:
         if run.poll() is None:
             run.kill()
@@ -170,3 +212,60 @@ def test_killed_test_run_leaves_no_process_and_does_not_block_the_next(tmp_path)
             _run_and_kill(tmp, env, marker)
     finally:
         _drop_test_database(database)
+
+
+def test_killed_make_run_leaves_nothing_and_the_next_starts_on_the_same_ports(
+    stack_env,  # noqa: F811 - the imported fixture
+    tmp_path,
+):
+    """`make run` (run_stack) SIGKILLed: its children end, its ports are free again, and a
+    second run_stack on the same fixed ports and the same var/ (token file, beat schedule,
+    chain and broker state of the killed one) comes up and stops cleanly."""
+    from devtools.processes import free_port
+
+    names = ("web", "flower", "anvil", "opend", "opend-control", "vault")
+    ports = {name: free_port() for name in names}
+    marker = f"BRONCO_STACK_TEST={stack_env['BRONCO_STACK_TEST']}".encode()
+    argv = [
+        *(sys.executable, "manage.py", "run_stack", "--no-scenario"),
+        *(arg for name in names for arg in (f"--{name}-port", str(ports[name]))),
+        *("--var-dir", str(tmp_path / "var")),
+    ]
+    for attempt in (1, 2):
+        out = tmp_path / f"run-{attempt}.out"
+        with open(out, "w") as log:
+            proc = subprocess.Popen(
+                [*argv, *(["--fresh"] if attempt == 1 else [])],
+                cwd=ROOT,
+                env=stack_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        recorded: dict[int, int] = {}
+        try:
+            deadline = time.monotonic() + 180
+            while "Serving until Ctrl-C" not in out.read_text():
+                assert proc.poll() is None, f"run {attempt}:\n{out.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"run {attempt} did not come up"
+                time.sleep(0.5)
+            recorded = _descendants(proc.pid)
+            assert set(ports.values()) <= _listening_ports(recorded), out.read_text()[-2000:]
+            if attempt == 1:
+                proc.kill()
+                proc.wait(timeout=10)
+                gone_by = time.monotonic() + GONE_WITHIN + 5
+                while (left := _left(recorded, set(), marker)) and time.monotonic() < gone_by:
+                    time.sleep(0.1)
+                assert left == {}, f"left running after the SIGKILL: {left}"
+                held = {port for port in ports.values() if not _bindable(port)}
+                assert held == set(), f"ports still held after the SIGKILL: {held}"
+            else:
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
+                assert re.search(r"Every process stopped", out.read_text())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            _kill(_left(recorded, set(), marker))

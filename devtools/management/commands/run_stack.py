@@ -1,7 +1,13 @@
 """`python manage.py run_stack [--once] [--fresh] [scenario options]`: the whole system on this
 machine (devtools.stack), then the demo scenario (`manage.py simulate`), then serve
 the admin and Flower until Ctrl-C. `make run` runs this; `make run ARGS=--once` exits after
-the report, non-zero when the scenario did not finish or reconciliation failed."""
+the report, non-zero when the scenario did not finish or reconciliation failed.
+
+Supervision (devtools.processes.RestartPolicy): a process that dies is restarted after a
+backoff, logged, counted in /metrics (`bronco_process_restarts{process=...}`) and raised as
+the alert `stack:restarted:<name>`; the stack stops only on Ctrl-C / SIGTERM or a crash loop
+(more than `--max-restarts` restarts of one process within `--restart-window` seconds: alert
+`stack:crash_loop`, exit 1)."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from devtools.processes import ChildFailed, spawn
+from devtools.processes import ChildFailed, RestartPolicy, spawn
 from devtools.stack import MANAGE, DevStack, StackConfig, StackError, rpc_port
 
 
@@ -61,6 +67,9 @@ class Command(BaseCommand):
         ports.add_argument("--opend-control-port", type=int, default=0)
         ports.add_argument("--vault-port", type=int, default=8200)
         parser.add_argument("--var-dir", default="var", help="state and logs (default var/)")
+        supervision = parser.add_argument_group("supervision")
+        supervision.add_argument("--max-restarts", type=int, default=5)
+        supervision.add_argument("--restart-window", type=float, default=60.0)
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = StackConfig(
@@ -75,7 +84,10 @@ class Command(BaseCommand):
             deadline=options["deadline"],
             fresh=options["fresh"],
         )
-        stack = DevStack(config, out=self._say)
+        policy = RestartPolicy(
+            max_restarts=options["max_restarts"], window=options["restart_window"]
+        )
+        stack = DevStack(config, out=self._say, policy=policy)
         # Ctrl-C reaches the `finally` below (trading.futu_sdk undid the futu SDK's handler);
         # SIGTERM (docker stop, a CI timeout) stops the children the same way.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -121,12 +133,8 @@ class Command(BaseCommand):
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
-                dead = stack.exited()
-                if dead:
-                    proc.terminate()
-                    proc.wait(timeout=30)
-                    raise ChildFailed("; ".join(dead))
-        except KeyboardInterrupt:
+                stack.supervise()  # restarts what died; raises on a crash loop
+        except (KeyboardInterrupt, ChildFailed):
             proc.terminate()
             proc.wait(timeout=30)
             raise
@@ -157,12 +165,13 @@ class Command(BaseCommand):
             self._say(line)
 
     def _serve(self, stack: DevStack) -> int:
-        self._say("Serving until Ctrl-C.")
+        self._say(f"Serving until Ctrl-C. Supervision: {stack.supervisor.policy.describe()}.")
         while True:
-            time.sleep(1)
-            dead = stack.exited()
-            if dead:
-                self.stderr.write("run_stack: " + "; ".join(dead) + " - stopping everything")
+            time.sleep(0.5)
+            try:
+                stack.supervise()
+            except ChildFailed as exc:
+                self.stderr.write(f"run_stack: {exc}\nrun_stack: stopping everything")
                 return 1
 
 
