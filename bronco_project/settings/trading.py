@@ -69,8 +69,15 @@ FUTU_RATE_MAX_INLINE_WAIT_SECONDS = env_float("FUTU_RATE_MAX_INLINE_WAIT_SECONDS
 FUTU_RATE_KEY_PREFIX = env_str("FUTU_RATE_KEY_PREFIX", "bronco:futu-rate")
 
 # --- Pricing ----------------------------------------------------------------------------
-# Limit price = quote x (1 +/- slippage), rounded to the tick.
+# Limit price = quote x (1 +/- slippage), rounded to the snapshot's price spread.
 TRADING_SLIPPAGE = env_decimal("TRADING_SLIPPAGE", "0.005")
+# Futu's `adjust_limit` on every order (a fraction of the price; 0 = off): OpenD moves a
+# limit that is not a valid price step to the nearest valid one, up for a BUY and down for a
+# SELL, by at most this much. A limit rounded on the snapshot's spread is off the grid only
+# where it crossed into a coarser band, and then moves by less than one step of that band:
+# at most 0.1% of the price above HK$0.50, about 1% at HK$0.50 and at US$1 (sub-penny rule),
+# 1.6% at HK$0.25; 2% covers them all, and the move is never more than that one step.
+FUTU_PRICE_ADJUST_LIMIT = env_decimal("FUTU_PRICE_ADJUST_LIMIT", "0.02")
 # Market prefix of a Futu code -> its trading currency.
 TRADING_MARKET_CURRENCY = {"US": "USD", "HK": "HKD"}
 # Units of the market currency one USDT buys (USDT -> USD 1:1 by default).

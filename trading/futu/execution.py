@@ -233,7 +233,15 @@ class FutuExecution(FutuConnection):
         """Place a DAY limit order tagged with `client_id`. With `lookup` the open list is
         asked first (an unfinished order with this remark is returned as it is); the caller
         that knows an earlier attempt may have finished asks the history itself
-        (`trading.services.broker_order_submit`). US orders carry the configured `session`."""
+        (`trading.services.broker_order_submit`). US orders carry the configured `session`.
+
+        Every order carries Futu's `adjust_limit` (`price_adjust_limit`, signed by side: a
+        BUY may move up, a SELL down, never by more than that fraction of the price): a limit
+        rounded on the snapshot's spread that crossed into a band with a coarser step (HKEX's
+        spread table) is moved by OpenD to the next valid price instead of being refused
+        (https://openapi.futunn.com/futu-api-doc/en/trade/place-order.html; Trd_PlaceOrder
+        `adjustPrice`/`adjustSideAndLimit`). The order's own price (as read back) is the one
+        that works."""
         side = BrokerSide(side)
         if len(client_id.encode()) > 64:
             raise ValueError("client id must fit Futu's remark (64 bytes)")
@@ -252,6 +260,9 @@ class FutuExecution(FutuConnection):
         self._limit("place")
         self._history_cache.clear()
         extra: dict[str, Any] = {}
+        if self.price_adjust_limit:
+            sign = 1 if side == BrokerSide.BUY else -1
+            extra["adjust_limit"] = float(sign * self.price_adjust_limit)
         if code.startswith("US."):
             extra["session"] = getattr(Session, self.us_session)
         data = self._call(
