@@ -110,7 +110,18 @@ TRADING_CANCEL_MAX_REQUESTS = env_int("TRADING_CANCEL_MAX_REQUESTS", 5)
 # How long after an order is final its fills are still watched (deals cancelled or
 # corrected by the exchange come within the trading day; a day covers it in any zone).
 TRADING_FILL_WATCH_SECONDS = env_float("TRADING_FILL_WATCH_SECONDS", 86400.0)
+# Beat runs the watch (trading.tasks.broker_orders_watch) this often. A watched order whose
+# final status is known and that was placed today costs no rate-limited request; any other
+# takes one history request (orders or deals, each 10 per 30 s at Futu), at most
+# TRADING_WATCH_HISTORY_PER_RUN per run: 2 per 30 s is a fifth of the history budget, and
+# the other four fifths stay with the netting cycles (an order that finished unseen).
+TRADING_WATCH_INTERVAL_SECONDS = env_int("TRADING_WATCH_INTERVAL_SECONDS", 30)
+TRADING_WATCH_HISTORY_PER_RUN = env_int("TRADING_WATCH_HISTORY_PER_RUN", 2)
 # Check the account's buying power (acctradinginfo_query) before every buy; when short the
 # order waits this long (operator alert open) instead of being rejected and refunded.
 TRADING_CHECK_BUYING_POWER = env_bool("TRADING_CHECK_BUYING_POWER", True)
 TRADING_BUYING_POWER_RETRY_SECONDS = env_float("TRADING_BUYING_POWER_RETRY_SECONDS", 60.0)
+# A broker push (order update or deal) is handled by the first process that claims it in
+# Redis; the claim lasts this long (trading.pushes).
+TRADING_PUSH_ONCE_SECONDS = env_int("TRADING_PUSH_ONCE_SECONDS", 3600)
+TRADING_PUSH_KEY_PREFIX = env_str("TRADING_PUSH_KEY_PREFIX", "bronco:broker-push")

@@ -40,6 +40,7 @@ from trading.futu.parsing import (
     position_from_row,
     to_decimal,
 )
+from trading.pushes import deal_fingerprint, order_fingerprint, push_claim
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ def history_window(since: datetime | None) -> tuple[str, str]:
     return _futu_time(since - timedelta(days=1)), _futu_time(now + timedelta(days=1))
 
 
+# Deals of an order that began longer ago than this are read from the deal history too.
+DEALS_TODAY_HOURS = 12
+
 # A history listing is reused this long: short enough that a poll sees news within about a
 # second, long enough that the polls of many orders share one request.
 HISTORY_REUSE_SECONDS = 1.0
@@ -113,11 +117,21 @@ class FutuExecution(FutuConnection):
         trade.set_handler(_OrderPushHandler(self._on_order_push))
         trade.set_handler(_DealPushHandler(self._on_deal_push))
 
+    @property
+    def push_account(self) -> str:
+        """The account pushes are claimed under (`trading.pushes`)."""
+        return f"{self.trd_env}:{self.acc_id}"
+
     def _on_order_push(self, row: dict[str, Any]) -> None:
-        """Runs on the SDK's callback thread for every order update of the account."""
+        """Runs on the SDK's callback thread for every order update of the account. Handled
+        by one process only (`trading.pushes`): the others drop the same update."""
         if row.get("trd_env") not in (None, self.trd_env):
             return
         order = order_from_row(row)
+        if not push_claim(
+            account=self.push_account, kind="order", fingerprint=order_fingerprint(order)
+        ):
+            return
         logger.info(
             "broker order push: %s %s %s filled %s",
             order.broker_order_id,
@@ -129,8 +143,13 @@ class FutuExecution(FutuConnection):
             self.on_order_update(order)
 
     def _on_deal_push(self, row: dict[str, Any]) -> None:
-        """Runs on the SDK's callback thread for every deal (new, cancelled, changed)."""
+        """Runs on the SDK's callback thread for every deal (new, cancelled, changed);
+        handled by one process only, like order pushes."""
         deal = deal_from_row(row)
+        if not push_claim(
+            account=self.push_account, kind="deal", fingerprint=deal_fingerprint(deal)
+        ):
+            return
         logger.info(
             "broker deal push: order %s deal %s %s %s @ %s",
             deal.broker_order_id,
@@ -392,7 +411,7 @@ class FutuExecution(FutuConnection):
             kind="order_list",
         )
         rows = data.to_dict("records")
-        if since is not None and since < datetime.now(tz=UTC) - timedelta(hours=12):
+        if since is not None and since < datetime.now(tz=UTC) - timedelta(hours=DEALS_TODAY_HOURS):
             start, end = history_window(since)
             self._limit("history_deal_list")
             old = self._call(
