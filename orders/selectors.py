@@ -5,7 +5,17 @@ and type vocabularies are part of what they read, so they are named here too.
 
 from django.db.models import Case, F, Sum, When
 
-from orders.models import OPEN_STATUSES, TERMINAL_STATUSES, Order, OrderStatus, OrderType
+from orders.models import (
+    OPEN_STATUSES,
+    TERMINAL_STATUSES,
+    Allocation,
+    Cycle,
+    CycleStatus,
+    Order,
+    OrderStatus,
+    OrderType,
+)
+from trading.compensation import AllocationShare, FillAllocations
 
 __all__ = [
     "OPEN_STATUSES",
@@ -13,6 +23,7 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OrderType",
+    "broker_fill_allocations",
     "order_get",
     "order_lock",
     "settling_usdt_owed",
@@ -42,3 +53,29 @@ def settling_usdt_owed() -> int:
         )
     )["total"]
     return int(total or 0)
+
+
+def broker_fill_allocations(*, client_id: str) -> FillAllocations | None:
+    """Who got the fill of the broker order tagged `client_id` (a netting cycle's): each
+    allocation's order, side, token units and USDT units, with the cycle's FX. None until
+    the cycle is allocated (or for a client id that is no cycle's). Read by the trading
+    app's fill-correction cases (`TRADING_FILL_ALLOCATIONS`)."""
+    cycle = Cycle.objects.filter(client_id=client_id, status=CycleStatus.ALLOCATED).first()
+    if cycle is None:
+        return None
+    rows = (
+        Allocation.objects.filter(cycle=cycle)
+        .order_by("order_id")
+        .values_list("order_id", "order_type", "token_units", "usdt_units")
+    )
+    return FillAllocations(
+        ref=f"cycle {cycle.pk}",
+        side="BUY" if cycle.broker_units > 0 else "SELL",
+        ccy_per_usdt=cycle.ccy_per_usdt,
+        allocations=tuple(
+            AllocationShare(
+                order_id=order_id, side=side, token_units=int(tokens), usdt_units=int(usdt)
+            )
+            for order_id, side, tokens, usdt in rows
+        ),
+    )

@@ -39,6 +39,7 @@ from django.utils import timezone
 
 from core.alerts import AlertSeverity, alert_raise
 from trading.broker import FINAL_STATUSES, BrokerOrder, BrokerStatus, Deal, Side, fill_from_deals
+from trading.corrections import fill_corrections_assess
 from trading.exceptions import (
     BrokerRejected,
     BrokerUnavailable,
@@ -385,7 +386,8 @@ def _record_state(record: BrokerOrderRecord, order: BrokerOrder) -> BrokerOrderS
             and record.avg_fill_price is not None
             and order.avg_fill_price.quantize(Decimal("1e-8")) != record.avg_fill_price
         )
-        if record.final_at is not None and changed:
+        corrected = record.final_at is not None and changed
+        if corrected:
             _open_correction(record, order)
         record.status = str(order.status)
         record.raw_status = order.raw_status
@@ -400,6 +402,8 @@ def _record_state(record: BrokerOrderRecord, order: BrokerOrder) -> BrokerOrderS
         if order.is_final and changed and record.fee is not None:
             record.fee = None  # the fee follows the fills: read it again
         record.save()
+    if corrected:
+        fill_corrections_assess()
     if order.is_final and record.fee is None and record.filled_qty > 0:
         _fetch_fee(record)
     elif order.is_final and record.filled_qty == 0 and record.fee is None:
@@ -540,6 +544,7 @@ def broker_orders_watch() -> int:
             logger.info("watch stopped early: %s", exc)
             break
         synced += 1
+    fill_corrections_assess()  # cases whose fill was allocated since they were opened
     return synced
 
 

@@ -125,3 +125,9 @@ TRADING_BUYING_POWER_RETRY_SECONDS = env_float("TRADING_BUYING_POWER_RETRY_SECON
 # Redis; the claim lasts this long (trading.pushes).
 TRADING_PUSH_ONCE_SECONDS = env_int("TRADING_PUSH_ONCE_SECONDS", 3600)
 TRADING_PUSH_KEY_PREFIX = env_str("TRADING_PUSH_KEY_PREFIX", "bronco:broker-push")
+# Who got a broker order's fill, for a fill correction's compensation case: a dotted path
+# to a callable (client_id=...) -> trading.compensation.FillAllocations | None (trading never
+# imports the order lifecycle, which owns the allocations).
+TRADING_FILL_ALLOCATIONS = env_str(
+    "TRADING_FILL_ALLOCATIONS", "orders.selectors.broker_fill_allocations"
+)
