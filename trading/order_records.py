@@ -21,7 +21,12 @@ and .../get-history-order-list.html):
   changed one at its new values), cancels a DISABLED order explicitly, reads the broker's
   itemised fee once the order is final, and keeps watching a final order until
   `watch_until`: a fill that changes after the order was final opens a critical alert and
-  a `BrokerFillCorrection` case for operators.
+  a `BrokerFillCorrection` case for operators (`trading.corrections` turns it into what
+  the vault owes or is owed once the fill is allocated).
+- Pushes (`broker_order_pushed`, `broker_deal_pushed`, once per update across processes):
+  a final status is recorded at once, so a finished order's sync reads only OpenD's cache;
+  a deal changed after the order was final re-syncs it now. `broker_orders_watch` (beat)
+  follows final orders until `watch_until` within its share of the history budget.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ queue (they call OpenD). Each is safe to run twice: a sync only records what the
 
 from __future__ import annotations
 
-from core.tasks import QUEUE_BROKER, bronco_task
+from core.tasks import QUEUE_BROKER, TRANSIENT_ERRORS, bronco_task
 from trading import order_records
 from trading.exceptions import BrokerUnavailable, RateLimited
 
@@ -19,7 +19,7 @@ def broker_orders_watch() -> int:
 @bronco_task(
     name="trading.tasks.broker_order_refresh",
     queue=QUEUE_BROKER,
-    autoretry_for=(RateLimited, BrokerUnavailable),
+    autoretry_for=(RateLimited, BrokerUnavailable, *TRANSIENT_ERRORS),
     retry_backoff=2,
     retry_backoff_max=60,
     max_retries=10,
