@@ -532,7 +532,7 @@ def broker_orders_watch() -> int:
     now = timezone.now()
     records = list(
         BrokerOrderRecord.objects.filter(watch_until__gt=now)
-        .order_by("watch_until")
+        .order_by("updated_at")  # least recently synced first: every order gets its turn
         .values_list("client_id", "status", "placed_at", "created_at")[:500]
     )
     share = settings.TRADING_WATCH_HISTORY_PER_RUN
