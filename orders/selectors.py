@@ -13,10 +13,13 @@ from orders.models import (
     OPEN_STATUSES,
     TERMINAL_STATUSES,
     Allocation,
+    Cycle,
+    CycleStatus,
     Order,
     OrderStatus,
     OrderType,
 )
+from trading.compensation import AllocationShare, FillAllocations
 
 __all__ = [
     "OPEN_STATUSES",
@@ -24,6 +27,7 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OrderType",
+    "broker_fill_allocations",
     "order_get",
     "order_lock",
     "orders_by_tx",
@@ -165,4 +169,30 @@ def netting_estimate(
         payout_units=sold.payout_units,
         fee_rate=fees.rate,
         fee_flat_units=fees.flat_units,
+    )
+
+
+def broker_fill_allocations(*, client_id: str) -> FillAllocations | None:
+    """Who got the fill of the broker order tagged `client_id` (a netting cycle's): each
+    allocation's order, side, token units and USDT units, with the cycle's FX. None until
+    the cycle is allocated (or for a client id that is no cycle's). Read by the trading
+    app's fill-correction cases (`TRADING_FILL_ALLOCATIONS`)."""
+    cycle = Cycle.objects.filter(client_id=client_id, status=CycleStatus.ALLOCATED).first()
+    if cycle is None:
+        return None
+    rows = (
+        Allocation.objects.filter(cycle=cycle)
+        .order_by("order_id")
+        .values_list("order_id", "order_type", "token_units", "usdt_units")
+    )
+    return FillAllocations(
+        ref=f"cycle {cycle.pk}",
+        side="BUY" if cycle.broker_units > 0 else "SELL",
+        ccy_per_usdt=cycle.ccy_per_usdt,
+        allocations=tuple(
+            AllocationShare(
+                order_id=order_id, side=side, token_units=int(tokens), usdt_units=int(usdt)
+            )
+            for order_id, side, tokens, usdt in rows
+        ),
     )

@@ -41,6 +41,9 @@ EXPECTED_QUEUES = {
     "refunds.tasks.refunds_retry_waiting": "chain",
     "refunds.tasks.refunds_check_sent": "chain",
     "ops.tasks.evaluate_alert_rules": "default",
+    # the watch and a push's refresh sync broker orders at OpenD
+    "trading.tasks.broker_orders_watch": "broker",
+    "trading.tasks.broker_order_refresh": "broker",
 }
 
 

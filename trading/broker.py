@@ -184,9 +184,11 @@ class QuoteSource(Protocol):
 
     def quote(self, code: str) -> Quote:
         """The latest snapshot of `code`: last price (> 0), lot size (shares per lot), tick
-        (smallest price step), currency, and the security's market state (`market_open` says
-        whether an order can trade now; `market_state` is the venue's own name for it;
-        `suspended` is the security's own halt). Raises NoQuote for an unknown code or one
+        (the exchange's price step at the last price: Futu's snapshot `price_spread`; a
+        limit further away may fall in a band with another step), currency, and the
+        security's market state (`market_open` says whether an order can trade now;
+        `market_state` is the venue's own name for it; `suspended` is the security's own
+        halt). Raises NoQuote for an unknown code or one
         without a price, BrokerUnavailable or RateLimited when the venue cannot answer."""
         ...
 

@@ -60,12 +60,3 @@ class MarketClosed(TradingError):
 
 class NoQuote(TradingError):
     """No usable price for the security (unknown code, suspended, zero price)."""
-
-
-class DepositTooSmall(TradingError):
-    """The amount does not buy a single lot after fees. The pipeline refunds it."""
-
-    def __init__(self, reason: str, *, required_usdt_units: int | None = None) -> None:
-        self.reason = reason
-        self.required_usdt_units = required_usdt_units
-        super().__init__(reason)

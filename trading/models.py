@@ -84,6 +84,24 @@ class BrokerFillCorrection(models.Model):
     after_avg_price = models.DecimalField(max_digits=24, decimal_places=8, null=True)
     raw_status = models.CharField(max_length=32, blank=True, default="")
     detected_at = models.DateTimeField(auto_now_add=True)
+    # What the vault owes or is owed (trading.compensation), once the fill was allocated:
+    # totals and one line per affected allocation. Signed: + the vault owes, - it is owed.
+    assessed_at = models.DateTimeField(null=True, blank=True)
+    allocation_ref = models.CharField(max_length=64, blank=True, default="")
+    shares_owed_units = models.DecimalField(
+        max_digits=78, decimal_places=0, null=True, blank=True, help_text="10^-18 share units"
+    )
+    usdt_owed_units = models.DecimalField(
+        max_digits=78, decimal_places=0, null=True, blank=True, help_text="USDT base units"
+    )
+    broker_cash_units = models.DecimalField(
+        max_digits=78,
+        decimal_places=0,
+        null=True,
+        blank=True,
+        help_text="USDT base units the broker returned (+) or took (-)",
+    )
+    compensation = models.JSONField(default=list, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution = models.TextField(blank=True, default="")
 

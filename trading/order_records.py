@@ -21,7 +21,12 @@ and .../get-history-order-list.html):
   changed one at its new values), cancels a DISABLED order explicitly, reads the broker's
   itemised fee once the order is final, and keeps watching a final order until
   `watch_until`: a fill that changes after the order was final opens a critical alert and
-  a `BrokerFillCorrection` case for operators.
+  a `BrokerFillCorrection` case for operators (`trading.corrections` turns it into what
+  the vault owes or is owed once the fill is allocated).
+- Pushes (`broker_order_pushed`, `broker_deal_pushed`, once per update across processes):
+  a final status is recorded at once, so a finished order's sync reads only OpenD's cache;
+  a deal changed after the order was final re-syncs it now. `broker_orders_watch` (beat)
+  follows final orders until `watch_until` within its share of the history budget.
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.alerts import AlertSeverity, alert_raise
-from trading.broker import BrokerOrder, BrokerStatus, Side, fill_from_deals
+from trading.broker import FINAL_STATUSES, BrokerOrder, BrokerStatus, Deal, Side, fill_from_deals
+from trading.corrections import fill_corrections_assess
 from trading.exceptions import (
     BrokerRejected,
     BrokerUnavailable,
@@ -53,6 +59,9 @@ from trading.session import get_broker
 logger = logging.getLogger(__name__)
 
 SOURCE = "trading.order_records"
+# Deals of an order placed longer ago than this are read from the deal history (rate
+# limited), not only from today's deal list (the Futu adapter's `deals`).
+DEALS_TODAY_HOURS = 12
 
 
 @dataclass(frozen=True)
@@ -327,9 +336,19 @@ def broker_order_sync(*, client_id: str) -> BrokerOrderState | None:
             return None
         _adopt(record, found)
     since = record.placed_at or record.first_attempt_at or record.created_at
+    # The open list (OpenD's cache, free) holds the order while it works. Once it left, its
+    # final status is known from a push or an earlier sync, and only its fills may still
+    # change (deals, below): no history request. Only an order that finished unseen costs
+    # one of the history's 10 per 30 s.
     order = broker.query_order(
-        broker_order_id=record.broker_order_id, code=record.code, since=since
+        broker_order_id=record.broker_order_id, code=record.code, include_history=False
     )
+    if order is None and record.status in _FINAL:
+        order = _order_from_record(record)
+    elif order is None:
+        order = broker.query_order(
+            broker_order_id=record.broker_order_id, code=record.code, since=since
+        )
     if order is None:
         return None
     deals = broker.deals(broker_order_id=record.broker_order_id, code=record.code, since=since)
@@ -343,6 +362,26 @@ def broker_order_sync(*, client_id: str) -> BrokerOrderState | None:
     return _record_state(record, order)
 
 
+_FINAL = frozenset(str(status) for status in FINAL_STATUSES)
+
+
+def _order_from_record(record: BrokerOrderRecord) -> BrokerOrder:
+    """A finished order as Bronco last saw it (fills are taken from the deals after)."""
+    return BrokerOrder(
+        broker_order_id=record.broker_order_id,
+        client_id=record.client_id,
+        code=record.code,
+        side=Side(record.side),
+        qty=record.qty,
+        price=record.limit_price,
+        status=BrokerStatus(record.status),
+        filled_qty=record.filled_qty,
+        avg_fill_price=record.avg_fill_price,
+        raw_status=record.raw_status,
+        last_error=record.last_error,
+    )
+
+
 def _record_state(record: BrokerOrderRecord, order: BrokerOrder) -> BrokerOrderState:
     now = timezone.now()
     with transaction.atomic():
@@ -352,7 +391,8 @@ def _record_state(record: BrokerOrderRecord, order: BrokerOrder) -> BrokerOrderS
             and record.avg_fill_price is not None
             and order.avg_fill_price.quantize(Decimal("1e-8")) != record.avg_fill_price
         )
-        if record.final_at is not None and changed:
+        corrected = record.final_at is not None and changed
+        if corrected:
             _open_correction(record, order)
         record.status = str(order.status)
         record.raw_status = order.raw_status
@@ -367,6 +407,8 @@ def _record_state(record: BrokerOrderRecord, order: BrokerOrder) -> BrokerOrderS
         if order.is_final and changed and record.fee is not None:
             record.fee = None  # the fee follows the fills: read it again
         record.save()
+    if corrected:
+        fill_corrections_assess()
     if order.is_final and record.fee is None and record.filled_qty > 0:
         _fetch_fee(record)
     elif order.is_final and record.filled_qty == 0 and record.fee is None:
@@ -475,19 +517,83 @@ def broker_order_cancel(*, client_id: str) -> BrokerOrderState | None:
 
 
 def broker_orders_watch() -> int:
-    """Sync every final order whose fills may still change (until `watch_until`); a fill
-    changed after the fact opens a correction case. Returns how many were looked at. Run
-    it periodically (beat) on the broker queue."""
+    """Sync every final order whose fills may still change (until its `watch_until`); a fill
+    changed after the fact opens a correction case. Returns how many were synced. Run by
+    beat (`trading.tasks.broker_orders_watch`) on the broker queue.
+
+    Budget: Futu's history queries (history orders, history deals) allow 10 requests per
+    30 s each, and netting cycles need the order history for an order that finished unseen.
+    A watched order whose final status is known (from a push or a sync) and that was placed
+    less than `DEALS_TODAY_HOURS` ago costs no rate-limited request: the open list and
+    today's deals come from OpenD's cache. Any other watched order takes one request from
+    the watch's share, `TRADING_WATCH_HISTORY_PER_RUN` per run with the beat every
+    `TRADING_WATCH_INTERVAL_SECONDS`: by default 2 per 30 s, a fifth of the budget; the
+    other four fifths stay the cycles'. Orders over the share wait for the next run."""
     now = timezone.now()
-    client_ids = list(
+    records = list(
         BrokerOrderRecord.objects.filter(watch_until__gt=now)
-        .order_by("watch_until")
-        .values_list("client_id", flat=True)[:200]
+        .order_by("updated_at")  # least recently synced first: every order gets its turn
+        .values_list("client_id", "status", "placed_at", "created_at")[:500]
     )
-    for client_id in client_ids:
+    share = settings.TRADING_WATCH_HISTORY_PER_RUN
+    old = now - timedelta(hours=DEALS_TODAY_HOURS)
+    synced = 0
+    for client_id, status, placed_at, created_at in records:
+        if status not in _FINAL or (placed_at or created_at) < old:
+            if share <= 0:
+                continue
+            share -= 1
         try:
             broker_order_sync(client_id=client_id)
         except (RateLimited, BrokerUnavailable) as exc:
             logger.info("watch stopped early: %s", exc)
             break
-    return len(client_ids)
+        synced += 1
+    fill_corrections_assess()  # cases whose fill was allocated since they were opened
+    return synced
+
+
+# --- pushes (on the SDK's callback thread, once per update: trading.pushes) ----------------
+
+
+def broker_order_pushed(order: BrokerOrder) -> None:
+    """An order push. A final status is recorded at once (one conditional UPDATE), so the
+    order's next sync learns it without a history request; a final order whose status
+    changed again (FILL_CANCELLED after FILLED) is synced now, on the broker queue."""
+    try:
+        if not order.is_final:
+            return
+        changed = (
+            BrokerOrderRecord.objects.filter(broker_order_id=order.broker_order_id)
+            .exclude(status=str(order.status))
+            .exclude(status=BrokerOrderRecord.ABANDONED)
+            .update(
+                status=str(order.status), raw_status=order.raw_status, updated_at=timezone.now()
+            )
+        )
+        if changed:
+            _refresh_if_final(order.broker_order_id)
+    finally:
+        connection.close()  # the SDK's thread is long-lived: hold no connection between pushes
+
+
+def broker_deal_pushed(deal: Deal) -> None:
+    """A deal push (a new fill, or one cancelled or changed after it was reported). For an
+    order already final, its fills are synced now (a correction opens its case at once);
+    a working order's fills are followed by its owner's polls."""
+    try:
+        _refresh_if_final(deal.broker_order_id)
+    finally:
+        connection.close()
+
+
+def _refresh_if_final(broker_order_id: str) -> None:
+    client_id = (
+        BrokerOrderRecord.objects.filter(broker_order_id=broker_order_id, final_at__isnull=False)
+        .values_list("client_id", flat=True)
+        .first()
+    )
+    if client_id is not None:
+        from trading.tasks import broker_order_refresh  # the tasks import this module: late
+
+        broker_order_refresh.delay(client_id)

@@ -12,14 +12,10 @@ RateLimited(retry_after): the caller re-schedules, the work never fails for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 
-from django.conf import settings
-
-from trading import pricing
-from trading.broker import BrokerOrder, Quote, Side
-from trading.exceptions import BrokerRejected, DepositTooSmall, MarketClosed, NoQuote
+from trading.broker import BrokerOrder, Side
+from trading.exceptions import BrokerRejected
 from trading.order_records import (
     BrokerOrderState,
     broker_order_abandon,
@@ -46,13 +42,11 @@ from trading.session import (
 
 __all__ = [
     "BrokerOrderState",
-    "BuyPlan",
     "broker_order_abandon",
     "broker_order_cancel",
     "broker_order_submit",
     "broker_order_sync",
     "broker_orders_watch",
-    "SellPlan",
     "broker_cancel_order",
     "broker_funds",
     "broker_list_orders",
@@ -63,8 +57,6 @@ __all__ = [
     "broker_quote",
     "broker_quotes",
     "get_broker",
-    "plan_buy",
-    "plan_sell",
     "register_order_update_callback",
     "reset_broker",
     "unregister_order_update_callback",
@@ -112,56 +104,3 @@ def broker_cancel_order(
         broker_order_id = order.broker_order_id
     assert broker_order_id is not None
     return broker.cancel_order(broker_order_id=broker_order_id)
-
-
-@dataclass(frozen=True)
-class BuyPlan:
-    quote: Quote
-    limit_price: Decimal
-    qty: Decimal
-    max_cost: Decimal  # market currency, fees included, if filled in full at the limit
-    max_cost_usdt_units: int
-
-
-@dataclass(frozen=True)
-class SellPlan:
-    quote: Quote
-    limit_price: Decimal
-    qty: Decimal
-
-
-def _tradable_quote(code: str) -> Quote:
-    quote = broker_quote(code=code)
-    if quote.suspended:
-        raise NoQuote(f"{code} is suspended")
-    if not quote.market_open:
-        raise MarketClosed(f"{code}: market is {quote.market_state or 'closed'}")
-    return quote
-
-
-def plan_buy(*, code: str, usdt_units: int, slippage: Decimal | None = None) -> BuyPlan:
-    """Quote, limit price and whole-lot quantity for a deposit. Raises MarketClosed, NoQuote
-    or DepositTooSmall (with the reason the pipeline puts on the refund)."""
-    quote = _tradable_quote(code)
-    slip = settings.TRADING_SLIPPAGE if slippage is None else slippage
-    limit = pricing.buy_limit_price(quote, slip)
-    qty = pricing.size_buy(usdt_units=usdt_units, quote=quote, limit_price=limit)
-    cost = pricing.buy_cost(code, qty, limit)
-    return BuyPlan(
-        quote=quote,
-        limit_price=limit,
-        qty=qty,
-        max_cost=cost,
-        max_cost_usdt_units=pricing.market_to_usdt_units(code, cost),
-    )
-
-
-def plan_sell(*, code: str, token_units: int, slippage: Decimal | None = None) -> SellPlan:
-    """Quote, limit price and whole-lot quantity for a redeem. Raises MarketClosed, NoQuote,
-    or DepositTooSmall when the tokens cover less than one lot (all are returned)."""
-    quote = _tradable_quote(code)
-    slip = settings.TRADING_SLIPPAGE if slippage is None else slippage
-    qty = pricing.size_sell(token_units=token_units, quote=quote)
-    if qty <= 0:
-        raise DepositTooSmall(f"redeemed tokens cover less than one lot of {code}")
-    return SellPlan(quote=quote, limit_price=pricing.sell_limit_price(quote, slip), qty=qty)

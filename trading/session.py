@@ -4,7 +4,9 @@ Which broker a process uses is the `TRADING_BROKER_FACTORY` setting: a dotted pa
 callable taking the keywords `on_order_update` and `on_deal_update` and returning a
 `trading.broker.Broker`
 (default: the Futu adapter; tests may choose the in-memory fake). The broker is handed
-`dispatch_order_update`, so every callback registered here sees its order pushes.
+`dispatch_order_update` and `dispatch_deal_update`, so every callback registered here sees
+its pushes. The Futu adapter passes each update on in one process only, whichever claims it
+first (`trading.pushes`): a callback runs once per broker update, not once per process.
 """
 
 from __future__ import annotations

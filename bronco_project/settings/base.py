@@ -287,4 +287,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "chain.tasks.settlements_sweep",
         "schedule": float(CHAIN_SETTLEMENT_SWEEP_SECONDS),
     },
+    # Final broker orders whose fills may still change, within a fifth of the history
+    # budget (TRADING_WATCH_HISTORY_PER_RUN per TRADING_WATCH_INTERVAL_SECONDS).
+    "bronco.broker_orders_watch": {
+        "task": "trading.tasks.broker_orders_watch",
+        "schedule": float(TRADING_WATCH_INTERVAL_SECONDS),  # noqa: F405 (settings.trading)
+    },
 }

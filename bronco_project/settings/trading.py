@@ -69,8 +69,15 @@ FUTU_RATE_MAX_INLINE_WAIT_SECONDS = env_float("FUTU_RATE_MAX_INLINE_WAIT_SECONDS
 FUTU_RATE_KEY_PREFIX = env_str("FUTU_RATE_KEY_PREFIX", "bronco:futu-rate")
 
 # --- Pricing ----------------------------------------------------------------------------
-# Limit price = quote x (1 +/- slippage), rounded to the tick.
+# Limit price = quote x (1 +/- slippage), rounded to the snapshot's price spread.
 TRADING_SLIPPAGE = env_decimal("TRADING_SLIPPAGE", "0.005")
+# Futu's `adjust_limit` on every order (a fraction of the price; 0 = off): OpenD moves a
+# limit that is not a valid price step to the nearest valid one, up for a BUY and down for a
+# SELL, by at most this much. A limit rounded on the snapshot's spread is off the grid only
+# where it crossed into a coarser band, and then moves by less than one step of that band:
+# at most 0.1% of the price above HK$0.50, about 1% at HK$0.50 and at US$1 (sub-penny rule),
+# 1.6% at HK$0.25; 2% covers them all, and the move is never more than that one step.
+FUTU_PRICE_ADJUST_LIMIT = env_decimal("FUTU_PRICE_ADJUST_LIMIT", "0.02")
 # Market prefix of a Futu code -> its trading currency.
 TRADING_MARKET_CURRENCY = {"US": "USD", "HK": "HKD"}
 # Units of the market currency one USDT buys (USDT -> USD 1:1 by default).
@@ -103,7 +110,24 @@ TRADING_CANCEL_MAX_REQUESTS = env_int("TRADING_CANCEL_MAX_REQUESTS", 5)
 # How long after an order is final its fills are still watched (deals cancelled or
 # corrected by the exchange come within the trading day; a day covers it in any zone).
 TRADING_FILL_WATCH_SECONDS = env_float("TRADING_FILL_WATCH_SECONDS", 86400.0)
+# Beat runs the watch (trading.tasks.broker_orders_watch) this often. A watched order whose
+# final status is known and that was placed today costs no rate-limited request; any other
+# takes one history request (orders or deals, each 10 per 30 s at Futu), at most
+# TRADING_WATCH_HISTORY_PER_RUN per run: 2 per 30 s is a fifth of the history budget, and
+# the other four fifths stay with the netting cycles (an order that finished unseen).
+TRADING_WATCH_INTERVAL_SECONDS = env_int("TRADING_WATCH_INTERVAL_SECONDS", 30)
+TRADING_WATCH_HISTORY_PER_RUN = env_int("TRADING_WATCH_HISTORY_PER_RUN", 2)
 # Check the account's buying power (acctradinginfo_query) before every buy; when short the
 # order waits this long (operator alert open) instead of being rejected and refunded.
 TRADING_CHECK_BUYING_POWER = env_bool("TRADING_CHECK_BUYING_POWER", True)
 TRADING_BUYING_POWER_RETRY_SECONDS = env_float("TRADING_BUYING_POWER_RETRY_SECONDS", 60.0)
+# A broker push (order update or deal) is handled by the first process that claims it in
+# Redis; the claim lasts this long (trading.pushes).
+TRADING_PUSH_ONCE_SECONDS = env_int("TRADING_PUSH_ONCE_SECONDS", 3600)
+TRADING_PUSH_KEY_PREFIX = env_str("TRADING_PUSH_KEY_PREFIX", "bronco:broker-push")
+# Who got a broker order's fill, for a fill correction's compensation case: a dotted path
+# to a callable (client_id=...) -> trading.compensation.FillAllocations | None (trading never
+# imports the order lifecycle, which owns the allocations).
+TRADING_FILL_ALLOCATIONS = env_str(
+    "TRADING_FILL_ALLOCATIONS", "orders.selectors.broker_fill_allocations"
+)

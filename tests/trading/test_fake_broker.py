@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.broker import FAKE_BROKER_FACTORY, FakeBroker
-from trading import services
+from trading import pricing, services
 from trading.broker import (
     Broker,
     BrokerOrder,
@@ -358,10 +358,10 @@ def test_the_setting_selects_the_fake_and_pushes_reach_registered_callbacks(sett
 @pytest.mark.django_db  # the orders app's push callback looks the order up
 def test_trading_services_work_over_the_fake(fake_broker):
     fake_broker.set_quote("HK.00700", "381.4", lot_size=100, tick_size="0.2")
-    plan = services.plan_buy(code="HK.00700", usdt_units=10_000 * 10**6)
-    assert plan.qty == 200 and plan.limit_price == Decimal("383.4")
+    limit = pricing.buy_limit_price(services.broker_quote(code="HK.00700"))
+    assert limit == Decimal("383.4")  # on the quote's own tick
     order = services.broker_place_order(
-        client_id="c-svc", code="HK.00700", side="BUY", qty=plan.qty, limit_price=plan.limit_price
+        client_id="c-svc", code="HK.00700", side="BUY", qty=Decimal(200), limit_price=limit
     )
     fake_broker.fill(order.broker_order_id, qty=100, price="381.4")
     cancelled = services.broker_cancel_order(client_id="c-svc")

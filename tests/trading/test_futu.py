@@ -137,7 +137,11 @@ def test_forced_fill_from_the_control_channel(broker_settings):
     assert done.status == BrokerStatus.FILLED and done.filled_qty == 5
 
 
-def test_rejections_are_broker_rejected(broker_settings):
+def test_rejections_are_broker_rejected(broker_settings, settings):
+    from trading.session import reset_broker
+
+    settings.FUTU_PRICE_ADJUST_LIMIT = Decimal(0)  # no adjust_limit: an off-step price fails
+    reset_broker()
     broker = get_broker()
     broker_settings.set_security(
         code="US.TSLA", fill_mode="reject", reject_reason="Order rejected: risk control"
@@ -361,3 +365,94 @@ def test_simulator_rate_limit_maps_to_rate_limited(broker_settings):
     assert err.value.retry_after > 0
     stats = broker_settings.rate_stats(kind="place")
     assert stats["refused"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("price", "spread"),
+    [
+        ("0.20", "0.001"),
+        ("5.00", "0.01"),
+        ("15.00", "0.01"),  # 0.02 before HKEX's 2025 reduction
+        ("20.00", "0.01"),  # an upper bound belongs to its band
+        ("30.00", "0.02"),  # 0.05 before it
+        ("60.00", "0.05"),
+        ("381.40", "0.2"),
+        ("6000", "5"),
+    ],
+)
+def test_snapshot_spread_is_hkexs_table_of_today(broker_settings, price, spread):
+    broker_settings.set_security(code="HK.00005", price=price, lot_size=400)
+    assert get_broker().quote("HK.00005").tick_size == Decimal(spread)
+
+
+def test_snapshot_spread_follows_the_table_in_force(broker_settings):
+    broker_settings.set_security(code="HK.00005", price="5.00", lot_size=400)
+    broker_settings.set_hk_spread_table(table="phase2")  # HK$0.50-10: 0.005
+    assert get_broker().quote("HK.00005").tick_size == Decimal("0.005")
+    broker_settings.set_security(code="US.PENNY", price="0.5123")
+    assert get_broker().quote("US.PENNY").tick_size == Decimal("0.0001")
+
+
+def _raw_place(opend, price: float, adjust_limit: float, side=None):  # type: ignore[no-untyped-def]
+    from futu import RET_OK, OpenSecTradeContext, TrdEnv, TrdMarket, TrdSide
+
+    time.sleep(0.05)  # Futu's 0.02 s between place requests (the raw SDK has no limiter)
+    ctx = OpenSecTradeContext(filter_trdmarket=TrdMarket.HK, host=opend.host, port=opend.port)
+    try:
+        ret, data = ctx.place_order(
+            price=price,
+            qty=400,
+            code="HK.00005",
+            trd_side=side or TrdSide.BUY,
+            adjust_limit=adjust_limit,
+            trd_env=TrdEnv.SIMULATE,
+            acc_id=opend.acc_id,
+            remark=f"raw-{price}-{adjust_limit}",
+        )
+    finally:
+        ctx.close()
+    if ret != RET_OK:
+        return str(data)
+    (order,) = opend.orders(remark=f"raw-{price}-{adjust_limit}")
+    return Decimal(order["price"])
+
+
+def test_adjust_limit_is_honoured_as_futu_documents_it(broker_settings):
+    """The unmodified SDK's place_order(adjust_limit=...): an off-step price moves to the
+    nearest valid one in the sign's direction, within |adjust_limit| of the price;
+    without it, or beyond it, the order is refused for its price step."""
+    from futu import TrdSide
+
+    broker_settings.set_security(code="HK.00005", price="50.00", lot_size=400, fill_mode="none")
+    assert "price step" in _raw_place(broker_settings, 50.24, 0)
+    assert _raw_place(broker_settings, 50.24, 0.002) == Decimal("50.25")
+    assert _raw_place(broker_settings, 50.22, -0.002) == Decimal("50.20")
+    assert "price step" in _raw_place(broker_settings, 50.24, 0.0001)  # 0.01 > 0.01%
+    assert _raw_place(broker_settings, 49.98, 0.002) == Decimal("49.98")  # valid: unchanged
+    broker_settings.set_position(code="HK.00005", qty="4000")
+    assert _raw_place(broker_settings, 50.03, -0.01, TrdSide.SELL) == Decimal("50.00")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_limit_across_a_band_bound_is_placed_through_adjust_limit(broker_settings, settings):
+    """Bronco rounds on the snapshot's spread (0.02 at 49.98); 49.98 x 1.005 = 50.2299 ->
+    50.24, which is in the 50-100 band (0.05): the adapter's adjust_limit makes OpenD place it
+    at 50.25 instead of refusing it. With adjust_limit off, the same order is refused."""
+    from trading import pricing, services
+
+    broker_settings.set_security(code="HK.00005", price="49.98", lot_size=400, fill_mode="none")
+    quote = services.broker_quote(code="HK.00005")
+    limit = pricing.buy_limit_price(quote, Decimal("0.005"))
+    assert (quote.tick_size, limit) == (Decimal("0.02"), Decimal("50.24"))
+    state = services.broker_order_submit(
+        client_id="adj-1", code="HK.00005", side="BUY", qty=Decimal(400), limit_price=limit
+    )
+    assert state.order.price == Decimal("50.25") and state.status == BrokerStatus.WORKING
+    from trading.session import reset_broker
+
+    settings.FUTU_PRICE_ADJUST_LIMIT = Decimal(0)
+    reset_broker()
+    with pytest.raises(BrokerRejected, match="price step"):
+        services.broker_order_submit(
+            client_id="adj-2", code="HK.00005", side="BUY", qty=Decimal(400), limit_price=limit
+        )

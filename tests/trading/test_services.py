@@ -13,18 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from core.money import TOKEN_UNIT, USDT_UNIT
 from tests.fixtures.broker import clear_rate_limits, start_simulator
 from trading.broker import BrokerOrder, BrokerStatus
-from trading.exceptions import BrokerRejected, DepositTooSmall, MarketClosed, NoQuote
+from trading.exceptions import BrokerRejected
 from trading.services import (
     broker_cancel_order,
     broker_funds,
     broker_place_order,
     broker_positions,
     broker_quote,
-    plan_buy,
-    plan_sell,
     register_order_update_callback,
     unregister_order_update_callback,
 )
@@ -86,26 +83,6 @@ def test_cancel_by_client_id_and_idempotent(broker_settings):
     assert broker_cancel_order(broker_order_id=placed.broker_order_id) == cancelled
     with pytest.raises(BrokerRejected):
         broker_cancel_order(client_id="svc-unknown")
-
-
-def test_plan_buy_and_sell(broker_settings):
-    plan = plan_buy(code="HK.00700", usdt_units=20_000 * USDT_UNIT)
-    assert plan.limit_price == Decimal("382.00") and plan.qty == 400
-    assert plan.max_cost_usdt_units <= 20_000 * USDT_UNIT
-    order = broker_place_order(
-        client_id="svc-hk", code="HK.00700", side="BUY", qty=plan.qty, limit_price=plan.limit_price
-    )
-    assert order.status == BrokerStatus.FILLED
-    sell = plan_sell(code="HK.00700", token_units=250 * TOKEN_UNIT)
-    assert sell.qty == 200 and sell.limit_price == Decimal("378.00")
-    with pytest.raises(DepositTooSmall, match="one lot"):
-        plan_buy(code="HK.00700", usdt_units=100 * USDT_UNIT)
-    broker_settings.set_market_open(market="HK", is_open=False)
-    with pytest.raises(MarketClosed):
-        plan_buy(code="HK.00700", usdt_units=20_000 * USDT_UNIT)
-    broker_settings.set_security(code="US.AAPL", suspended=True)
-    with pytest.raises(NoQuote):
-        plan_buy(code="US.AAPL", usdt_units=20_000 * USDT_UNIT)
 
 
 def test_reads_for_reconciliation(broker_settings):

@@ -57,6 +57,7 @@ class FutuBroker(FutuMarketData, FutuExecution):
             us_session=settings.FUTU_US_SESSION,
             remark_lookup_refresh=settings.FUTU_REMARK_LOOKUP_REFRESH,
             fill_outside_rth=settings.FUTU_FILL_OUTSIDE_RTH,
+            price_adjust_limit=settings.FUTU_PRICE_ADJUST_LIMIT,
         )
 
 

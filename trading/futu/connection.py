@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -108,6 +109,7 @@ class FutuConnection:
         us_session: str = "RTH",
         remark_lookup_refresh: bool = False,
         fill_outside_rth: bool = False,
+        price_adjust_limit: Decimal = Decimal(0),
         limiter_factory: Callable[[str], RedisRateLimiter] | None = None,
     ) -> None:
         if trd_env not in (TrdEnv.SIMULATE, TrdEnv.REAL):
@@ -129,6 +131,9 @@ class FutuConnection:
         self.us_session = us_session
         self.remark_lookup_refresh = remark_lookup_refresh
         self.fill_outside_rth = fill_outside_rth
+        if not 0 <= price_adjust_limit < 1:
+            raise ValueError("price_adjust_limit is a fraction of the price in [0, 1)")
+        self.price_adjust_limit = price_adjust_limit
         self._limiter_factory = limiter_factory or (
             lambda account: RedisRateLimiter.from_settings(account=account)
         )

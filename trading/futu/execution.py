@@ -40,6 +40,7 @@ from trading.futu.parsing import (
     position_from_row,
     to_decimal,
 )
+from trading.pushes import deal_fingerprint, order_fingerprint, push_claim
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ def history_window(since: datetime | None) -> tuple[str, str]:
     return _futu_time(since - timedelta(days=1)), _futu_time(now + timedelta(days=1))
 
 
+# Deals of an order that began longer ago than this are read from the deal history too.
+DEALS_TODAY_HOURS = 12
+
 # A history listing is reused this long: short enough that a poll sees news within about a
 # second, long enough that the polls of many orders share one request.
 HISTORY_REUSE_SECONDS = 1.0
@@ -113,11 +117,21 @@ class FutuExecution(FutuConnection):
         trade.set_handler(_OrderPushHandler(self._on_order_push))
         trade.set_handler(_DealPushHandler(self._on_deal_push))
 
+    @property
+    def push_account(self) -> str:
+        """The account pushes are claimed under (`trading.pushes`)."""
+        return f"{self.trd_env}:{self.acc_id}"
+
     def _on_order_push(self, row: dict[str, Any]) -> None:
-        """Runs on the SDK's callback thread for every order update of the account."""
+        """Runs on the SDK's callback thread for every order update of the account. Handled
+        by one process only (`trading.pushes`): the others drop the same update."""
         if row.get("trd_env") not in (None, self.trd_env):
             return
         order = order_from_row(row)
+        if not push_claim(
+            account=self.push_account, kind="order", fingerprint=order_fingerprint(order)
+        ):
+            return
         logger.info(
             "broker order push: %s %s %s filled %s",
             order.broker_order_id,
@@ -129,8 +143,13 @@ class FutuExecution(FutuConnection):
             self.on_order_update(order)
 
     def _on_deal_push(self, row: dict[str, Any]) -> None:
-        """Runs on the SDK's callback thread for every deal (new, cancelled, changed)."""
+        """Runs on the SDK's callback thread for every deal (new, cancelled, changed);
+        handled by one process only, like order pushes."""
         deal = deal_from_row(row)
+        if not push_claim(
+            account=self.push_account, kind="deal", fingerprint=deal_fingerprint(deal)
+        ):
+            return
         logger.info(
             "broker deal push: order %s deal %s %s %s @ %s",
             deal.broker_order_id,
@@ -233,7 +252,15 @@ class FutuExecution(FutuConnection):
         """Place a DAY limit order tagged with `client_id`. With `lookup` the open list is
         asked first (an unfinished order with this remark is returned as it is); the caller
         that knows an earlier attempt may have finished asks the history itself
-        (`trading.services.broker_order_submit`). US orders carry the configured `session`."""
+        (`trading.services.broker_order_submit`). US orders carry the configured `session`.
+
+        Every order carries Futu's `adjust_limit` (`price_adjust_limit`, signed by side: a
+        BUY may move up, a SELL down, never by more than that fraction of the price): a limit
+        rounded on the snapshot's spread that crossed into a band with a coarser step (HKEX's
+        spread table) is moved by OpenD to the next valid price instead of being refused
+        (https://openapi.futunn.com/futu-api-doc/en/trade/place-order.html; Trd_PlaceOrder
+        `adjustPrice`/`adjustSideAndLimit`). The order's own price (as read back) is the one
+        that works."""
         side = BrokerSide(side)
         if len(client_id.encode()) > 64:
             raise ValueError("client id must fit Futu's remark (64 bytes)")
@@ -252,6 +279,9 @@ class FutuExecution(FutuConnection):
         self._limit("place")
         self._history_cache.clear()
         extra: dict[str, Any] = {}
+        if self.price_adjust_limit:
+            sign = 1 if side == BrokerSide.BUY else -1
+            extra["adjust_limit"] = float(sign * self.price_adjust_limit)
         if code.startswith("US."):
             extra["session"] = getattr(Session, self.us_session)
         data = self._call(
@@ -381,7 +411,7 @@ class FutuExecution(FutuConnection):
             kind="order_list",
         )
         rows = data.to_dict("records")
-        if since is not None and since < datetime.now(tz=UTC) - timedelta(hours=12):
+        if since is not None and since < datetime.now(tz=UTC) - timedelta(hours=DEALS_TODAY_HOURS):
             start, end = history_window(since)
             self._limit("history_deal_list")
             old = self._call(

@@ -22,8 +22,7 @@ from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
-from trading.opend_sim import fees
-from trading.pricing import is_on_tick, tick_size_for
+from trading.opend_sim import fees, spreads
 
 # Futu order status names (futu.common.constant.OrderStatus values).
 OPEN_STATUSES = frozenset(
@@ -259,8 +258,11 @@ class SimMarket:
         walk_interval: float = 1.0,
         seed: int | None = None,
         state_file: str | Path | None = None,
+        hk_spread_table: str = spreads.DEFAULT_HK_TABLE,
     ) -> None:
         self.lock = threading.RLock()
+        # Which HKEX spread table is in force (`trading.opend_sim.spreads`).
+        self.hk_spread_table = hk_spread_table
         self.listeners: list[Callable[[Event], None]] = []
         self.trade_password = trade_password
         self.walk_interval = walk_interval
@@ -329,6 +331,16 @@ class SimMarket:
         if sec is None:
             raise SimError(self.msg("unknown_stock", code=code))
         return sec
+
+    def spread(self, code: str, price: Decimal) -> Decimal:
+        """The exchange's price step at `price` (the snapshot's `price_spread`)."""
+        return spreads.spread_at(code, price, table=self.hk_spread_table)
+
+    def set_hk_spread_table(self, table: str) -> None:
+        if table not in spreads.HK_SPREAD_TABLES:
+            raise SimError(f"HK spread table must be one of {sorted(spreads.HK_SPREAD_TABLES)}")
+        with self.lock:
+            self.hk_spread_table = table
 
     def msg(self, key: str, **kwargs: Any) -> str:
         return message(key, self.language, **kwargs)
@@ -403,7 +415,11 @@ class SimMarket:
         price: Decimal,
         remark: str,
         session: str = "",
+        adjust_limit: Decimal = Decimal(0),
     ) -> SimOrder:
+        """Place a limit order. A price off the exchange's price step is moved to a valid
+        one within `adjust_limit` (Futu's place_order argument: sign = direction, size = the
+        largest move as a fraction of the price), else refused (`spreads.adjusted_price`)."""
         events: list[Event] = []
         with self.lock:
             now = time.time()
@@ -420,8 +436,10 @@ class SimMarket:
                 raise SimError(sec.reject_reason or self.msg("rejected"))
             if qty <= 0 or qty % sec.lot_size:
                 raise SimError(self.msg("lot", qty=qty, lot=sec.lot_size))
-            if not is_on_tick(code, price):
-                raise SimError(self.msg("tick", price=price, tick=tick_size_for(code, price)))
+            valid = spreads.adjusted_price(code, price, adjust_limit, table=self.hk_spread_table)
+            if valid is None:
+                raise SimError(self.msg("tick", price=price, tick=self.spread(code, price)))
+            price = valid
             currency = MARKET_CURRENCY[sec.market]
             if side == "BUY":
                 if self._available_cash(acc, currency) < self._reserve(code, side, qty, price):
@@ -703,8 +721,8 @@ class SimMarket:
                 for sec in self.securities.values():
                     if sec.walk > 0:
                         step = Decimal(repr(self.rng.gauss(0.0, float(sec.walk))))
-                        raw = max(sec.price * (1 + step), tick_size_for(sec.code, sec.price))
-                        tick = tick_size_for(sec.code, raw)
+                        raw = max(sec.price * (1 + step), self.spread(sec.code, sec.price))
+                        tick = self.spread(sec.code, raw)
                         sec.price = (raw / tick).to_integral_value() * tick
             for order in list(self.orders.values()):
                 if order.status in ("WAITING_SUBMIT", "SUBMITTED", "FILLED_PART"):

@@ -39,7 +39,6 @@ from trading.opend_sim.market import (
     _dec,
     _now_str,
 )
-from trading.pricing import tick_size_for
 
 logger = logging.getLogger(__name__)
 
@@ -597,6 +596,10 @@ class OpenDSimulator:
             price=_num(c2s.price),
             remark=c2s.remark,
             session=SESSION_NAME.get(c2s.session, "") if c2s.HasField("session") else "",
+            # Both fields must be set for OpenD to adjust (Trd_PlaceOrder.proto).
+            adjust_limit=_num(c2s.adjustSideAndLimit)
+            if c2s.adjustPrice and c2s.HasField("adjustSideAndLimit")
+            else Decimal(0),
         )
         self._header(rsp.s2c.header, h.accID, h.trdEnv, h.trdMarket)
         rsp.s2c.orderID = order.order_id
@@ -656,7 +659,7 @@ class OpenDSimulator:
                 b.isSuspend = sec.suspended
                 b.listTime = "2000-01-01"
                 b.lotSize = sec.lot_size
-                b.priceSpread = float(tick_size_for(sec.code, sec.price))
+                b.priceSpread = float(self.market.spread(sec.code, sec.price))
                 b.updateTime = now
                 price = float(sec.price)
                 b.highPrice = b.openPrice = b.lowPrice = price
@@ -744,6 +747,9 @@ class OpenDSimulator:
             return _order_dict(
                 m.set_order_status(int(args["order_id"]), args["status"], args.get("last_err", ""))
             )
+        if cmd == "set_hk_spread_table":
+            m.set_hk_spread_table(args["table"])
+            return m.hk_spread_table
         if cmd == "set_language":
             m.set_language(args["language"])
             return m.language

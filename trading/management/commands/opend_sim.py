@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from trading.opend_sim import spreads
 from trading.opend_sim.market import DEFAULT_SECURITIES, SimSecurity
 from trading.opend_sim.server import OpenDSimulator
 
@@ -35,6 +36,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--seed", type=int, default=None)
         parser.add_argument("--trade-password", default=settings.FUTU_TRADE_PASSWORD)
+        parser.add_argument(
+            "--hk-spread-table",
+            choices=sorted(spreads.HK_SPREAD_TABLES),
+            default=spreads.DEFAULT_HK_TABLE,
+            help="HKEX spread table in force (trading/opend_sim/spreads.py)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         securities = [
@@ -54,6 +61,7 @@ class Command(BaseCommand):
             trade_password=options["trade_password"],
             securities=securities,
             seed=options["seed"],
+            hk_spread_table=options["hk_spread_table"],
         )
         port = sim.start()
         self.stdout.write(
