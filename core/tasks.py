@@ -16,7 +16,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 
 QUEUE_DEFAULT = "default"
@@ -26,6 +27,11 @@ QUEUES = (QUEUE_DEFAULT, QUEUE_BROKER, QUEUE_CHAIN)
 
 # A database that blinked: a retry re-reads fresh state (every task is safe to run twice).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+# A task's time limits: never to be caught by a broad `except Exception` (SoftTimeLimitExceeded
+# is an Exception), or a timed-out task would end as a success. Re-raise them first:
+#     except TIME_LIMITS: raise
+TIME_LIMITS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded, TimeLimitExceeded)
 
 TASK_OPTIONS: dict[str, Any] = {
     # Ack after the task ran, and give a task whose worker died back to the queue: a task is
@@ -80,3 +86,14 @@ def route_task(
     named; anything else falls through to Celery's default queue."""
     queue = queue_of(name)
     return {"queue": queue} if queue else None
+
+
+def queue_depth(queue: str) -> int:
+    """How many messages wait in `queue` on the Celery broker (Redis or RabbitMQ), not counting
+    those a worker already holds; 0 for a queue the broker does not know yet."""
+    with current_app.pool.acquire(block=True) as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except conn.channel_errors:
+            conn.close()  # AMQP closes the channel on a failed passive declare: start afresh
+            return 0

@@ -131,11 +131,20 @@ ORDER_RETRY_SECONDS = env_float("ORDER_RETRY_SECONDS", 5.0)
 ORDER_SETTLE_CHECK_SECONDS = env_float("ORDER_SETTLE_CHECK_SECONDS", 1.0)
 # A deposit below this (USDT) is refused and refunded.
 ORDER_MIN_USDT = env_decimal("ORDER_MIN_USDT", "1")
-# An order's live pipeline run renews a lease at every step: the countdown to its next step
-# plus this (queueing and the task's own time limit). Past it the run is dead and the
-# compensation scan takes the order over (orders.runs).
-ORDER_RUN_LEASE_SECONDS = env_int("ORDER_RUN_LEASE_SECONDS", 90)
-COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 30)
+# An order's live pipeline run renews a lease at every step (the countdown to its next step
+# plus this), and a heartbeat renews it every third of it while a step works: this covers
+# the wait in its queue. Past it the run is dead (its worker was killed, its task lost) and
+# the compensation scan takes the order over (orders.runs).
+ORDER_RUN_LEASE_SECONDS = env_int("ORDER_RUN_LEASE_SECONDS", 8)
+# The scan runs this often: it re-drives dead runs and, when a Redis broker restarted or was
+# wiped, every run and cycle at once. Cheap: one indexed query, one Redis round trip.
+COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 2)
+# Re-drives never fill a stage's queue past this many messages (a run whose lease ran out
+# while its task waits behind a deep queue is not multiplied).
+ORDER_REDRIVE_QUEUE_MAX = env_int("ORDER_REDRIVE_QUEUE_MAX", 500)
+# An order whose work a fault lost has at least this long left before its deadline
+# (orders.runs.orders_deadline_extend): a fault's time never turns into a refund.
+ORDER_FAULT_DEADLINE_GRACE_SECONDS = env_int("ORDER_FAULT_DEADLINE_GRACE_SECONDS", 60)
 
 # --- Netting (orders.netting) -----------------------------------------------------------
 # Bronco's published fee, the same for every participant of a cycle: a rate of the traded
@@ -148,8 +157,9 @@ NETTING_INVENTORY_CAP_LOTS = env_int("NETTING_INVENTORY_CAP_LOTS", 2)
 NETTING_CYCLE_SECONDS = env_int("NETTING_CYCLE_SECONDS", 1)
 # A cycle's broker order still working after this long is cancelled; what filled is allocated.
 NETTING_CYCLE_TIMEOUT_SECONDS = env_float("NETTING_CYCLE_TIMEOUT_SECONDS", 20.0)
-# A cycle whose steps stop (a worker died) is re-driven by the scheduler after this long.
-NETTING_CYCLE_LEASE_SECONDS = env_int("NETTING_CYCLE_LEASE_SECONDS", 60)
+# A cycle whose steps stop (a worker died) is re-driven by the scheduler after this long
+# (a step that works renews it by heartbeat, orders.runs.run_heartbeat).
+NETTING_CYCLE_LEASE_SECONDS = env_int("NETTING_CYCLE_LEASE_SECONDS", 8)
 
 LOGGING = {
     "version": 1,
