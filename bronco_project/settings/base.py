@@ -111,6 +111,9 @@ CELERY_TASK_ROUTES = ("core.tasks.route_task",)
 # file) every time beat starts: an interval setting takes effect at the next start.
 CELERY_BEAT_SCHEDULER = "core.beat:BroncoScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's consumer with a guard that keeps a worker alive through its Redis broker's restart
+# (core.worker says which failing path of the pinned celery/kombu it guards).
+CELERY_WORKER_CONSUMER = "core.worker:BroncoConsumer"
 
 # --- Flower -----------------------------------------------------------------------------
 FLOWER_ADDRESS = env_str("FLOWER_ADDRESS", "127.0.0.1")
