@@ -16,9 +16,11 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from celery import current_app, shared_task
+from celery import Task, current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.db import InterfaceError, OperationalError
+
+from bronco_project.settings.broker import broker_is_amqp
 
 QUEUE_DEFAULT = "default"
 QUEUE_BROKER = "broker"
@@ -55,6 +57,20 @@ _QUEUE_OF: dict[str, str] = {}
 BRONCO_TASK_PACKAGES = ("orders", "chain", "trading", "refunds", "ops", "core")
 
 
+class BroncoTask(Task):
+    """Celery's Task, whose countdowns RabbitMQ's native delayed delivery can carry: that
+    counts whole seconds (kombu's `calculate_routing_key` refuses 0), so on an AMQP broker a
+    countdown under one second waits one second (on Redis it stays as asked)."""
+
+    abstract = True
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        countdown = options.get("countdown")
+        if countdown and 0 < countdown < 1 and broker_is_amqp(str(self.app.conf.broker_url)):
+            options["countdown"] = 1
+        return super().apply_async(args, kwargs, **options)
+
+
 def bronco_task(*, name: str, queue: str, **overrides: Any) -> Callable[[Callable[..., Any]], Any]:
     """`shared_task` with Bronco's options, the task's queue and a stable name.
 
@@ -64,7 +80,9 @@ def bronco_task(*, name: str, queue: str, **overrides: Any) -> Callable[[Callabl
     if queue not in QUEUES:
         raise ValueError(f"task {name}: unknown queue {queue!r}; use one of {QUEUES}")
     _QUEUE_OF[name] = queue
-    return shared_task(name=name, bronco_queue=queue, **{**TASK_OPTIONS, **overrides})
+    return shared_task(
+        name=name, bronco_queue=queue, base=BroncoTask, **{**TASK_OPTIONS, **overrides}
+    )
 
 
 def queue_of(name: str) -> str | None:

@@ -4,8 +4,8 @@ default that works on a developer machine (PostgreSQL and Redis on loopback)."""
 from pathlib import Path
 
 import dj_database_url
-from kombu import Queue
 
+from bronco_project.settings.broker import celery_broker_settings
 from bronco_project.settings.env import (
     env_bool,
     env_decimal,
@@ -86,7 +86,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # --- Celery -----------------------------------------------------------------------------
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# Redis (the default) or RabbitMQ (amqp://: quorum queues, publisher confirms): each one's
+# queues and options come from bronco_project.settings.broker, which says what each loses on
+# its own restart. Redis stays for locks, rate limits, metrics and results either way.
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
+globals().update(
+    celery_broker_settings(
+        env_str("CELERY_BROKER_URL", REDIS_URL), visibility_timeout=CELERY_VISIBILITY_TIMEOUT
+    )
+)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -97,15 +105,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 60)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 90)
-# Redis redelivers an unacked task after the visibility timeout: it must stay above the
-# longest countdown and the hard time limit, or a task would run again while still running.
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
-}
 # Queues by the resource a task waits on (core.tasks); each task names its queue on its
 # decorator, and this one router reads it back, so there is no table of names to drift.
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_QUEUES = (Queue("default"), Queue("chain"), Queue("broker"))
 CELERY_TASK_ROUTES = ("core.tasks.route_task",)
 # django-celery-beat's database scheduler, synced from CELERY_BEAT_SCHEDULE (end of this
 # file) every time beat starts: an interval setting takes effect at the next start.
