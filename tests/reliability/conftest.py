@@ -2,6 +2,7 @@
 the same port), real Celery workers and beat as subprocesses (tests.fixtures.processes)."""
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -93,3 +94,8 @@ def reset_app_connections(app) -> None:
         app._pool = None
     app.amqp._producer_pool = None
     app._local.__dict__.pop("backend", None)
+
+
+def beat_argv() -> list[str]:
+    """celery beat as the tests run it (the database scheduler, synced from the settings)."""
+    return [sys.executable, "-m", "celery", "-A", "bronco_project", "beat", "-s", "/dev/null"]

@@ -3,7 +3,6 @@ the test's own, a real worker and beat: orders whose validate tasks were queued 
 wiped are taken over as soon as a worker can work again — not when their (here one-minute)
 leases run out — and the deadline that passed during the fault does not refund them."""
 
-import sys
 import time
 import uuid
 
@@ -23,15 +22,12 @@ from tests.fixtures.processes import (
     subprocess_env,
     wait_until,
 )
+from tests.reliability.conftest import beat_argv
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ORDERS = 20
 GOAL_SECONDS = 10.0
-
-
-def _beat_argv() -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "bronco_project", "beat", "-s", "/dev/null"]
 
 
 def test_orders_lost_with_a_wiped_redis_are_redriven_in_seconds_and_none_refunded(
@@ -45,7 +41,7 @@ def test_orders_lost_with_a_wiped_redis_are_redriven_in_seconds_and_none_refunde
         FUTU_OPEND_PORT=free_port(),  # no broker: the booked orders wait in their book
     )
     worker_argv = celery_worker_argv(concurrency=3)
-    with bronco_process("redrive-beat", _beat_argv(), env):
+    with bronco_process("redrive-beat", beat_argv(), env):
         with bronco_process("redrive-worker-1", worker_argv, env):
             # The system works: the scan has run against this Redis.
             wait_until(

@@ -5,7 +5,6 @@ out and the scan, every 2 s, takes the orders over (issue 17, point 1)."""
 
 import os
 import signal
-import sys
 import time
 import uuid
 
@@ -22,6 +21,7 @@ from tests.fixtures.processes import (
     subprocess_env,
     wait_until,
 )
+from tests.reliability.conftest import beat_argv
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -32,8 +32,7 @@ def test_runs_held_by_a_killed_worker_are_taken_over_within_a_lease(own_redis, s
     env = subprocess_env(COMPENSATION_SCAN_SECONDS=2, NETTING_CYCLE_SECONDS=60)
     lease_seconds = settings.ORDER_RUN_LEASE_SECONDS
     worker_argv = celery_worker_argv(concurrency=2, queues="default")
-    beat = [sys.executable, "-m", "celery", "-A", "bronco_project", "beat", "-s", "/dev/null"]
-    with bronco_process("killed-beat", beat, env):
+    with bronco_process("killed-beat", beat_argv(), env):
         with bronco_process("killed-worker-1", worker_argv, env) as worker:
             token = uuid.uuid4().hex
             assert ping.apply_async(args=[token]).get(timeout=60)["token"] == token
