@@ -14,7 +14,12 @@ from django.utils import timezone
 from orders.models import Order, OrderStatus
 from orders.tasks import compensation_scan, ping
 from tests.factories import OrderFactory
-from tests.fixtures.processes import bronco_process, celery_worker_argv, subprocess_env
+from tests.fixtures.processes import (
+    bronco_process,
+    celery_worker_argv,
+    subprocess_env,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -61,12 +66,20 @@ def test_a_task_whose_database_connection_is_terminated_mid_query_recovers(own_r
 def test_the_run_heartbeat_survives_its_connection_being_terminated(settings):
     from orders import runs
 
-    settings.ORDER_RUN_LEASE_SECONDS = 1.5  # a beat every 0.5 s
-    order = OrderFactory(status=OrderStatus.SETTLING, run_gen=3)
+    settings.ORDER_RUN_LEASE_SECONDS = 1.5  # a beat every 0.5 s (after the current sleep)
+    order = OrderFactory(status=OrderStatus.SETTLING, run_gen=3, run_lease_until=timezone.now())
     with runs.run_heartbeat(order_id=order.pk, gen=3):
-        time.sleep(1.0)  # the heartbeat thread has its own connection now
+        wait_until(
+            lambda: Order.objects.get(pk=order.pk).run_lease_until > timezone.now(),
+            timeout=10,
+            what="the heartbeat's first renewal (its own connection)",
+        )
         assert _terminate_other_backends() >= 1
-        Order.objects.filter(pk=order.pk).update(run_lease_until=timezone.now())
-        time.sleep(2.0)
-        lease = Order.objects.get(pk=order.pk).run_lease_until
-    assert lease > timezone.now(), "the heartbeat stopped renewing after losing its connection"
+        Order.objects.filter(pk=order.pk).update(
+            run_lease_until=timezone.now() - timezone.timedelta(seconds=1)
+        )
+        wait_until(
+            lambda: Order.objects.get(pk=order.pk).run_lease_until > timezone.now(),
+            timeout=6,
+            what="the heartbeat to renew again on a fresh connection",
+        )
