@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup venv node check-services lint format test test-fast run run-procfile bench-e2e contracts clean
+.PHONY: setup venv node check-services lint format test test-rabbitmq test-fast run run-procfile bench-e2e contracts clean
 
 setup: venv node
 
@@ -42,8 +42,19 @@ browser-deps:
 	fi
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+# Then the end-to-end tests again with Celery on RabbitMQ (test-rabbitmq).
 test: setup check-services lint browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi
+	$(MAKE) --no-print-directory test-rabbitmq
+
+# The pipeline's end-to-end tests (tests/e2e) with Celery on RabbitMQ: quorum queues and
+# publisher confirms, on a vhost of the test run's own that the tests re-create (RabbitMQ
+# runs on these machines; Redis stays for locks, rate limits and results).
+TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/bronco_test
+test-rabbitmq: setup
+	TEST_CELERY_BROKER_URL=$(TEST_AMQP_URL) $(PY) -m pytest -m e2e tests/e2e; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The fast layer: PostgreSQL and Redis only (fakes of Bronco's own broker and settlement

@@ -16,8 +16,11 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from celery import shared_task
+from celery import Task, current_app, shared_task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.db import InterfaceError, OperationalError
+
+from bronco_project.settings.broker import broker_is_amqp
 
 QUEUE_DEFAULT = "default"
 QUEUE_BROKER = "broker"
@@ -26,6 +29,11 @@ QUEUES = (QUEUE_DEFAULT, QUEUE_BROKER, QUEUE_CHAIN)
 
 # A database that blinked: a retry re-reads fresh state (every task is safe to run twice).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+# A task's time limits: never to be caught by a broad `except Exception` (SoftTimeLimitExceeded
+# is an Exception), or a timed-out task would end as a success. Re-raise them first:
+#     except TIME_LIMITS: raise
+TIME_LIMITS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded, TimeLimitExceeded)
 
 TASK_OPTIONS: dict[str, Any] = {
     # Ack after the task ran, and give a task whose worker died back to the queue: a task is
@@ -49,6 +57,20 @@ _QUEUE_OF: dict[str, str] = {}
 BRONCO_TASK_PACKAGES = ("orders", "chain", "trading", "refunds", "ops", "core")
 
 
+class BroncoTask(Task):
+    """Celery's Task, whose countdowns RabbitMQ's native delayed delivery can carry: that
+    counts whole seconds (kombu's `calculate_routing_key` refuses 0), so on an AMQP broker a
+    countdown under one second waits one second (on Redis it stays as asked)."""
+
+    abstract = True
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        countdown = options.get("countdown")
+        if countdown and 0 < countdown < 1 and broker_is_amqp(str(self.app.conf.broker_url)):
+            options["countdown"] = 1
+        return super().apply_async(args, kwargs, **options)
+
+
 def bronco_task(*, name: str, queue: str, **overrides: Any) -> Callable[[Callable[..., Any]], Any]:
     """`shared_task` with Bronco's options, the task's queue and a stable name.
 
@@ -58,7 +80,9 @@ def bronco_task(*, name: str, queue: str, **overrides: Any) -> Callable[[Callabl
     if queue not in QUEUES:
         raise ValueError(f"task {name}: unknown queue {queue!r}; use one of {QUEUES}")
     _QUEUE_OF[name] = queue
-    return shared_task(name=name, bronco_queue=queue, **{**TASK_OPTIONS, **overrides})
+    return shared_task(
+        name=name, bronco_queue=queue, base=BroncoTask, **{**TASK_OPTIONS, **overrides}
+    )
 
 
 def queue_of(name: str) -> str | None:
@@ -80,3 +104,14 @@ def route_task(
     named; anything else falls through to Celery's default queue."""
     queue = queue_of(name)
     return {"queue": queue} if queue else None
+
+
+def queue_depth(queue: str) -> int:
+    """How many messages wait in `queue` on the Celery broker (Redis or RabbitMQ), not counting
+    those a worker already holds; 0 for a queue the broker does not know yet."""
+    with current_app.pool.acquire(block=True) as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except conn.channel_errors:
+            conn.close()  # AMQP closes the channel on a failed passive declare: start afresh
+            return 0

@@ -28,6 +28,7 @@ from django.utils import timezone
 from chain.selectors import listener_lag
 from core.alerts import alert_raise, alert_resolve
 from core.models import AlertSeverity, AuditLog
+from core.tasks import TIME_LIMITS
 from orders.models import TERMINAL_STATUSES, Order, OrderStatus
 from refunds.selectors import refund_failure_count, reserve_status
 
@@ -197,6 +198,8 @@ def evaluate_alert_rules(*, now: datetime | None = None) -> dict[str, str]:
             else:
                 alert_resolve(key=result.key)
                 outcome[name] = "clear"
+        except TIME_LIMITS:
+            raise  # the task ran out of time: it ends as a timeout, never as a success
         except Exception:
             logger.exception("alert rule %s failed; the other rules still run", name)
             outcome[name] = "error"

@@ -23,14 +23,20 @@ state transitions; they are not audited except where a takeover is asked for by 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import DateTimeField, F, Q, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from orders.models import OPEN_STATUSES, Order, OrderStatus
+from core.audit import AuditEntry, audit_record_many
+from orders.models import OPEN_STATUSES, Cycle, CycleStatus, Order, OrderStatus
 from orders.stages import Next, Stage
 
 logger = logging.getLogger(__name__)
@@ -65,22 +71,22 @@ def initial_lease() -> timezone.datetime:
 
 def run_enqueue(*, order_id: int, gen: int, nxt: Next) -> None:
     """Send the task of `nxt.stage` for run `gen` (on its stage's queue, after `countdown`)."""
-    from orders.tasks import task_for_stage  # the tasks import the pipeline: import late
-
-    task_for_stage(nxt.stage).apply_async(
-        args=[order_id], kwargs={"gen": gen}, countdown=nxt.countdown or None
-    )
+    run_enqueue_many(gens={order_id: gen}, nxt=nxt)
 
 
-def run_enqueue_many(*, order_ids: list[int], gen: int, nxt: Next) -> None:
-    """`run_enqueue` for many orders at the same step, through one broker connection."""
+def run_enqueue_many(*, gens: Mapping[int, int], nxt: Next) -> None:
+    """Send the task of `nxt.stage` for each order (order id -> its run's generation), all
+    after `nxt.countdown` seconds, through one broker connection (the one publish loop of
+    every start, continuation and takeover)."""
+    if not gens:
+        return
     from celery import current_app
 
-    from orders.tasks import task_for_stage
+    from orders.tasks import task_for_stage  # the tasks import the pipeline: import late
 
     task = task_for_stage(nxt.stage)
     with current_app.producer_or_acquire() as producer:
-        for order_id in order_ids:
+        for order_id, gen in gens.items():
             task.apply_async(
                 args=[order_id],
                 kwargs={"gen": gen},
@@ -150,28 +156,21 @@ def runs_take_over_many(*, order_ids: Sequence[int], stage: Stage) -> None:
         run_gen=F("run_gen") + 1, run_lease_until=_lease_until()
     )
     gens = dict(Order.objects.filter(pk__in=ids).values_list("pk", "run_gen"))
-
-    def publish() -> None:
-        from celery import current_app
-
-        from orders.tasks import task_for_stage
-
-        task = task_for_stage(stage)
-        with current_app.producer_or_acquire() as producer:
-            for order_id, gen in gens.items():
-                task.apply_async(args=[order_id], kwargs={"gen": gen}, producer=producer)
-
-    transaction.on_commit(publish, robust=True)
+    transaction.on_commit(lambda: run_enqueue_many(gens=gens, nxt=Next(stage)), robust=True)
 
 
-def runs_dead_claim(*, limit: int = 500) -> Iterator[tuple[int, int, Next]]:
-    """Claim open orders whose lease ran out: each gets a new generation (and a fresh lease)
-    in one conditional UPDATE, so two concurrent scans never claim the same order, and a run
-    that renews its lease meanwhile is not taken over. Yields (order id, new gen, stage)."""
+def runs_dead_claim(
+    *, limit: int = 500, stage: Stage | None = None
+) -> Iterator[tuple[int, int, Next]]:
+    """Claim open orders whose lease ran out (only those at `stage` when given, at most
+    `limit`): each gets a new generation (and a fresh lease) in one conditional UPDATE, so two
+    concurrent scans never claim the same order, and a run that renews its lease meanwhile is
+    not taken over. Yields (order id, new gen, stage)."""
     now = timezone.now()
+    statuses = [s for s, st in _STAGE_BY_STATUS.items() if stage in (None, st)]
     with transaction.atomic():
         rows = list(
-            Order.objects.filter(status__in=[s.value for s in OPEN_STATUSES])
+            Order.objects.filter(status__in=statuses)
             .filter(_RUN_DRIVEN)
             .filter(Q(run_lease_until__lt=now) | Q(run_lease_until__isnull=True))
             .order_by("pk")
@@ -188,3 +187,171 @@ def runs_dead_claim(*, limit: int = 500) -> Iterator[tuple[int, int, Next]]:
             if taken:
                 claimed.append((pk, gen + 1, Next(_STAGE_BY_STATUS[status])))
     yield from claimed
+
+
+# --- heartbeat: a run (or cycle step) that is working keeps its lease ----------------------
+
+_beat_lock = threading.Lock()
+_beating_runs: dict[int, int] = {}  # order id -> generation of the run working on it here
+_beating_cycles: set[int] = set()
+_beat_owner: tuple[int, threading.Thread] | None = None  # (pid, thread): a fork starts anew
+
+
+def _heartbeat_interval() -> float:
+    return max(0.5, settings.ORDER_RUN_LEASE_SECONDS / 3)
+
+
+def _heartbeat_once() -> None:
+    """Renew, never shorten (a step's countdown may have set a longer lease), the lease of
+    every run and cycle working in this process."""
+    with _beat_lock:
+        beating_runs, beating_cycles = dict(_beating_runs), set(_beating_cycles)
+    if beating_runs:
+        alive = Q(pk__in=[])
+        for order_id, gen in beating_runs.items():
+            alive |= Q(pk=order_id, run_gen=gen)
+        until = Value(_lease_until(), output_field=DateTimeField())
+        Order.objects.filter(alive).update(run_lease_until=Greatest(F("run_lease_until"), until))
+    if beating_cycles:
+        until = Value(
+            timezone.now() + timezone.timedelta(seconds=settings.NETTING_CYCLE_LEASE_SECONDS),
+            output_field=DateTimeField(),
+        )
+        Cycle.objects.filter(pk__in=beating_cycles).exclude(status=CycleStatus.ALLOCATED).update(
+            lease_until=Greatest(F("lease_until"), until)
+        )
+
+
+def _heartbeat_loop() -> None:
+    while True:
+        time.sleep(_heartbeat_interval())
+        try:
+            _heartbeat_once()
+        except Exception:  # noqa: BLE001 - a blinking database: the next beat reconnects
+            logger.warning("run heartbeat failed; retrying", exc_info=True)
+            connection.close()
+
+
+def _heartbeat_start() -> None:
+    global _beat_owner
+    if _beat_owner is not None and _beat_owner[0] == os.getpid() and _beat_owner[1].is_alive():
+        return
+    thread = threading.Thread(target=_heartbeat_loop, name="bronco-run-heartbeat", daemon=True)
+    thread.start()
+    _beat_owner = (os.getpid(), thread)
+
+
+@contextmanager
+def run_heartbeat(*, order_id: int | None = None, gen: int = 0, cycle_id: int | None = None):
+    """While the block runs, a thread of this process renews the lease of run `gen` of
+    `order_id` (or of cycle `cycle_id`) every ORDER_RUN_LEASE_SECONDS / 3: a step that is
+    working is never taken over however long it takes, and one whose process died (kill -9:
+    the thread dies with it) is taken over within a lease. Leases are only ever extended."""
+    with _beat_lock:
+        if order_id is not None:
+            _beating_runs[order_id] = gen
+        if cycle_id is not None:
+            _beating_cycles.add(cycle_id)
+        _heartbeat_start()
+    try:
+        yield
+    finally:
+        with _beat_lock:
+            if order_id is not None and _beating_runs.get(order_id) == gen:
+                del _beating_runs[order_id]
+            if cycle_id is not None:
+                _beating_cycles.discard(cycle_id)
+
+
+# --- faults: lost work is re-driven at once, and never costs the user their order ----------
+
+REDRIVE_ACTOR = "task:orders.redrive"
+_BROKER_EPOCH_KEY = "bronco:broker-epoch"
+
+
+def broker_lost_work() -> bool:
+    """True when the Celery broker may have lost queued work since the last call: a Redis
+    broker restarted (its `run_id` changed, whatever it restored from disk) or was wiped
+    (the key this writes is gone). False for a broker that keeps its messages through its
+    own restart (RabbitMQ's quorum queues: published with confirms, persisted, and a
+    consumer's unacked messages return to the queue when its connection drops). The first
+    call against a new Redis answers True: nothing can be known of what it held before."""
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return False
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    run_id = str(client.info("server")["run_id"])
+    before = client.getset(_BROKER_EPOCH_KEY, run_id)
+    lost = before is None or before.decode() != run_id
+    if lost:
+        logger.warning(
+            "the broker restarted or was wiped: queued work is lost; taking every run over"
+        )
+    return lost
+
+
+def runs_expire_all() -> tuple[int, int]:
+    """After a broker lost its queues: end the lease of every run-driven open order and of
+    every cycle in flight, so the next re-drive (this scan, and the cycle scheduler's next
+    beat) takes them over at once instead of waiting for leases to run out. Returns (orders,
+    cycles) expired."""
+    past = timezone.now() - timezone.timedelta(seconds=1)
+    orders = (
+        Order.objects.filter(status__in=[s.value for s in OPEN_STATUSES])
+        .filter(_RUN_DRIVEN)
+        .update(run_lease_until=past)
+    )
+    cycles = Cycle.objects.exclude(status=CycleStatus.ALLOCATED).update(lease_until=past)
+    return orders, cycles
+
+
+def orders_deadline_extend(*, order_ids: Iterable[int], reason: str) -> int:
+    """Give open orders whose work a fault lost (taken over after their lease ran out, in a
+    cycle whose steps stopped, queued in a broker that was wiped) at least
+    ORDER_FAULT_DEADLINE_GRACE_SECONDS before their deadline: the time a fault cost is never
+    counted against an order, so it never turns into a refund while the market and the
+    broker are there. Only ever extends; audited per order (`order.deadline_extended`).
+    Returns how many deadlines moved."""
+    ids = list(order_ids)
+    if not ids:
+        return 0
+    until = timezone.now() + timezone.timedelta(seconds=settings.ORDER_FAULT_DEADLINE_GRACE_SECONDS)
+    with transaction.atomic():
+        rows = list(
+            # A deadline counts while an order waits to trade; settling ones have none left.
+            Order.objects.filter(
+                pk__in=ids, status__in=[OrderStatus.PENDING, OrderStatus.EXECUTING]
+            )
+            .filter(deadline__lt=until)
+            .order_by("pk")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", "deadline")
+        )
+        if not rows:
+            return 0
+        Order.objects.filter(pk__in=[pk for pk, _ in rows]).update(deadline=until)
+        audit_record_many(
+            [
+                AuditEntry(
+                    actor=REDRIVE_ACTOR,
+                    action="order.deadline_extended",
+                    order_id=pk,
+                    before={"deadline": deadline.isoformat() if deadline else None},
+                    after={"deadline": until.isoformat(), "reason": reason},
+                )
+                for pk, deadline in rows
+            ]
+        )
+    logger.info("deadlines extended after a fault", extra={"orders": len(rows), "reason": reason})
+    return len(rows)
+
+
+def orders_trading_ids() -> list[int]:
+    """Every order still waiting to trade (a wiped broker may have held work of any)."""
+    return list(
+        Order.objects.filter(status__in=[OrderStatus.PENDING, OrderStatus.EXECUTING]).values_list(
+            "pk", flat=True
+        )
+    )

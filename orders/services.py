@@ -47,7 +47,8 @@ def _enqueue_pipeline(order_ids: Sequence[int]) -> None:
     ids = list(order_ids)
     if ids:
         transaction.on_commit(
-            lambda: run_enqueue_many(order_ids=ids, gen=0, nxt=Next(Stage.VALIDATE)), robust=True
+            lambda: run_enqueue_many(gens=dict.fromkeys(ids, 0), nxt=Next(Stage.VALIDATE)),
+            robust=True,
         )
 
 

@@ -17,12 +17,19 @@ from django.conf import settings
 from django.db import connection
 
 from core.metrics import count_stage_run
-from core.tasks import QUEUE_BROKER, QUEUE_CHAIN, QUEUE_DEFAULT, TRANSIENT_ERRORS, bronco_task
+from core.tasks import (
+    QUEUE_BROKER,
+    QUEUE_CHAIN,
+    QUEUE_DEFAULT,
+    TRANSIENT_ERRORS,
+    bronco_task,
+    queue_depth,
+)
 from orders import pipeline, runs
 from orders.exceptions import StaleOrderVersion
 from orders.models import Cycle, Order, OrderStatus
 from orders.netting import cycles
-from orders.pipeline import Stage
+from orders.pipeline import Next, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +52,8 @@ def _run_stage(stage: Stage, order_id: int, gen: int | None) -> None:
         count_stage_run(stage=stage, superseded=True)
         return
     count_stage_run(stage=stage, superseded=False)
-    nxt = _STAGES[stage](order_id=order_id)
+    with runs.run_heartbeat(order_id=order_id, gen=gen):
+        nxt = _STAGES[stage](order_id=order_id)
     runs.run_continue(order_id=order_id, gen=gen, nxt=nxt)
 
 
@@ -86,18 +94,40 @@ def task_for_stage(stage: Stage) -> Task:
 @bronco_task(
     name="orders.tasks.compensation_scan",
     queue=QUEUE_DEFAULT,
-    soft_time_limit=50,
-    time_limit=60,
-    # A late scan is worthless once the next one is due.
-    expires=120,
+    soft_time_limit=20,
+    time_limit=30,
+    # A late scan is worthless once the next one is due (COMPENSATION_SCAN_SECONDS).
+    expires=10,
 )
 def compensation_scan() -> int:
-    """Beat: take over every open order whose run is dead (its lease ran out). Returns how
-    many it re-drove."""
+    """Beat, every COMPENSATION_SCAN_SECONDS (2 s): re-drive lost work in seconds.
+
+    - A Redis broker that restarted or was wiped (`runs.broker_lost_work`) lost every queued
+      task: every run and cycle in flight is taken over at once, and every order waiting to
+      trade gets its deadline's grace (`runs.orders_deadline_extend`).
+    - An open order whose run's lease ran out (its worker was killed with the task, the task
+      was dropped) is taken over: a new generation at its stage, its deadline given grace.
+      A stage's queue is never filled past ORDER_REDRIVE_QUEUE_MAX by re-drives: a run whose
+      lease ran out while its task still waits behind a deep queue is not multiplied.
+
+    Returns how many orders it re-drove."""
+    if runs.broker_lost_work():
+        runs.runs_expire_all()
+        runs.orders_deadline_extend(
+            order_ids=runs.orders_trading_ids(), reason="the broker lost its queues"
+        )
     count = 0
-    for order_id, gen, nxt in runs.runs_dead_claim():
-        runs.run_enqueue(order_id=order_id, gen=gen, nxt=nxt)
-        count += 1
+    for stage in (Stage.VALIDATE, Stage.SETTLE):
+        task = task_for_stage(stage)
+        room = settings.ORDER_REDRIVE_QUEUE_MAX - queue_depth(task.bronco_queue)
+        if room <= 0:
+            continue
+        gens = {pk: gen for pk, gen, _ in runs.runs_dead_claim(stage=stage, limit=room)}
+        if not gens:
+            continue
+        runs.orders_deadline_extend(order_ids=gens, reason="its run was lost and re-driven")
+        runs.run_enqueue_many(gens=gens, nxt=Next(stage))
+        count += len(gens)
     if count:
         logger.info("compensation scan re-drove %d orders", count)
     return count
@@ -106,7 +136,7 @@ def compensation_scan() -> int:
 # --- netting cycles ------------------------------------------------------------------------
 
 _CYCLE_OPEN_KEY = "bronco:cycle-open:{}"
-_CYCLE_OPEN_TTL = 30  # seconds: a lost cycle_open task frees its symbol after this long
+_CYCLE_OPEN_TTL = 10  # seconds: a lost cycle_open task frees its symbol after this long
 
 
 def cycle_kick(symbol: str) -> bool:
@@ -139,13 +169,17 @@ def cycle_open(symbol: str) -> None:
 
 @bronco_task(name="orders.tasks.cycle_place", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
 def cycle_place(cycle_id: int) -> None:
-    _cycle_follow(cycles.cycle_place(cycle_id=cycle_id), _symbol_of(cycle_id))
+    with runs.run_heartbeat(cycle_id=cycle_id):
+        nxt = cycles.cycle_place(cycle_id=cycle_id)
+    _cycle_follow(nxt, _symbol_of(cycle_id))
 
 
 @bronco_task(name="orders.tasks.cycle_poll", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
 def cycle_poll(cycle_id: int) -> None:
     count_stage_run(stage="cycle_poll", superseded=False)
-    _cycle_follow(cycles.cycle_poll(cycle_id=cycle_id), _symbol_of(cycle_id))
+    with runs.run_heartbeat(cycle_id=cycle_id):
+        nxt = cycles.cycle_poll(cycle_id=cycle_id)
+    _cycle_follow(nxt, _symbol_of(cycle_id))
 
 
 def _symbol_of(cycle_id: int) -> str | None:
@@ -168,7 +202,16 @@ def cycles_schedule() -> int:
     """Beat: re-drive cycles whose steps stopped, and open a cycle for every symbol with
     orders waiting, the longest-waiting first (one open request per symbol at a time).
     Returns how many cycles it opened."""
-    for nxt in cycles.cycles_stalled():
+    stalled = cycles.cycles_stalled()
+    if stalled:
+        # Their orders waited on lost work: that time never counts against their deadline.
+        runs.orders_deadline_extend(
+            order_ids=Order.objects.filter(cycle_id__in=[n.cycle_id for n in stalled])
+            .values_list("pk", flat=True)
+            .iterator(),
+            reason="its cycle's work was lost and re-driven",
+        )
+    for nxt in stalled:
         _cycle_follow(nxt)
     return sum(cycle_kick(symbol) for symbol in cycles.symbols_waiting())
 

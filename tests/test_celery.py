@@ -176,3 +176,31 @@ def test_round_trip_through_real_redis_and_worker():
         payload = result.get(timeout=30)
     assert payload["token"] == token
     assert payload["db"] is True
+
+
+def test_a_rabbitmq_broker_gets_durable_quorum_queues_and_publisher_confirms():
+    from bronco_project.settings.broker import celery_broker_settings
+
+    amqp = celery_broker_settings("amqp://u:p@127.0.0.1:5672/v", visibility_timeout=3600)
+    assert amqp["CELERY_BROKER_TRANSPORT_OPTIONS"] == {"confirm_publish": True}
+    for queue in amqp["CELERY_TASK_QUEUES"]:
+        assert queue.durable and queue.queue_arguments == {"x-queue-type": "quorum"}
+        assert queue.exchange.type == "topic"  # native delayed delivery needs it
+    assert {q.name for q in amqp["CELERY_TASK_QUEUES"]} == {"default", "chain", "broker"}
+    redis_conf = celery_broker_settings("redis://127.0.0.1:6379/1", visibility_timeout=77)
+    assert redis_conf["CELERY_BROKER_TRANSPORT_OPTIONS"] == {"visibility_timeout": 77}
+
+
+def test_on_rabbitmq_a_countdown_under_a_second_waits_one_second(monkeypatch):
+    """RabbitMQ's native delayed delivery counts whole seconds and refuses 0."""
+    sent = []
+    monkeypatch.setattr(
+        "celery.app.task.Task.apply_async",
+        lambda self, args=None, kwargs=None, **options: sent.append(options),
+    )
+    monkeypatch.setattr(app.conf, "broker_url", "amqp://u:p@127.0.0.1:5672/v")
+    ping.apply_async(args=["x"], countdown=0.3)
+    ping.apply_async(args=["x"], countdown=2.5)
+    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:6379/1")
+    ping.apply_async(args=["x"], countdown=0.3)
+    assert [o["countdown"] for o in sent] == [1, 2.5, 0.3]

@@ -4,8 +4,8 @@ default that works on a developer machine (PostgreSQL and Redis on loopback)."""
 from pathlib import Path
 
 import dj_database_url
-from kombu import Queue
 
+from bronco_project.settings.broker import celery_broker_settings
 from bronco_project.settings.env import (
     env_bool,
     env_decimal,
@@ -91,7 +91,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # --- Celery -----------------------------------------------------------------------------
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# Redis (the default) or RabbitMQ (amqp://: quorum queues, publisher confirms): each one's
+# queues and options come from bronco_project.settings.broker, which says what each loses on
+# its own restart. Redis stays for locks, rate limits, metrics and results either way.
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
+globals().update(
+    celery_broker_settings(
+        env_str("CELERY_BROKER_URL", REDIS_URL), visibility_timeout=CELERY_VISIBILITY_TIMEOUT
+    )
+)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -102,20 +110,17 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 60)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 90)
-# Redis redelivers an unacked task after the visibility timeout: it must stay above the
-# longest countdown and the hard time limit, or a task would run again while still running.
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
-}
 # Queues by the resource a task waits on (core.tasks); each task names its queue on its
 # decorator, and this one router reads it back, so there is no table of names to drift.
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_QUEUES = (Queue("default"), Queue("chain"), Queue("broker"))
 CELERY_TASK_ROUTES = ("core.tasks.route_task",)
 # django-celery-beat's database scheduler, synced from CELERY_BEAT_SCHEDULE (end of this
 # file) every time beat starts: an interval setting takes effect at the next start.
 CELERY_BEAT_SCHEDULER = "core.beat:BroncoScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's consumer with a guard that keeps a worker alive through its Redis broker's restart
+# (core.worker says which failing path of the pinned celery/kombu it guards).
+CELERY_WORKER_CONSUMER = "core.worker:BroncoConsumer"
 
 # --- Flower -----------------------------------------------------------------------------
 FLOWER_ADDRESS = env_str("FLOWER_ADDRESS", "127.0.0.1")
@@ -136,11 +141,20 @@ ORDER_RETRY_SECONDS = env_float("ORDER_RETRY_SECONDS", 5.0)
 ORDER_SETTLE_CHECK_SECONDS = env_float("ORDER_SETTLE_CHECK_SECONDS", 1.0)
 # A deposit below this (USDT) is refused and refunded.
 ORDER_MIN_USDT = env_decimal("ORDER_MIN_USDT", "1")
-# An order's live pipeline run renews a lease at every step: the countdown to its next step
-# plus this (queueing and the task's own time limit). Past it the run is dead and the
-# compensation scan takes the order over (orders.runs).
-ORDER_RUN_LEASE_SECONDS = env_int("ORDER_RUN_LEASE_SECONDS", 90)
-COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 30)
+# An order's live pipeline run renews a lease at every step (the countdown to its next step
+# plus this), and a heartbeat renews it every third of it while a step works: this covers
+# the wait in its queue. Past it the run is dead (its worker was killed, its task lost) and
+# the compensation scan takes the order over (orders.runs).
+ORDER_RUN_LEASE_SECONDS = env_int("ORDER_RUN_LEASE_SECONDS", 8)
+# The scan runs this often: it re-drives dead runs and, when a Redis broker restarted or was
+# wiped, every run and cycle at once. Cheap: one indexed query, one Redis round trip.
+COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 2)
+# Re-drives never fill a stage's queue past this many messages (a run whose lease ran out
+# while its task waits behind a deep queue is not multiplied).
+ORDER_REDRIVE_QUEUE_MAX = env_int("ORDER_REDRIVE_QUEUE_MAX", 500)
+# An order whose work a fault lost has at least this long left before its deadline
+# (orders.runs.orders_deadline_extend): a fault's time never turns into a refund.
+ORDER_FAULT_DEADLINE_GRACE_SECONDS = env_int("ORDER_FAULT_DEADLINE_GRACE_SECONDS", 60)
 
 # --- Netting (orders.netting) -----------------------------------------------------------
 # Bronco's published fee, the same for every participant of a cycle: a rate of the traded
@@ -153,8 +167,9 @@ NETTING_INVENTORY_CAP_LOTS = env_int("NETTING_INVENTORY_CAP_LOTS", 2)
 NETTING_CYCLE_SECONDS = env_int("NETTING_CYCLE_SECONDS", 1)
 # A cycle's broker order still working after this long is cancelled; what filled is allocated.
 NETTING_CYCLE_TIMEOUT_SECONDS = env_float("NETTING_CYCLE_TIMEOUT_SECONDS", 20.0)
-# A cycle whose steps stop (a worker died) is re-driven by the scheduler after this long.
-NETTING_CYCLE_LEASE_SECONDS = env_int("NETTING_CYCLE_LEASE_SECONDS", 60)
+# A cycle whose steps stop (a worker died) is re-driven by the scheduler after this long
+# (a step that works renews it by heartbeat, orders.runs.run_heartbeat).
+NETTING_CYCLE_LEASE_SECONDS = env_int("NETTING_CYCLE_LEASE_SECONDS", 8)
 
 LOGGING = {
     "version": 1,

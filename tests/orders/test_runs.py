@@ -4,6 +4,7 @@ has its cycle polled only when it is final, and never adds anything otherwise.""
 
 import json
 import threading
+import time
 from decimal import Decimal
 
 import pytest
@@ -12,6 +13,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from core.models import AuditLog
 from orders import runs
 from orders.models import Cycle, CycleStatus, Order, OrderStatus
 from orders.services import order_broker_pushed
@@ -156,3 +158,101 @@ def test_pushes_that_are_not_final_add_nothing_and_a_final_one_polls_the_cycle_o
     assert _queued_polls() == []
     _pushed(_push(cycle, filled=10, status=BrokerStatus.FILLED))
     assert len(_queued_polls()) == 1
+
+
+# --- re-drive in seconds (issue 17, point 1) ----------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread has a connection of its own
+def test_a_working_step_keeps_its_lease_by_heartbeat_and_never_shortens_one(settings):
+    settings.ORDER_RUN_LEASE_SECONDS = 1.5  # a beat every 0.5 s
+    working = OrderFactory(status=OrderStatus.SETTLING, run_gen=2)
+    waiting = OrderFactory(status=OrderStatus.SETTLING)  # its countdown asked a long lease
+    superseded = OrderFactory(status=OrderStatus.SETTLING, run_gen=5)
+    _lease(working, superseded, seconds=0.5)
+    _lease(waiting, seconds=100)
+    with (
+        runs.run_heartbeat(order_id=working.pk, gen=2),
+        runs.run_heartbeat(order_id=waiting.pk, gen=0),
+        runs.run_heartbeat(order_id=superseded.pk, gen=4),
+    ):
+        time.sleep(2.0)
+        now = timezone.now()
+        assert Order.objects.get(pk=working.pk).run_lease_until > now + timezone.timedelta(
+            seconds=0.5
+        )
+        assert Order.objects.get(pk=waiting.pk).run_lease_until > now + timezone.timedelta(
+            seconds=95
+        )
+        assert Order.objects.get(pk=superseded.pk).run_lease_until < now  # not its run
+    _lease(working, seconds=-1)
+    time.sleep(1.0)
+    assert Order.objects.get(pk=working.pk).run_lease_until < timezone.now()  # step ended
+
+
+def test_a_fault_extends_deadlines_of_orders_waiting_to_trade_only_and_audits_it(settings):
+    settings.ORDER_FAULT_DEADLINE_GRACE_SECONDS = 60
+    now = timezone.now()
+    soon = OrderFactory(status=OrderStatus.PENDING, deadline=now)
+    trading = OrderFactory(status=OrderStatus.EXECUTING, deadline=now)
+    later = OrderFactory(status=OrderStatus.PENDING, deadline=now + timezone.timedelta(hours=1))
+    settling = OrderFactory(status=OrderStatus.SETTLING, deadline=now)
+
+    moved = runs.orders_deadline_extend(
+        order_ids=[o.pk for o in (soon, trading, later, settling)], reason="test"
+    )
+
+    assert moved == 2
+    for order in (soon, trading):
+        deadline = Order.objects.get(pk=order.pk).deadline
+        assert deadline >= now + timezone.timedelta(seconds=59)
+    assert Order.objects.get(pk=later.pk).deadline == later.deadline  # never shortened
+    assert Order.objects.get(pk=settling.pk).deadline == settling.deadline
+    entries = AuditLog.objects.filter(action="order.deadline_extended")
+    assert sorted(entries.values_list("order_id", flat=True)) == sorted([soon.pk, trading.pk])
+
+
+def test_a_wiped_or_restarted_redis_broker_is_detected(settings):
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete("bronco:broker-epoch")
+    assert runs.broker_lost_work()  # nothing known of what it held
+    assert not runs.broker_lost_work()
+    assert not runs.broker_lost_work()
+    client.delete("bronco:broker-epoch")  # FLUSHALL, or a restart without its data
+    assert runs.broker_lost_work()
+    client.set("bronco:broker-epoch", "an-earlier-run-id")  # restarted, data restored
+    assert runs.broker_lost_work()
+    assert not runs.broker_lost_work()
+
+
+def test_after_a_broker_wipe_every_run_and_cycle_in_flight_is_taken_over_at_once():
+    pending = OrderFactory(status=OrderStatus.PENDING)
+    settling = OrderFactory(status=OrderStatus.SETTLING)
+    _lease(pending, settling, seconds=600)
+    cycle = _cycle()
+    Cycle.objects.filter(pk=cycle.pk).update(
+        lease_until=timezone.now() + timezone.timedelta(seconds=600)
+    )
+    assert _claim() == {}
+
+    assert runs.runs_expire_all() == (2, 1)
+
+    assert set(_claim()) == {pending.pk, settling.pk}
+    assert Cycle.objects.get(pk=cycle.pk).lease_until < timezone.now()
+
+
+def test_the_scan_never_fills_a_stage_queue_past_its_bound(settings):
+    from orders.tasks import compensation_scan
+
+    dead = OrderFactory.create_batch(3, status=OrderStatus.PENDING)
+    _lease(*dead, seconds=-1)
+    queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue.delete("default")  # what earlier tests left queued
+    runs.broker_lost_work()  # the epoch is known: this is no wipe
+    settings.ORDER_REDRIVE_QUEUE_MAX = 0
+    assert compensation_scan() == 0
+    settings.ORDER_REDRIVE_QUEUE_MAX = 2
+    assert compensation_scan() == 2  # room for two in the validate queue
+    assert compensation_scan() == 0  # the queue holds them now: no room for more
+    queue.delete("default")
+    assert compensation_scan() == 1
