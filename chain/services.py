@@ -62,16 +62,20 @@ from chain.settlement import (
     SettlementState,
 )
 from core.audit import audit_record
-from core.secrets import SecretUnavailable, get_secret
+from core.secrets import SecretUnavailable, VaultUnavailable, get_secret
 
 logger = logging.getLogger(__name__)
 
 
 def _operator_key() -> str:
     """The operator's signing key: from Vault when VAULT_ADDR is set (production always),
-    else from CHAIN_OPERATOR_PRIVATE_KEY. Never logged (the log filter redacts it too)."""
+    else from CHAIN_OPERATOR_PRIVATE_KEY. Never logged (the log filter redacts it too).
+    Raises VaultUnavailable (transient: the task retries) when Vault cannot give it, and
+    NotConfigured when it is not set at all."""
     try:
         return get_secret("operator_private_key")
+    except VaultUnavailable:
+        raise
     except SecretUnavailable as exc:
         raise NotConfigured(str(exc)) from None
 

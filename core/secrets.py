@@ -65,6 +65,12 @@ class SecretUnavailable(Exception):
     """A secret could not be read. The message names the secret, never its value."""
 
 
+class VaultUnavailable(SecretUnavailable):
+    """Vault itself could not give the secret (down, restarting, credentials rotating,
+    Forbidden) for VAULT_RETRY_SECONDS: a transient fault (alert raised), so tasks retry it
+    (it is one of `core.tasks.TRANSIENT_ERRORS`) instead of failing."""
+
+
 def _monotonic() -> float:
     """The cache's clock (a seam for tests)."""
     return time.monotonic()
@@ -293,7 +299,7 @@ def _read_vault(name: str) -> str:
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
     logger.error("vault read of secret %s at %s failed: %s", name, where, error)
-    raise SecretUnavailable(f"secret {name!r} at {where}: {error}")
+    raise VaultUnavailable(f"secret {name!r} at {where}: {error}")
 
 
 def _read_file(path: str) -> str:

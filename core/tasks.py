@@ -21,14 +21,20 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 
 from bronco_project.settings.broker import broker_is_amqp
+from core.secrets import VaultUnavailable
 
 QUEUE_DEFAULT = "default"
 QUEUE_BROKER = "broker"
 QUEUE_CHAIN = "chain"
 QUEUES = (QUEUE_DEFAULT, QUEUE_BROKER, QUEUE_CHAIN)
 
-# A database that blinked: a retry re-reads fresh state (every task is safe to run twice).
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+# A database that blinked, or Vault restarting or rotating credentials: a retry re-reads
+# fresh state (every task is safe to run twice).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    VaultUnavailable,
+)
 
 # A task's time limits: never to be caught by a broad `except Exception` (SoftTimeLimitExceeded
 # is an Exception), or a timed-out task would end as a success. Re-raise them first:

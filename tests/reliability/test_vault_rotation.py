@@ -122,3 +122,24 @@ def test_a_secret_that_cannot_be_read_raises_with_an_alert_never_silently(vault,
     assert alert is not None and "Forbidden" in alert.message
     assert vault.server.secrets[name] not in alert.message
     assert SECRET_READ_FAILURES.value(secret=name, error="Forbidden") == 1
+
+
+def test_vault_down_is_a_transient_fault_tasks_retry_not_a_missing_setting(vault, settings):
+    """The settlement sender's key read while Vault is down raises VaultUnavailable, one of
+    the errors every Bronco task retries (core.tasks.TRANSIENT_ERRORS), not NotConfigured
+    (which would fail the task for good); once Vault is back the same call reads the key."""
+    from chain.services import _operator_key
+    from core.secrets import VaultUnavailable
+    from core.tasks import TRANSIENT_ERRORS
+
+    settings.VAULT_STALE_GRACE_SECONDS = 0
+    value = vault.server.secrets["operator_private_key"]
+    vault.stop()
+    with pytest.raises(VaultUnavailable) as caught:
+        _operator_key()
+    assert isinstance(caught.value, TRANSIENT_ERRORS)
+    assert _open_alert("operator_private_key") is not None
+
+    new = vault.start()
+    vault.token_file.write_text(new.reader_token)
+    assert _operator_key() == value
