@@ -20,6 +20,7 @@ from chain.events import CancelRequested, ContractEvent, Deposit, Redeem
 from chain.models import ChainCursor, ChainEvent, QuarantinedLog
 from core.alerts import alert_raise
 from core.audit import audit_record
+from core.bulk import bulk_copy_objects
 from core.models import Alert
 from orders.exceptions import OrderError
 from orders.models import OrderType
@@ -31,7 +32,7 @@ from orders.services import (
     order_hold,
     order_release_hold,
     order_request_cancel,
-    orders_create_from_chain,
+    orders_create_from_chain_ids,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def chain_logs_commit(
         events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
         duplicates += remined
         quarantined = len(new_logs) - len(events) - remined
-        ChainEvent.objects.bulk_create(events)
+        bulk_copy_objects(events)
         cursor.block_number = to_block
         cursor.block_hash = to_block_hash
         cursor.head_number = max(head, to_block)
@@ -175,7 +176,7 @@ def chain_logs_replay(
             ],
         )
         events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
-        ChainEvent.objects.bulk_create(events)
+        bulk_copy_objects(events)
     return BatchResult(
         committed=len(events),
         duplicates=duplicates + remined,
@@ -216,7 +217,7 @@ def quarantined_log_reprocess(
             events, _remined = _act_on_batch(
                 chain_id=row.chain_id, vault=vault, logs=[log], actor=actor
             )
-            ChainEvent.objects.bulk_create(events)
+            bulk_copy_objects(events)
         done = any((e.tx_hash, e.log_index) == row_key for e in events)
         if done:
             row.resolved_at = timezone.now()
@@ -278,8 +279,11 @@ def _act_on_batch(
             event = _act_on(chain_id=chain_id, log=log, decoded=decoded, actor=actor)
         if event is not None:
             events.append(event)
-    for event in events:
-        if event.name in ("Deposit", "Redeem") and event.order_id is not None:
+    # Only a request a reorg removed can re-appear: one query for the batch finds those.
+    requested = [e for e in events if e.name in ("Deposit", "Redeem") and e.order_id is not None]
+    removed_keys = _removed_unresolved(chain_id=chain_id, events=requested)
+    for event in requested:
+        if (event.name, int(event.vault_id)) in removed_keys:
             _reappeared(
                 chain_id=chain_id,
                 event=event,
@@ -287,6 +291,22 @@ def _act_on_batch(
                 actor=actor,
             )
     return events, remined
+
+
+def _removed_unresolved(*, chain_id: int, events: Sequence[ChainEvent]) -> set[tuple[str, int]]:
+    """(event name, vault id) of `events` that a reorg removed and no re-read resolved yet."""
+    if not events:
+        return set()
+    return {
+        (name, int(vault_id))
+        for name, vault_id in ChainEvent.objects.filter(
+            chain_id=chain_id,
+            removed_at__isnull=False,
+            resolved_at__isnull=True,
+            name__in={e.name for e in events},
+            vault_id__in={e.vault_id for e in events},
+        ).values_list("name", "vault_id")
+    }
 
 
 def _reappeared(
@@ -358,11 +378,11 @@ def _orders_in_bulk(
         return {}
     try:
         with transaction.atomic():
-            results = orders_create_from_chain(requests=list(requests.values()), actor=actor)
+            results = orders_create_from_chain_ids(requests=list(requests.values()), actor=actor)
     except (ValueError, TypeError, OrderError, IntegrityError, DataError) as exc:
         logger.warning("bulk order creation failed (%s); one log at a time", exc)
         return None
-    return {key: order.pk for key, (order, _created) in zip(requests, results, strict=True)}
+    return {key: pk for key, (pk, _created) in zip(requests, results, strict=True)}
 
 
 def _act_on(*, chain_id: int, log: RawLog, decoded: ContractEvent, actor: str) -> ChainEvent | None:

@@ -72,12 +72,30 @@ def run_enqueue(*, order_id: int, gen: int, nxt: Next) -> None:
     )
 
 
+# Above this many orders, `run_enqueue_many` publishes one fan-out task per this many
+# instead (a 100,000-log backfill would otherwise spend most of its time publishing).
+RUN_ENQUEUE_FANOUT = 1000
+
+
 def run_enqueue_many(*, order_ids: list[int], gen: int, nxt: Next) -> None:
-    """`run_enqueue` for many orders at the same step, through one broker connection."""
+    """`run_enqueue` for many orders at the same step, through one broker connection. More
+    than `RUN_ENQUEUE_FANOUT` orders are published as fan-out tasks of that many ids each
+    (`orders.tasks.runs_enqueue`, which publishes them from a worker): the caller (the
+    listener's backfill) then sends one message per thousand orders. A fan-out task lost
+    before it runs costs only time: each order's lease runs out and the scan takes it over."""
     from celery import current_app
 
-    from orders.tasks import task_for_stage
+    from orders.tasks import runs_enqueue, task_for_stage
 
+    if len(order_ids) > RUN_ENQUEUE_FANOUT:
+        with current_app.producer_or_acquire() as producer:
+            for i in range(0, len(order_ids), RUN_ENQUEUE_FANOUT):
+                runs_enqueue.apply_async(
+                    args=[order_ids[i : i + RUN_ENQUEUE_FANOUT], gen, str(nxt.stage)],
+                    kwargs={"countdown": nxt.countdown},
+                    producer=producer,
+                )
+        return
     task = task_for_stage(nxt.stage)
     with current_app.producer_or_acquire() as producer:
         for order_id in order_ids:
