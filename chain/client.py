@@ -244,8 +244,19 @@ def decode_log(raw: RawLog, contract: str = "BroncoVault") -> ContractEvent:
     try:
         args: dict[str, Any] = {}
         for (name, abi_type), topic in zip(plan.indexed, raw.topics[1:], strict=True):
-            (args[name],) = abi_decode([abi_type], bytes(HexBytes(topic)))
-        values = abi_decode(plan.plain_types, data, strict=True)
+            word = bytes(HexBytes(topic))
+            if len(word) != 32:
+                raise ValueError(f"topic of {len(word)} bytes")
+            if abi_type in _STATIC_TYPES:
+                args[name] = _static_word(abi_type, word)
+            else:
+                (args[name],) = abi_decode([abi_type], word)
+        if plan.static_size is not None:
+            values = [
+                _static_word(t, data[32 * i : 32 * i + 32]) for i, t in enumerate(plan.plain_types)
+            ]
+        else:
+            values = list(abi_decode(plan.plain_types, data, strict=True))
         args.update(zip(plan.plain_names, values, strict=True))
     except (DecodingError, ValueError, TypeError, OverflowError) as exc:
         raise UndecodableLog("undecodable", f"{plan.name}: {exc}", event=plan.name) from exc
@@ -264,6 +275,27 @@ def decode_log(raw: RawLog, contract: str = "BroncoVault") -> ContractEvent:
         )
     except ValueError as exc:
         raise UndecodableLog("undecodable", f"{plan.name}: {exc}", event=plan.name) from exc
+
+
+def _static_word(abi_type: str, word: bytes) -> Any:
+    """One 32-byte ABI word of a static type (uintN, address, bool, bytes32), decoded as
+    strictly as eth_abi does (no stray high bits, padding zero) without its per-call setup:
+    a backfill decodes hundreds of thousands. ValueError for a word that is not such a value."""
+    if abi_type == "address":
+        if any(word[:12]):
+            raise ValueError("address word with non-zero padding")
+        return "0x" + word[12:].hex()
+    if abi_type == "bytes32":
+        return word
+    value = int.from_bytes(word, "big")
+    if abi_type == "bool":
+        if value > 1:
+            raise ValueError(f"bool word {value}")
+        return bool(value)
+    bits = int(abi_type[4:])  # uintN
+    if value >> bits:
+        raise ValueError(f"{abi_type} word out of range")
+    return value
 
 
 _STATIC_TYPES = frozenset({"address", "bool", "bytes32"} | {f"uint{n}" for n in range(8, 257, 8)})

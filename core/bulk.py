@@ -26,7 +26,6 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models
 from django.utils import timezone
 
-_AUTO_NOW = "auto_now"  # a plan's marker: None in the row means "now", as Django's pre_save
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -70,38 +69,60 @@ def bulk_copy_objects(objs: Sequence[models.Model]) -> int:
 
 
 def bulk_copy_insert(model: type[models.Model], rows: Sequence[dict[str, Any]]) -> int:
-    """Insert `rows` (see the module docstring) with one COPY; returns how many. A row that
-    names its primary key (`id`, e.g. from `bulk_ids_reserve`) keeps it; otherwise the
-    sequence assigns one (rows must then all omit it)."""
+    """Insert `rows` (see the module docstring) with one COPY; returns how many. Every row
+    names the same fields (ValueError otherwise). A row that names its primary key (`id`,
+    e.g. from `bulk_ids_reserve`) keeps it; otherwise the sequence assigns one."""
     if not rows:
         return 0
     now = timezone.now()
-    fields = [
-        f for f in model._meta.concrete_fields if not (f.primary_key and f.attname not in rows[0])
-    ]
-    plans = []
-    for f in fields:
+    names = rows[0].keys()
+    given: list[tuple[str, bool, str | None]] = []  # (attname, JSON?, text for a None)
+    constant: list[str] = []  # the text of defaults that are the same for every row
+    per_row: list[tuple[Any, bool]] = []  # (callable default, JSON?)
+    columns: list[str] = []
+    trailing: list[str] = []
+    for f in model._meta.concrete_fields:
         is_json = isinstance(f, models.JSONField)
-        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
-            plans.append((f.attname, is_json, _AUTO_NOW, now))
+        auto = getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+        if f.attname in names:
+            given.append((f.attname, is_json, _text(now, is_json=False) if auto else None))
+            columns.append(f.column)
+        elif f.primary_key:
+            continue
+        elif auto:
+            constant.append(_text(now, is_json=False))
+            trailing.append(f.column)
+        elif f.has_default() and callable(f.default):
+            per_row.append((f.default, is_json))
         elif f.has_default():
-            default = f.default
-            plans.append((f.attname, is_json, callable(default), default))
+            constant.append(_text(f.default, is_json=is_json))
+            trailing.append(f.column)
         else:
-            plans.append((f.attname, is_json, False, None if f.null else f.get_default()))
+            constant.append(_text(None if f.null else f.get_default(), is_json=is_json))
+            trailing.append(f.column)
+    columns += trailing
+    columns += [
+        f.column
+        for f in model._meta.concrete_fields
+        if f.attname not in names and f.has_default() and callable(f.default)
+    ]
+    tail = "\t".join(constant)
     buffer = io.StringIO()
     for row in rows:
+        if row.keys() != names:
+            raise ValueError(f"rows name different fields: {sorted(row)} != {sorted(names)}")
         values = []
-        for attname, is_json, call, default in plans:
-            value = row.get(attname)
-            if value is None and (attname not in row or call is _AUTO_NOW):
-                value = default() if call is True else default
-            values.append(_text(value, is_json=is_json))
+        for attname, is_json, if_none in given:
+            value = row[attname]
+            values.append(if_none if value is None and if_none else _text(value, is_json=is_json))
+        if tail:
+            values.append(tail)
+        values.extend(_text(default(), is_json=is_json) for default, is_json in per_row)
         buffer.write("\t".join(values))
         buffer.write("\n")
     buffer.seek(0)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
     table = connection.ops.quote_name(model._meta.db_table)
     with connection.cursor() as cursor, connection.wrap_database_errors:
-        cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", buffer)
+        cursor.copy_expert(f"COPY {table} ({quoted}) FROM STDIN", buffer)
     return len(rows)
