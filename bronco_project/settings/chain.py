@@ -39,6 +39,8 @@ CHAIN_CONFIRMATIONS = env_int("CHAIN_CONFIRMATIONS", 12 if _is_production else 1
 CHAIN_BACKFILL_CHUNK_BLOCKS = env_int("CHAIN_BACKFILL_CHUNK_BLOCKS", 2000)
 CHAIN_BACKFILL_MIN_CHUNK_BLOCKS = env_int("CHAIN_BACKFILL_MIN_CHUNK_BLOCKS", 1)
 CHAIN_BACKFILL_GROW_AFTER = env_int("CHAIN_BACKFILL_GROW_AFTER", 8)
+# A range's logs are committed in transactions of at most this many (cut at block boundaries).
+CHAIN_BACKFILL_COMMIT_LOGS = env_int("CHAIN_BACKFILL_COMMIT_LOGS", 5000)
 # A node failing this long raises the alert chain.node_unreachable (resolved on recovery).
 CHAIN_NODE_ALERT_AFTER_SECONDS = env_float("CHAIN_NODE_ALERT_AFTER_SECONDS", 60.0)
 CHAIN_POLL_INTERVAL_SECONDS = env_float("CHAIN_POLL_INTERVAL_SECONDS", 1.0)
