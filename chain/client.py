@@ -244,7 +244,7 @@ def decode_log(raw: RawLog, contract: str = "BroncoVault") -> ContractEvent:
     try:
         args: dict[str, Any] = {}
         for (name, abi_type), topic in zip(plan.indexed, raw.topics[1:], strict=True):
-            word = bytes(HexBytes(topic))
+            word = bytes.fromhex(topic[2:] if topic.startswith(("0x", "0X")) else topic)
             if len(word) != 32:
                 raise ValueError(f"topic of {len(word)} bytes")
             if abi_type in _STATIC_TYPES:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
@@ -20,7 +21,7 @@ from chain.events import CancelRequested, ContractEvent, Deposit, Redeem
 from chain.models import ChainCursor, ChainEvent, QuarantinedLog
 from core.alerts import alert_raise
 from core.audit import audit_record
-from core.bulk import bulk_copy_objects
+from core.bulk import bulk_copy_insert
 from core.models import Alert
 from orders.exceptions import OrderError
 from orders.models import OrderType
@@ -59,7 +60,7 @@ def vault_key(decoded: ContractEvent) -> tuple[str, int] | None:
     arg = VAULT_ID_ARG.get(decoded.name)
     if arg is None:
         return None
-    return (decoded.name, int(decoded.abi_args()[arg]))
+    return (decoded.name, int(getattr(decoded, decoded.ABI_ARGS[arg])))
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def chain_logs_commit(
         events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
         duplicates += remined
         quarantined = len(new_logs) - len(events) - remined
-        bulk_copy_objects(events)
+        _events_write(events)
         cursor.block_number = to_block
         cursor.block_hash = to_block_hash
         cursor.head_number = max(head, to_block)
@@ -176,7 +177,7 @@ def chain_logs_replay(
             ],
         )
         events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
-        bulk_copy_objects(events)
+        _events_write(events)
     return BatchResult(
         committed=len(events),
         duplicates=duplicates + remined,
@@ -217,7 +218,7 @@ def quarantined_log_reprocess(
             events, _remined = _act_on_batch(
                 chain_id=row.chain_id, vault=vault, logs=[log], actor=actor
             )
-            bulk_copy_objects(events)
+            _events_write(events)
         done = any((e.tx_hash, e.log_index) == row_key for e in events)
         if done:
             row.resolved_at = timezone.now()
@@ -232,7 +233,7 @@ def quarantined_log_reprocess(
 
 def _act_on_batch(
     *, chain_id: int, vault: str, logs: Sequence[RawLog], actor: str
-) -> tuple[list[ChainEvent], int]:
+) -> tuple[list[NewEvent], int]:
     """The ChainEvents to write for new `logs` (in chain order), their orders created; the
     logs it cannot act on are quarantined instead, and a log whose event is already recorded
     live under its vault key (the same deposit re-mined elsewhere, delivered again) is
@@ -293,7 +294,7 @@ def _act_on_batch(
     return events, remined
 
 
-def _removed_unresolved(*, chain_id: int, events: Sequence[ChainEvent]) -> set[tuple[str, int]]:
+def _removed_unresolved(*, chain_id: int, events: Sequence[NewEvent]) -> set[tuple[str, int]]:
     """(event name, vault id) of `events` that a reorg removed and no re-read resolved yet."""
     if not events:
         return set()
@@ -310,7 +311,7 @@ def _removed_unresolved(*, chain_id: int, events: Sequence[ChainEvent]) -> set[t
 
 
 def _reappeared(
-    *, chain_id: int, event: ChainEvent, request: ChainOrderRequest | None, actor: str
+    *, chain_id: int, event: NewEvent, request: ChainOrderRequest | None, actor: str
 ) -> None:
     """A deposit or redeem written live again after a reorg removed it: when its order is
     held by the reorg and names the same request (user, symbol, amount), release it. One
@@ -385,7 +386,7 @@ def _orders_in_bulk(
     return {key: pk for key, (pk, _created) in zip(requests, results, strict=True)}
 
 
-def _act_on(*, chain_id: int, log: RawLog, decoded: ContractEvent, actor: str) -> ChainEvent | None:
+def _act_on(*, chain_id: int, log: RawLog, decoded: ContractEvent, actor: str) -> NewEvent | None:
     """The ChainEvent to write for one decoded log (its order created or its cancel
     recorded), or None when it is quarantined."""
     try:
@@ -408,10 +409,30 @@ def _act_on(*, chain_id: int, log: RawLog, decoded: ContractEvent, actor: str) -
     return _event(chain_id=chain_id, log=log, decoded=decoded, order_id=order_id)
 
 
-def _event(
-    *, chain_id: int, log: RawLog, decoded: ContractEvent, order_id: int | None
-) -> ChainEvent:
-    return ChainEvent(
+@dataclass
+class NewEvent:
+    """A ChainEvent row about to be written (its fields by attname): what a batch builds for
+    each log it acts on, written with one COPY (`_events_write`); no model instance is made,
+    which was a tenth of a backfill's time."""
+
+    chain_id: int
+    tx_hash: str
+    log_index: int
+    block_number: int
+    block_hash: str
+    address: str
+    name: str
+    args: dict[str, Any]
+    vault_id: int | None
+    order_id: int | None
+
+
+def _events_write(events: Sequence[NewEvent]) -> None:
+    bulk_copy_insert(ChainEvent, [vars(e) for e in events])
+
+
+def _event(*, chain_id: int, log: RawLog, decoded: ContractEvent, order_id: int | None) -> NewEvent:
+    return NewEvent(
         chain_id=chain_id,
         tx_hash=log.tx_hash,
         log_index=log.log_index,

@@ -21,8 +21,16 @@ GENESIS_HASH = "0" * 64
 _AUDIT_LOCK_KEY = 0x42524F4E  # "BRON": the advisory lock that serialises appends
 
 
+_JSON_PLAIN = (str, int, bool, type(None))
+
+
 def _canonical(value: Any) -> Any:
-    """JSON-normal form: what the row will hold after a round trip through the database."""
+    """JSON-normal form: what the row will hold after a round trip through the database.
+    A flat dict of str keys and str/int/bool/None values already is (the common entry)."""
+    if type(value) is dict and all(
+        type(k) is str and type(v) in _JSON_PLAIN for k, v in value.items()
+    ):
+        return dict(value)
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 

@@ -29,12 +29,23 @@ from django.utils import timezone
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
+def _escaped(text: str) -> str:
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_ESCAPES)
+    return text  # the common case (hashes, addresses, symbols): no per-character pass
+
+
 def _text(value: Any, *, is_json: bool) -> str:
     """One value in COPY's text format."""
     if value is None:
         return "\\N"
+    kind = type(value)
+    if kind is str and not is_json:
+        return _escaped(value)
+    if kind is int and not is_json:
+        return str(value)
     if is_json:
-        return json.dumps(value, cls=DjangoJSONEncoder).translate(_ESCAPES)
+        return _escaped(json.dumps(value, cls=DjangoJSONEncoder))
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, enum.Enum):
@@ -43,7 +54,7 @@ def _text(value: Any, *, is_json: bool) -> str:
         return str(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
-    return str(value).translate(_ESCAPES)
+    return _escaped(str(value))
 
 
 def bulk_ids_reserve(model: type[models.Model], count: int) -> list[int]:
@@ -57,15 +68,6 @@ def bulk_ids_reserve(model: type[models.Model], count: int) -> list[int]:
             [table, model._meta.pk.column, count],
         )
         return [row[0] for row in cursor.fetchall()]
-
-
-def bulk_copy_objects(objs: Sequence[models.Model]) -> int:
-    """`bulk_copy_insert` of unsaved model instances of one model (their ids not set)."""
-    if not objs:
-        return 0
-    model = type(objs[0])
-    names = [f.attname for f in model._meta.concrete_fields if not f.primary_key]
-    return bulk_copy_insert(model, [{n: getattr(o, n) for n in names} for o in objs])
 
 
 def bulk_copy_insert(model: type[models.Model], rows: Sequence[dict[str, Any]]) -> int:

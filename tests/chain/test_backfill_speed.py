@@ -16,7 +16,7 @@ from eth_abi.exceptions import DecodingError
 from chain.client import _static_word
 from chain.models import ChainEvent
 from core.audit import AuditEntry, audit_append_many, audit_record, audit_verify
-from core.bulk import bulk_copy_objects
+from core.bulk import bulk_copy_insert
 from core.models import AuditLog
 from orders.models import Order, OrderStatus, OrderType
 from orders.runs import RUN_ENQUEUE_FANOUT, run_enqueue_many
@@ -94,7 +94,7 @@ def test_orders_written_by_copy_read_back_like_any_order_with_their_audit_chain(
 @pytest.mark.django_db(transaction=True)
 def test_copy_keeps_awkward_json_and_raises_djangos_integrity_error():
     args = {"note": 'tab\there\nnew "line" \\ back', "big": str(2**256 - 1), "u": "é✓"}
-    event = ChainEvent(
+    event = dict(
         chain_id=1,
         tx_hash="0x" + "11" * 32,
         log_index=0,
@@ -104,12 +104,16 @@ def test_copy_keeps_awkward_json_and_raises_djangos_integrity_error():
         name="Deposit",
         args=args,
         vault_id=2**256 - 1,
+        order_id=None,
     )
-    assert bulk_copy_objects([event]) == 1
+    assert bulk_copy_insert(ChainEvent, [event]) == 1
     row = ChainEvent.objects.get()
     assert row.args == args and row.vault_id == 2**256 - 1 and row.created_at is not None
+    assert row.removed_at is None and row.order_id is None
+    with pytest.raises(ValueError, match="different fields"):
+        bulk_copy_insert(ChainEvent, [event, {**event, "extra": 1}])
     with pytest.raises(IntegrityError), transaction.atomic():
-        bulk_copy_objects([event])  # the same live log again: the unique key refuses it
+        bulk_copy_insert(ChainEvent, [event])  # the same live log again: the unique key refuses it
     assert ChainEvent.objects.count() == 1
 
 
