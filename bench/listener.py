@@ -179,6 +179,12 @@ def mine_deposits(node, contracts, n: int, per_tx: int = 1000, txs_per_block: in
     return sent
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class DatabaseTime:
     """A Django execute wrapper: seconds spent in the database, by statement verb."""
 
@@ -311,7 +317,6 @@ def main() -> None:
     args = parser.parse_args()
 
     reset_database()
-    load_before = os.getloadavg()
     import django
 
     django.setup()
@@ -345,6 +350,17 @@ def main() -> None:
         listener = ChainListener(config)
         profiler = cProfile.Profile() if args.profile else None
         db = DatabaseTime()
+        # One database connection for the whole backfill, so its server process's CPU time
+        # can be read (the listener otherwise reconnects at each catch-up).
+        connection.close()
+        connection.settings_dict["CONN_MAX_AGE"] = None
+        listener.preflight()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend_pid = cursor.fetchone()[0]
+        pids = {"listener": os.getpid(), "postgres": backend_pid, "anvil": node.process.pid}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        load_before = os.getloadavg()
         t0 = time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -353,6 +369,10 @@ def main() -> None:
         if profiler is not None:
             profiler.disable()
         backfill_s = time.perf_counter() - t0
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            assert cursor.fetchone()[0] == backend_pid, "the backfill changed connections"
         if profiler is not None:
             pstats.Stats(profiler).sort_stats(args.profile).print_stats(40)
         assert ChainEvent.objects.filter(name="Deposit").count() == mined, "backfill missed logs"
@@ -380,6 +400,13 @@ def main() -> None:
         f"backfill: {backfill_s:.2f}s, of which {in_db:.2f}s in {db.statements} database "
         f"statements ({', '.join(f'{k} {v:.2f}s' for k, v in sorted(db.seconds.items()))}); "
         f"load average before/after: {load_before} / {os.getloadavg()}"
+    )
+    busy = sum(cpu.values())
+    print(
+        "CPU seconds used during the backfill: "
+        + ", ".join(f"{name} {seconds:.2f}" for name, seconds in cpu.items())
+        + f" (sum {busy:.2f}): {mined / busy:.0f} logs per CPU-second of the three; the steps "
+        "run one after another, so on an idle machine the wall time is about that sum"
     )
     print(f"| {f'backfill {mined} Deposit logs (s)':<38} | {backfill_s:>10.2f} | {'(same)':>10} |")
     print(f"| {'backfill throughput (logs/s)':<38} | {rate:>10.0f} | {'(same)':>10} |")

@@ -145,8 +145,9 @@ def orders_create_from_chain_ids(
     creates the rest and one appends their audit entries (`core.bulk`); should the COPY lose
     a race to another writer, it falls back to one order at a time.
     """
+    order_types = set(OrderType.values)  # a property that builds a list at each read
     for request in requests:
-        if request.order_type not in OrderType.values:
+        if request.order_type not in order_types:
             raise ValueError(f"unknown order type {request.order_type!r}")
     keys = [_key(r) for r in requests]
     existing = _existing_orders(keys)
