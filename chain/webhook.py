@@ -65,7 +65,9 @@ def signature_valid(body: bytes, signature: str | None) -> bool:
         return False
     key = get_secret(SIGNING_KEY_SECRET)
     expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature.strip().lower())
+    # As bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+    given = signature.strip().lower().encode("utf-8", "replace")
+    return hmac.compare_digest(expected.encode(), given)
 
 
 def hinted_tx_hashes(payload: Any) -> list[str]:

@@ -62,14 +62,16 @@ def _key(request: ChainOrderRequest) -> _OrderKey:
 def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, int]:
     """Ids of the orders that exist for `keys`."""
     found: dict[_OrderKey, int] = {}
-    by_chain: dict[int, set[int]] = {}
-    for chain_id, _type, onchain_id in keys:
-        by_chain.setdefault(chain_id, set()).add(onchain_id)
-    for chain_id, ids in by_chain.items():
-        rows = Order.objects.filter(chain_id=chain_id, onchain_id__in=ids).values_list(
-            "pk", "order_type", "onchain_id"
-        )
-        for pk, order_type, onchain_id in rows:
+    by_kind: dict[tuple[int, str], set[int]] = {}
+    for chain_id, order_type, onchain_id in keys:
+        by_kind.setdefault((chain_id, order_type), set()).add(onchain_id)
+    # By (chain id, type): the unique index's full prefix. Without the type, the index was
+    # walked over every order of the chain, once per batch.
+    for (chain_id, order_type), ids in by_kind.items():
+        rows = Order.objects.filter(
+            chain_id=chain_id, order_type=order_type, onchain_id__in=ids
+        ).values_list("pk", "onchain_id")
+        for pk, onchain_id in rows:
             found[(chain_id, order_type, int(onchain_id))] = pk
     return found
 

@@ -115,6 +115,7 @@ def test_a_bad_or_missing_signature_is_refused_and_writes_nothing(
     assert _post(client, body, None).status_code == 401  # no header at all
     assert _post(client, body, "not-the-key").status_code == 401
     assert _post(client, body, None, signature="").status_code == 401
+    assert _post(client, body, None, signature="é" * 64).status_code == 401
     tampered = body.replace(b"ETH_MAINNET", b"ETH_MAINNEX")
     good_for_body = hmac.new(signing_key.encode(), body, hashlib.sha256).hexdigest()
     assert _post(client, tampered, None, signature=good_for_body).status_code == 401
