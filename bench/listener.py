@@ -217,6 +217,13 @@ def measure_live(node, contracts, config, mode: str, n: int, rate: float) -> dic
     from devtools.chain import ALL_KEYS, listener_running
 
     sender = address_of_key(ALL_KEYS[2])
+    node.client().transact(
+        private_key=ALL_KEYS[2],
+        contract="MockUSDT",
+        address=contracts.usdt,
+        fn="approve",
+        args=(contracts.vault, 2**256 - 1),
+    )
     selector = keccak(text="deposit(bytes32,uint256)")[:4]
     mined_at: dict[str, float] = {}
     seen_at: dict[str, float] = {}
@@ -281,6 +288,8 @@ def measure_live(node, contracts, config, mode: str, n: int, rate: float) -> dic
                     timeout=30,
                 ).json()
                 if receipt.get("result"):
+                    if receipt["result"]["status"] != "0x1":
+                        raise RuntimeError(f"live deposit {tx_hash} reverted")
                     break
                 time.sleep(0.001)
             mined_at[tx_hash] = time.perf_counter()
