@@ -45,6 +45,7 @@ from eth_utils import is_address
 
 from chain.client import ChainClient, ChainSubscription, NewHead, RawLog
 from chain.exceptions import (
+    ChainError,
     ChainUnavailable,
     NodeMisconfigured,
     NodeTimedOut,
@@ -69,6 +70,25 @@ logger = logging.getLogger(__name__)
 ACTOR = "listen_chain"
 
 
+FINALITY_MODES = ("confirmations", "finalized", "safe")
+
+
+def commit_parts(logs: list[RawLog], *, end: int, max_logs: int) -> list[tuple[int, list[RawLog]]]:
+    """`logs` of a range ending at block `end` (sorted by block), cut at block boundaries into
+    parts of at most `max_logs` logs (a block is never cut: one with more is a part alone),
+    each with the last block it covers; the last part ends at `end`. Each part is committed
+    with its own checkpoint, so a 100,000-log range is not one transaction."""
+    parts: list[tuple[int, list[RawLog]]] = []
+    current: list[RawLog] = []
+    for log in logs:
+        if len(current) >= max_logs and current[-1].block_number != log.block_number:
+            parts.append((current[-1].block_number, current))
+            current = []
+        current.append(log)
+    parts.append((end, current))
+    return parts
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     chain_id: int
@@ -85,6 +105,8 @@ class ListenerConfig:
     idle_check_seconds: float = 5.0
     rpc_timeout: float = 15.0
     node_alert_after_seconds: float = 60.0
+    finality: str = "confirmations"
+    commit_logs: int = 5000
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> ListenerConfig:
@@ -105,6 +127,8 @@ class ListenerConfig:
             "poll_interval": settings.CHAIN_POLL_INTERVAL_SECONDS,
             "reconnect_max_delay": settings.CHAIN_RECONNECT_MAX_DELAY_SECONDS,
             "start_block": settings.CHAIN_START_BLOCK or contracts.deploy_block,
+            "finality": settings.CHAIN_FINALITY,
+            "commit_logs": settings.CHAIN_BACKFILL_COMMIT_LOGS,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -158,6 +182,9 @@ class ChainListener:
         self._client: ChainClient | None = None
         self._checkpoint_hash = ""
         self._suspect_reorg = False
+        self._tag_unsupported = False
+        if config.finality not in FINALITY_MODES:
+            raise ValueError(f"finality must be one of {FINALITY_MODES}, not {config.finality!r}")
 
     # --- the sync core (runs in one thread: the caller's in poll mode, an executor in ws) ---
 
@@ -206,7 +233,7 @@ class ChainListener:
         self._load_checkpoint()
         self.stats.head = head
         self._check_checkpoint_canonical()
-        target = head - self.config.confirmations + 1
+        target = self._confirmed_target(head)
         if target <= self.stats.checkpoint:
             cursor_record_head(chain_id=self.config.chain_id, address=self.config.vault, head=head)
             return 0
@@ -217,24 +244,25 @@ class ChainListener:
             logs = self._get_logs(start, end)
             if logs is None:
                 continue
-            end_hash = self.client.block_hash(end) or ""
-            result = chain_logs_commit(
-                chain_id=self.config.chain_id,
-                vault=self.config.vault,
-                logs=logs,
-                to_block=end,
-                to_block_hash=end_hash,
-                head=head,
-                actor=ACTOR,
-            )
-            self.stats.batches += 1
-            self.stats.committed += result.committed
-            self.stats.duplicates += result.duplicates
-            self.stats.quarantined += result.quarantined
-            self.stats.checkpoint = result.checkpoint
-            self._checkpoint_hash = end_hash
+            for part_end, part in commit_parts(logs, end=end, max_logs=self.config.commit_logs):
+                part_hash = self.client.block_hash(part_end) or ""
+                result = chain_logs_commit(
+                    chain_id=self.config.chain_id,
+                    vault=self.config.vault,
+                    logs=part,
+                    to_block=part_end,
+                    to_block_hash=part_hash,
+                    head=head,
+                    actor=ACTOR,
+                )
+                self.stats.batches += 1
+                self.stats.committed += result.committed
+                self.stats.duplicates += result.duplicates
+                self.stats.quarantined += result.quarantined
+                self.stats.checkpoint = result.checkpoint
+                self._checkpoint_hash = part_hash
+                written += result.committed
             self._settle_unconfirmed(up_to=end, canonical=logs)
-            written += result.committed
             start = end + 1
             self._node_ok()
             reorg_holds_resolve(
@@ -245,6 +273,32 @@ class ChainListener:
                 actor=ACTOR,
             )
         return written
+
+    def _confirmed_target(self, head: int) -> int:
+        """The highest block to act on at `head`: the node's `finalized` / `safe` block when
+        `finality` names that tag and the node knows it, else `head - confirmations + 1`. A
+        node that does not know the tag is read by count from then on (warned once)."""
+        by_count = head - self.config.confirmations + 1
+        if self.config.finality == "confirmations" or self._tag_unsupported:
+            return by_count
+        try:
+            tagged = self.client.block(self.config.finality)
+        except ChainUnavailable:
+            raise
+        except ChainError as exc:
+            tagged, why = None, f"{type(exc).__name__}: {exc}"
+        else:
+            why = "no such block"
+        if tagged is None:
+            self._tag_unsupported = True
+            logger.warning(
+                "the node does not answer the %r block tag (%s): confirmations=%s instead",
+                self.config.finality,
+                why,
+                self.config.confirmations,
+            )
+            return by_count
+        return min(tagged.number, head)
 
     def replay(self, from_block: int, to_block: int) -> ListenerStats:
         """Read [from_block, to_block] again and act on any log of it Bronco has no record of

@@ -93,6 +93,15 @@ class ChainEvent(models.Model):
                 name="chainevent_unique_live_vault_id",
             ),
         ]
+        indexes = [
+            # What a batch asks of every log it writes: was this request removed by a reorg
+            # and not yet resolved (chain.ingest._removed_unresolved)? Rare rows, small index.
+            models.Index(
+                fields=("chain_id", "name", "vault_id"),
+                condition=Q(removed_at__isnull=False) & Q(resolved_at__isnull=True),
+                name="chainevent_removed_open",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} {self.tx_hash}#{self.log_index}"

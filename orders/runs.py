@@ -74,16 +74,38 @@ def run_enqueue(*, order_id: int, gen: int, nxt: Next) -> None:
     run_enqueue_many(gens={order_id: gen}, nxt=nxt)
 
 
+# Above this many orders, `run_enqueue_many` publishes one fan-out task per this many
+# instead (a 100,000-log backfill would otherwise spend most of its time publishing).
+RUN_ENQUEUE_FANOUT = 1000
+
+
 def run_enqueue_many(*, gens: Mapping[int, int], nxt: Next) -> None:
     """Send the task of `nxt.stage` for each order (order id -> its run's generation), all
     after `nxt.countdown` seconds, through one broker connection (the one publish loop of
-    every start, continuation and takeover)."""
+    every start, continuation and takeover). More than `RUN_ENQUEUE_FANOUT` orders are
+    published as fan-out tasks of that many ids each (`orders.tasks.runs_enqueue`, which
+    publishes them from a worker): the caller (the listener's backfill) then sends one
+    message per thousand orders. A fan-out task lost before it runs costs only time: each
+    order's lease runs out and the scan takes it over."""
     if not gens:
         return
     from celery import current_app
 
-    from orders.tasks import task_for_stage  # the tasks import the pipeline: import late
+    from orders.tasks import runs_enqueue, task_for_stage  # the tasks import the pipeline
 
+    if len(gens) > RUN_ENQUEUE_FANOUT:
+        by_gen: dict[int, list[int]] = {}
+        for order_id, gen in gens.items():
+            by_gen.setdefault(gen, []).append(order_id)
+        with current_app.producer_or_acquire() as producer:
+            for gen, order_ids in by_gen.items():
+                for i in range(0, len(order_ids), RUN_ENQUEUE_FANOUT):
+                    runs_enqueue.apply_async(
+                        args=[order_ids[i : i + RUN_ENQUEUE_FANOUT], gen, str(nxt.stage)],
+                        kwargs={"countdown": nxt.countdown},
+                        producer=producer,
+                    )
+        return
     task = task_for_stage(nxt.stage)
     with current_app.producer_or_acquire() as producer:
         for order_id, gen in gens.items():

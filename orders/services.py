@@ -10,7 +10,8 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from core.alerts import alert_raise
-from core.audit import AuditEntry, audit_record, audit_record_many
+from core.audit import AuditEntry, audit_append_many, audit_record
+from core.bulk import bulk_copy_insert, bulk_ids_reserve
 from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
 from orders.models import Cycle, CycleStatus, Order, OrderStatus, OrderType
 from orders.runs import initial_lease, run_enqueue_many, run_take_over, stage_for_status
@@ -59,45 +60,55 @@ def _key(request: ChainOrderRequest) -> _OrderKey:
     return (request.chain_id, request.order_type, int(request.onchain_id))
 
 
-def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, Order]:
-    found: dict[_OrderKey, Order] = {}
-    by_chain: dict[int, set[int]] = {}
-    for chain_id, _type, onchain_id in keys:
-        by_chain.setdefault(chain_id, set()).add(onchain_id)
-    for chain_id, ids in by_chain.items():
-        for order in Order.objects.filter(chain_id=chain_id, onchain_id__in=ids):
-            found[(order.chain_id, order.order_type, int(order.onchain_id))] = order
+def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, int]:
+    """Ids of the orders that exist for `keys`."""
+    found: dict[_OrderKey, int] = {}
+    by_kind: dict[tuple[int, str], set[int]] = {}
+    for chain_id, order_type, onchain_id in keys:
+        by_kind.setdefault((chain_id, order_type), set()).add(onchain_id)
+    # By (chain id, type): the unique index's full prefix. Without the type, the index was
+    # walked over every order of the chain, once per batch.
+    for (chain_id, order_type), ids in by_kind.items():
+        rows = Order.objects.filter(
+            chain_id=chain_id, order_type=order_type, onchain_id__in=ids
+        ).values_list("pk", "onchain_id")
+        for pk, onchain_id in rows:
+            found[(chain_id, order_type, int(onchain_id))] = pk
     return found
 
 
-def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_OrderKey, Order]:
+def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_OrderKey, int]:
+    """One COPY of the new orders (ids reserved first) and one of their audit entries."""
     deadline = timezone.now() + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
     lease = initial_lease()
-    orders = Order.objects.bulk_create(
+    ids = bulk_ids_reserve(Order, len(requests))
+    bulk_copy_insert(
+        Order,
         [
-            Order(
-                order_type=r.order_type,
-                chain_id=r.chain_id,
-                onchain_id=r.onchain_id,
-                chain_tx_hash=r.tx_hash,
-                log_index=r.log_index,
-                user_address=r.user_address,
-                symbol=r.symbol,
-                stock_code=settings.BRONCO_SYMBOLS.get(r.symbol, ""),
-                usdt_amount=r.usdt_amount,
-                token_amount=r.token_amount,
-                deadline=deadline,
-                run_lease_until=lease,
-            )
-            for r in requests
-        ]
+            {
+                "id": pk,
+                "order_type": r.order_type,
+                "chain_id": r.chain_id,
+                "onchain_id": int(r.onchain_id),
+                "chain_tx_hash": r.tx_hash,
+                "log_index": r.log_index,
+                "user_address": r.user_address,
+                "symbol": r.symbol,
+                "stock_code": settings.BRONCO_SYMBOLS.get(r.symbol, ""),
+                "usdt_amount": int(r.usdt_amount),
+                "token_amount": int(r.token_amount),
+                "deadline": deadline,
+                "run_lease_until": lease,
+            }
+            for pk, r in zip(ids, requests, strict=True)
+        ],
     )
-    audit_record_many(
+    audit_append_many(
         [
             AuditEntry(
                 actor=actor,
                 action="order.created",
-                order_id=order.pk,
+                order_id=pk,
                 after={
                     "type": r.order_type,
                     "onchain_id": r.onchain_id,
@@ -109,29 +120,37 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
                     "token_amount": r.token_amount,
                 },
             )
-            for order, r in zip(orders, requests, strict=True)
+            for pk, r in zip(ids, requests, strict=True)
         ]
     )
-    for order, r in zip(orders, requests, strict=True):
-        logger.info("order created", extra={"order_id": order.pk, "tx_hash": r.tx_hash})
-    return {_key(r): order for order, r in zip(orders, requests, strict=True)}
+    if len(requests) <= _LOG_EACH_UP_TO:
+        for pk, r in zip(ids, requests, strict=True):
+            logger.info("order created", extra={"order_id": pk, "tx_hash": r.tx_hash})
+    else:
+        logger.info("%s orders created, ids %s..%s", len(ids), ids[0], ids[-1])
+    return {_key(r): pk for pk, r in zip(ids, requests, strict=True)}
 
 
-def orders_create_from_chain(
+# A batch larger than this logs one line for all its orders rather than one line each.
+_LOG_EACH_UP_TO = 100
+
+
+def orders_create_from_chain_ids(
     *, requests: Sequence[ChainOrderRequest], actor: str
-) -> list[tuple[Order, bool]]:
-    """The one order of each chain event (the listener's batch), as (order, created), in the
-    order given.
+) -> list[tuple[int, bool]]:
+    """The one order of each chain event (the listener's batch), as (order id, created), in
+    the order given.
 
     Idempotent by the unique key (chain id, type, on-chain id): a replayed or duplicated log,
     or the same event twice in one batch, returns the existing order with created False and
     enqueues nothing. Must run inside the caller's transaction; each new order's pipeline is
-    enqueued only after that transaction commits. One query finds what exists, one INSERT
-    creates the rest and one appends their audit entries; should the INSERT lose a race to
-    another writer, it falls back to one order at a time.
+    enqueued only after that transaction commits. One query finds what exists, one COPY
+    creates the rest and one appends their audit entries (`core.bulk`); should the COPY lose
+    a race to another writer, it falls back to one order at a time.
     """
+    order_types = set(OrderType.values)  # a property that builds a list at each read
     for request in requests:
-        if request.order_type not in OrderType.values:
+        if request.order_type not in order_types:
             raise ValueError(f"unknown order type {request.order_type!r}")
     keys = [_key(r) for r in requests]
     existing = _existing_orders(keys)
@@ -139,7 +158,7 @@ def orders_create_from_chain(
     for key, request in zip(keys, requests, strict=True):
         if key not in existing:
             new.setdefault(key, request)
-    created: dict[_OrderKey, Order] = {}
+    created: dict[_OrderKey, int] = {}
     if new:
         try:
             with transaction.atomic():
@@ -151,8 +170,8 @@ def orders_create_from_chain(
                         created.update(_insert_orders([request], actor))
                 except IntegrityError:
                     existing.update(_existing_orders([key]))
-        _enqueue_pipeline([order.pk for order in created.values()])
-    results: list[tuple[Order, bool]] = []
+        _enqueue_pipeline(list(created.values()))
+    results: list[tuple[int, bool]] = []
     reported: set[_OrderKey] = set()
     for key in keys:
         if key in created and key not in reported:
@@ -161,6 +180,15 @@ def orders_create_from_chain(
         else:
             results.append((created.get(key) or existing[key], False))
     return results
+
+
+def orders_create_from_chain(
+    *, requests: Sequence[ChainOrderRequest], actor: str
+) -> list[tuple[Order, bool]]:
+    """`orders_create_from_chain_ids` with the orders loaded (one more query)."""
+    results = orders_create_from_chain_ids(requests=requests, actor=actor)
+    orders = Order.objects.in_bulk([pk for pk, _ in results])
+    return [(orders[pk], created) for pk, created in results]
 
 
 def order_create_from_chain(*, request: ChainOrderRequest, actor: str) -> tuple[Order, bool]:

@@ -76,6 +76,23 @@ def order_settle(order_id: int, gen: int | None = None) -> None:
     _run_stage(Stage.SETTLE, order_id, gen)
 
 
+@bronco_task(
+    name="orders.tasks.runs_enqueue",
+    queue=QUEUE_DEFAULT,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=0.2,
+    retry_backoff_max=10,
+    max_retries=None,
+    soft_time_limit=50,
+    time_limit=60,
+)
+def runs_enqueue(order_ids: list[int], gen: int, stage: str, countdown: float = 0.0) -> None:
+    """Publish the `stage` task of run `gen` for each of up to `runs.RUN_ENQUEUE_FANOUT`
+    orders (the fan-out of a large batch). Safe twice: a stage task of a run acts only
+    while its generation is live, and does nothing once the order moved on."""
+    runs.run_enqueue_many(gens=dict.fromkeys(order_ids, gen), nxt=Next(Stage(stage), countdown))
+
+
 _STAGES = {
     Stage.VALIDATE: pipeline.order_validate,
     Stage.SETTLE: pipeline.order_settle,

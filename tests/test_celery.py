@@ -33,6 +33,8 @@ EXPECTED_QUEUES = {
     # settle sends and confirms the settlement transaction
     "orders.tasks.order_settle": "chain",
     "orders.tasks.compensation_scan": "default",
+    # publishes a large batch's first tasks (a backfill's fan-out): Redis only
+    "orders.tasks.runs_enqueue": "default",
     "orders.tasks.ping": "default",
     "chain.tasks.settlements_sweep": "chain",
     "chain.tasks.settlements_heal": "chain",

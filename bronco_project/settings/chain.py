@@ -39,11 +39,22 @@ CHAIN_CONFIRMATIONS = env_int("CHAIN_CONFIRMATIONS", 12 if _is_production else 1
 CHAIN_BACKFILL_CHUNK_BLOCKS = env_int("CHAIN_BACKFILL_CHUNK_BLOCKS", 2000)
 CHAIN_BACKFILL_MIN_CHUNK_BLOCKS = env_int("CHAIN_BACKFILL_MIN_CHUNK_BLOCKS", 1)
 CHAIN_BACKFILL_GROW_AFTER = env_int("CHAIN_BACKFILL_GROW_AFTER", 8)
+# A range's logs are committed in transactions of at most this many (cut at block boundaries).
+CHAIN_BACKFILL_COMMIT_LOGS = env_int("CHAIN_BACKFILL_COMMIT_LOGS", 5000)
 # A node failing this long raises the alert chain.node_unreachable (resolved on recovery).
 CHAIN_NODE_ALERT_AFTER_SECONDS = env_float("CHAIN_NODE_ALERT_AFTER_SECONDS", 60.0)
 CHAIN_POLL_INTERVAL_SECONDS = env_float("CHAIN_POLL_INTERVAL_SECONDS", 1.0)
 CHAIN_RECONNECT_MAX_DELAY_SECONDS = env_float("CHAIN_RECONNECT_MAX_DELAY_SECONDS", 10.0)
 CHAIN_RPC_TIMEOUT_SECONDS = env_float("CHAIN_RPC_TIMEOUT_SECONDS", 15.0)
+# What "confirmed" means to the listener: "confirmations" (the head minus
+# CHAIN_CONFIRMATIONS - 1), or the node's "finalized" / "safe" block tag, where the node knows
+# it (a node that does not is read by confirmation count, with a warning).
+CHAIN_FINALITY = env_str("CHAIN_FINALITY", "confirmations")
+
+# Webhooks (chain.webhook): the signing key is secret chain_webhook_signing_key in Vault
+# (CHAIN_WEBHOOK_SIGNING_KEY in dev and tests); larger bodies are refused unread (413).
+CHAIN_WEBHOOK_MAX_BODY_BYTES = env_int("CHAIN_WEBHOOK_MAX_BODY_BYTES", 1_048_576)
+CHAIN_WEBHOOK_MAX_TXS = env_int("CHAIN_WEBHOOK_MAX_TXS", 200)
 
 # Keys. The operator settles; the deployer (admin role) deploys and lists symbols.
 CHAIN_OPERATOR_PRIVATE_KEY = env_str(

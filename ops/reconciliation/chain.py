@@ -16,8 +16,10 @@ from chain.deployment import contract_set
 from chain.events import (
     CancelRequested,
     Deposit,
+    DepositFilled,
     DepositSettled,
     Redeem,
+    RedeemFilled,
     RedeemSettled,
     ReserveWithdrawn,
     Transfer,
@@ -48,6 +50,7 @@ class ChainView:
     deposits: dict[int, Deposit]
     redeems: dict[int, Redeem]
     settled: dict[tuple[str, int], list[DepositSettled | RedeemSettled]]
+    filled: dict[tuple[str, int], list[DepositFilled | RedeemFilled]]
     cancels: list[CancelRequested]
     unreadable: list[tuple[RawLog, UndecodableLog]]
     withdrawn: int
@@ -77,6 +80,7 @@ def read_chain() -> ChainView:
     deposits: dict[int, Deposit] = {}
     redeems: dict[int, Redeem] = {}
     settled: dict[tuple[str, int], list[DepositSettled | RedeemSettled]] = defaultdict(list)
+    filled: dict[tuple[str, int], list[DepositFilled | RedeemFilled]] = defaultdict(list)
     cancels: list[CancelRequested] = []
     unreadable: list[tuple[RawLog, UndecodableLog]] = []
     withdrawn = 0
@@ -96,6 +100,10 @@ def read_chain() -> ChainView:
                 settled[(OrderType.BUY.value, event.deposit_id)].append(event)
             case RedeemSettled():
                 settled[(OrderType.SELL.value, event.redeem_id)].append(event)
+            case DepositFilled():
+                filled[(OrderType.BUY.value, event.deposit_id)].append(event)
+            case RedeemFilled():
+                filled[(OrderType.SELL.value, event.redeem_id)].append(event)
             case CancelRequested():
                 cancels.append(event)
             case ReserveWithdrawn():
@@ -118,6 +126,7 @@ def read_chain() -> ChainView:
         deposits=deposits,
         redeems=redeems,
         settled=dict(settled),
+        filled=dict(filled),
         cancels=cancels,
         unreadable=unreadable,
         withdrawn=withdrawn,
@@ -188,7 +197,7 @@ def check_orders_against_chain(
         (s.kind, int(s.onchain_id)): s
         for s in SettlementTx.objects.filter(
             chain_id=settings.CHAIN_ID, kind__in=("deposit", "redeem")
-        )
+        ).select_related("batch")
     }
     # Orders closed because their request vanished in a reorg: nothing on chain, nothing paid.
     vanished = set(
@@ -249,6 +258,13 @@ def check_orders_against_chain(
             )
         elif o.status in TERMINAL_STATUSES and record.status != SettlementStatus.CONFIRMED:
             result.add("db", order_label(o), f"terminal but settlement record is {record.status}")
+        for problem in _settlement_hash_mismatches(
+            order=o,
+            record=record,
+            settled=ev,
+            filled=chain.filled.get((o.order_type, int(o.onchain_id)), []),
+        ):
+            result.add("db/chain", order_label(o), problem)
 
     recorded_late = set(
         AuditLog.objects.filter(action="order.cancel_after_terminal").values_list(
@@ -265,6 +281,46 @@ def check_orders_against_chain(
             result.add(
                 "db/chain", order_label(order), f"CancelRequested {cancel.tx_hash} not recorded"
             )
+
+
+def _settlement_hash_mismatches(
+    *,
+    order: Order,
+    record: SettlementTx | None,
+    settled: DepositSettled | RedeemSettled,
+    filled: list[DepositFilled | RedeemFilled],
+) -> list[str]:
+    """What the database says settled the order against the transaction that emitted its
+    settlement event: the confirmed settlement record's hash, its batch's hash (a batched
+    settlement) and the order's `settlement_tx_hash` must each be that transaction; a
+    batched settlement's DepositFilled / RedeemFilled must come from it too (the vault emits
+    both in one call). A record still in flight is not judged (its replacement may be the
+    one that mined). Hashes compare case-insensitively."""
+    emitted = settled.tx_hash.lower()
+    problems = []
+    said: list[tuple[str, str]] = []
+    if record is not None and record.status == SettlementStatus.CONFIRMED:
+        said.append(("settlement record", record.tx_hash))
+        if record.batch is not None:
+            said.append((f"settlement batch {record.batch.pk}", record.batch.tx_hash))
+            if not filled:
+                problems.append(
+                    f"batched settlement, but no {settled.name[:-7]}Filled event for its id"
+                )
+    if order.settlement_tx_hash:
+        said.append(("order's settlement", order.settlement_tx_hash))
+    for what, tx_hash in said:
+        if tx_hash.lower() != emitted:
+            problems.append(
+                f"{what} tx {tx_hash or '(none)'} is not {settled.tx_hash}, "
+                f"the tx that emitted {settled.name}"
+            )
+    for event in filled:
+        if event.tx_hash.lower() != emitted:
+            problems.append(
+                f"{event.name} in tx {event.tx_hash}, but {settled.name} in {settled.tx_hash}"
+            )
+    return problems
 
 
 def check_chain_totals(result: Reconciliation, orders: list[Order], chain: ChainView) -> None:

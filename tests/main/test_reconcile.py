@@ -8,6 +8,7 @@ from web3 import Web3
 
 from chain import selectors as chain_selectors
 from chain.client import contract_abi
+from chain.models import SettlementBatch, SettlementStatus, SettlementTx
 from core.money import TOKEN_UNIT
 from ops.reconciliation import reconcile
 from orders.models import Order, OrderType
@@ -91,3 +92,38 @@ def test_tokens_minted_outside_bronco_and_a_foreign_position_are_caught(main_sta
     main_stack.sim.set_position(code="US.AAPL", qty=str(int(float(aapl)) + 3))
     both = reconcile(opening_cash=OPENING_CASH)
     assert any(d.subject == "position US.AAPL" for d in both.discrepancies), _subjects(both)
+
+
+def test_a_recorded_settlement_hash_that_did_not_emit_the_settled_event_is_caught(main_stack):
+    run_small_scenario(main_stack, seed=5)
+    assert reconcile(opening_cash=OPENING_CASH).ok
+    record = (
+        SettlementTx.objects.filter(kind="deposit", status=SettlementStatus.CONFIRMED)
+        .exclude(order_id=None)
+        .select_related("batch")
+        .order_by("pk")
+        .first()
+    )
+    order = Order.objects.get(pk=record.order_id)
+    emitted = record.tx_hash
+    assert order.settlement_tx_hash == emitted
+    # What the lagging-node bug recorded: another transaction (here the deposit's own).
+    SettlementTx.objects.filter(pk=record.pk).update(tx_hash=order.chain_tx_hash)
+    doctored = reconcile(opening_cash=OPENING_CASH)
+    text = _subjects(doctored)
+    assert not doctored.ok
+    assert f"settlement record tx {order.chain_tx_hash} is not {emitted}" in text, text
+    assert "the tx that emitted DepositSettled" in text
+    SettlementTx.objects.filter(pk=record.pk).update(tx_hash=emitted)
+
+    Order.objects.filter(pk=order.pk).update(settlement_tx_hash="0x" + "ab" * 32)
+    text = _subjects(reconcile(opening_cash=OPENING_CASH))
+    assert f"order's settlement tx 0x{'ab' * 32} is not {emitted}" in text, text
+    Order.objects.filter(pk=order.pk).update(settlement_tx_hash=emitted)
+
+    if record.batch is not None:  # a batched settlement: its batch's hash is checked too
+        SettlementBatch.objects.filter(pk=record.batch.pk).update(tx_hash="0x" + "cd" * 32)
+        text = _subjects(reconcile(opening_cash=OPENING_CASH))
+        assert f"settlement batch {record.batch.pk} tx 0x{'cd' * 32}" in text, text
+        SettlementBatch.objects.filter(pk=record.batch.pk).update(tx_hash=emitted)
+    assert reconcile(opening_cash=OPENING_CASH).ok

@@ -15,6 +15,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--mode", choices=("ws", "poll"), default="ws")
         parser.add_argument("--confirmations", type=int, default=None)
+        parser.add_argument(
+            "--finality",
+            choices=("confirmations", "finalized", "safe"),
+            default=None,
+            help="what confirmed means (default CHAIN_FINALITY)",
+        )
         parser.add_argument("--start-block", type=int, default=None)
         parser.add_argument("--poll-interval", type=float, default=None)
         parser.add_argument(
@@ -27,6 +33,7 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         config = ListenerConfig.from_settings(
             confirmations=options["confirmations"],
+            finality=options["finality"],
             start_block=options["start_block"],
             poll_interval=options["poll_interval"],
         )
@@ -43,7 +50,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         self.stdout.write(
             f"listening to {config.vault} on chain {config.chain_id} ({options['mode']}, "
-            f"{config.confirmations} confirmations)"
+            f"{config.confirmations} confirmations, finality {config.finality})"
         )
         try:
             ChainListener(config, stop_event=stop).run(mode=str(options["mode"]))
