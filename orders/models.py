@@ -21,6 +21,13 @@ class OrderType(models.TextChoices):
     SELL = "SELL", "Sell (redeem)"
 
 
+class Waiting(models.TextChoices):
+    """Why a booked order is waiting in the book (`Order.waiting_for`)."""
+
+    NOTHING = "", "Not waiting"
+    MARKET = "market", "Waiting for the market to open"
+
+
 class OrderStatus(models.TextChoices):
     PENDING = "PENDING", "Pending"
     EXECUTING = "EXECUTING", "Executing at the broker"
@@ -149,6 +156,21 @@ class Order(models.Model):
     )
     hold_reason = models.CharField(max_length=200, blank=True)
     deadline = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The order's own end: what is left of it is refunded (returned) then. "
+        "Orders waiting for the market outlive their deadline until this",
+    )
+    waiting_for = models.CharField(
+        max_length=16,
+        choices=Waiting.choices,
+        default=Waiting.NOTHING,
+        blank=True,
+        help_text="Set while the order waits in the book for its market to open; the "
+        "deadline does not end it then, only its expiry or a cancel",
+    )
+    waiting_since = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

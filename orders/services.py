@@ -3,6 +3,7 @@
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -38,6 +39,18 @@ class ChainOrderRequest:
     symbol: str
     usdt_amount: int = 0
     token_amount: int = 0
+    # The user's expiry from the chain (aware); None: ORDER_DEFAULT_EXPIRY_SECONDS. Capped
+    # at ORDER_MAX_EXPIRY_SECONDS after the order arrives.
+    expires_at: datetime | None = None
+
+
+def order_expiry(requested: datetime | None, *, now: datetime) -> datetime:
+    """When an order arriving `now` expires: the user's `requested` expiry, or the default
+    (ORDER_DEFAULT_EXPIRY_SECONDS) when none; never later than ORDER_MAX_EXPIRY_SECONDS."""
+    latest = now + timedelta(seconds=settings.ORDER_MAX_EXPIRY_SECONDS)
+    if requested is None:
+        requested = now + timedelta(seconds=settings.ORDER_DEFAULT_EXPIRY_SECONDS)
+    return min(requested, latest)
 
 
 def _enqueue_pipeline(order_ids: Sequence[int]) -> None:
@@ -70,7 +83,8 @@ def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, Order]:
 
 
 def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_OrderKey, Order]:
-    deadline = timezone.now() + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
+    now = timezone.now()
+    deadline = now + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
     lease = initial_lease()
     orders = Order.objects.bulk_create(
         [
@@ -86,6 +100,7 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
                 usdt_amount=r.usdt_amount,
                 token_amount=r.token_amount,
                 deadline=deadline,
+                expires_at=order_expiry(r.expires_at, now=now),
                 run_lease_until=lease,
             )
             for r in requests

@@ -23,7 +23,6 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from core.alerts import alert_raise
@@ -38,6 +37,7 @@ from orders.models import (
     OrderStatus,
     OrderType,
 )
+from orders.netting import waiting
 from orders.netting.allocation import (
     TOKEN_UNITS_PER_SHARE,
     Buyer,
@@ -178,20 +178,15 @@ def _outcome(order: Order, *, traded: bool) -> str:
 
 
 def _unfilled_reason(order: Order) -> str:
-    if order.cancel_requested_at is not None:
-        return "cancelled by the user"
-    return "the deadline passed before the order filled in full"
+    return waiting.unfilled_reason(order)
 
 
 def _leave_book(symbol: str) -> None:
-    """Cancelled orders and those past their deadline leave the book before a cycle."""
+    """Cancelled and expired orders, and those past their deadline while not waiting for
+    their market, leave the book before a cycle (`orders.netting.waiting`)."""
     now = timezone.now()
     with transaction.atomic():
-        leaving = list(
-            book(symbol)
-            .filter(Q(cancel_requested_at__isnull=False) | Q(deadline__lte=now))
-            .values_list("pk", flat=True)
-        )
+        leaving = list(book(symbol).filter(waiting.leaving_book(now)).values_list("pk", flat=True))
         for order in (
             Order.objects.filter(pk__in=leaving, status=S.PENDING, cycle__isnull=True)
             .order_by("pk")
@@ -224,6 +219,9 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
         return None
     if quote.suspended or not quote.market_open:
         logger.info("cycle of %s waits: market %s", symbol, quote.market_state or "closed")
+        waiting.book_wait_for_market(
+            orders=book(symbol), market_state=quote.market_state, actor=ACTOR
+        )
         return None
     fees = fee_schedule()
     rate = pricing.fx_rate(code)
@@ -270,8 +268,12 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 inventory_before=int(inventory.token_units),
                 lease_until=_lease(),
             )
+            now = timezone.now()
             orders_transition_many(
-                moves=[(order, S.EXECUTING, {"cycle": cycle}) for order in orders],
+                moves=[
+                    (order, S.EXECUTING, {"cycle": cycle, **waiting.joining_cycle(order, now)})
+                    for order in orders
+                ],
                 actor=ACTOR,
                 action="order.joined_cycle",
             )
