@@ -181,12 +181,14 @@ def _unfilled_reason(order: Order) -> str:
     return waiting.unfilled_reason(order)
 
 
-def _leave_book(symbol: str) -> None:
-    """Cancelled and expired orders, and those past their deadline while not waiting for
-    their market, leave the book before a cycle (`orders.netting.waiting`)."""
+def _leave_book(symbol: str, *, by_deadline: bool = True) -> None:
+    """Cancelled and expired orders, and with `by_deadline` those past their deadline while
+    not waiting for their market, leave the book before a cycle (`orders.netting.waiting`):
+    a closed market never ends an order by its deadline."""
     now = timezone.now()
+    leaving_q = waiting.leaving_book(now, by_deadline=by_deadline)
     with transaction.atomic():
-        leaving = list(book(symbol).filter(waiting.leaving_book(now)).values_list("pk", flat=True))
+        leaving = list(book(symbol).filter(leaving_q).values_list("pk", flat=True))
         for order in (
             Order.objects.filter(pk__in=leaving, status=S.PENDING, cycle__isnull=True)
             .order_by("pk")
@@ -208,7 +210,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     When crossing and inventory square it, it is allocated at once at the quote (no broker
     request); otherwise its broker order is to be placed. None when there is nothing to do
     (empty book, a cycle already in flight, no tradable quote now: the orders wait)."""
-    _leave_book(symbol)
+    _leave_book(symbol, by_deadline=False)
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
         return None
@@ -216,6 +218,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
         quote = broker.broker_quote(code=code)
     except (NoQuote, BrokerUnavailable, RateLimited) as exc:
         logger.info("cycle of %s waits: %s", symbol, exc)
+        _leave_book(symbol)
         return None
     if quote.suspended or not quote.market_open:
         logger.info("cycle of %s waits: market %s", symbol, quote.market_state or "closed")
@@ -223,6 +226,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
             orders=book(symbol), market_state=quote.market_state, actor=ACTOR
         )
         return None
+    _leave_book(symbol)
     fees = fee_schedule()
     rate = pricing.fx_rate(code)
     quoted = Pricing(quote.price, rate)

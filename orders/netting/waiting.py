@@ -22,14 +22,14 @@ from orders.models import Order, Waiting
 from orders.state import orders_record_many
 
 
-def leaving_book(now: datetime) -> Q:
-    """Book orders that leave before a cycle: cancelled, expired, or past their deadline
-    while not waiting for their market."""
-    return (
-        Q(cancel_requested_at__isnull=False)
-        | Q(expires_at__lte=now)
-        | (Q(deadline__lte=now) & Q(waiting_for=Waiting.NOTHING))
-    )
+def leaving_book(now: datetime, *, by_deadline: bool) -> Q:
+    """Book orders that leave before a cycle: cancelled, expired, and with `by_deadline`
+    (the market is known open, or no quote says it is closed) those past their deadline
+    that are not waiting for their market."""
+    leaving = Q(cancel_requested_at__isnull=False) | Q(expires_at__lte=now)
+    if by_deadline:
+        leaving |= Q(deadline__lte=now) & Q(waiting_for=Waiting.NOTHING)
+    return leaving
 
 
 def unfilled_reason(order: Order, now: datetime | None = None) -> str:
