@@ -21,13 +21,18 @@ from chain.events import (
     EVENT_TYPES,
     CancelRequested,
     ContractEvent,
+    DefaultExpirySet,
     Deposit,
     DepositFilled,
     DepositRefunded,
     DepositSettled,
+    DepositTerms,
+    FeeScheduleSet,
     Redeem,
+    RedeemCancelRequested,
     RedeemFilled,
     RedeemSettled,
+    RedeemTerms,
     ReserveWithdrawn,
     SettlementSkipped,
     Transfer,
@@ -90,6 +95,9 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
             private_key=key, contract="BroncoVault", address=contracts.vault, fn=fn, args=args
         )
 
+    # A schedule wide enough for the fees below (10 % + 1 USDT), and a default expiry.
+    vault(DEPLOYER_KEY, "setFeeSchedule", 100_000, UNIT)
+    vault(DEPLOYER_KEY, "setDefaultExpiry", 3 * 24 * 3600)
     bought = user.deposit_id(user.deposit("AAPL", 40 * UNIT))
     user.request_cancel(bought)
     vault(
@@ -97,6 +105,13 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
         *call_of(named_deposit(bought, mint_token_units=2 * TOKEN, refund_usdt_units=15 * UNIT)),
     )
     sold = user.redeem_id(user.redeem("AAPL", TOKEN))
+    client.transact(
+        private_key=user.key,
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="requestRedeemCancel",
+        args=(sold,),
+    )
     vault(
         OPERATOR_KEY,
         *call_of(named_redeem(sold, payout_usdt_units=7 * UNIT, return_token_units=0)),
@@ -200,6 +215,17 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
         9001,
         3 * UNIT,
     )
+    terms = next(e for e in decoded[DepositTerms] if e.deposit_id == bought)
+    assert terms.price_bound_units == 0 and terms.expiry > 0
+    assert {e.redeem_id for e in decoded[RedeemTerms]} == {sold, sold_batched}
+    (redeem_cancel,) = decoded[RedeemCancelRequested]
+    assert (redeem_cancel.redeem_id, redeem_cancel.user) == (sold, user.address)
+    assert (decoded[FeeScheduleSet][-1].rate_ppm, decoded[FeeScheduleSet][-1].flat_usdt_units) == (
+        100_000,
+        UNIT,
+    )
+    (default_expiry,) = decoded[DefaultExpirySet]
+    assert default_expiry.seconds == 3 * 24 * 3600
     (withdrawn,) = decoded[ReserveWithdrawn]
     assert (withdrawn.to, withdrawn.usdt_units) == (admin, 5 * UNIT)
     assert any(
