@@ -26,6 +26,7 @@ class Waiting(models.TextChoices):
 
     NOTHING = "", "Not waiting"
     MARKET = "market", "Waiting for the market to open"
+    PRICE = "price", "Waiting for the price to reach the user's bound"
 
 
 class OrderStatus(models.TextChoices):
@@ -156,6 +157,11 @@ class Order(models.Model):
     )
     hold_reason = models.CharField(max_length=200, blank=True)
     deadline = models.DateTimeField(null=True, blank=True)
+    price_bound = UintField(
+        default=0,
+        help_text="The user's price bound from the vault, USDT base units per whole share: "
+        "the most a deposit pays, the least a redeem takes (0: none)",
+    )
     expires_at = models.DateTimeField(
         null=True,
         blank=True,
@@ -167,8 +173,9 @@ class Order(models.Model):
         choices=Waiting.choices,
         default=Waiting.NOTHING,
         blank=True,
-        help_text="Set while the order waits in the book for its market to open; the "
-        "deadline does not end it then, only its expiry or a cancel",
+        help_text="Set while the order waits in the book for its market to open or for the "
+        "price to reach its bound; the deadline does not end it then, only its expiry or a "
+        "cancel",
     )
     waiting_since = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)

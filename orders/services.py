@@ -42,6 +42,9 @@ class ChainOrderRequest:
     # The user's expiry from the chain (aware); None: ORDER_DEFAULT_EXPIRY_SECONDS. Capped
     # at ORDER_MAX_EXPIRY_SECONDS after the order arrives.
     expires_at: datetime | None = None
+    # The user's price bound from the vault's DepositTerms/RedeemTerms (USDT base units per
+    # whole share; 0 = none).
+    price_bound_units: int = 0
 
 
 def order_expiry(requested: datetime | None, *, now: datetime) -> datetime:
@@ -101,6 +104,7 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
                 token_amount=r.token_amount,
                 deadline=deadline,
                 expires_at=order_expiry(r.expires_at, now=now),
+                price_bound=r.price_bound_units,
                 run_lease_until=lease,
             )
             for r in requests
@@ -121,6 +125,8 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
                     "symbol": r.symbol,
                     "usdt_amount": r.usdt_amount,
                     "token_amount": r.token_amount,
+                    "price_bound": r.price_bound_units,
+                    "expires_at": None if r.expires_at is None else r.expires_at.isoformat(),
                 },
             )
             for order, r in zip(orders, requests, strict=True)
@@ -185,9 +191,16 @@ def order_create_from_chain(*, request: ChainOrderRequest, actor: str) -> tuple[
 
 
 def order_request_cancel(
-    *, chain_id: int, deposit_id: int, tx_hash: str, actor: str
+    *,
+    chain_id: int,
+    deposit_id: int,
+    tx_hash: str,
+    actor: str,
+    order_type: str = OrderType.BUY,
 ) -> Order | None:
-    """Record a user's CancelRequested for a deposit and wake the pipeline.
+    """Record a user's CancelRequested for a deposit (RedeemCancelRequested for a redeem:
+    `order_type` SELL, `deposit_id` the redeem id) and wake the pipeline. A cancelled
+    order in the book leaves it with everything refunded (returned), no broker request.
 
     Idempotent: a second request for the same deposit changes nothing. Returns None when no
     such deposit order exists (the listener quarantines that event). A pipeline stage may move
@@ -197,7 +210,7 @@ def order_request_cancel(
     """
     for _ in range(_CANCEL_ATTEMPTS):
         order = Order.objects.filter(
-            chain_id=chain_id, order_type=OrderType.BUY, onchain_id=deposit_id
+            chain_id=chain_id, order_type=order_type, onchain_id=deposit_id
         ).first()
         if order is None:
             return None

@@ -37,7 +37,7 @@ from orders.models import (
     OrderStatus,
     OrderType,
 )
-from orders.netting import waiting
+from orders.netting import bounds, waiting
 from orders.netting.allocation import (
     TOKEN_UNITS_PER_SHARE,
     Buyer,
@@ -233,9 +233,14 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     try:
         with transaction.atomic():
             inventory = _inventory(symbol)
-            orders = list(
-                book(symbol).select_for_update(skip_locked=True, of=("self",)).order_by("pk")
+            bounded = bounds.cycle_participants(
+                list(book(symbol).select_for_update(skip_locked=True, of=("self",)).order_by("pk")),
+                code=code,
+                quote_price=quote.price,
+                ccy_per_usdt=rate,
+                actor=ACTOR,
             )
+            orders = bounded.orders
             if not orders:
                 return None
             participants = [_participant(o) for o in orders]
@@ -257,6 +262,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 limit = pricing.buy_limit_price(quote)
             elif plan.broker_units < 0:
                 limit = pricing.sell_limit_price(quote)
+            limit = bounded.clamp(limit, plan.broker_units)
             cycle = Cycle.objects.create(
                 symbol=symbol,
                 stock_code=code,

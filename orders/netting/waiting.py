@@ -40,6 +40,8 @@ def unfilled_reason(order: Order, now: datetime | None = None) -> str:
     if order.expires_at is not None and order.expires_at <= now:
         if order.waiting_for == Waiting.MARKET:
             return "the order expired while its market was closed"
+        if order.waiting_for == Waiting.PRICE:
+            return "the order expired before the price reached its bound"
         return "the order expired before it filled in full"
     return "the deadline passed before the order filled in full"
 
