@@ -125,9 +125,15 @@ def test_terms_are_recorded_and_hashed_into_the_id(own_chain, chain_user, vault)
     assert market_id == view("requestId", KIND_DEPOSIT, user.address, 1, aapl, 50 * UNIT)
     bound, expires = view("depositTerms", market_id)
     assert bound == 0 and before + 7 * DAY <= expires <= _now(node) + 7 * DAY
-    # A four-argument call with zero terms is the market order, with the same id rule.
-    _, zero_id = _deposit(user, "AAPL", 50 * UNIT)
+    # A four-argument call with zero terms is the market order, with the same id rule, and
+    # like the two-argument call emits no terms event (the terms are in depositTerms).
+    receipt, zero_id = _deposit(user, "AAPL", 50 * UNIT)
     assert zero_id == view("requestId", KIND_DEPOSIT, user.address, 2, aapl, 50 * UNIT)
+    with pytest.raises(LookupError):
+        node.client().receipt_event(
+            receipt, address=own_chain[1].vault, event_type=events.DepositTerms
+        )
+    assert view("depositTerms", zero_id)[1] > 0
 
 
 def test_expiry_out_of_range_is_refused_and_the_default_is_the_admins(own_chain, chain_user, vault):

@@ -105,6 +105,23 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
         *call_of(named_deposit(bought, mint_token_units=2 * TOKEN, refund_usdt_units=15 * UNIT)),
     )
     sold = user.redeem_id(user.redeem("AAPL", TOKEN))
+    # Requests with terms emit DepositTerms / RedeemTerms (market orders emit none).
+    limit = client.transact(
+        private_key=user.key,
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="deposit",
+        args=(symbol_to_bytes32("AAPL"), 5 * UNIT, 150 * UNIT, 0),
+    )
+    limited = user.deposit_id(limit)
+    limit_sell = client.transact(
+        private_key=user.key,
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="redeem",
+        args=(symbol_to_bytes32("AAPL"), TOKEN // 4, 50 * UNIT, 0),
+    )
+    limited_sell = user.redeem_id(limit_sell)
     client.transact(
         private_key=user.key,
         contract="BroncoVault",
@@ -201,7 +218,7 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
         2 * TOKEN,
         15 * UNIT,
     )
-    redeem, _ = decoded[Redeem]
+    redeem = next(e for e in decoded[Redeem] if e.redeem_id == sold)
     assert (redeem.redeem_id, redeem.symbol, redeem.token_units) == (sold, "AAPL", TOKEN)
     paid, _ = decoded[RedeemSettled]
     assert (paid.redeem_id, paid.payout_usdt_units, paid.returned_token_units) == (
@@ -215,9 +232,11 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
         9001,
         3 * UNIT,
     )
-    terms = next(e for e in decoded[DepositTerms] if e.deposit_id == bought)
-    assert terms.price_bound_units == 0 and terms.expiry > 0
-    assert {e.redeem_id for e in decoded[RedeemTerms]} == {sold, sold_batched}
+    (terms,) = decoded[DepositTerms]
+    assert (terms.deposit_id, terms.price_bound_units) == (limited, 150 * UNIT)
+    assert terms.expiry > 0  # the default expiry, resolved
+    (sell_terms,) = decoded[RedeemTerms]
+    assert (sell_terms.redeem_id, sell_terms.price_bound_units) == (limited_sell, 50 * UNIT)
     (redeem_cancel,) = decoded[RedeemCancelRequested]
     assert (redeem_cancel.redeem_id, redeem_cancel.user) == (sold, user.address)
     assert (decoded[FeeScheduleSet][-1].rate_ppm, decoded[FeeScheduleSet][-1].flat_usdt_units) == (

@@ -158,9 +158,10 @@ contract BroncoVault is AccessControl, Pausable {
     );
     /// @notice A batch element whose id was already settled: nothing paid, the batch goes on.
     event SettlementSkipped(uint8 indexed kind, uint256 indexed id);
-    /// @notice A deposit's terms (every deposit emits one right after its Deposit event).
+    /// @notice A deposit's terms, right after its Deposit event, when the user named any (a
+    /// market order with the default expiry emits none: `depositTerms(id)` still holds it).
     event DepositTerms(uint256 indexed depositId, uint256 maxPricePerShare, uint256 expiry);
-    /// @notice A redeem's terms (every redeem emits one right after its Redeem event).
+    /// @notice A redeem's terms, right after its Redeem event, when the user named any.
     event RedeemTerms(uint256 indexed redeemId, uint256 minPricePerShare, uint256 expiry);
     event RedeemCancelRequested(uint256 indexed redeemId, address indexed user);
     event FeeScheduleSet(uint256 feeRatePpm, uint256 feeFlat);
@@ -374,7 +375,7 @@ contract BroncoVault is AccessControl, Pausable {
         depositTerms[depositId] = Terms(maxPrice, expiresAt);
         usdt.safeTransferFrom(msg.sender, address(this), usdtAmount);
         emit Deposit(depositId, msg.sender, symbol, usdtAmount);
-        emit DepositTerms(depositId, maxPrice, expiresAt);
+        if (maxPrice != 0 || expiry != 0) emit DepositTerms(depositId, maxPrice, expiresAt);
     }
 
     function _expiry(uint256 expiry) private view returns (uint256) {
@@ -439,7 +440,7 @@ contract BroncoVault is AccessControl, Pausable {
         redeemTerms[redeemId] = Terms(minPrice, expiresAt);
         token.burn(msg.sender, shares);
         emit Redeem(redeemId, msg.sender, symbol, shares);
-        emit RedeemTerms(redeemId, minPrice, expiresAt);
+        if (minPrice != 0 || expiry != 0) emit RedeemTerms(redeemId, minPrice, expiresAt);
     }
 
     // --- settlement (operator, at most once per id) -----------------------------------------
