@@ -9,7 +9,7 @@ import pytest
 
 from chain import events
 from chain.client import symbol_to_bytes32
-from chain.exceptions import ContractReverted
+from tests.chain.test_contract_reorg_safety import reverted_with, vault  # noqa: F401
 from tests.fixtures.chain import DEPLOYER_KEY, OPERATOR_KEY, named_deposit, named_redeem
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db]
@@ -17,29 +17,6 @@ pytestmark = [pytest.mark.chain, pytest.mark.django_db]
 UNIT, TOKEN = 10**6, 10**18
 KIND_DEPOSIT, KIND_REDEEM = 1, 2
 DAY = 24 * 3600
-
-
-@pytest.fixture
-def vault(own_chain):
-    node, contracts = own_chain
-    client = node.client()
-
-    def send(key, fn, *args):
-        return client.transact(
-            private_key=key, contract="BroncoVault", address=contracts.vault, fn=fn, args=args
-        )
-
-    def view(fn, *args):
-        return client.call("BroncoVault", contracts.vault, fn, *args)
-
-    return send, view
-
-
-def reverted_with(error_name, fn, *args):
-    with pytest.raises(ContractReverted) as info:
-        fn(*args)
-    assert info.value.error_name == error_name, info.value
-    return info.value
 
 
 def _now(node):
@@ -98,7 +75,7 @@ def _call(item):
     return (fn, *args)
 
 
-def test_terms_are_recorded_and_hashed_into_the_id(own_chain, chain_user, vault):
+def test_terms_are_recorded_and_hashed_into_the_id(own_chain, chain_user, vault):  # noqa: F811
     node, _ = own_chain
     send, view = vault
     user = chain_user(2, node=node, contracts=own_chain[1])
@@ -136,7 +113,7 @@ def test_terms_are_recorded_and_hashed_into_the_id(own_chain, chain_user, vault)
     assert view("depositTerms", zero_id)[1] > 0
 
 
-def test_expiry_out_of_range_is_refused_and_the_default_is_the_admins(own_chain, chain_user, vault):
+def test_expiry_out_of_range_is_refused_and_the_default_is_the_admins(own_chain, chain_user, vault):  # noqa: F811
     node, contracts = own_chain
     send, view = vault
     user = chain_user(3, node=node, contracts=contracts)
@@ -152,7 +129,7 @@ def test_expiry_out_of_range_is_refused_and_the_default_is_the_admins(own_chain,
     assert view("depositTerms", deposit_id)[1] <= _now(node) + DAY
 
 
-def test_fee_schedule_is_published_by_the_admin_and_quoted(own_chain, chain_user, vault):
+def test_fee_schedule_is_published_by_the_admin_and_quoted(own_chain, chain_user, vault):  # noqa: F811
     node, contracts = own_chain
     send, view = vault
     user = chain_user(4, node=node, contracts=contracts)
@@ -172,7 +149,7 @@ def test_fee_schedule_is_published_by_the_admin_and_quoted(own_chain, chain_user
     assert view("quoteFee", 100 * UNIT) == 250_000 + UNIT // 2
 
 
-def test_fee_above_the_schedule_is_refused(own_chain, chain_user, vault):
+def test_fee_above_the_schedule_is_refused(own_chain, chain_user, vault):  # noqa: F811
     node, contracts = own_chain
     send, view = vault
     user = chain_user(5, node=node, contracts=contracts)
@@ -199,7 +176,7 @@ def test_fee_above_the_schedule_is_refused(own_chain, chain_user, vault):
     assert view("isDepositSettled", deposit_id) is True
 
 
-def test_price_above_the_deposit_bound_is_refused(own_chain, chain_user, vault):
+def test_price_above_the_deposit_bound_is_refused(own_chain, chain_user, vault):  # noqa: F811
     node, contracts = own_chain
     send, view = vault
     user = chain_user(6, node=node, contracts=contracts)
@@ -221,7 +198,7 @@ def test_price_above_the_deposit_bound_is_refused(own_chain, chain_user, vault):
     assert _settle(send, settlement(9_490_000_000_000_000_000)).succeeded  # exactly 10 USDT
 
 
-def test_after_the_expiry_only_a_full_refund_settles(own_chain, chain_user, vault):
+def test_after_the_expiry_only_a_full_refund_settles(own_chain, chain_user, vault):  # noqa: F811
     node, contracts = own_chain
     send, view = vault
     user = chain_user(7, node=node, contracts=contracts)
@@ -234,7 +211,7 @@ def test_after_the_expiry_only_a_full_refund_settles(own_chain, chain_user, vaul
     assert send(OPERATOR_KEY, *_call(full)).succeeded
 
 
-def test_redeem_terms_bound_expiry_and_cancel(own_chain, chain_user, vault):
+def test_redeem_terms_bound_expiry_and_cancel(own_chain, chain_user, vault):  # noqa: F811
     node, contracts = own_chain
     send, view = vault
     user = chain_user(8, node=node, contracts=contracts)
@@ -298,7 +275,7 @@ def test_redeem_terms_bound_expiry_and_cancel(own_chain, chain_user, vault):
     assert _settle_redeem(send, returned).succeeded
 
 
-def test_two_argument_redeem_still_works_and_settles(own_chain, chain_user, vault):
+def test_two_argument_redeem_still_works_and_settles(own_chain, chain_user, vault):  # noqa: F811
     node, contracts = own_chain
     send, view = vault
     user = chain_user(2, node=node, contracts=contracts)
