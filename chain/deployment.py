@@ -15,6 +15,7 @@ from django.conf import settings
 from chain.client import ChainClient, address_of_key, artifacts, symbol_to_bytes32
 from chain.exceptions import NotConfigured
 from chain.models import ContractDeployment
+from core.money import usdt_to_units
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def contracts_deploy(
     tokens = vault_list_symbols(
         client=client, deployer_key=deployer_key, vault=vault, symbols=symbols
     )
+    vault_set_fee_schedule(client=client, deployer_key=deployer_key, vault=vault)
     if mock:
         for user in demo_users:
             client.transact(
@@ -84,6 +86,34 @@ def contracts_deploy(
         tokens=tokens,
         deploy_block=first_block,
     )
+
+
+def fee_schedule_onchain() -> tuple[int, int]:
+    """Bronco's published fee schedule (NETTING_FEE_RATE, NETTING_FEE_FLAT_USDT) as the
+    vault stores it: (rate in parts per million, flat fee in USDT base units). Raises
+    ValueError for a rate finer than one part per million."""
+    ppm = settings.NETTING_FEE_RATE * 1_000_000
+    if ppm != ppm.to_integral_value():
+        raise ValueError(f"NETTING_FEE_RATE {settings.NETTING_FEE_RATE} is finer than 1 ppm")
+    return int(ppm), usdt_to_units(settings.NETTING_FEE_FLAT_USDT)
+
+
+def vault_set_fee_schedule(*, client: ChainClient, deployer_key: str, vault: str) -> None:
+    """Publish Bronco's fee schedule in the vault (admin role), unless it is there already:
+    the vault refuses any settlement charging more (FeeAboveSchedule)."""
+    rate, flat = fee_schedule_onchain()
+    current = (
+        client.call("BroncoVault", vault, "feeRatePpm"),
+        client.call("BroncoVault", vault, "feeFlat"),
+    )
+    if current != (rate, flat):
+        client.transact(
+            private_key=deployer_key,
+            contract="BroncoVault",
+            address=vault,
+            fn="setFeeSchedule",
+            args=(rate, flat),
+        )
 
 
 def vault_list_symbols(

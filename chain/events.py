@@ -129,6 +129,49 @@ class Redeem(ContractEvent):
     token_units: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class DepositTerms(ContractEvent):
+    """A deposit's terms, right after its Deposit: the highest price per share it accepts
+    (USDT base units per whole share; 0 = no bound) and when it expires (unix seconds; the
+    vault's default expiry when the user named none)."""
+
+    ABI_NAME = "DepositTerms"
+    ABI_ARGS = {
+        "depositId": "deposit_id",
+        "maxPricePerShare": "price_bound_units",
+        "expiry": "expiry",
+    }
+    deposit_id: int
+    price_bound_units: int
+    expiry: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedeemTerms(ContractEvent):
+    """A redeem's terms, right after its Redeem: the lowest price per share it accepts and
+    when it expires (as DepositTerms)."""
+
+    ABI_NAME = "RedeemTerms"
+    ABI_ARGS = {
+        "redeemId": "redeem_id",
+        "minPricePerShare": "price_bound_units",
+        "expiry": "expiry",
+    }
+    redeem_id: int
+    price_bound_units: int
+    expiry: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedeemCancelRequested(ContractEvent):
+    """The redeemer asked to cancel a redeem not yet settled."""
+
+    ABI_NAME = "RedeemCancelRequested"
+    ABI_ARGS = {"redeemId": "redeem_id", "user": "user"}
+    redeem_id: int
+    user: str
+
+
 # BroncoVault: what the operator does (each at most once per id).
 
 
@@ -229,6 +272,26 @@ class SettlementSkipped(ContractEvent):
 
 
 # BroncoVault: what the admin does.
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeeScheduleSet(ContractEvent):
+    """The published fee schedule: `rate_ppm` parts per million of the amount (rounded up)
+    plus `flat_usdt_units` per request; the vault refuses a settlement charging more."""
+
+    ABI_NAME = "FeeScheduleSet"
+    ABI_ARGS = {"feeRatePpm": "rate_ppm", "feeFlat": "flat_usdt_units"}
+    rate_ppm: int
+    flat_usdt_units: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefaultExpirySet(ContractEvent):
+    """The expiry (seconds after the request) of requests that name none."""
+
+    ABI_NAME = "DefaultExpirySet"
+    ABI_ARGS = {"defaultExpiry": "seconds"}
+    seconds: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -338,12 +401,17 @@ VaultEvent = (
     Deposit
     | CancelRequested
     | Redeem
+    | DepositTerms
+    | RedeemTerms
+    | RedeemCancelRequested
     | DepositSettled
     | RedeemSettled
     | DepositRefunded
     | DepositFilled
     | RedeemFilled
     | SettlementSkipped
+    | FeeScheduleSet
+    | DefaultExpirySet
     | SymbolListed
     | SymbolUnlisted
     | ReserveWithdrawn

@@ -11,13 +11,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
 from chain.client import RawLog, UndecodableLog, decode_log
-from chain.events import CancelRequested, ContractEvent, Deposit, Redeem
+from chain.events import (
+    CancelRequested,
+    ContractEvent,
+    Deposit,
+    DepositTerms,
+    Redeem,
+    RedeemCancelRequested,
+    RedeemTerms,
+)
 from chain.models import ChainCursor, ChainEvent, QuarantinedLog
 from core.alerts import alert_raise
 from core.audit import audit_record
@@ -45,6 +54,9 @@ VAULT_ID_ARG = {
     "Deposit": "depositId",
     "Redeem": "redeemId",
     "CancelRequested": "depositId",
+    "RedeemCancelRequested": "redeemId",
+    "DepositTerms": "depositId",
+    "RedeemTerms": "redeemId",
     "DepositSettled": "depositId",
     "RedeemSettled": "redeemId",
     "DepositRefunded": "refundId",
@@ -260,6 +272,7 @@ def _act_on_batch(
         }
     actionable: list[tuple[RawLog, ContractEvent]] = []
     requests: dict[tuple[str, int], ChainOrderRequest] = {}
+    terms = _terms_in(decoded_logs)
     remined = 0
     for log, decoded in decoded_logs:
         key = vault_key(decoded)
@@ -269,7 +282,7 @@ def _act_on_batch(
                 continue
             live.add(key)
         if isinstance(decoded, Deposit | Redeem):
-            requests[log.key] = _order_request(chain_id=chain_id, event=decoded)
+            requests[log.key] = _order_request(chain_id=chain_id, event=decoded, terms=terms)
         actionable.append((log, decoded))
     order_ids = _orders_in_bulk(requests=requests, actor=actor)
     events = []
@@ -453,8 +466,31 @@ class _Unactionable(Exception):
         self.detail = detail
 
 
-def _order_request(*, chain_id: int, event: Deposit | Redeem) -> ChainOrderRequest:
+def _terms_in(
+    decoded_logs: Sequence[tuple[RawLog, ContractEvent]],
+) -> dict[tuple[str, int], DepositTerms | RedeemTerms]:
+    """The DepositTerms / RedeemTerms of a batch by (kind, id): the vault emits each right
+    after its Deposit / Redeem, in the same transaction (so in the same batch)."""
+    found: dict[tuple[str, int], DepositTerms | RedeemTerms] = {}
+    for _log, decoded in decoded_logs:
+        if isinstance(decoded, DepositTerms):
+            found[("BUY", decoded.deposit_id)] = decoded
+        elif isinstance(decoded, RedeemTerms):
+            found[("SELL", decoded.redeem_id)] = decoded
+    return found
+
+
+def _order_request(
+    *,
+    chain_id: int,
+    event: Deposit | Redeem,
+    terms: dict[tuple[str, int], DepositTerms | RedeemTerms] | None = None,
+) -> ChainOrderRequest:
+    """The order request of a Deposit or Redeem, with its terms (price bound, expiry) when
+    the batch carries them (a log from before the vault had terms has none: the defaults)."""
     is_buy = isinstance(event, Deposit)
+    vault_id = event.deposit_id if is_buy else event.redeem_id
+    term = (terms or {}).get(("BUY" if is_buy else "SELL", vault_id))
     return ChainOrderRequest(
         chain_id=chain_id,
         order_type=OrderType.BUY if is_buy else OrderType.SELL,
@@ -465,6 +501,8 @@ def _order_request(*, chain_id: int, event: Deposit | Redeem) -> ChainOrderReque
         symbol=event.symbol,
         usdt_amount=event.usdt_units if is_buy else 0,
         token_amount=0 if is_buy else event.token_units,
+        price_bound_units=term.price_bound_units if term else 0,
+        expires_at=datetime.fromtimestamp(term.expiry, tz=UTC) if term else None,
     )
 
 
@@ -482,6 +520,17 @@ def _order_for(*, chain_id: int, decoded: ContractEvent, actor: str) -> int | No
         )
         if order is None:
             raise _Unactionable("cancel_for_unknown_deposit", f"deposit {decoded.deposit_id}")
+        return order.pk
+    if isinstance(decoded, RedeemCancelRequested):
+        order = order_request_cancel(
+            chain_id=chain_id,
+            deposit_id=decoded.redeem_id,
+            tx_hash=decoded.tx_hash,
+            actor=actor,
+            order_type=OrderType.SELL,
+        )
+        if order is None:
+            raise _Unactionable("cancel_for_unknown_redeem", f"redeem {decoded.redeem_id}")
         return order.pk
     return None
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from core.models import AuditLog
 from core.money import TOKEN_UNIT, USDT_UNIT
-from orders.models import Cycle, HouseInventory, Order, OrderType
+from orders.models import Cycle, HouseInventory, Order, OrderType, Waiting
 
 OUTCOMES = ("EXECUTED", "CANCELED", "FAILED")
 _UNTRADED = ("order.refused", "order.canceled_before_trade")
@@ -74,6 +74,8 @@ class RunReport:
     latencies: list[LatencyRow] = field(default_factory=list)
     broker_orders_per_30s: dict[str, float] = field(default_factory=dict)
     cycles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Open orders waiting in the book for their market to open, per symbol.
+    waiting_for_market: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,7 @@ class RunReport:
             "latency_seconds": [row.__dict__ for row in self.latencies],
             "broker_orders_per_30s": self.broker_orders_per_30s,
             "cycles": self.cycles,
+            "waiting_for_market": self.waiting_for_market,
         }
 
 
@@ -166,6 +169,8 @@ def run_report(orders: Sequence[Order], *, log_times: dict[int, float] | None = 
     for o in orders:
         kind = "deposit" if o.order_type == OrderType.BUY else "redeem"
         outcomes[(kind, o.symbol)][o.status if o.is_terminal else "open"] += 1
+        if not o.is_terminal and o.waiting_for == Waiting.MARKET:
+            report.waiting_for_market[o.symbol] = report.waiting_for_market.get(o.symbol, 0) + 1
         if o.order_type == OrderType.BUY:
             money["usdt_in"] += o.usdt_amount
             money["spent_on_shares"] += o.cost_usdt
@@ -313,6 +318,9 @@ def render(report: RunReport) -> str:
             ],
         )
     )
+    if report.waiting_for_market:
+        out += ["", "Waiting for the market to open (open orders in the book)"]
+        out.append(table(["symbol", "orders"], sorted(report.waiting_for_market.items())))
     rate = report.broker_orders_per_30s
     out += [
         "",

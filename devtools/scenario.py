@@ -16,6 +16,11 @@ How the symbols behave under the simulator script:
   one lot buy fractions, the house inventory holding the rest of each lot.
 Netting prices every symbol's book once per cycle and crosses redeems against deposits. Some
 deposits are below the minimum: refused and refunded.
+
+After the main plan, `session_cases` (with a simulator) shows sessions and user terms: an
+AAPL deposit made while the simulator's clock says Saturday waits for the market and fills
+after Monday's open; a limit deposit below the market waits for the price and fills when it
+comes down; one whose bound the market never reaches expires and is refunded.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from chain.client import (
 from chain.deployment import contract_set
 from chain.exceptions import ChainError
 from core.money import TOKEN_UNIT, USDT_UNIT
-from orders.models import TERMINAL_STATUSES, Order, OrderStatus, OrderType
+from orders.models import TERMINAL_STATUSES, Order, OrderStatus, OrderType, Waiting
+from trading.pricing import fx_rate
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,11 @@ _SYMBOL_WEIGHTS = {"AAPL": 35, "NVDA": 25, "TSLA": 25, "TCEHY": 15}
 _FILLABLE = ("US.AAPL", "US.NVDA", "US.TSLA")
 _CANCELLABLE = ("US.NVDA", "US.TSLA")
 ETH_FUNDING_WEI = 1_000 * 10**18
+# The simulator's clock for the closed-market case: a Saturday, then Monday's US open.
+SATURDAY = "2026-12-05T17:00:00+00:00"
+MONDAY_US_OPEN = "2026-12-07T14:30:00+00:00"
+SESSION_CASE_USDT = 100 * USDT_UNIT
+EXPIRY_CASE_SECONDS = 20
 REDEEM_WAIT_SECONDS = 120.0
 
 
@@ -434,6 +445,96 @@ class ScenarioDriver:
         mined_at = time.time()
         redeem_id = self._event_in(receipt, vault_events.Redeem).redeem_id
         self.state.record(Sent("redeem", user, symbol, units, receipt.tx_hash, redeem_id, mined_at))
+
+    # --- sessions and user terms --------------------------------------------------------
+    def session_cases(self, *, timeout: float = 180.0) -> list[str]:
+        """Three AAPL deposits of the first user, one after the other (the simulator's
+        clock and AAPL's price are scripted, then put back): closed market, then open;
+        a limit below the market, then the price comes down; a limit never reached, expiring
+        after EXPIRY_CASE_SECONDS. Returns what happened, one line each."""
+        if self.sim is None:
+            return ["no simulator control port: session cases skipped"]
+        key, code = self.plan.keys[0], settings.BRONCO_SYMBOLS["AAPL"]
+        client = chain_client()
+        client.transact(
+            private_key=settings.CHAIN_DEPLOYER_PRIVATE_KEY,
+            contract="MockUSDT",
+            address=self.usdt,
+            fn="mint",
+            args=(address_of_key(key), 3 * SESSION_CASE_USDT),
+        )
+        price = Decimal(self.sim.set_security(code=code)["price"])
+        per_share_units = int(price / fx_rate(code) * USDT_UNIT)
+        lines = []
+
+        self.sim.set_clock(at=SATURDAY, rate=0)
+        try:
+            order = self._wait_order(self._deposit_with_terms(key, 0, 0), Waiting.MARKET, timeout)
+            lines.append(f"closed market: deposit {order.pk} waits for the market (Saturday)")
+        finally:
+            self.sim.set_clock(at=MONDAY_US_OPEN, rate=0)
+        order = self._wait_order(order.onchain_id, None, timeout)
+        self.sim.set_clock(at=None)
+        lines.append(f"  after Monday's open: {order.status}, {order.tokens_minted} token units")
+
+        bound = per_share_units * 98 // 100
+        order = self._wait_order(self._deposit_with_terms(key, bound, 0), Waiting.PRICE, timeout)
+        lines.append(f"limit {bound} USDT units/share: deposit {order.pk} waits for the price")
+        self.sim.set_security(code=code, price=str((price * Decimal("0.97")).quantize(price)))
+        try:
+            order = self._wait_order(order.onchain_id, None, timeout)
+        finally:
+            self.sim.set_security(code=code, price=str(price))
+        lines.append(f"  after the price came down: {order.status}, avg {order.avg_fill_price}")
+
+        expiry = int(time.time()) + EXPIRY_CASE_SECONDS
+        deposit_id = self._deposit_with_terms(key, per_share_units // 2, expiry)
+        order = self._wait_order(deposit_id, None, timeout + EXPIRY_CASE_SECONDS)
+        lines.append(
+            f"limit never reached, expiry {EXPIRY_CASE_SECONDS} s: deposit {order.pk} "
+            f"{order.status}, {order.refund_usdt} USDT units refunded ({order.last_error})"
+        )
+        return lines
+
+    def _deposit_with_terms(self, key: str, bound_units: int, expiry: int) -> int:
+        receipt = self._transact(
+            key,
+            "deposit",
+            symbol_to_bytes32("AAPL"),
+            SESSION_CASE_USDT,
+            bound_units,
+            expiry,
+        )
+        deposit_id = self._event_in(receipt, vault_events.Deposit).deposit_id
+        self.state.record(
+            Sent(
+                "deposit",
+                address_of_key(key),
+                "AAPL",
+                SESSION_CASE_USDT,
+                receipt.tx_hash,
+                deposit_id,
+                time.time(),
+            )
+        )
+        return deposit_id
+
+    def _wait_order(self, deposit_id: int, waiting: str | None, timeout: float) -> Order:
+        """The deposit's order once it waits for `waiting` (None: once it is terminal)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            order = Order.objects.filter(
+                chain_id=settings.CHAIN_ID, order_type=OrderType.BUY, onchain_id=deposit_id
+            ).first()
+            if order is not None and (
+                order.waiting_for == waiting
+                if waiting is not None
+                else order.status in TERMINAL_STATUSES
+            ):
+                return order
+            if time.monotonic() > deadline:
+                raise ChainError(f"deposit {deposit_id}: not {waiting or 'terminal'} in time")
+            time.sleep(0.5)
 
     # --- waiting -----------------------------------------------------------------------
     def orders(self) -> list[Order]:

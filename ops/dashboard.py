@@ -21,7 +21,7 @@ from django.utils.safestring import SafeString
 
 from core.models import Alert, AuditLog
 from core.money import USDT_UNIT
-from orders.models import OPEN_STATUSES, Order, OrderStatus
+from orders.models import OPEN_STATUSES, Order, OrderStatus, Waiting
 from refunds.selectors import reserve_status
 
 logger = logging.getLogger(__name__)
@@ -82,11 +82,12 @@ def status_counts() -> list[tuple[str, str, int]]:
 
 
 def stuck_orders(*, now: datetime) -> QuerySet[Order]:
-    """Open orders past their deadline, or whose pipeline run is dead (its lease ran out:
-    the compensation scan should be re-driving them). Oldest change first."""
+    """Open orders past their deadline (not those waiting for their market: they outlive
+    it), or whose pipeline run is dead (its lease ran out: the compensation scan should be
+    re-driving them). Oldest change first."""
     return (
         Order.objects.filter(status__in=[s.value for s in OPEN_STATUSES])
-        .filter(Q(deadline__lt=now) | Q(run_lease_until__lt=now))
+        .filter(Q(deadline__lt=now, waiting_for=Waiting.NOTHING) | Q(run_lease_until__lt=now))
         .order_by("updated_at", "pk")
     )
 

@@ -21,7 +21,7 @@ from core.metrics import EVENT_METRICS, metrics_key, metrics_redis
 from core.models import Alert, AlertSeverity
 from core.money import USDT_UNIT
 from ops.alert_rules import oldest_settling_age_seconds
-from orders.models import Order, OrderStatus
+from orders.models import Order, OrderStatus, Waiting
 from refunds.selectors import reserve_status
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,20 @@ class BroncoCollector:
         for status, n in counts.items():
             orders.add_metric([status], n)
         yield orders
+        waiting = GaugeMetricFamily(
+            "bronco_orders_waiting_for_market",
+            "Orders waiting in the book for their market to open, per symbol",
+            labels=("symbol",),
+        )
+        for symbol, n in (
+            Order.objects.filter(status=OrderStatus.PENDING, waiting_for=Waiting.MARKET)
+            .order_by()
+            .values_list("symbol")
+            .annotate(n=Count("id"))
+            .values_list("symbol", "n")
+        ):
+            waiting.add_metric([symbol], n)
+        yield waiting
         yield GaugeMetricFamily(
             "bronco_orders_settling_oldest_seconds",
             "How long the longest-settling order has been in SETTLING (0: none)",

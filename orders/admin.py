@@ -150,13 +150,14 @@ class OrderAdmin(admin.ModelAdmin):
         "order_type",
         "stock_code",
         "status",
+        "waiting_for",
         "usdt_amount",
         "filled_qty",
         "refund_usdt",
         "user_address",
         "created_at",
     )
-    list_filter = ("status", "order_type", "stock_code", "created_at")
+    list_filter = ("status", "waiting_for", "order_type", "stock_code", "created_at")
     search_fields = ("=id", "client_id", "chain_tx_hash", "user_address", "futu_order_id")
     date_hierarchy = "created_at"
     inlines = (OrderAllocationInline, AuditLogInline)

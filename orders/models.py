@@ -22,6 +22,14 @@ class OrderType(models.TextChoices):
     SELL = "SELL", "Sell (redeem)"
 
 
+class Waiting(models.TextChoices):
+    """Why a booked order is waiting in the book (`Order.waiting_for`)."""
+
+    NOTHING = "", "Not waiting"
+    MARKET = "market", "Waiting for the market to open"
+    PRICE = "price", "Waiting for the price to reach the user's bound"
+
+
 class OrderStatus(models.TextChoices):
     PENDING = "PENDING", "Pending"
     EXECUTING = "EXECUTING", "Executing at the broker"
@@ -150,6 +158,27 @@ class Order(models.Model):
     )
     hold_reason = models.CharField(max_length=200, blank=True)
     deadline = models.DateTimeField(null=True, blank=True)
+    price_bound = UintField(
+        default=0,
+        help_text="The user's price bound from the vault, USDT base units per whole share: "
+        "the most a deposit pays, the least a redeem takes (0: none)",
+    )
+    expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The order's own end: what is left of it is refunded (returned) then. "
+        "Orders waiting for the market outlive their deadline until this",
+    )
+    waiting_for = models.CharField(
+        max_length=16,
+        choices=Waiting.choices,
+        default=Waiting.NOTHING,
+        blank=True,
+        help_text="Set while the order waits in the book for its market to open or for the "
+        "price to reach its bound; the deadline does not end it then, only its expiry or a "
+        "cancel",
+    )
+    waiting_since = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -3,6 +3,7 @@
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -39,6 +40,21 @@ class ChainOrderRequest:
     symbol: str
     usdt_amount: int = 0
     token_amount: int = 0
+    # The user's expiry from the chain (aware); None: ORDER_DEFAULT_EXPIRY_SECONDS. Capped
+    # at ORDER_MAX_EXPIRY_SECONDS after the order arrives.
+    expires_at: datetime | None = None
+    # The user's price bound from the vault's DepositTerms/RedeemTerms (USDT base units per
+    # whole share; 0 = none).
+    price_bound_units: int = 0
+
+
+def order_expiry(requested: datetime | None, *, now: datetime) -> datetime:
+    """When an order arriving `now` expires: the user's `requested` expiry, or the default
+    (ORDER_DEFAULT_EXPIRY_SECONDS) when none; never later than ORDER_MAX_EXPIRY_SECONDS."""
+    latest = now + timedelta(seconds=settings.ORDER_MAX_EXPIRY_SECONDS)
+    if requested is None:
+        requested = now + timedelta(seconds=settings.ORDER_DEFAULT_EXPIRY_SECONDS)
+    return min(requested, latest)
 
 
 def _enqueue_pipeline(order_ids: Sequence[int]) -> None:
@@ -79,7 +95,8 @@ def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, int]:
 
 def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_OrderKey, int]:
     """One COPY of the new orders (ids reserved first) and one of their audit entries."""
-    deadline = timezone.now() + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
+    now = timezone.now()
+    deadline = now + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
     lease = initial_lease()
     ids = bulk_ids_reserve(Order, len(requests))
     bulk_copy_insert(
@@ -98,6 +115,8 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
                 "usdt_amount": int(r.usdt_amount),
                 "token_amount": int(r.token_amount),
                 "deadline": deadline,
+                "expires_at": order_expiry(r.expires_at, now=now),
+                "price_bound": r.price_bound_units,
                 "run_lease_until": lease,
             }
             for pk, r in zip(ids, requests, strict=True)
@@ -118,6 +137,8 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
                     "symbol": r.symbol,
                     "usdt_amount": r.usdt_amount,
                     "token_amount": r.token_amount,
+                    "price_bound": r.price_bound_units,
+                    "expires_at": None if r.expires_at is None else r.expires_at.isoformat(),
                 },
             )
             for pk, r in zip(ids, requests, strict=True)
@@ -199,9 +220,16 @@ def order_create_from_chain(*, request: ChainOrderRequest, actor: str) -> tuple[
 
 
 def order_request_cancel(
-    *, chain_id: int, deposit_id: int, tx_hash: str, actor: str
+    *,
+    chain_id: int,
+    deposit_id: int,
+    tx_hash: str,
+    actor: str,
+    order_type: str = OrderType.BUY,
 ) -> Order | None:
-    """Record a user's CancelRequested for a deposit and wake the pipeline.
+    """Record a user's CancelRequested for a deposit (RedeemCancelRequested for a redeem:
+    `order_type` SELL, `deposit_id` the redeem id) and wake the pipeline. A cancelled
+    order in the book leaves it with everything refunded (returned), no broker request.
 
     Idempotent: a second request for the same deposit changes nothing. Returns None when no
     such deposit order exists (the listener quarantines that event). A pipeline stage may move
@@ -211,7 +239,7 @@ def order_request_cancel(
     """
     for _ in range(_CANCEL_ATTEMPTS):
         order = Order.objects.filter(
-            chain_id=chain_id, order_type=OrderType.BUY, onchain_id=deposit_id
+            chain_id=chain_id, order_type=order_type, onchain_id=deposit_id
         ).first()
         if order is None:
             return None

@@ -163,3 +163,41 @@ def orders_transition_many(
         Order.objects.bulk_update([o for o, _, _ in moves], sorted(fields), batch_size=500)
         audit_record_many(entries)
     return [o for o, _, _ in moves]
+
+
+def orders_record_many(
+    *, orders: Sequence[Order], actor: str, action: str, **changes: Any
+) -> list[Order]:
+    """Set the same fields on many non-terminal orders without changing their status (the
+    bulk `order_record`): one bulk UPDATE and one append of their audit entries. The caller
+    must hold the orders' row locks for the whole transaction. Raises IllegalTransition for
+    a terminal order and ValueError for a field a transition may not set; nothing is
+    written then."""
+    unknown = set(changes) - _MUTABLE_FIELDS
+    if unknown:
+        raise ValueError(f"not order fields a transition may set: {sorted(unknown)}")
+    for order in orders:
+        if order.status in TERMINAL_STATUSES:
+            raise IllegalTransition(order.pk, order.status, order.status)
+    if not orders:
+        return []
+    now = timezone.now()
+    entries = []
+    for order in orders:
+        before = {"status": order.status, "version": order.version}
+        before.update({k: _jsonable(getattr(order, k)) for k in changes})
+        for key, value in changes.items():
+            setattr(order, key, value)
+        order.version += 1
+        order.updated_at = now
+        after = {"status": order.status, "version": order.version}
+        after.update({k: _jsonable(v) for k, v in changes.items()})
+        entries.append(
+            AuditEntry(actor=actor, action=action, order_id=order.pk, before=before, after=after)
+        )
+    with transaction.atomic():
+        Order.objects.bulk_update(
+            list(orders), sorted({"version", "updated_at", *changes}), batch_size=500
+        )
+        audit_record_many(entries)
+    return list(orders)

@@ -136,6 +136,14 @@ BRONCO_SYMBOLS = dict(
 
 # --- Orders -----------------------------------------------------------------------------
 ORDER_DEADLINE_SECONDS = env_int("ORDER_DEADLINE_SECONDS", 300)
+# An order's own lifetime: one waiting for its market (closed, lunch break, holiday) stays in
+# the book until this long after it arrived, then what is left is refunded. The default for
+# orders that name no expiry (the vault emits no DepositTerms for them), and the longest one
+# an order may name. Keep the default an hour short of the vault's `defaultExpiry()` (7 days
+# as deployed), which counts from the block: Bronco then never trades an order after the
+# vault's expiry, when the vault would take nothing but a full refund.
+ORDER_DEFAULT_EXPIRY_SECONDS = env_int("ORDER_DEFAULT_EXPIRY_SECONDS", 7 * 24 * 3600 - 3600)
+ORDER_MAX_EXPIRY_SECONDS = env_int("ORDER_MAX_EXPIRY_SECONDS", 30 * 24 * 3600)
 ORDER_POLL_INTERVAL_SECONDS = env_float("ORDER_POLL_INTERVAL_SECONDS", 1.0)
 ORDER_RETRY_SECONDS = env_float("ORDER_RETRY_SECONDS", 5.0)
 ORDER_SETTLE_CHECK_SECONDS = env_float("ORDER_SETTLE_CHECK_SECONDS", 1.0)

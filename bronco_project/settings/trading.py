@@ -27,6 +27,16 @@ FUTU_FILL_OUTSIDE_RTH = env_bool("FUTU_FILL_OUTSIDE_RTH", False)
 # The `session` argument of every US `place_order` (futu Session: RTH regular hours, ETH
 # regular + pre/after hours, ALL including overnight, OVERNIGHT only).
 FUTU_US_SESSION = env_str("FUTU_US_SESSION", "RTH").upper()
+# Which sessions Bronco trades, per market: comma-separated names from
+# trading.market_calendar (US: REGULAR, PRE_MARKET, AFTER_HOURS, OVERNIGHT; HK: REGULAR).
+# Empty: the regular session, plus US pre-market and after-hours with FUTU_FILL_OUTSIDE_RTH.
+# Orders of a market outside these sessions wait in the book for the next one. Keep
+# FUTU_US_SESSION wide enough for the US sessions named here (ETH for pre/after, ALL with
+# overnight).
+TRADING_SESSIONS = {
+    "US": env_str("TRADING_SESSIONS_US", ""),
+    "HK": env_str("TRADING_SESSIONS_HK", ""),
+}
 
 # --- Which broker --------------------------------------------------------------------
 # Dotted path to a callable (a factory function or a class) taking the keyword

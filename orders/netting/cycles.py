@@ -23,7 +23,6 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from core.alerts import alert_raise
@@ -38,6 +37,7 @@ from orders.models import (
     OrderStatus,
     OrderType,
 )
+from orders.netting import bounds, waiting
 from orders.netting.allocation import (
     TOKEN_UNITS_PER_SHARE,
     Buyer,
@@ -178,20 +178,17 @@ def _outcome(order: Order, *, traded: bool) -> str:
 
 
 def _unfilled_reason(order: Order) -> str:
-    if order.cancel_requested_at is not None:
-        return "cancelled by the user"
-    return "the deadline passed before the order filled in full"
+    return waiting.unfilled_reason(order)
 
 
-def _leave_book(symbol: str) -> None:
-    """Cancelled orders and those past their deadline leave the book before a cycle."""
+def _leave_book(symbol: str, *, by_deadline: bool = True) -> None:
+    """Cancelled and expired orders, and with `by_deadline` those past their deadline while
+    not waiting for their market, leave the book before a cycle (`orders.netting.waiting`):
+    a closed market never ends an order by its deadline."""
     now = timezone.now()
+    leaving_q = waiting.leaving_book(now, by_deadline=by_deadline)
     with transaction.atomic():
-        leaving = list(
-            book(symbol)
-            .filter(Q(cancel_requested_at__isnull=False) | Q(deadline__lte=now))
-            .values_list("pk", flat=True)
-        )
+        leaving = list(book(symbol).filter(leaving_q).values_list("pk", flat=True))
         for order in (
             Order.objects.filter(pk__in=leaving, status=S.PENDING, cycle__isnull=True)
             .order_by("pk")
@@ -213,7 +210,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     When crossing and inventory square it, it is allocated at once at the quote (no broker
     request); otherwise its broker order is to be placed. None when there is nothing to do
     (empty book, a cycle already in flight, no tradable quote now: the orders wait)."""
-    _leave_book(symbol)
+    _leave_book(symbol, by_deadline=False)
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
         return None
@@ -221,19 +218,29 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
         quote = broker.broker_quote(code=code)
     except (NoQuote, BrokerUnavailable, RateLimited) as exc:
         logger.info("cycle of %s waits: %s", symbol, exc)
+        _leave_book(symbol)
         return None
     if quote.suspended or not quote.market_open:
         logger.info("cycle of %s waits: market %s", symbol, quote.market_state or "closed")
+        waiting.book_wait_for_market(
+            orders=book(symbol), market_state=quote.market_state, actor=ACTOR
+        )
         return None
+    _leave_book(symbol)
     fees = fee_schedule()
     rate = pricing.fx_rate(code)
     quoted = Pricing(quote.price, rate)
     try:
         with transaction.atomic():
             inventory = _inventory(symbol)
-            orders = list(
-                book(symbol).select_for_update(skip_locked=True, of=("self",)).order_by("pk")
+            bounded = bounds.cycle_participants(
+                list(book(symbol).select_for_update(skip_locked=True, of=("self",)).order_by("pk")),
+                code=code,
+                quote_price=quote.price,
+                ccy_per_usdt=rate,
+                actor=ACTOR,
             )
+            orders = bounded.orders
             if not orders:
                 return None
             participants = [_participant(o) for o in orders]
@@ -255,6 +262,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 limit = pricing.buy_limit_price(quote)
             elif plan.broker_units < 0:
                 limit = pricing.sell_limit_price(quote)
+            limit = bounded.clamp(limit, plan.broker_units)
             cycle = Cycle.objects.create(
                 symbol=symbol,
                 stock_code=code,
@@ -270,8 +278,12 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 inventory_before=int(inventory.token_units),
                 lease_until=_lease(),
             )
+            now = timezone.now()
             orders_transition_many(
-                moves=[(order, S.EXECUTING, {"cycle": cycle}) for order in orders],
+                moves=[
+                    (order, S.EXECUTING, {"cycle": cycle, **waiting.joining_cycle(order, now)})
+                    for order in orders
+                ],
                 actor=ACTOR,
                 action="order.joined_cycle",
             )

@@ -146,7 +146,7 @@ def test_a_batch_skips_settled_ids_and_a_mismatch_reverts_the_whole_batch(
             named_deposit(i, mint_token_units=TOKEN // 2, refund_usdt_units=UNIT),
             cycle_id=9,
             price_per_share_units=8 * UNIT,
-            fee_units=UNIT // 10,
+            fee_units=UNIT // 100,  # the most the schedule allows on 10 USDT (0.1 %)
         )
         for i in ids
     ]
@@ -210,6 +210,6 @@ def test_a_batch_skips_settled_ids_and_a_mismatch_reverts_the_whole_batch(
     send(
         OPERATOR_KEY,
         "settleRedeems",
-        [replace(sale, payout_usdt_units=3 * UNIT).batch_element()],
+        [replace(sale, payout_usdt_units=3 * UNIT, fee_units=3_000).batch_element()],
     )
     assert view("isRedeemSettled", redeem_id) is True

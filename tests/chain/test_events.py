@@ -21,13 +21,18 @@ from chain.events import (
     EVENT_TYPES,
     CancelRequested,
     ContractEvent,
+    DefaultExpirySet,
     Deposit,
     DepositFilled,
     DepositRefunded,
     DepositSettled,
+    DepositTerms,
+    FeeScheduleSet,
     Redeem,
+    RedeemCancelRequested,
     RedeemFilled,
     RedeemSettled,
+    RedeemTerms,
     ReserveWithdrawn,
     SettlementSkipped,
     Transfer,
@@ -90,6 +95,9 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
             private_key=key, contract="BroncoVault", address=contracts.vault, fn=fn, args=args
         )
 
+    # A schedule wide enough for the fees below (10 % + 1 USDT), and a default expiry.
+    vault(DEPLOYER_KEY, "setFeeSchedule", 100_000, UNIT)
+    vault(DEPLOYER_KEY, "setDefaultExpiry", 3 * 24 * 3600)
     bought = user.deposit_id(user.deposit("AAPL", 40 * UNIT))
     user.request_cancel(bought)
     vault(
@@ -97,6 +105,30 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
         *call_of(named_deposit(bought, mint_token_units=2 * TOKEN, refund_usdt_units=15 * UNIT)),
     )
     sold = user.redeem_id(user.redeem("AAPL", TOKEN))
+    # Requests with terms emit DepositTerms / RedeemTerms (market orders emit none).
+    limit = client.transact(
+        private_key=user.key,
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="deposit",
+        args=(symbol_to_bytes32("AAPL"), 5 * UNIT, 150 * UNIT, 0),
+    )
+    limited = user.deposit_id(limit)
+    limit_sell = client.transact(
+        private_key=user.key,
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="redeem",
+        args=(symbol_to_bytes32("AAPL"), TOKEN // 4, 50 * UNIT, 0),
+    )
+    limited_sell = user.redeem_id(limit_sell)
+    client.transact(
+        private_key=user.key,
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="requestRedeemCancel",
+        args=(sold,),
+    )
     vault(
         OPERATOR_KEY,
         *call_of(named_redeem(sold, payout_usdt_units=7 * UNIT, return_token_units=0)),
@@ -186,7 +218,7 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
         2 * TOKEN,
         15 * UNIT,
     )
-    redeem, _ = decoded[Redeem]
+    redeem = next(e for e in decoded[Redeem] if e.redeem_id == sold)
     assert (redeem.redeem_id, redeem.symbol, redeem.token_units) == (sold, "AAPL", TOKEN)
     paid, _ = decoded[RedeemSettled]
     assert (paid.redeem_id, paid.payout_usdt_units, paid.returned_token_units) == (
@@ -200,6 +232,19 @@ def test_each_event_decodes_from_a_real_log_into_its_dataclass(own_chain, chain_
         9001,
         3 * UNIT,
     )
+    (terms,) = decoded[DepositTerms]
+    assert (terms.deposit_id, terms.price_bound_units) == (limited, 150 * UNIT)
+    assert terms.expiry > 0  # the default expiry, resolved
+    (sell_terms,) = decoded[RedeemTerms]
+    assert (sell_terms.redeem_id, sell_terms.price_bound_units) == (limited_sell, 50 * UNIT)
+    (redeem_cancel,) = decoded[RedeemCancelRequested]
+    assert (redeem_cancel.redeem_id, redeem_cancel.user) == (sold, user.address)
+    assert (decoded[FeeScheduleSet][-1].rate_ppm, decoded[FeeScheduleSet][-1].flat_usdt_units) == (
+        100_000,
+        UNIT,
+    )
+    (default_expiry,) = decoded[DefaultExpirySet]
+    assert default_expiry.seconds == 3 * 24 * 3600
     (withdrawn,) = decoded[ReserveWithdrawn]
     assert (withdrawn.to, withdrawn.usdt_units) == (admin, 5 * UNIT)
     assert any(

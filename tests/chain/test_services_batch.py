@@ -37,7 +37,7 @@ def test_a_batch_settles_many_ids_in_few_transactions_each_checked_per_id(
             named_deposit(i, mint_token_units=TOKEN // 10, refund_usdt_units=UNIT),
             cycle_id=1,
             price_per_share_units=20 * UNIT,
-            fee_units=UNIT // 100,
+            fee_units=UNIT // 1000,  # within the vault's schedule (0.1 % of 5 USDT and up)
         )
         for i in ids
     ]

@@ -78,7 +78,7 @@ def test_run_stack_once_runs_the_scenario_and_reconciles(stack_env, tmp_path):
         *("--json", str(result_path)),
     ]
     done = subprocess.run(
-        argv, cwd=ROOT, env=stack_env, capture_output=True, text=True, timeout=240
+        argv, cwd=ROOT, env=stack_env, capture_output=True, text=True, timeout=360
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
@@ -86,12 +86,13 @@ def test_run_stack_once_runs_the_scenario_and_reconciles(stack_env, tmp_path):
     result = json.loads(result_path.read_text())
     assert result["ok"] and result["finished"]
     assert result["reconciliation"]["ok"], result["reconciliation"]
-    assert result["sent"] == {"deposit": 10, "redeem": 2, "cancel": 2}
+    # The plan's 10 deposits and the three of the sessions-and-terms cases.
+    assert result["sent"] == {"deposit": 13, "redeem": 2, "cancel": 2}
     totals: dict[str, int] = {}
     for counts in result["report"]["outcomes"].values():
         for status, n in counts.items():
             totals[status] = totals.get(status, 0) + n
-    assert sum(totals.values()) == 12 and "open" not in totals
+    assert sum(totals.values()) == 15 and "open" not in totals
     assert totals.get("EXECUTED")
     stages = {row["stage"] for row in result["report"]["latency_seconds"]}
     assert {"validate (book)", "trade (book -> done)", "settle", "log -> settled"} <= stages
@@ -100,6 +101,11 @@ def test_run_stack_once_runs_the_scenario_and_reconciles(stack_env, tmp_path):
     assert "reconciliation: OK" in out
     assert "FUTU_RATE_WINDOW_SECONDS=30" in out  # Futu's own window: no demo shortcut
     assert "Netting cycles" in out
+    assert re.search(r"closed market: deposit \d+ waits for the market", out)
+    assert "after Monday's open: EXECUTED" in out
+    assert re.search(r"limit \d+ USDT units/share: deposit \d+ waits for the price", out)
+    assert "after the price came down: EXECUTED" in out
+    assert re.search(r"limit never reached, expiry 20 s: deposit \d+ FAILED", out)
     assert re.search(r"login admin / \S+", out)
     assert re.search(r"basic auth flower:\S+", out)
     assert "Every process stopped." in out

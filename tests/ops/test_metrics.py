@@ -66,6 +66,13 @@ def test_orders_by_status_and_open_alerts_are_read_at_scrape_time(client):
     assert samples[("bronco_metrics_source_up", (("source", "database"),))] == 1
     assert samples[("bronco_metrics_source_up", (("source", "redis"),))] == 1
 
+    OrderFactory(status=OrderStatus.PENDING, symbol="AAPL", waiting_for="market")
+    OrderFactory(status=OrderStatus.PENDING, symbol="AAPL", waiting_for="market")
+    OrderFactory(status=OrderStatus.PENDING, symbol="TCEHY", waiting_for="market")
+    samples = _scrape(client)
+    assert samples[("bronco_orders_waiting_for_market", (("symbol", "AAPL"),))] == 2
+    assert samples[("bronco_orders_waiting_for_market", (("symbol", "TCEHY"),))] == 1
+
     order = OrderFactory(status=OrderStatus.PENDING)
     order_transition(order=order, to_status=OrderStatus.SETTLING, actor="t", action="settle")
     samples = _scrape(client)

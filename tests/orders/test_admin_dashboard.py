@@ -79,6 +79,8 @@ def test_stuck_orders_are_open_and_past_deadline_or_with_a_dead_run(client, view
     now = timezone.now()
     fresh = OrderFactory(deadline=now + timedelta(minutes=5))
     past_deadline = OrderFactory(deadline=now - timedelta(seconds=1))
+    # Waiting for its market: it outlives its deadline, it is not stuck.
+    waiting = OrderFactory(deadline=now - timedelta(hours=1), waiting_for="market")
     stalled = OrderFactory(status=OrderStatus.EXECUTING, deadline=now + timedelta(minutes=5))
     Order.objects.filter(pk=stalled.pk).update(run_lease_until=now - timedelta(seconds=1))
     done = OrderFactory(status=OrderStatus.FAILED, deadline=now - timedelta(hours=1))
@@ -89,7 +91,7 @@ def test_stuck_orders_are_open_and_past_deadline_or_with_a_dead_run(client, view
     stuck = {o.pk for o in response.context["stuck_orders"]}
     assert stuck == {past_deadline.pk, stalled.pk}
     assert response.context["stuck_count"] == 2
-    assert fresh.pk not in stuck
+    assert fresh.pk not in stuck and waiting.pk not in stuck
     body = response.content.decode()
     assert reverse("admin:orders_order_change", args=[stalled.pk]) in body
 

@@ -1,6 +1,6 @@
 """Deadlines end in refunds, never in a stuck order: a deposit whose cycles never fill is
 settled at its deadline with everything refunded (each cycle's broker order cancelled after
-its timeout); a market that stays closed past the deadline refunds without a broker order;
+its timeout); a market that stays closed past the order's expiry refunds without a broker order;
 a broker order the broker lost is alerted once and never settled on a guess."""
 
 import pytest
@@ -44,21 +44,27 @@ def test_unfilled_deposit_is_refunded_at_the_deadline(stack, chain_user):  # noq
         assert cycle.cancel_sent_at is not None
 
 
-def test_market_closed_past_the_deadline_refunds_without_trading(stack, chain_user):  # noqa: F811
+def test_market_closed_past_the_expiry_refunds_without_trading(stack, chain_user):  # noqa: F811
+    """A closed market outlives the deadline (the order waits: test_pipeline_market_sessions);
+    the order's expiry ends it, refunded in full without a broker order."""
     contracts, sim = stack
     sim.set_market_open(market="US", is_open=False)
     try:
         user = chain_user(3)
         usdt_before, _ = _balances(user)
         order = _deposit(user, contracts, "AAPL", 400 * USDT_UNIT)
-        _deadline_in(order, 1.0)
+        drive(order.pk, until=lambda: Order.objects.get(pk=order.pk).waiting_for == "market")
+        _deadline_in(order, -1)
+        Order.objects.filter(pk=order.pk).update(
+            expires_at=timezone.now() + timezone.timedelta(seconds=1.0)
+        )
 
         order = drive(order.pk)
     finally:
         sim.set_market_open(market="US", is_open=True)
 
     assert order.status == OrderStatus.FAILED
-    assert "deadline" in order.last_error
+    assert order.last_error == "the order expired while its market was closed"
     assert not Cycle.objects.filter(symbol="AAPL").exists()  # no cycle, no broker order
     assert sim.orders() == []
     assert _balances(user)[0] == usdt_before

@@ -21,6 +21,7 @@ from trading.futu.connection import FutuConnection, trade_password_reader
 from trading.futu.execution import FutuExecution
 from trading.futu.market_data import FutuMarketData
 from trading.futu.parsing import FUTU_STATUS_MAP, classify_error, map_status, order_from_row
+from trading.market_calendar import parse_sessions
 
 __all__ = [
     "FUTU_STATUS_MAP",
@@ -58,6 +59,11 @@ class FutuBroker(FutuMarketData, FutuExecution):
             remark_lookup_refresh=settings.FUTU_REMARK_LOOKUP_REFRESH,
             fill_outside_rth=settings.FUTU_FILL_OUTSIDE_RTH,
             price_adjust_limit=settings.FUTU_PRICE_ADJUST_LIMIT,
+            trading_sessions={
+                market: parse_sessions(market, text)
+                for market, text in settings.TRADING_SESSIONS.items()
+                if text
+            },
         )
 
 

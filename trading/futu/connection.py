@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +48,7 @@ from trading.broker import DealUpdateCallback, OrderUpdateCallback
 from trading.exceptions import BrokerSessionFault, BrokerUnavailable
 from trading.futu.parsing import _DISCONNECTED as _DISCONNECT_TEXT
 from trading.futu.parsing import classify_error
+from trading.market_calendar import AFTER_HOURS, PRE_MARKET, REGULAR, market_of_code
 from trading.ratelimit import RedisRateLimiter
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class FutuConnection:
         remark_lookup_refresh: bool = False,
         fill_outside_rth: bool = False,
         price_adjust_limit: Decimal = Decimal(0),
+        trading_sessions: Mapping[str, frozenset[str]] | None = None,
         limiter_factory: Callable[[str], RedisRateLimiter] | None = None,
     ) -> None:
         if trd_env not in (TrdEnv.SIMULATE, TrdEnv.REAL):
@@ -134,6 +136,15 @@ class FutuConnection:
         if not 0 <= price_adjust_limit < 1:
             raise ValueError("price_adjust_limit is a fraction of the price in [0, 1)")
         self.price_adjust_limit = price_adjust_limit
+        # The sessions Bronco trades, per market (trading.market_calendar names): by default
+        # the regular session, and US pre-market and after-hours when orders may fill
+        # outside regular trading hours.
+        extended = {PRE_MARKET, AFTER_HOURS} if fill_outside_rth else set()
+        self.trading_sessions: dict[str, frozenset[str]] = {
+            "US": frozenset({REGULAR, *extended}),
+            "HK": frozenset({REGULAR}),
+        }
+        self.trading_sessions.update(trading_sessions or {})
         self._limiter_factory = limiter_factory or (
             lambda account: RedisRateLimiter.from_settings(account=account)
         )
@@ -244,6 +255,10 @@ class FutuConnection:
             logger.info("unlocked trading with a re-read trade password")
             return
         raise self._session_fault(f"unlock_trade failed twice: {msg}")
+
+    def sessions_of(self, code: str) -> frozenset[str]:
+        """The sessions Bronco trades `code` in (its market's `TRADING_SESSIONS`)."""
+        return self.trading_sessions.get(market_of_code(code), frozenset({REGULAR}))
 
     def _session_fault(self, message: str) -> BrokerSessionFault:
         """An operator alert for a session Bronco cannot repair by itself, and the error the

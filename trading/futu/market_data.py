@@ -54,7 +54,7 @@ class FutuMarketData(FutuConnection):
                     code=code,
                     currency=currency_of(code),
                     market_state=states.get(code, ""),
-                    fill_outside_rth=self.fill_outside_rth,
+                    sessions=self.sessions_of(code),
                 )
         return result
 

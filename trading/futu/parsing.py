@@ -34,6 +34,7 @@ from trading.exceptions import (
     RateLimited,
     TradingError,
 )
+from trading.market_calendar import session_of_state
 
 # Every Futu order status -> Bronco's. `is_final` on the Bronco side says no fill can follow.
 FUTU_STATUS_MAP: Mapping[str, BrokerStatus] = {
@@ -62,10 +63,6 @@ FUTU_STATUS_MAP: Mapping[str, BrokerStatus] = {
     OrderStatus.FILL_CANCELLED: BrokerStatus.FILL_CANCELLED,
 }
 
-OPEN_MARKET_STATES = frozenset({"MORNING", "AFTERNOON"})
-# US pre-market and after-hours (fill_outside_rth / session ETH). NIGHT_OPEN is a futures
-# night session, not a US stock session: the US overnight session is OVERNIGHT.
-EXTENDED_MARKET_STATES = frozenset({"PRE_MARKET_BEGIN", "AFTER_HOURS_BEGIN"})
 
 # OpenD answers in the language it is configured with (Chinese or English); the SDK's own
 # transport errors are English ("Connection lost", "Timeout", "Not connected", "Connection
@@ -184,12 +181,12 @@ def quote_from_snapshot(
     code: str,
     currency: str,
     market_state: str,
-    fill_outside_rth: bool,
+    sessions: frozenset[str],
 ) -> Quote:
     """One row of `get_market_snapshot` and the security's market state (from
-    `get_global_state`) -> a Quote. The market counts as open in the regular sessions, and
-    in the extended ones too when orders may fill outside regular trading hours."""
-    open_states = OPEN_MARKET_STATES | (EXTENDED_MARKET_STATES if fill_outside_rth else frozenset())
+    `get_market_state`) -> a Quote. The market counts as open when the state belongs to one
+    of `sessions`, the sessions Bronco trades in this security's market
+    (`trading.market_calendar`: REGULAR, PRE_MARKET, AFTER_HOURS, OVERNIGHT)."""
     suspended = bool(row.get("suspension"))
     bid, ask = to_decimal(row.get("bid_price")), to_decimal(row.get("ask_price"))
     return Quote(
@@ -198,7 +195,7 @@ def quote_from_snapshot(
         lot_size=int(row.get("lot_size") or 1),
         tick_size=to_decimal(row.get("price_spread")),
         currency=currency,
-        market_open=market_state in open_states and not suspended,
+        market_open=session_of_state(market_state) in sessions and not suspended,
         market_state=market_state,
         bid=bid or None,
         ask=ask or None,

@@ -22,6 +22,7 @@ from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
+from trading import market_calendar
 from trading.opend_sim import fees, spreads
 
 # Futu order status names (futu.common.constant.OrderStatus values).
@@ -46,6 +47,17 @@ FILL_MODES = frozenset({"full", "partial", "none", "reject", "fail"})
 # acknowledges the request but the order keeps working: py-futu-api issue 248).
 CANCEL_MODES = frozenset({"take", "ignore"})
 MARKET_CURRENCY = {"US": "USD", "HK": "HKD"}
+# The sessions a US order trades in, by the `session` it was placed with (Futu's
+# Common.Session: RTH regular only, ETH with pre-market and after-hours, OVERNIGHT the
+# overnight session only, ALL every one).
+_US_ORDER_SESSIONS = {
+    "RTH": frozenset({market_calendar.REGULAR}),
+    "ETH": frozenset(
+        {market_calendar.REGULAR, market_calendar.PRE_MARKET, market_calendar.AFTER_HOURS}
+    ),
+    "OVERNIGHT": frozenset({market_calendar.OVERNIGHT}),
+    "ALL": market_calendar.TRADABLE_SESSIONS["US"],
+}
 LANGUAGES = ("en", "zh")
 # OpenD answers in the language it is configured with (Chinese by default, English when
 # set so): every refusal the simulator makes has both texts, chosen by `SimMarket.language`.
@@ -293,7 +305,13 @@ class SimMarket:
         # test that shows the difference; Futu documents the open list as unfinished orders.
         self.lenient_listing = lenient_listing
         self.unlocked = False
+        # Without a clock every market is open or closed as `market_open` says (scripted by
+        # `set_market_open`). With a clock (`set_clock`) each market's state comes from its
+        # exchange calendar at the simulated time (`trading.market_calendar`), and
+        # `market_override` pins a market open or closed until the clock is set again.
         self.market_open: dict[str, bool] = {"US": True, "HK": True}
+        self.clock: dict[str, float] | None = None  # {"real": epoch s, "sim": epoch s, "rate"}
+        self.market_override: dict[str, bool] = {}
         self.securities: dict[str, SimSecurity] = {}
         self.orders: dict[int, SimOrder] = {}
         self.fills: list[SimFill] = []
@@ -450,7 +468,7 @@ class SimMarket:
             else:
                 raise SimError(f"Unsupported side {side}")
             self._next_order_id += 1
-            status = "SUBMITTED" if self.market_open.get(sec.market, False) else "WAITING_SUBMIT"
+            status = "SUBMITTED" if self.is_trading(sec.market, session) else "WAITING_SUBMIT"
             order = SimOrder(
                 order_id=self._next_order_id,
                 acc_id=acc_id,
@@ -645,12 +663,13 @@ class SimMarket:
     ) -> list[Event]:
         sec = self.securities[order.code]
         events: list[Event] = []
-        if order.status == "WAITING_SUBMIT" and self.market_open.get(sec.market, False):
+        trading = self.is_trading(sec.market, order.session)
+        if order.status == "WAITING_SUBMIT" and trading:
             events.append(self._touch(order, "SUBMITTED", now))
         if order.status not in MATCHABLE_STATUSES:
             return events
         if force_qty is None:
-            if not self.market_open.get(sec.market, False) or sec.suspended:
+            if not trading or sec.suspended:
                 return events
             if now < order.fill_after or sec.fill_mode in ("none", "fail", "reject"):
                 return events
@@ -760,9 +779,58 @@ class SimMarket:
         return sec
 
     def set_market_open(self, market: str, is_open: bool) -> None:
+        """Open or close `market` by hand; with a clock running, pin it until the clock is
+        set again."""
         with self.lock:
-            self.market_open[market] = bool(is_open)
+            if self.clock is None:
+                self.market_open[market] = bool(is_open)
+            else:
+                self.market_override[market] = bool(is_open)
         self.tick()
+
+    # --- the clock and the market calendar ------------------------------------------
+    def set_clock(self, at: datetime | None, rate: float = 1.0) -> None:
+        """Drive the markets from their exchange calendars at simulated time `at` (aware),
+        which then runs on at `rate` simulated seconds per real second (0 freezes it).
+        None stops the clock: markets follow `market_open` again. Clears the overrides."""
+        with self.lock:
+            self.market_override = {}
+            if at is None:
+                self.clock = None
+            else:
+                if at.tzinfo is None:
+                    raise SimError("the clock needs an aware time (with a UTC offset)")
+                if rate < 0:
+                    raise SimError("the clock rate cannot be negative")
+                self.clock = {"real": time.time(), "sim": at.timestamp(), "rate": float(rate)}
+        self.tick()
+
+    def sim_now(self) -> datetime:
+        """The simulated time (real time when no clock is set), aware, in UTC."""
+        with self.lock:
+            if self.clock is None:
+                return datetime.now(tz=UTC)
+            elapsed = (time.time() - self.clock["real"]) * self.clock["rate"]
+            return datetime.fromtimestamp(self.clock["sim"] + elapsed, tz=UTC)
+
+    def market_state(self, market: str) -> str:
+        """Futu's market state name for securities of `market` now ("AFTERNOON", "REST",
+        "PRE_MARKET_BEGIN", "CLOSED", ...)."""
+        with self.lock:
+            if self.clock is None:
+                return "AFTERNOON" if self.market_open.get(market, False) else "CLOSED"
+            if market in self.market_override:
+                return "AFTERNOON" if self.market_override[market] else "CLOSED"
+            return market_calendar.futu_state_at(market, self.sim_now())
+
+    def is_trading(self, market: str, session: str = "") -> bool:
+        """Whether an order of `market` placed with the US `session` argument (RTH when
+        empty) trades now: RTH in the regular session, ETH also pre-market and after-hours,
+        OVERNIGHT in the overnight session only, ALL in any of them."""
+        current = market_calendar.session_of_state(self.market_state(market))
+        if market != "US":
+            return current == market_calendar.REGULAR
+        return current in _US_ORDER_SESSIONS.get(session or "RTH", frozenset())
 
     def force_fill(
         self, order_id: int, qty: Decimal | None = None, price: Decimal | None = None
@@ -884,6 +952,8 @@ class SimMarket:
             {
                 "unlocked": self.unlocked,
                 "market_open": self.market_open,
+                "clock": self.clock,
+                "market_override": self.market_override,
                 "next_order_id": self._next_order_id,
                 "next_fill_id": self._next_fill_id,
                 "securities": [asdict(s) for s in self.securities.values()],
@@ -920,6 +990,8 @@ class SimMarket:
 
         self.unlocked = data["unlocked"]
         self.market_open = data["market_open"]
+        self.clock = data.get("clock")
+        self.market_override = data.get("market_override") or {}
         self._next_order_id = data["next_order_id"]
         self._next_fill_id = data["next_fill_id"]
         self.securities = {s["code"]: SimSecurity(**dec_fields(s)) for s in data["securities"]}

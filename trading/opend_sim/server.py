@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from futu.common.constant import MarketState as FutuMarketState
 from futu.common.constant import OrderStatus as FutuOrderStatus
 from futu.common.constant import ProtoId
 from futu.common.pb import Common_pb2, Qot_Common_pb2
@@ -60,8 +61,14 @@ MODIFY_OPS = {
     T.ModifyOrderOp_Enable: "ENABLE",
     T.ModifyOrderOp_Delete: "DELETE",
 }
-STATE_OPEN = Qot_Common_pb2.QotMarketState_Afternoon
 STATE_CLOSED = Qot_Common_pb2.QotMarketState_Closed
+
+
+def _state_number(name: str) -> int:
+    """A Futu market state name ("AFTERNOON") -> Qot_Common.QotMarketState's number, as the
+    SDK itself maps them (futu.common.constant.MarketState)."""
+    ok, value = FutuMarketState.to_number(name)
+    return value if ok else STATE_CLOSED
 
 
 def _status_number(name: str) -> int:
@@ -334,10 +341,9 @@ class OpenDSimulator:
         rsp.s2c.time = int(time.time())
 
     def _on_GetGlobalState(self, conn: Connection, c2s: Any, rsp: Any) -> None:
-        is_open = self.market.market_open
         s2c = rsp.s2c
-        s2c.marketHK = STATE_OPEN if is_open.get("HK") else STATE_CLOSED
-        s2c.marketUS = STATE_OPEN if is_open.get("US") else STATE_CLOSED
+        s2c.marketHK = _state_number(self.market.market_state("HK"))
+        s2c.marketUS = _state_number(self.market.market_state("US"))
         s2c.marketSH = s2c.marketSZ = s2c.marketHKFuture = STATE_CLOSED
         s2c.qotLogined = s2c.trdLogined = True
         s2c.serverVer = SERVER_VER
@@ -679,8 +685,7 @@ class OpenDSimulator:
                 info.security.market = security.market
                 info.security.code = security.code
                 info.name = sec.name or sec.symbol
-                is_open = self.market.market_open.get(sec.market, False)
-                info.marketState = STATE_OPEN if is_open else STATE_CLOSED
+                info.marketState = _state_number(self.market.market_state(sec.market))
 
     # pushes -------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
@@ -739,6 +744,14 @@ class OpenDSimulator:
         if cmd == "set_market_open":
             m.set_market_open(args["market"], args["is_open"])
             return dict(m.market_open)
+        if cmd == "set_clock":
+            at = args.get("at")
+            m.set_clock(
+                None if at is None else datetime.fromisoformat(at), float(args.get("rate", 1.0))
+            )
+            return _clock_dict(m)
+        if cmd == "clock":
+            return _clock_dict(m)
         if cmd == "fill":
             return _order_dict(
                 m.force_fill(int(args["order_id"]), args.get("qty"), args.get("price"))
@@ -847,6 +860,15 @@ def _deal_dict(fill: SimFill) -> dict[str, Any]:
         "qty": str(fill.qty),
         "price": str(fill.price),
         "status": fill.status,
+    }
+
+
+def _clock_dict(market: SimMarket) -> dict[str, Any]:
+    """The simulated time and each market's state, for the control port."""
+    return {
+        "now": market.sim_now().isoformat(),
+        "running": market.clock is not None,
+        "states": {name: market.market_state(name) for name in ("US", "HK")},
     }
 
 

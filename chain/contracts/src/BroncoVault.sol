@@ -27,6 +27,18 @@ import {StockToken} from "./StockToken.sol";
 /// Batched settlement (settleDeposits / settleRedeems) carries the same checks per element;
 /// an id already settled is skipped with SettlementSkipped (a retried batch pays nothing
 /// twice and does not fail), any other invalid element reverts the whole batch.
+/// User order terms: `deposit(symbol, usdtAmount, maxPricePerShare, expiry)` and
+/// `redeem(symbol, shares, minPricePerShare, expiry)` (0 = no bound / the default expiry);
+/// the two-argument calls are market orders with the default expiry. The terms are part of
+/// the request id (a request with terms hashes them too), so ids stay what the request is.
+/// A settlement carries its fee; the vault refuses one whose implied price per share (USDT
+/// spent less fee, over shares minted; for a redeem USDT paid plus fee over shares sold)
+/// breaks the user's bound (PriceAboveBound / PriceBelowBound), whose fee is above the
+/// published schedule (FeeAboveSchedule: `quoteFee` of the deposit amount, of the gross
+/// proceeds for a redeem; percent in parts per million plus a flat USDT fee, set by the
+/// admin with FeeScheduleSet), or, after the expiry, anything but a full refund or return
+/// (SettlementAfterExpiry). Redeems can be cancelled like deposits (requestRedeemCancel).
+///
 /// Pause stops new deposits and redeems; cancel requests and settlement keep working so
 /// that in-flight orders can always complete.
 contract BroncoVault is AccessControl, Pausable {
@@ -37,6 +49,17 @@ contract BroncoVault is AccessControl, Pausable {
     uint8 public constant KIND_REDEEM = 2;
     /// @notice Token base units per whole share (stock tokens have 18 decimals).
     uint256 public constant SHARE = 1e18;
+    /// @notice Fee rates are in parts per million of the amount (1000 = 0.1 %).
+    uint256 public constant FEE_RATE_SCALE = 1e6;
+    /// @notice The longest expiry a request may name or the admin may set as the default.
+    uint256 public constant MAX_EXPIRY = 30 days;
+
+    /// @notice A request's terms: its price bound (USDT base units per whole share; 0 = none)
+    /// and when it expires (unix seconds).
+    struct Terms {
+        uint256 priceBound;
+        uint256 expiry;
+    }
 
     struct DepositInfo {
         address user;
@@ -94,6 +117,17 @@ contract BroncoVault is AccessControl, Pausable {
     mapping(uint256 => uint256) public refundedOf;
     /// @notice Refund ids already paid: each pays at most once.
     mapping(uint256 => bool) public refundIdUsed;
+    /// @notice Each deposit's terms: the highest price per share it accepts, its expiry.
+    mapping(uint256 => Terms) public depositTerms;
+    /// @notice Each redeem's terms: the lowest price per share it accepts, its expiry.
+    mapping(uint256 => Terms) public redeemTerms;
+    mapping(uint256 => bool) public redeemCancelRequested;
+    /// @notice The published fee schedule: `feeRatePpm` of the amount (rounded up) plus
+    /// `feeFlat` USDT base units per request.
+    uint256 public feeRatePpm;
+    uint256 public feeFlat;
+    /// @notice The expiry of a request that names none: this long after it is made.
+    uint256 public defaultExpiry = 7 days;
     mapping(bytes32 => StockToken) public tokenOf;
     mapping(bytes32 => bool) public isListed;
     bytes32[] private _symbols;
@@ -124,6 +158,14 @@ contract BroncoVault is AccessControl, Pausable {
     );
     /// @notice A batch element whose id was already settled: nothing paid, the batch goes on.
     event SettlementSkipped(uint8 indexed kind, uint256 indexed id);
+    /// @notice A deposit's terms, right after its Deposit event, when the user named any (a
+    /// market order with the default expiry emits none: `depositTerms(id)` still holds it).
+    event DepositTerms(uint256 indexed depositId, uint256 maxPricePerShare, uint256 expiry);
+    /// @notice A redeem's terms, right after its Redeem event, when the user named any.
+    event RedeemTerms(uint256 indexed redeemId, uint256 minPricePerShare, uint256 expiry);
+    event RedeemCancelRequested(uint256 indexed redeemId, address indexed user);
+    event FeeScheduleSet(uint256 feeRatePpm, uint256 feeFlat);
+    event DefaultExpirySet(uint256 defaultExpiry);
     event SymbolListed(bytes32 indexed symbol, address token);
     event SymbolUnlisted(bytes32 indexed symbol);
     event ReserveWithdrawn(address indexed to, uint256 amount);
@@ -166,6 +208,19 @@ contract BroncoVault is AccessControl, Pausable {
     error ReturnAboveRedeem(uint256 redeemId, uint256 returned, uint256 shares);
     /// @notice Payout plus fee exceed the proceeds of the shares sold at the batch price.
     error PayoutAboveProceeds(uint256 redeemId, uint256 paidWithFee, uint256 proceeds);
+    /// @notice The deposit's implied price per share is above the user's bound.
+    error PriceAboveBound(uint256 depositId, uint256 impliedPrice, uint256 maxPricePerShare);
+    /// @notice The redeem's implied price per share is below the user's bound.
+    error PriceBelowBound(uint256 redeemId, uint256 impliedPrice, uint256 minPricePerShare);
+    /// @notice The fee is above the published schedule for the amount.
+    error FeeAboveSchedule(uint256 id, uint256 fee, uint256 maxFee);
+    /// @notice After its expiry a request settles only as a full refund (return).
+    error SettlementAfterExpiry(uint256 id, uint256 expiry, uint256 traded);
+    /// @notice The expiry is in the past or further than MAX_EXPIRY ahead.
+    error ExpiryOutOfRange(uint256 expiry, uint256 latest);
+    error FeeRateTooHigh(uint256 feeRatePpm);
+    error UnknownRedeemCancel(uint256 redeemId);
+    error NotRedeemer(uint256 redeemId, address caller);
 
     constructor(IERC20 usdt_, address admin, address operator) {
         if (address(usdt_) == address(0) || admin == address(0)) revert ZeroAddress();
@@ -220,6 +275,33 @@ contract BroncoVault is AccessControl, Pausable {
         emit ReserveWithdrawn(to, amount);
     }
 
+    // --- fee schedule and expiry (admin) ----------------------------------------------------
+
+    /// @notice Publishes the fee schedule: `ratePpm` parts per million of the amount (at most
+    /// 10 %) plus `flat` USDT base units.
+    function setFeeSchedule(uint256 ratePpm, uint256 flat) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (ratePpm > FEE_RATE_SCALE / 10) revert FeeRateTooHigh(ratePpm);
+        feeRatePpm = ratePpm;
+        feeFlat = flat;
+        emit FeeScheduleSet(ratePpm, flat);
+    }
+
+    /// @notice Sets the expiry of requests that name none (seconds; at most MAX_EXPIRY).
+    function setDefaultExpiry(uint256 seconds_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (seconds_ == 0 || seconds_ > MAX_EXPIRY) {
+            revert ExpiryOutOfRange(seconds_, MAX_EXPIRY);
+        }
+        defaultExpiry = seconds_;
+        emit DefaultExpirySet(seconds_);
+    }
+
+    /// @notice The most fee a request of `amount` USDT base units pays under the current
+    /// schedule: ceil(amount * feeRatePpm / 1e6) + feeFlat (0 for a zero amount).
+    function quoteFee(uint256 amount) public view returns (uint256) {
+        if (amount == 0) return 0;
+        return (amount * feeRatePpm + FEE_RATE_SCALE - 1) / FEE_RATE_SCALE + feeFlat;
+    }
+
     // --- ids -------------------------------------------------------------------------------
 
     /// @notice The id of a request: what it is, never when it was mined.
@@ -235,19 +317,72 @@ contract BroncoVault is AccessControl, Pausable {
         );
     }
 
+    /// @notice The id of a request with terms: as requestId, with the terms hashed too (a
+    /// request without terms, both 0, has its requestId).
+    function requestIdWithTerms(
+        uint8 kind,
+        address user,
+        uint256 userNonce,
+        bytes32 symbol,
+        uint256 amount,
+        uint256 priceBound,
+        uint256 expiry
+    ) public view returns (uint256) {
+        if (priceBound == 0 && expiry == 0) {
+            return requestId(kind, user, userNonce, symbol, amount);
+        }
+        return uint256(
+            keccak256(
+                abi.encode(
+                    block.chainid, address(this), kind, user, userNonce, symbol, amount, priceBound, expiry
+                )
+            )
+        );
+    }
+
     // --- users -----------------------------------------------------------------------------
 
+    /// @notice A market deposit with the default expiry.
     function deposit(bytes32 symbol, uint256 usdtAmount)
         external
         whenNotPaused
         returns (uint256 depositId)
     {
+        return _deposit(symbol, usdtAmount, 0, 0);
+    }
+
+    /// @notice A deposit that buys at no more than `maxPricePerShare` (USDT base units per
+    /// whole share; 0 = no bound) until `expiry` (unix seconds; 0 = the default expiry).
+    function deposit(bytes32 symbol, uint256 usdtAmount, uint256 maxPricePerShare, uint256 expiry)
+        external
+        whenNotPaused
+        returns (uint256 depositId)
+    {
+        return _deposit(symbol, usdtAmount, maxPricePerShare, expiry);
+    }
+
+    function _deposit(bytes32 symbol, uint256 usdtAmount, uint256 maxPrice, uint256 expiry)
+        private
+        returns (uint256 depositId)
+    {
         if (usdtAmount == 0) revert ZeroAmount();
         if (!isListed[symbol]) revert SymbolNotListed(symbol);
-        depositId = requestId(KIND_DEPOSIT, msg.sender, nonces[msg.sender]++, symbol, usdtAmount);
+        depositId = requestIdWithTerms(
+            KIND_DEPOSIT, msg.sender, nonces[msg.sender]++, symbol, usdtAmount, maxPrice, expiry
+        );
         deposits[depositId] = DepositInfo(msg.sender, symbol, usdtAmount, false, false);
+        uint256 expiresAt = _expiry(expiry);
+        depositTerms[depositId] = Terms(maxPrice, expiresAt);
         usdt.safeTransferFrom(msg.sender, address(this), usdtAmount);
         emit Deposit(depositId, msg.sender, symbol, usdtAmount);
+        if (maxPrice != 0 || expiry != 0) emit DepositTerms(depositId, maxPrice, expiresAt);
+    }
+
+    function _expiry(uint256 expiry) private view returns (uint256) {
+        if (expiry == 0) return block.timestamp + defaultExpiry;
+        uint256 latest = block.timestamp + MAX_EXPIRY;
+        if (expiry <= block.timestamp || expiry > latest) revert ExpiryOutOfRange(expiry, latest);
+        return expiry;
     }
 
     function requestCancel(uint256 depositId) external {
@@ -260,18 +395,52 @@ contract BroncoVault is AccessControl, Pausable {
         emit CancelRequested(depositId, msg.sender);
     }
 
+    /// @notice Asks to cancel a redeem not yet settled: Bronco returns what was not sold.
+    function requestRedeemCancel(uint256 redeemId) external {
+        RedeemInfo storage r = redeems[redeemId];
+        if (r.user == address(0)) revert UnknownRedeem(redeemId);
+        if (r.user != msg.sender) revert NotRedeemer(redeemId, msg.sender);
+        if (r.settled) revert AlreadySettled(redeemId);
+        if (redeemCancelRequested[redeemId]) revert CancelAlreadyRequested(redeemId);
+        redeemCancelRequested[redeemId] = true;
+        emit RedeemCancelRequested(redeemId, msg.sender);
+    }
+
+    /// @notice A market redeem with the default expiry.
     function redeem(bytes32 symbol, uint256 shares)
         external
         whenNotPaused
         returns (uint256 redeemId)
     {
+        return _redeem(symbol, shares, 0, 0);
+    }
+
+    /// @notice A redeem that sells at no less than `minPricePerShare` (USDT base units per
+    /// whole share; 0 = no bound) until `expiry` (unix seconds; 0 = the default expiry).
+    function redeem(bytes32 symbol, uint256 shares, uint256 minPricePerShare, uint256 expiry)
+        external
+        whenNotPaused
+        returns (uint256 redeemId)
+    {
+        return _redeem(symbol, shares, minPricePerShare, expiry);
+    }
+
+    function _redeem(bytes32 symbol, uint256 shares, uint256 minPrice, uint256 expiry)
+        private
+        returns (uint256 redeemId)
+    {
         if (shares == 0) revert ZeroAmount();
         StockToken token = tokenOf[symbol];
         if (address(token) == address(0)) revert SymbolNotListed(symbol);
-        redeemId = requestId(KIND_REDEEM, msg.sender, nonces[msg.sender]++, symbol, shares);
+        redeemId = requestIdWithTerms(
+            KIND_REDEEM, msg.sender, nonces[msg.sender]++, symbol, shares, minPrice, expiry
+        );
         redeems[redeemId] = RedeemInfo(msg.sender, symbol, shares, false);
+        uint256 expiresAt = _expiry(expiry);
+        redeemTerms[redeemId] = Terms(minPrice, expiresAt);
         token.burn(msg.sender, shares);
         emit Redeem(redeemId, msg.sender, symbol, shares);
+        if (minPrice != 0 || expiry != 0) emit RedeemTerms(redeemId, minPrice, expiresAt);
     }
 
     // --- settlement (operator, at most once per id) -----------------------------------------
@@ -400,6 +569,7 @@ contract BroncoVault is AccessControl, Pausable {
                 revert ChargeAboveDeposit(s.depositId, charged, d.usdtAmount);
             }
         }
+        _checkDepositTerms(s, d.usdtAmount - refunded);
         d.settled = true;
         if (s.sharesToMint > 0) tokenOf[d.symbol].mint(d.user, s.sharesToMint);
         if (s.usdtRefund > 0) usdt.safeTransfer(d.user, s.usdtRefund);
@@ -423,10 +593,45 @@ contract BroncoVault is AccessControl, Pausable {
                 revert PayoutAboveProceeds(s.redeemId, s.usdtPaid + s.fee, proceeds);
             }
         }
+        _checkRedeemTerms(s, r.shares - s.sharesReturned);
         r.settled = true;
         if (s.sharesReturned > 0) tokenOf[r.symbol].mint(r.user, s.sharesReturned);
         if (s.usdtPaid > 0) usdt.safeTransfer(r.user, s.usdtPaid);
         emit RedeemSettled(s.redeemId, r.user, s.usdtPaid, s.sharesReturned);
         if (batched) emit RedeemFilled(s.redeemId, s.cycleId, s.pricePerShare, s.fee);
+    }
+
+    /// @dev `spent`: the USDT the deposit keeps (its amount less every refund), fee included.
+    function _checkDepositTerms(DepositSettlement memory s, uint256 spent) private view {
+        Terms storage t = depositTerms[s.depositId];
+        if (t.expiry != 0 && block.timestamp > t.expiry && (s.sharesToMint > 0 || spent > 0)) {
+            revert SettlementAfterExpiry(s.depositId, t.expiry, s.sharesToMint);
+        }
+        uint256 maxFee = quoteFee(deposits[s.depositId].usdtAmount);
+        if (s.fee > maxFee) revert FeeAboveSchedule(s.depositId, s.fee, maxFee);
+        if (t.priceBound > 0 && s.sharesToMint > 0) {
+            uint256 cost = spent > s.fee ? spent - s.fee : 0;
+            // cost <= shares * bound, rounded up to the USDT base unit like the cost itself
+            if (cost * SHARE > s.sharesToMint * t.priceBound + SHARE - 1) {
+                revert PriceAboveBound(s.depositId, (cost * SHARE) / s.sharesToMint, t.priceBound);
+            }
+        }
+    }
+
+    /// @dev `sold`: the shares the redeem sold (burned less returned).
+    function _checkRedeemTerms(RedeemSettlement memory s, uint256 sold) private view {
+        Terms storage t = redeemTerms[s.redeemId];
+        if (t.expiry != 0 && block.timestamp > t.expiry && (sold > 0 || s.usdtPaid > 0)) {
+            revert SettlementAfterExpiry(s.redeemId, t.expiry, sold);
+        }
+        uint256 maxFee = quoteFee(s.usdtPaid + s.fee);
+        if (s.fee > maxFee) revert FeeAboveSchedule(s.redeemId, s.fee, maxFee);
+        if (t.priceBound > 0 && sold > 0) {
+            uint256 gross = s.usdtPaid + s.fee;
+            // gross >= sold * bound, rounded down to the USDT base unit like the proceeds
+            if (gross < (sold * t.priceBound) / SHARE) {
+                revert PriceBelowBound(s.redeemId, (gross * SHARE) / sold, t.priceBound);
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from chain.exceptions import ChainError
 from chain.models import ChainEvent
 from devtools.report import render, run_report
 from devtools.scenario import ScenarioDriver, scenario_plan
@@ -76,6 +77,12 @@ class Command(BaseCommand):
             help="demo: fills, partial fills, rejections, refusals; fills: every order fills",
         )
         parser.add_argument("--no-reconcile", action="store_true")
+        parser.add_argument(
+            "--no-session-cases",
+            dest="session_cases",
+            action="store_false",
+            help="skip the closed-market, limit and expiry deposits after the plan",
+        )
         parser.add_argument("--json", default="", help="also write the results to this file")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -161,6 +168,15 @@ def run_scenario(options: dict[str, Any], *, write: Any, flush: Any = None) -> d
         if time.monotonic() > deadline:
             break
     progress.done()
+    # The demo shows sessions and terms; benchmarks (other mixes) measure the plan alone.
+    if finished and options.get("session_cases", options.get("mix", "demo") == "demo"):
+        write("\nSessions and user terms (the simulator's clock and AAPL's price scripted)")
+        try:
+            for line in driver.session_cases(timeout=options["timeout"]):
+                write(f"  {line}")
+        except ChainError as exc:
+            finished = False
+            write(f"  session cases failed: {exc}")
     elapsed = time.time() - started
     state = driver.state
     orders = driver.orders()
