@@ -22,7 +22,6 @@ from django.utils import timezone
 from core.money import USDT_UNIT
 from orders.models import Order, OrderType, Waiting
 from orders.state import orders_record_many
-from trading.pricing import tick_size_for
 
 
 def bound_in_market_currency(bound_units: int, ccy_per_usdt: Decimal) -> Decimal:
@@ -30,8 +29,10 @@ def bound_in_market_currency(bound_units: int, ccy_per_usdt: Decimal) -> Decimal
     return Decimal(bound_units) / USDT_UNIT * ccy_per_usdt
 
 
-def _to_tick(code: str, price: Decimal, rounding: str) -> Decimal:
-    tick = tick_size_for(code, price)
+def _to_tick(tick: Decimal, price: Decimal, rounding: str) -> Decimal:
+    """`price` on the exchange's tick (the quote's `price_spread`); unchanged without one."""
+    if tick <= 0:
+        return price
     return (price / tick).to_integral_value(rounding=rounding) * tick
 
 
@@ -40,6 +41,7 @@ class Bounded:
     """Who takes part in a cycle, and the limit caps their bounds set (market currency)."""
 
     code: str
+    tick: Decimal  # the quote's tick (Futu snapshot `price_spread`), market currency
     orders: list[Order] = field(default_factory=list)
     waiting: list[Order] = field(default_factory=list)
     max_buy: Decimal | None = None
@@ -50,9 +52,9 @@ class Bounded:
         if limit is None:
             return None
         if broker_units > 0 and self.max_buy is not None:
-            return min(limit, _to_tick(self.code, self.max_buy, ROUND_FLOOR))
+            return min(limit, _to_tick(self.tick, self.max_buy, ROUND_FLOOR))
         if broker_units < 0 and self.min_sell is not None:
-            return max(limit, _to_tick(self.code, self.min_sell, ROUND_CEILING))
+            return max(limit, _to_tick(self.tick, self.min_sell, ROUND_CEILING))
         return limit
 
 
@@ -61,13 +63,14 @@ def cycle_participants(
     *,
     code: str,
     quote_price: Decimal,
+    tick: Decimal,
     ccy_per_usdt: Decimal,
     actor: str,
 ) -> Bounded:
     """Split the book's locked `orders` into participants and those waiting for the price
-    (`quote_price` in market currency, `ccy_per_usdt` market currency per USDT); marks the
-    waiting ones (once). Call under the orders' row locks."""
-    result = Bounded(code=code)
+    (`quote_price` and its `tick` in market currency, `ccy_per_usdt` market currency per
+    USDT); marks the waiting ones (once). Call under the orders' row locks."""
+    result = Bounded(code=code, tick=tick)
     for order in orders:
         bound_units = int(order.price_bound or 0)
         if bound_units == 0:

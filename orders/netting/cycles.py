@@ -237,6 +237,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 list(book(symbol).select_for_update(skip_locked=True, of=("self",)).order_by("pk")),
                 code=code,
                 quote_price=quote.price,
+                tick=quote.tick_size,
                 ccy_per_usdt=rate,
                 actor=ACTOR,
             )
