@@ -37,7 +37,7 @@ from api.schemas import (
 from chain import selectors as chain
 from core.money import TOKEN_DECIMALS, USDT_DECIMALS
 from orders import selectors as orders
-from trading import pricing
+from trading import market_calendar, pricing
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +175,18 @@ def symbols(request: HttpRequest):
     """Every listed symbol: Futu code, market, token address, whether it can trade now, lot,
     tick, the last quote and its age (the API's quote cache; read from the broker when
     older than API_QUOTE_TTL_SECONDS), and the minimum deposit. `next_session_opens_at`
-    is null until Bronco keeps a market calendar."""
+    is when the next session Bronco trades in begins (the exchange's calendar and the
+    TRADING_SESSIONS setting), null when none begins within two weeks."""
     tokens = _token_addresses()
     codes = dict(settings.BRONCO_SYMBOLS)
     cached = quotes.cached_quotes(list(codes.values()))
+    now = datetime.now(UTC)
+    opens = {
+        market: market_calendar.next_session_open(
+            market, market_calendar.sessions_traded(market), now
+        )
+        for market in {pricing.market_of(code) for code in codes.values()}
+    }
     out = []
     for symbol, code in codes.items():
         c = cached.get(code)
@@ -194,7 +202,11 @@ def symbols(request: HttpRequest):
                 tick_size=f"{q.tick_size:f}" if q else None,
                 can_trade_now=(q.market_open and not q.suspended) if q else None,
                 market_state=q.market_state if q else None,
-                next_session_opens_at=None,
+                next_session_opens_at=(
+                    opens[pricing.market_of(code)].isoformat()
+                    if opens[pricing.market_of(code)]
+                    else None
+                ),
                 last_quote=LastQuote(
                     price=f"{q.price:f}",
                     currency=q.currency,

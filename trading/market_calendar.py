@@ -93,6 +93,70 @@ def parse_sessions(market: str, text: str) -> frozenset[str]:
     return names
 
 
+def default_sessions(market: str, *, fill_outside_rth: bool) -> frozenset[str]:
+    """The sessions Bronco trades in `market` when TRADING_SESSIONS names none: the regular
+    session, and US pre-market and after-hours when orders may fill outside regular hours
+    (FUTU_FILL_OUTSIDE_RTH)."""
+    if market.upper() == "US" and fill_outside_rth:
+        return frozenset({REGULAR, PRE_MARKET, AFTER_HOURS})
+    return frozenset({REGULAR})
+
+
+def sessions_traded(market: str) -> frozenset[str]:
+    """The sessions Bronco trades in `market`: the TRADING_SESSIONS setting's, else
+    `default_sessions`. Raises ValueError for a setting naming a session `market` lacks."""
+    from django.conf import settings
+
+    text = settings.TRADING_SESSIONS.get(market.upper(), "")
+    if text:
+        return parse_sessions(market, text)
+    return default_sessions(market, fill_outside_rth=settings.FUTU_FILL_OUTSIDE_RTH)
+
+
+def next_session_open(
+    market: str, sessions: frozenset[str], when: datetime, *, days: int = 14
+) -> datetime | None:
+    """The first instant after the aware datetime `when` at which a session of `sessions`
+    begins in `market` (an instant in one of them whose previous second is in none), in
+    UTC; None when none begins within `days` days. Every session of this module starts on
+    one of these boundaries: 04:00 and 20:00 ET, the exchange's open and close (US
+    after-hours), HK's open and the end of its lunch break. Raises ValueError as
+    `futu_state_at` does."""
+    market = market.upper()
+    tz = TIMEZONES.get(market)
+    if tz is None:
+        raise ValueError(f"unknown market {market!r}: one of {sorted(EXCHANGES)}")
+    if when.tzinfo is None:
+        raise ValueError("when must be an aware datetime")
+    cal = _calendar(market)
+    start = when.astimezone(tz).date()
+    candidates: list[datetime] = []
+    for offset in range(days + 1):
+        day = start + timedelta(days=offset)
+        if market == "US":
+            candidates += [
+                datetime.combine(day, _US_PRE_OPEN, tz),
+                datetime.combine(day, _US_OVERNIGHT_START, tz),
+            ]
+        label = _session_day(market, day)
+        if label is None:
+            continue
+        candidates.append(cal.session_open(label).to_pydatetime())
+        if market == "US":
+            candidates.append(cal.session_close(label).to_pydatetime())
+        elif cal.session_has_break(label):
+            candidates.append(cal.session_break_end(label).to_pydatetime())
+
+    def tradable(at: datetime) -> bool:
+        return session_of_state(futu_state_at(market, at)) in sessions
+
+    second = timedelta(seconds=1)
+    for at in sorted(c for c in candidates if c > when):
+        if tradable(at) and not tradable(at - second):
+            return at.astimezone(ZoneInfo("UTC"))
+    return None
+
+
 @functools.lru_cache(maxsize=4)
 def _calendar(market: str):  # type: ignore[no-untyped-def]
     import exchange_calendars

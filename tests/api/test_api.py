@@ -2,6 +2,7 @@
 bad input, the rate limit, ETags, CORS and the OpenAPI schema."""
 
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import quote as quote_path
 
@@ -353,6 +354,11 @@ def test_symbols_list_every_symbol_with_its_quote_and_token(client, aapl, settin
     assert by["TCEHY"]["lot_size"] == 100 and by["TCEHY"]["can_trade_now"] is False
     assert by["TCEHY"]["currency"] == "HKD" and by["TCEHY"]["market"] == "HK"
     assert by["AAPL"]["min_deposit_usdt"] == f"{settings.ORDER_MIN_USDT:f}"
+    # The next session from the exchange calendar: a future instant, within a
+    # week and a day whatever the day (the longest closure: a holiday week).
+    for s in by.values():
+        opens = datetime.fromisoformat(s["next_session_opens_at"])
+        assert timedelta(0) < opens - datetime.now(UTC) < timedelta(days=8)
     assert len(aapl.calls_to("quotes")) == 1  # one snapshot request for every symbol
     client.get("/api/v1/symbols")
     assert len(aapl.calls_to("quotes")) == 1  # then the cache

@@ -99,3 +99,40 @@ def test_bad_input():
         futu_state_at("SH", datetime(2026, 12, 7, 10, tzinfo=NY))
     with pytest.raises(ValueError, match="outside the XNYS calendar"):
         futu_state_at("US", datetime(2090, 1, 3, 10, tzinfo=NY))
+
+
+# next_session_open: the start of the next session Bronco trades (the API's symbols).
+@pytest.mark.parametrize(
+    "market, sessions, when, expected",
+    [
+        # Saturday: US regular opens Monday 09:30 ET, pre-market 04:00 ET, overnight Sunday
+        # 20:00 ET; HK Monday 09:30 HKT.
+        ("US", {"REGULAR"}, "2026-11-28T12:00Z", "2026-11-30T14:30:00+00:00"),
+        ("US", {"REGULAR", "PRE_MARKET"}, "2026-11-28T12:00Z", "2026-11-30T09:00:00+00:00"),
+        ("US", {"OVERNIGHT"}, "2026-11-28T12:00Z", "2026-11-30T01:00:00+00:00"),
+        ("HK", {"REGULAR"}, "2026-11-28T12:00Z", "2026-11-30T01:30:00+00:00"),
+        # HK lunch break: the afternoon session at 13:00 HKT.
+        ("HK", {"REGULAR"}, "2026-11-30T04:30Z", "2026-11-30T05:00:00+00:00"),
+        # Thanksgiving (NYSE closed): the half day after it.
+        ("US", {"REGULAR"}, "2026-11-26T15:00Z", "2026-11-27T14:30:00+00:00"),
+        # During the regular session: the next day's open, not now.
+        ("US", {"REGULAR"}, "2026-11-30T15:00Z", "2026-12-01T14:30:00+00:00"),
+    ],
+)
+def test_next_session_open_follows_the_exchange_calendar(market, sessions, when, expected):
+    from trading.market_calendar import next_session_open
+
+    at = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    assert next_session_open(market, frozenset(sessions), at).isoformat() == expected
+
+
+def test_sessions_traded_follow_the_setting_then_the_default(settings):
+    from trading.market_calendar import sessions_traded
+
+    settings.TRADING_SESSIONS = {"US": "REGULAR,OVERNIGHT", "HK": ""}
+    settings.FUTU_FILL_OUTSIDE_RTH = False
+    assert sessions_traded("US") == {"REGULAR", "OVERNIGHT"}
+    assert sessions_traded("HK") == {"REGULAR"}
+    settings.TRADING_SESSIONS = {"US": "", "HK": ""}
+    settings.FUTU_FILL_OUTSIDE_RTH = True
+    assert sessions_traded("US") == {"REGULAR", "PRE_MARKET", "AFTER_HOURS"}

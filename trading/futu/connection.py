@@ -48,7 +48,7 @@ from trading.broker import DealUpdateCallback, OrderUpdateCallback
 from trading.exceptions import BrokerSessionFault, BrokerUnavailable
 from trading.futu.parsing import _DISCONNECTED as _DISCONNECT_TEXT
 from trading.futu.parsing import classify_error
-from trading.market_calendar import AFTER_HOURS, PRE_MARKET, REGULAR, market_of_code
+from trading.market_calendar import REGULAR, default_sessions, market_of_code
 from trading.ratelimit import RedisRateLimiter
 
 logger = logging.getLogger(__name__)
@@ -139,10 +139,9 @@ class FutuConnection:
         # The sessions Bronco trades, per market (trading.market_calendar names): by default
         # the regular session, and US pre-market and after-hours when orders may fill
         # outside regular trading hours.
-        extended = {PRE_MARKET, AFTER_HOURS} if fill_outside_rth else set()
         self.trading_sessions: dict[str, frozenset[str]] = {
-            "US": frozenset({REGULAR, *extended}),
-            "HK": frozenset({REGULAR}),
+            market: default_sessions(market, fill_outside_rth=fill_outside_rth)
+            for market in ("US", "HK")
         }
         self.trading_sessions.update(trading_sessions or {})
         self._limiter_factory = limiter_factory or (
