@@ -49,6 +49,7 @@ from orders.netting.allocation import (
     plan_cycle,
 )
 from orders.runs import run_take_over, runs_take_over_many
+from orders.selectors import order_usdt_remaining
 from orders.stages import Stage
 from orders.state import order_transition, orders_transition_many
 from trading import pricing
@@ -86,24 +87,13 @@ def fee_schedule() -> FeeSchedule:
     )
 
 
-def remaining_usdt(order: Order) -> int:
-    """USDT base units a deposit still has to spend: deposit less manual refunds, less what
-    earlier cycles spent and charged."""
-    return (
-        int(order.usdt_amount)
-        - int(order.manual_refund_usdt)
-        - int(order.cost_usdt)
-        - int(order.fees_usdt)
-    )
-
-
 def _first_fill(order: Order) -> bool:
     return int(order.tokens_minted) == 0 and int(order.fees_usdt) == 0
 
 
 def _participant(order: Order) -> Buyer | Seller:
     if order.order_type == OrderType.BUY:
-        return Buyer(order.pk, remaining_usdt(order), first_fill=_first_fill(order))
+        return Buyer(order.pk, order_usdt_remaining(order), first_fill=_first_fill(order))
     return Seller(order.pk, int(order.token_amount), first_fill=True)
 
 
@@ -151,7 +141,7 @@ def order_settle_from_book(*, order: Order, reason: str, actor: str = ACTOR) -> 
     starts after commit. Call under the order's row lock."""
     if order.order_type == OrderType.BUY:
         minted = int(order.tokens_minted)
-        changes = {"refund_usdt": remaining_usdt(order), "tokens_minted": minted}
+        changes = {"refund_usdt": order_usdt_remaining(order), "tokens_minted": minted}
         traded = minted > 0
     else:
         changes = {"tokens_returned": int(order.token_amount)}
@@ -437,30 +427,8 @@ def _allocate(
         broker_units=filled_units,
     )
     Allocation.objects.bulk_create(
-        [
-            Allocation(
-                cycle=cycle,
-                order_id=f.key,
-                order_type=OrderType.BUY,
-                token_units=f.token_units,
-                usdt_units=f.cost_units,
-                fee_units=f.fee_units,
-            )
-            for f in result.buyers
-            if f.token_units
-        ]
-        + [
-            Allocation(
-                cycle=cycle,
-                order_id=f.key,
-                order_type=OrderType.SELL,
-                token_units=f.token_units,
-                usdt_units=f.proceeds_units,
-                fee_units=f.fee_units,
-            )
-            for f in result.sellers
-            if f.token_units
-        ]
+        _allocation_rows(cycle, OrderType.BUY, result.buyers)
+        + _allocation_rows(cycle, OrderType.SELL, result.sellers)
     )
     min_units = usdt_to_units(settings.ORDER_MIN_USDT)
     share = Decimal(TOKEN_UNITS_PER_SHARE)
@@ -530,6 +498,23 @@ def _allocate(
     )
     if updated != 1:
         raise IntegrityError(f"cycle {cycle.pk} was allocated by another worker")
+
+
+def _allocation_rows(cycle: Cycle, kind: str, fills: list) -> list[Allocation]:
+    """One Allocation row per participant of `kind` (BUY or SELL) that got tokens: a
+    buyer's USDT is its cost, a seller's its proceeds (base units)."""
+    return [
+        Allocation(
+            cycle=cycle,
+            order_id=f.key,
+            order_type=kind,
+            token_units=f.token_units,
+            usdt_units=f.cost_units if kind == OrderType.BUY else f.proceeds_units,
+            fee_units=f.fee_units,
+        )
+        for f in fills
+        if f.token_units
+    ]
 
 
 def _observe_execute(order: Order) -> None:

@@ -43,7 +43,7 @@ def order_settle(*, order_id: int) -> Next | None:
     if order.status != S.SETTLING:
         return None
     kind = settlement_kind(order)
-    usdt = order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt
+    usdt = _usdt_paid(order)
     if not order.settlement_tx_hash:
         if refund_selectors.order_refunds_in_flight(order_id=order.pk):
             return Next(SETTLE, countdown=settings.REFUND_CHECK_SECONDS)
@@ -152,6 +152,7 @@ def settlement_request(order: Order) -> DepositSettlement | RedeemSettlement:
 
 
 def _usdt_paid(order: Order) -> int:
+    """USDT base units the order's settlement pays: a deposit's refund, a redeem's payout."""
     return int(order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt)
 
 
