@@ -327,20 +327,42 @@ def broker_order_sync(*, client_id: str) -> BrokerOrderState | None:
             return None
         _adopt(record, found)
     since = record.placed_at or record.first_attempt_at or record.created_at
-    order = broker.query_order(
-        broker_order_id=record.broker_order_id, code=record.code, since=since
-    )
-    if order is None:
-        return None
     deals = broker.deals(broker_order_id=record.broker_order_id, code=record.code, since=since)
-    if deals:
-        filled, avg = fill_from_deals(deals)
-        order = replace(order, filled_qty=filled, avg_fill_price=avg)
+    filled, avg = fill_from_deals(deals)
+    if filled >= record.qty > 0:
+        # Its deals fill it in full: FILLED, final, without asking the open list or the
+        # history (10 per 30 s, where a finished order is; the deal list is OpenD's cache).
+        order = _filled_by_deals(record, filled, avg)
+    else:
+        order = broker.query_order(
+            broker_order_id=record.broker_order_id, code=record.code, since=since
+        )
+        if order is None:
+            return None
+        if deals:
+            order = replace(order, filled_qty=filled, avg_fill_price=avg)
     if order.status == BrokerStatus.DISABLED:
         # Disabled orders can be enabled again from outside: cancel it for good.
         logger.warning("broker order %s is DISABLED: cancelling it", order.broker_order_id)
         return broker_order_cancel(client_id=client_id) or None
     return _record_state(record, order)
+
+
+def _filled_by_deals(
+    record: BrokerOrderRecord, filled: Decimal, avg: Decimal | None
+) -> BrokerOrder:
+    return BrokerOrder(
+        broker_order_id=record.broker_order_id,
+        client_id=record.client_id,
+        code=record.code,
+        side=Side(record.side),
+        qty=record.qty,
+        price=record.limit_price,
+        status=BrokerStatus.FILLED,
+        filled_qty=filled,
+        avg_fill_price=avg,
+        raw_status="FILLED_ALL",
+    )
 
 
 def _record_state(record: BrokerOrderRecord, order: BrokerOrder) -> BrokerOrderState:

@@ -18,6 +18,9 @@ Each step is a service that loads fresh state and returns what runs next (`Cycle
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -77,6 +80,18 @@ class CycleNext:
     step: str
     cycle_id: int
     countdown: float = 0.0
+
+
+@contextmanager
+def step_timer(step: str) -> Iterator[None]:
+    """Time one cycle step (`cycle_open`, `cycle_place`, `cycle_poll`) into the stage
+    latency metric (`core.metrics`, kept in Redis: /metrics and the benchmark read it),
+    broker calls and limiter waits included."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        observe_stage(step, time.monotonic() - started)
 
 
 def fee_schedule() -> FeeSchedule:
@@ -338,6 +353,9 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
         futu_order_id=placed.broker_order_id,
         lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS),
     )
+    if placed.is_final:
+        # Filled (or ended) at once: allocate now rather than a poll interval later.
+        return _allocate_final(cycle_id=cycle_id, state=placed)
     return CycleNext("poll", cycle_id, settings.ORDER_POLL_INTERVAL_SECONDS)
 
 
@@ -379,19 +397,7 @@ def cycle_poll(*, cycle_id: int) -> CycleNext | None:
         )
         return CycleNext("poll", cycle.pk, settings.ORDER_RETRY_SECONDS)
     if state.is_final:
-        sign = 1 if cycle.broker_units > 0 else -1
-        filled = sign * int(state.filled_qty) * TOKEN_UNITS_PER_SHARE
-        price = state.avg_fill_price if filled else cycle.quote_price
-        with transaction.atomic():
-            inventory = _inventory(cycle.symbol)
-            cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
-            if cycle.status != CycleStatus.PLACED:
-                return None
-            cycle.broker_fee_usdt = market_to_usdt_units_up(
-                state.fee or Decimal(0), ccy_per_usdt=cycle.ccy_per_usdt
-            )
-            _allocate(cycle=cycle, inventory=inventory, filled_units=filled, price=price)
-        return None
+        return _allocate_final(cycle_id=cycle.pk, state=state)
     Cycle.objects.filter(pk=cycle.pk).update(
         lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS)
     )
@@ -399,6 +405,29 @@ def cycle_poll(*, cycle_id: int) -> CycleNext | None:
 
 
 # --- allocate ----------------------------------------------------------------------------
+
+
+def _allocate_final(*, cycle_id: int, state: broker.BrokerOrderState) -> None:
+    """The cycle's broker order is final: allocate its fill at its average price (the
+    quote when nothing filled), once. The broker's fee is Bronco's cost, not the user's
+    price: the cycle keeps the fee when the broker already told it, and
+    `cycles_fees_record` reads it later otherwise (off the cycle's critical path)."""
+    with transaction.atomic():
+        cycle = Cycle.objects.get(pk=cycle_id)
+        inventory = _inventory(cycle.symbol)
+        cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
+        if cycle.status != CycleStatus.PLACED:
+            return None
+        sign = 1 if cycle.broker_units > 0 else -1
+        filled = sign * int(state.filled_qty) * TOKEN_UNITS_PER_SHARE
+        price = state.avg_fill_price if filled else cycle.quote_price
+        if state.fee is not None or not filled:
+            cycle.broker_fee_usdt = market_to_usdt_units_up(
+                state.fee or Decimal(0), ccy_per_usdt=cycle.ccy_per_usdt
+            )
+            cycle.broker_fee_read_at = timezone.now()
+        _allocate(cycle=cycle, inventory=inventory, filled_units=filled, price=price)
+    return None
 
 
 def _allocate(
@@ -492,6 +521,7 @@ def _allocate(
         filled_units=filled_units,
         price=price,
         broker_fee_usdt=cycle.broker_fee_usdt,
+        broker_fee_read_at=cycle.broker_fee_read_at,
         inventory_after=result.inventory_after,
         allocated_at=timezone.now(),
         lease_until=None,
@@ -521,6 +551,38 @@ def _observe_execute(order: Order) -> None:
     """Stage latency "execute": from joining the book to the end of trading."""
     if order.booked_at is not None:
         observe_stage("execute", (timezone.now() - order.booked_at).total_seconds())
+
+
+# --- the broker's fee, after allocation ----------------------------------------------------
+
+FEES_PER_RUN = 5  # of Futu's order_fee_query budget, 10 per 30 s
+
+
+def cycles_fees_record(*, limit: int = FEES_PER_RUN) -> int:
+    """Record the broker's fee (Bronco's cost, `trading.services.broker_order_fees`: the
+    fee trading recorded, else one order_fee_query each) on allocated cycles whose broker
+    order filled and whose fee is not known yet, oldest first, at most `limit` a run. The
+    users' prices never depend on it, so no cycle waits for it. Returns how many it
+    recorded; a fee the broker cannot tell now is tried at the next run."""
+    pending = list(
+        Cycle.objects.filter(status=CycleStatus.ALLOCATED, broker_fee_read_at__isnull=True)
+        .exclude(futu_order_id="")
+        .exclude(filled_units=0)
+        .order_by("allocated_at")[:limit]
+    )
+    if not pending:
+        return 0
+    fees = broker.broker_order_fees(client_ids=[c.client_id for c in pending])
+    recorded = 0
+    for cycle in pending:
+        fee = fees.get(cycle.client_id)
+        if fee is None:
+            continue
+        recorded += Cycle.objects.filter(pk=cycle.pk, broker_fee_read_at__isnull=True).update(
+            broker_fee_usdt=market_to_usdt_units_up(fee, ccy_per_usdt=cycle.ccy_per_usdt),
+            broker_fee_read_at=timezone.now(),
+        )
+    return recorded
 
 
 # --- re-driving --------------------------------------------------------------------------

@@ -28,7 +28,15 @@ from futu import (
     TrdSide,
 )
 
-from trading.broker import BrokerOrder, BrokerStatus, Deal, Funds, OrderFee, Position
+from trading.broker import (
+    BrokerOrder,
+    BrokerStatus,
+    Deal,
+    Funds,
+    OrderFee,
+    Position,
+    fill_from_deals,
+)
 from trading.broker import Side as BrokerSide
 from trading.exceptions import BrokerRejected, BrokerUnavailable, RateLimited
 from trading.futu.connection import FutuConnection, TradeContext
@@ -286,13 +294,18 @@ class FutuExecution(FutuConnection):
             return order_from_row(row)
         # Futu has the order now: nothing after this point may raise (a caller told
         # "failed" would retry, and the open list no longer shows an order that filled at
-        # once). Read it back (the open list, then the history if the order finished at
-        # once and the budget allows); an order not read back is reported UNKNOWN (not
-        # final) and the next sync finds its truth.
+        # once). Read it back (the open list; an order filled at once from its deals, free
+        # of the history's 10 per 30 s; then the history if the order finished at once and
+        # the budget allows); an order not read back is reported UNKNOWN (not final) and
+        # the next sync finds its truth.
         try:
             found = self.query_order(
-                broker_order_id=order_id, code=code, since=datetime.now(tz=UTC)
-            )
+                broker_order_id=order_id, code=code, include_history=False
+            ) or self._filled_at_once(order_id, client_id, code, side, qty, limit_price)
+            if found is None:
+                found = self.query_order(
+                    broker_order_id=order_id, code=code, since=datetime.now(tz=UTC)
+                )
         except (BrokerUnavailable, RateLimited) as exc:
             logger.warning("placed order %s not read back: %s", order_id, exc)
             found = None
@@ -307,6 +320,37 @@ class FutuExecution(FutuConnection):
             filled_qty=Decimal(0),
             avg_fill_price=None,
             raw_status="",
+        )
+
+    def _filled_at_once(
+        self,
+        order_id: str,
+        client_id: str,
+        code: str,
+        side: BrokerSide,
+        qty: Decimal,
+        limit_price: Decimal,
+    ) -> BrokerOrder | None:
+        """The order just placed as FILLED when its deals (OpenD's cache, not rate limited)
+        fill it in full; else None."""
+        deals = self.deals(broker_order_id=order_id, code=code)
+        filled, avg = fill_from_deals(deals)
+        if filled < qty:
+            return None
+        times = sorted(d.created_at for d in deals if d.created_at)
+        return BrokerOrder(
+            broker_order_id=order_id,
+            client_id=client_id,
+            code=code,
+            side=side,
+            qty=qty,
+            price=limit_price,
+            status=BrokerStatus.FILLED,
+            filled_qty=filled,
+            avg_fill_price=avg,
+            raw_status="FILLED_ALL",
+            created_at=times[0] if times else "",
+            updated_at=times[-1] if times else "",
         )
 
     def query_order(
