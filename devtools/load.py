@@ -207,7 +207,7 @@ class BatchLoad:
         """Send `txs` (sorted by `due`) on their schedule: every `tick` seconds, whatever is
         due goes out as one batch. Blocks until all are sent."""
         txs = sorted(txs, key=lambda t: t.due)
-        stats = self.stats
+        stats = self.stats = LoadStats()
         stats.started_at = start = time.time()
         i = 0
         while i < len(txs):

@@ -268,6 +268,11 @@ class ExecutionVenue(Protocol):
         """The broker's itemised fee for the order (market currency); None if unknown."""
         ...
 
+    def order_fees(self, *, broker_order_ids: list[str]) -> dict[str, OrderFee]:
+        """The fees of many orders in one request (Futu's order_fee_query takes a list);
+        orders the broker does not know are left out."""
+        ...
+
     def max_buy_qty(self, *, code: str, price: Decimal) -> Decimal:
         """Shares (whole lots) the account's cash buys at `price` now, fees included."""
         ...

@@ -327,6 +327,7 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
             side=side,
             qty=qty,
             limit_price=cycle.limit_price,
+            fee=False,  # Bronco's cost, read after allocation (cycles_fees_record)
         )
     except (RateLimited, PlacementInFlight, InsufficientBuyingPower) as exc:
         return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
@@ -381,7 +382,7 @@ def cycle_poll(*, cycle_id: int) -> CycleNext | None:
             if cycle.cancel_sent_at is None:
                 Cycle.objects.filter(pk=cycle.pk).update(cancel_sent_at=timezone.now())
         else:
-            state = broker.broker_order_sync(client_id=cycle.client_id)
+            state = broker.broker_order_sync(client_id=cycle.client_id, fee=False)
     except (BrokerUnavailable, RateLimited) as exc:
         return CycleNext(
             "poll", cycle.pk, getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS)
@@ -555,15 +556,15 @@ def _observe_execute(order: Order) -> None:
 
 # --- the broker's fee, after allocation ----------------------------------------------------
 
-FEES_PER_RUN = 5  # of Futu's order_fee_query budget, 10 per 30 s
+FEES_PER_RUN = 200  # cycles whose fee one order_fee_query request reads (Futu: 10 per 30 s)
 
 
 def cycles_fees_record(*, limit: int = FEES_PER_RUN) -> int:
-    """Record the broker's fee (Bronco's cost, `trading.services.broker_order_fees`: the
-    fee trading recorded, else one order_fee_query each) on allocated cycles whose broker
-    order filled and whose fee is not known yet, oldest first, at most `limit` a run. The
-    users' prices never depend on it, so no cycle waits for it. Returns how many it
-    recorded; a fee the broker cannot tell now is tried at the next run."""
+    """Record the broker's fee (Bronco's cost, `trading.services.broker_order_fees_record`:
+    one order_fee_query request for all of them) on allocated cycles whose broker order
+    filled and whose fee is not known yet, oldest first, at most `limit` a run. The users'
+    prices never depend on it, so no cycle waits for it. Returns how many it recorded; a
+    fee the broker cannot tell now is tried at the next run."""
     pending = list(
         Cycle.objects.filter(status=CycleStatus.ALLOCATED, broker_fee_read_at__isnull=True)
         .exclude(futu_order_id="")
@@ -572,7 +573,7 @@ def cycles_fees_record(*, limit: int = FEES_PER_RUN) -> int:
     )
     if not pending:
         return 0
-    fees = broker.broker_order_fees(client_ids=[c.client_id for c in pending])
+    fees = broker.broker_order_fees_record(client_ids=[c.client_id for c in pending])
     recorded = 0
     for cycle in pending:
         fee = fees.get(cycle.client_id)

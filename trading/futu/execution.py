@@ -451,6 +451,22 @@ class FutuExecution(FutuConnection):
         rows = [r for r in data.to_dict("records") if str(r["order_id"]) == str(broker_order_id)]
         return fee_from_row(rows[0]) if rows else None
 
+    def order_fees(self, *, broker_order_ids: list[str]) -> dict[str, OrderFee]:
+        """The fees of many orders in one `order_fee_query` request (one of its 10 per
+        30 s, however many ids)."""
+        ids = [str(i) for i in broker_order_ids]
+        if not ids:
+            return {}
+        self._limit("order_fee")
+        data = self._call(
+            lambda q, t: t.order_fee_query(
+                order_id_list=ids, trd_env=self.trd_env, acc_id=self.acc_id
+            ),
+            kind="order_fee",
+        )
+        fees = {str(r["order_id"]): fee_from_row(r) for r in data.to_dict("records")}
+        return {i: fees[i] for i in ids if i in fees}
+
     def max_buy_qty(self, *, code: str, price: Decimal) -> Decimal:
         """Shares the account's cash buys at `price` now, in whole lots, fees included
         (`acctradinginfo_query`'s max_cash_buy,

@@ -38,21 +38,24 @@ def test_a_cycle_filled_at_once_allocates_at_placing_without_the_history(broker_
     assert broker_settings.rate_stats(kind="place")["requests"] == 1
 
 
-def test_the_broker_fee_is_recorded_on_the_cycle_after_allocation(broker_settings):
-    _book_deposits([1_000])
-    nxt = cycles.cycle_open(symbol="AAPL")
-    cycles.cycle_place(cycle_id=nxt.cycle_id)
-    cycle = Cycle.objects.get(pk=nxt.cycle_id)
-    assert cycle.status == CycleStatus.ALLOCATED
-    known = int(cycle.broker_fee_usdt)
-    assert known > 0 and cycle.broker_fee_read_at is not None
-    # As when the fee was not known at allocation: the beat reads it afterwards.
-    Cycle.objects.filter(pk=cycle.pk).update(broker_fee_usdt=0, broker_fee_read_at=None)
+def test_the_broker_fee_is_read_after_allocation_many_cycles_one_request(broker_settings):
+    for symbol, code in (("AAPL", "US.AAPL"), ("TSLA", "US.TSLA"), ("NVDA", "US.NVDA")):
+        order = OrderFactory(usdt_amount=1_000 * USDT, symbol=symbol, stock_code=code)
+        assert order_validate(order_id=order.pk) is None
+        nxt = cycles.cycle_open(symbol=symbol)
+        assert cycles.cycle_place(cycle_id=nxt.cycle_id) is None
+    # Allocated without the broker's fee: no order_fee_query on the cycles' path.
+    assert broker_settings.rate_stats(kind="order_fee")["requests"] == 0
+    allocated = Cycle.objects.filter(status=CycleStatus.ALLOCATED)
+    assert allocated.count() == 3
+    assert all(c.broker_fee_read_at is None and c.broker_fee_usdt == 0 for c in allocated)
 
-    assert cycles.cycles_fees_record() == 1
-    cycle.refresh_from_db()
-    assert int(cycle.broker_fee_usdt) == known and cycle.broker_fee_read_at is not None
+    assert cycles.cycles_fees_record() == 3
+    assert broker_settings.rate_stats(kind="order_fee")["requests"] == 1
+    for cycle in Cycle.objects.all():
+        assert cycle.broker_fee_read_at is not None and int(cycle.broker_fee_usdt) > 0
     assert cycles.cycles_fees_record() == 0
+    assert broker_settings.rate_stats(kind="order_fee")["requests"] == 1
 
 
 def test_a_cycle_not_yet_filled_is_polled_then_allocated_from_its_deals(broker_settings):
