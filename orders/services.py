@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from core.alerts import alert_raise
 from core.audit import AuditEntry, audit_record, audit_record_many
+from core.metrics import observe_stage
 from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
 from orders.models import Cycle, CycleStatus, Order, OrderStatus, OrderType
 from orders.runs import initial_lease, run_enqueue_many, run_take_over, stage_for_status
@@ -69,28 +70,49 @@ def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, Order]:
     return found
 
 
+def _kick_cycles(symbols: set[str]) -> None:
+    from orders.tasks import cycle_kick  # the tasks import this module: import late
+
+    for symbol in sorted(symbols):
+        cycle_kick(symbol)
+
+
+def _book_valid(orders: list[Order], *, now: timezone.datetime) -> list[Order]:
+    """Book (booked_at = now) the new orders that pass validation; returns them. The others
+    are refused by their validate run (`orders.pipeline.validate`, the same rules)."""
+    from orders.pipeline.validate import validation_refusal  # the pipeline imports services
+
+    booked = []
+    for order in orders:
+        if validation_refusal(order) is None:
+            order.booked_at = now
+            booked.append(order)
+    return booked
+
+
 def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_OrderKey, Order]:
-    deadline = timezone.now() + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
+    now = timezone.now()
+    deadline = now + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
     lease = initial_lease()
-    orders = Order.objects.bulk_create(
-        [
-            Order(
-                order_type=r.order_type,
-                chain_id=r.chain_id,
-                onchain_id=r.onchain_id,
-                chain_tx_hash=r.tx_hash,
-                log_index=r.log_index,
-                user_address=r.user_address,
-                symbol=r.symbol,
-                stock_code=settings.BRONCO_SYMBOLS.get(r.symbol, ""),
-                usdt_amount=r.usdt_amount,
-                token_amount=r.token_amount,
-                deadline=deadline,
-                run_lease_until=lease,
-            )
-            for r in requests
-        ]
-    )
+    unsaved = [
+        Order(
+            order_type=r.order_type,
+            chain_id=r.chain_id,
+            onchain_id=r.onchain_id,
+            chain_tx_hash=r.tx_hash,
+            log_index=r.log_index,
+            user_address=r.user_address,
+            symbol=r.symbol,
+            stock_code=settings.BRONCO_SYMBOLS.get(r.symbol, ""),
+            usdt_amount=r.usdt_amount,
+            token_amount=r.token_amount,
+            deadline=deadline,
+            run_lease_until=lease,
+        )
+        for r in requests
+    ]
+    booked = {id(o) for o in _book_valid(unsaved, now=now)}
+    orders = Order.objects.bulk_create(unsaved)
     audit_record_many(
         [
             AuditEntry(
@@ -110,9 +132,21 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
             )
             for order, r in zip(orders, requests, strict=True)
         ]
+        + [
+            AuditEntry(
+                actor=actor,
+                action="order.booked",
+                order_id=order.pk,
+                after={"booked_at": now.isoformat(), "symbol": order.symbol},
+            )
+            for order in orders
+            if id(order) in booked
+        ]
     )
     for order, r in zip(orders, requests, strict=True):
         logger.info("order created", extra={"order_id": order.pk, "tx_hash": r.tx_hash})
+        if id(order) in booked:
+            observe_stage("validate", 0.0)  # booked as it was created
     return {_key(r): order for order, r in zip(orders, requests, strict=True)}
 
 
@@ -150,7 +184,13 @@ def orders_create_from_chain(
                         created.update(_insert_orders([request], actor))
                 except IntegrityError:
                     existing.update(_existing_orders([key]))
-        _enqueue_pipeline([order.pk for order in created.values()])
+        # Valid orders are booked in this transaction (no validate task each: at hundreds
+        # of deposits a second those tasks were the limit); their cycles are asked for after
+        # commit. Only a refusal needs its validate run (which settles it untraded).
+        _enqueue_pipeline([o.pk for o in created.values() if o.booked_at is None])
+        symbols = {o.symbol for o in created.values() if o.booked_at is not None}
+        if symbols:
+            transaction.on_commit(lambda: _kick_cycles(symbols), robust=True)
     results: list[tuple[Order, bool]] = []
     reported: set[_OrderKey] = set()
     for key in keys:
@@ -317,6 +357,9 @@ def order_manual_refund_hold(*, order: Order, amount: int, actor: str) -> Order:
         manual_refund_usdt=int(order.manual_refund_usdt) + int(amount),
         qty=None,
         price=None,
+        # Out of the book until validate has looked at what remains (it books it again,
+        # or closes the order when too little remains to trade).
+        booked_at=None,
     )
     run_take_over(order_id=order.pk, stage=Stage.VALIDATE)
     return order
