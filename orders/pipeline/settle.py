@@ -26,7 +26,7 @@ from orders.pipeline.common import (
     stage_actor,
 )
 from orders.services import order_hold, order_release_hold
-from orders.state import order_record, order_transition
+from orders.state import order_transition, orders_transition_many
 from refunds import selectors as refund_selectors
 from refunds import services as refund_services
 
@@ -203,13 +203,16 @@ def _send_batched(order: Order) -> bool:
                 raise
             batch = [me]
             settlements = settlement_sender().submit_batch([settlement_request(me)], actor=actor)
-        for o, settlement in zip(batch, settlements, strict=True):
-            order_record(
-                order=o,
-                actor=actor,
-                action="order.settlement_sent",
-                settlement_tx_hash=settlement.tx_hash,
-            )
+        # One UPDATE and one audit append for the batch: the audit chain's lock is held
+        # until this transaction commits, and every other writer waits for it.
+        orders_transition_many(
+            moves=[
+                (o, None, {"settlement_tx_hash": settlement.tx_hash})
+                for o, settlement in zip(batch, settlements, strict=True)
+            ],
+            actor=actor,
+            action="order.settlement_sent",
+        )
     return True
 
 
