@@ -38,7 +38,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.alerts import AlertSeverity, alert_raise
-from trading.broker import BrokerOrder, BrokerStatus, Side, fill_from_deals
+from trading.broker import BrokerOrder, BrokerStatus, Side, fill_from_deals, filled_by_deals
 from trading.exceptions import (
     BrokerRejected,
     BrokerUnavailable,
@@ -339,11 +339,18 @@ def broker_order_sync(*, client_id: str, fee: bool = True) -> BrokerOrderState |
     since = record.placed_at or record.first_attempt_at or record.created_at
     deals = broker.deals(broker_order_id=record.broker_order_id, code=record.code, since=since)
     filled, avg = fill_from_deals(deals)
-    if filled >= record.qty > 0:
-        # Its deals fill it in full: FILLED, final, without asking the open list or the
-        # history (10 per 30 s, where a finished order is; the deal list is OpenD's cache).
-        order = _filled_by_deals(record, filled, avg)
-    else:
+    # Its deals fill it in full: FILLED, final, without asking the open list or the history
+    # (10 per 30 s, where a finished order is; the deal list is OpenD's cache).
+    order = filled_by_deals(
+        deals,
+        broker_order_id=record.broker_order_id,
+        client_id=record.client_id,
+        code=record.code,
+        side=Side(record.side),
+        qty=record.qty,
+        price=record.limit_price,
+    )
+    if order is None:
         order = broker.query_order(
             broker_order_id=record.broker_order_id, code=record.code, since=since
         )
@@ -356,23 +363,6 @@ def broker_order_sync(*, client_id: str, fee: bool = True) -> BrokerOrderState |
         logger.warning("broker order %s is DISABLED: cancelling it", order.broker_order_id)
         return broker_order_cancel(client_id=client_id) or None
     return _record_state(record, order, fee=fee)
-
-
-def _filled_by_deals(
-    record: BrokerOrderRecord, filled: Decimal, avg: Decimal | None
-) -> BrokerOrder:
-    return BrokerOrder(
-        broker_order_id=record.broker_order_id,
-        client_id=record.client_id,
-        code=record.code,
-        side=Side(record.side),
-        qty=record.qty,
-        price=record.limit_price,
-        status=BrokerStatus.FILLED,
-        filled_qty=filled,
-        avg_fill_price=avg,
-        raw_status="FILLED_ALL",
-    )
 
 
 def _record_state(

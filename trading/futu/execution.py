@@ -35,7 +35,7 @@ from trading.broker import (
     Funds,
     OrderFee,
     Position,
-    fill_from_deals,
+    filled_by_deals,
 )
 from trading.broker import Side as BrokerSide
 from trading.exceptions import BrokerRejected, BrokerUnavailable, RateLimited
@@ -331,26 +331,15 @@ class FutuExecution(FutuConnection):
         qty: Decimal,
         limit_price: Decimal,
     ) -> BrokerOrder | None:
-        """The order just placed as FILLED when its deals (OpenD's cache, not rate limited)
-        fill it in full; else None."""
-        deals = self.deals(broker_order_id=order_id, code=code)
-        filled, avg = fill_from_deals(deals)
-        if filled < qty:
-            return None
-        times = sorted(d.created_at for d in deals if d.created_at)
-        return BrokerOrder(
+        """The order just placed as FILLED when its deals fill it in full; else None."""
+        return filled_by_deals(
+            self.deals(broker_order_id=order_id, code=code),
             broker_order_id=order_id,
             client_id=client_id,
             code=code,
             side=side,
             qty=qty,
             price=limit_price,
-            status=BrokerStatus.FILLED,
-            filled_qty=filled,
-            avg_fill_price=avg,
-            raw_status="FILLED_ALL",
-            created_at=times[0] if times else "",
-            updated_at=times[-1] if times else "",
         )
 
     def query_order(
