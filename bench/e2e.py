@@ -1,24 +1,27 @@
 """End-to-end benchmark: deposits per second from the vault log to the settled order.
 
-    .venv/bin/python bench/e2e.py [--phase WINDOW:RATE:DEPOSITS ...] [--users 20]
-                                  [--out bench/results/e2e.json]
+    .venv/bin/python bench/e2e.py [--rate 200] [--seconds 60] [--depositors 200]
+                                  [--redeemers 40] [--out bench/results/e2e.json]
+    .venv/bin/python bench/e2e.py --phase WINDOW:RATE:DEPOSITS [--users 20]
 
-Each phase brings the whole system up from scratch with `run_stack`'s DevStack (anvil,
-OpenBao, the OpenD simulator with a Futu rate window of WINDOW seconds - the same in the
+Each run brings the whole system up from scratch with `run_stack`'s DevStack (anvil mining
+a block a second, OpenBao, the OpenD simulator at Futu's real 30 s window - the same in the
 workers' limiter -, web, a worker per queue, beat, the listener, Flower), in its own
-database (bronco_bench_e2e, dropped and re-created) and Redis database 14, then offers
-DEPOSITS deposits at RATE per second with the scenario driver (`manage.py simulate`'s, mix
-"fills": every order fills at once, so the figures are Bronco's own) and measures:
+database (BENCH_DB, default bronco_bench_e2e, dropped and re-created) and Redis database
+(BENCH_REDIS_DB, default 14).
 
-- sustained end-to-end throughput: settled deposits / (last settlement - first log), and
-  its ratio to the one-broker-order-per-deposit ceiling (Futu's 15 per 30 s = 0.5/s);
-- latency p50/p99 per stage from the audit log, and log -> settled;
-- broker place requests per 30 s (the netting cycles'): the most in any 30 s, and the mean;
-- settlement transactions per settled id (batched settlement);
-- reconciliation of database, chain and broker at the end.
+By default (`bench/batch_phase.py`) it offers RATE deposits per second for SECONDS over
+AAPL, NVDA, TSLA and TCEHY (a 100-share HK lot) plus redeems at a tenth of that rate, from
+pre-signed transactions sent in JSON-RPC batches (`devtools.load`), and prints in one run:
+sustained deposits per second log -> settled and its ratio to the one-order-per-deposit
+ceiling (Futu's 15 place requests per 30 s = 0.5/s), p50/p99, place requests per 30 s,
+settlement transactions per settled id, gas per settled id single against batched, where
+the time goes (cycle steps, limiter waits, broker requests per kind), the machine's load
+average, and reconciliation.
 
-The default phase is Futu's real window (30 s), 20 deposits/s offered, 600 deposits, over
-AAPL, NVDA, TSLA and TCEHY (a 100-share HK lot): about three minutes.
+`--phase` runs the older scenario driver instead (one signed transaction per deposit, at
+most about 20 per second here): WINDOW seconds of Futu window, RATE deposits per second,
+DEPOSITS deposits.
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ os.chdir(REPO)
 
 from devtools.processes import free_port  # noqa: E402  (after the path is set)
 
-DB_NAME = "bronco_bench_e2e"
-REDIS_DB = 14
+# Its own database (dropped and re-created) and Redis database; BENCH_DB / BENCH_REDIS_DB
+# move them (a developer running beside others uses their own).
+DB_NAME = os.environ.get("BENCH_DB", "bronco_bench_e2e")
+REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "14"))
+# anvil mines a block a second with room for ~3,000 deposits: automine stops mining once
+# about a thousand transactions wait in its pool (measured: ~100 deposits/s here).
+ANVIL_ARGS = "--block-time 1 --gas-limit 300000000"
 DEADLINE = 300
 
 
@@ -57,6 +65,7 @@ def _configure() -> dict[str, int]:
             "FUTU_OPEND_PORT": str(ports["opend"]),
             "ORDER_DEADLINE_SECONDS": str(DEADLINE),
             "LOG_LEVEL": "WARNING",
+            "BRONCO_ANVIL_ARGS": os.environ.get("BRONCO_ANVIL_ARGS", ANVIL_ARGS),
         }
     )
     return ports
@@ -175,12 +184,18 @@ def main() -> int:
         "--phase",
         action="append",
         type=_phase,
-        help="WINDOW:RATE:DEPOSITS (repeatable; default 2:5:200)",
+        help="WINDOW:RATE:DEPOSITS with the one-transaction-per-deposit scenario driver "
+        "(repeatable); without it, the batched run (--rate, --seconds)",
     )
-    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--users", type=int, default=20, help="users of a --phase run")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="batched: deposits offered per second"
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="batched: for how long")
+    parser.add_argument("--depositors", type=int, default=200, help="batched: depositing users")
+    parser.add_argument("--redeemers", type=int, default=40, help="batched: redeeming users")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "e2e.json"))
     args = parser.parse_args()
-    phases = args.phase or [(30.0, 20.0, 600)]
     ports = _configure()
 
     import django
@@ -189,6 +204,36 @@ def main() -> int:
     from devtools.report import table
 
     started = time.time()
+    if not args.phase:
+        from bench.batch_phase import print_batch, run_batch_phase
+
+        result = run_batch_phase(
+            ports,
+            rate=args.rate,
+            seconds=args.seconds,
+            users=args.depositors,
+            redeem_users=args.redeemers,
+            var_dir=REPO / "var" / "bench-e2e",
+            deadline=DEADLINE,
+        )
+        print_batch(result)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            json.dumps(
+                {
+                    "machine": {"cpus": os.cpu_count()},
+                    "duration_seconds": round(time.time() - started, 1),
+                    "command": " ".join(["bench/e2e.py", *sys.argv[1:]]),
+                    "batched": result,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        print(f"wrote {out}")
+        return 0 if result["finished"] and result["reconciliation_ok"] else 1
+    phases = args.phase
     results = [
         run_phase(ports, window=w, rate=r, deposits=n, users=args.users) for w, r, n in phases
     ]

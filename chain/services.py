@@ -61,7 +61,7 @@ from chain.settlement import (
     SettlementRequest,
     SettlementState,
 )
-from core.audit import audit_record
+from core.audit import AuditEntry, audit_record, audit_record_many
 from core.secrets import SecretUnavailable, VaultUnavailable, get_secret
 
 logger = logging.getLogger(__name__)
@@ -392,14 +392,20 @@ def _audit_carrier(
     """One audit entry per settlement the carrier holds (a batch: one per id, naming its
     order), so every order's trail shows what happened to its money."""
     rows = list(carrier.settlements.all()) if isinstance(carrier, SettlementBatch) else [carrier]
-    for row in rows:
-        audit_record(
-            actor=actor,
-            action=action,
-            order_id=row.order_id,
-            before=before,
-            after=_audit_view(row) | (extra or {}),
-        )
+    # One append for the whole batch: the audit chain's lock is held until the caller's
+    # transaction commits, so one append per id made every other writer wait.
+    audit_record_many(
+        [
+            AuditEntry(
+                actor=actor,
+                action=action,
+                order_id=row.order_id,
+                before=before,
+                after=_audit_view(row) | (extra or {}),
+            )
+            for row in rows
+        ]
+    )
 
 
 def _sync_members(batch: SettlementBatch) -> None:

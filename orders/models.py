@@ -281,6 +281,11 @@ class Cycle(models.Model):
         help_text="The one price of the cycle: the broker's average fill, or the quote",
     )
     broker_fee_usdt = UintField(default=0, help_text="The broker's fee: Bronco's cost")
+    broker_fee_read_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the broker's fee was read (order_fee_query); empty while unknown",
+    )
     inventory_before = UintField(default=0)
     inventory_after = UintField(null=True, blank=True)
 

@@ -34,6 +34,7 @@ __all__ = [
     "orders_of_address",
     "order_by_vault_id",
     "allocations_of",
+    "order_usdt_remaining",
     "settling_usdt_owed",
     "netting_estimate",
     "NettingEstimate",
@@ -49,6 +50,18 @@ def order_lock(*, order_id: int) -> Order | None:
     `transaction.atomic()`), or None. Orders are always locked before refunds, and one
     order at a time, so lock order is the same everywhere."""
     return Order.objects.select_for_update(of=("self",)).filter(pk=order_id).first()
+
+
+def order_usdt_remaining(order: Order) -> int:
+    """USDT base units a deposit still has to spend or refund: the deposit less manual
+    refunds, less what its netting cycles spent (cost) and charged (Bronco's fee) so far.
+    Negative never for a consistent order; the one formula for the cycles and refunds."""
+    return (
+        int(order.usdt_amount)
+        - int(order.manual_refund_usdt)
+        - int(order.cost_usdt)
+        - int(order.fees_usdt)
+    )
 
 
 def settling_usdt_owed() -> int:

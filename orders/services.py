@@ -13,6 +13,7 @@ from django.utils import timezone
 from core.alerts import alert_raise
 from core.audit import AuditEntry, audit_append_many, audit_record
 from core.bulk import bulk_copy_insert, bulk_ids_reserve
+from core.metrics import observe_stage
 from orders.exceptions import IllegalTransition, OrderError, StaleOrderVersion
 from orders.models import Cycle, CycleStatus, Order, OrderStatus, OrderType
 from orders.runs import initial_lease, run_enqueue_many, run_take_over, stage_for_status
@@ -93,35 +94,53 @@ def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, int]:
     return found
 
 
-def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_OrderKey, int]:
-    """One COPY of the new orders (ids reserved first) and one of their audit entries."""
+def _kick_cycles(symbols: set[str]) -> None:
+    from orders.tasks import cycle_kick  # the tasks import this module: import late
+
+    for symbol in sorted(symbols):
+        cycle_kick(symbol)
+
+
+def _insert_orders(
+    requests: Sequence[ChainOrderRequest], actor: str, booked: dict[int, str]
+) -> dict[_OrderKey, int]:
+    """One COPY of the new orders (ids reserved first) and one of their audit entries. The
+    orders that pass validation are booked as they are created (booked_at = now; no
+    validate task each: at hundreds of deposits a second those tasks were the limit);
+    their ids and symbols are added to `booked`. The others are refused by their validate
+    run (`orders.pipeline.validate`, the same rules)."""
+    from orders.pipeline.validate import validation_refusal  # the pipeline imports services
+
     now = timezone.now()
     deadline = now + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
     lease = initial_lease()
     ids = bulk_ids_reserve(Order, len(requests))
-    bulk_copy_insert(
-        Order,
-        [
-            {
-                "id": pk,
-                "order_type": r.order_type,
-                "chain_id": r.chain_id,
-                "onchain_id": int(r.onchain_id),
-                "chain_tx_hash": r.tx_hash,
-                "log_index": r.log_index,
-                "user_address": r.user_address,
-                "symbol": r.symbol,
-                "stock_code": settings.BRONCO_SYMBOLS.get(r.symbol, ""),
-                "usdt_amount": int(r.usdt_amount),
-                "token_amount": int(r.token_amount),
-                "deadline": deadline,
-                "expires_at": order_expiry(r.expires_at, now=now),
-                "price_bound": r.price_bound_units,
-                "run_lease_until": lease,
-            }
-            for pk, r in zip(ids, requests, strict=True)
-        ],
-    )
+    rows = [
+        {
+            "id": pk,
+            "order_type": r.order_type,
+            "chain_id": r.chain_id,
+            "onchain_id": int(r.onchain_id),
+            "chain_tx_hash": r.tx_hash,
+            "log_index": r.log_index,
+            "user_address": r.user_address,
+            "symbol": r.symbol,
+            "stock_code": settings.BRONCO_SYMBOLS.get(r.symbol, ""),
+            "usdt_amount": int(r.usdt_amount),
+            "token_amount": int(r.token_amount),
+            "deadline": deadline,
+            "expires_at": order_expiry(r.expires_at, now=now),
+            "price_bound": r.price_bound_units,
+            "run_lease_until": lease,
+        }
+        for pk, r in zip(ids, requests, strict=True)
+    ]
+    booked_now: dict[int, str] = {}
+    for row in rows:
+        if validation_refusal(Order(**row)) is None:
+            row["booked_at"] = now
+            booked_now[row["id"]] = row["symbol"]
+    bulk_copy_insert(Order, rows)
     audit_append_many(
         [
             AuditEntry(
@@ -143,12 +162,24 @@ def _insert_orders(requests: Sequence[ChainOrderRequest], actor: str) -> dict[_O
             )
             for pk, r in zip(ids, requests, strict=True)
         ]
+        + [
+            AuditEntry(
+                actor=actor,
+                action="order.booked",
+                order_id=pk,
+                after={"booked_at": now.isoformat(), "symbol": symbol},
+            )
+            for pk, symbol in booked_now.items()
+        ]
     )
     if len(requests) <= _LOG_EACH_UP_TO:
         for pk, r in zip(ids, requests, strict=True):
             logger.info("order created", extra={"order_id": pk, "tx_hash": r.tx_hash})
     else:
         logger.info("%s orders created, ids %s..%s", len(ids), ids[0], ids[-1])
+    for _ in booked_now:
+        observe_stage("validate", 0.0)  # booked as it was created
+    booked.update(booked_now)
     return {_key(r): pk for pk, r in zip(ids, requests, strict=True)}
 
 
@@ -180,18 +211,25 @@ def orders_create_from_chain_ids(
         if key not in existing:
             new.setdefault(key, request)
     created: dict[_OrderKey, int] = {}
+    booked: dict[int, str] = {}  # order id -> symbol, of the new orders booked at creation
     if new:
         try:
             with transaction.atomic():
-                created = _insert_orders(list(new.values()), actor)
+                created = _insert_orders(list(new.values()), actor, booked)
         except IntegrityError:
+            booked.clear()  # rolled back with the batch
             for key, request in new.items():
                 try:
                     with transaction.atomic():
-                        created.update(_insert_orders([request], actor))
+                        created.update(_insert_orders([request], actor, booked))
                 except IntegrityError:
                     existing.update(_existing_orders([key]))
-        _enqueue_pipeline(list(created.values()))
+        # Only a refusal needs its validate run (which settles it untraded); the booked
+        # orders' cycles are asked for after commit.
+        _enqueue_pipeline([pk for pk in created.values() if pk not in booked])
+        symbols = set(booked.values())
+        if symbols:
+            transaction.on_commit(lambda: _kick_cycles(symbols), robust=True)
     results: list[tuple[int, bool]] = []
     reported: set[_OrderKey] = set()
     for key in keys:
@@ -374,6 +412,9 @@ def order_manual_refund_hold(*, order: Order, amount: int, actor: str) -> Order:
         manual_refund_usdt=int(order.manual_refund_usdt) + int(amount),
         qty=None,
         price=None,
+        # Out of the book until validate has looked at what remains (it books it again,
+        # or closes the order when too little remains to trade).
+        booked_at=None,
     )
     run_take_over(order_id=order.pk, stage=Stage.VALIDATE)
     return order

@@ -122,7 +122,7 @@ def order_record(*, order: Order, actor: str, action: str, **changes: Any) -> Or
 
 
 def orders_transition_many(
-    *, moves: Sequence[tuple[Order, str, Mapping[str, Any]]], actor: str, action: str
+    *, moves: Sequence[tuple[Order, str | None, Mapping[str, Any]]], actor: str, action: str
 ) -> list[Order]:
     """Move many orders at once: each `(order, to_status, changes)`, every move checked
     against the transition table like `order_transition`, then one bulk UPDATE and one
@@ -133,7 +133,9 @@ def orders_transition_many(
     transaction, so the versions it read are the current ones: every other writer's
     conditional UPDATE waits on the lock and then finds the version moved on. Raises
     IllegalTransition for a move the table refuses and ValueError for a field a transition
-    may not set; nothing is written then. Returns the orders as they now are."""
+    may not set; nothing is written then. A `to_status` of None records field changes of a
+    non-terminal order without moving it (`order_record`, many at once). Returns the orders
+    as they now are."""
     if not moves:
         return []
     entries = []
@@ -143,9 +145,12 @@ def orders_transition_many(
         unknown = set(changes) - _MUTABLE_FIELDS
         if unknown:
             raise ValueError(f"not order fields a transition may set: {sorted(unknown)}")
-        if order.status in TERMINAL_STATUSES or not is_allowed(order.status, to_status):
-            raise IllegalTransition(order.pk, order.status, to_status)
+        if order.status in TERMINAL_STATUSES or (
+            to_status is not None and not is_allowed(order.status, to_status)
+        ):
+            raise IllegalTransition(order.pk, order.status, to_status or order.status)
     for order, to_status, changes in moves:
+        to_status = to_status or order.status
         before = {"status": order.status, "version": order.version}
         before.update({k: _jsonable(getattr(order, k)) for k in changes})
         for key, value in changes.items():

@@ -28,7 +28,7 @@ from core.tasks import (
 from orders import pipeline, runs
 from orders.exceptions import StaleOrderVersion
 from orders.models import Cycle, Order, OrderStatus
-from orders.netting import cycles
+from orders.netting import cycles, slots
 from orders.pipeline import Next, Stage
 
 logger = logging.getLogger(__name__)
@@ -157,12 +157,19 @@ _CYCLE_OPEN_TTL = 10  # seconds: a lost cycle_open task frees its symbol after t
 
 
 def cycle_kick(symbol: str) -> bool:
-    """Enqueue a cycle_open of `symbol` unless one is already queued (one per symbol at a
-    time, through a Redis key that expires if its task is lost). True when enqueued."""
-    if _redis().set(_CYCLE_OPEN_KEY.format(symbol), 1, nx=True, ex=_CYCLE_OPEN_TTL):
-        cycle_open.delay(symbol)
-        return True
-    return False
+    """Enqueue a cycle_open of `symbol` at its place slot (`orders.netting.slots`: cycles of
+    all symbols take turns at Futu's place budget, the first to ask first) unless one is
+    already queued (one per symbol at a time, through a Redis key that expires if its task
+    is lost). True when enqueued."""
+    client = _redis()
+    key = _CYCLE_OPEN_KEY.format(symbol)
+    if not client.set(key, 1, nx=True, ex=_CYCLE_OPEN_TTL):
+        return False
+    delay = slots.place_slot_reserve(client)
+    if delay > 0:
+        client.expire(key, int(delay) + _CYCLE_OPEN_TTL)
+    cycle_open.apply_async(args=[symbol], countdown=delay or None)
+    return True
 
 
 def _cycle_follow(nxt: cycles.CycleNext | None, symbol: str | None = None) -> None:
@@ -178,7 +185,8 @@ def _cycle_follow(nxt: cycles.CycleNext | None, symbol: str | None = None) -> No
 def cycle_open(symbol: str) -> None:
     """Open a cycle of `symbol` (one quote for its whole book)."""
     try:
-        nxt = cycles.cycle_open(symbol=symbol)
+        with cycles.step_timer("cycle_open"):
+            nxt = cycles.cycle_open(symbol=symbol)
     finally:
         _redis().delete(_CYCLE_OPEN_KEY.format(symbol))
     _cycle_follow(nxt)
@@ -186,7 +194,7 @@ def cycle_open(symbol: str) -> None:
 
 @bronco_task(name="orders.tasks.cycle_place", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
 def cycle_place(cycle_id: int) -> None:
-    with runs.run_heartbeat(cycle_id=cycle_id):
+    with runs.run_heartbeat(cycle_id=cycle_id), cycles.step_timer("cycle_place"):
         nxt = cycles.cycle_place(cycle_id=cycle_id)
     _cycle_follow(nxt, _symbol_of(cycle_id))
 
@@ -194,9 +202,22 @@ def cycle_place(cycle_id: int) -> None:
 @bronco_task(name="orders.tasks.cycle_poll", queue=QUEUE_BROKER, **_STAGE_OPTIONS)
 def cycle_poll(cycle_id: int) -> None:
     count_stage_run(stage="cycle_poll", superseded=False)
-    with runs.run_heartbeat(cycle_id=cycle_id):
+    with runs.run_heartbeat(cycle_id=cycle_id), cycles.step_timer("cycle_poll"):
         nxt = cycles.cycle_poll(cycle_id=cycle_id)
     _cycle_follow(nxt, _symbol_of(cycle_id))
+
+
+@bronco_task(
+    name="orders.tasks.cycles_fees_record",
+    queue=QUEUE_BROKER,
+    soft_time_limit=50,
+    time_limit=60,
+    expires=60,
+)
+def cycles_fees_record() -> int:
+    """Beat: read the broker's fee of allocated cycles that lack it (Bronco's cost, off the
+    cycles' critical path). Returns how many it recorded."""
+    return cycles.cycles_fees_record()
 
 
 def _symbol_of(cycle_id: int) -> str | None:

@@ -30,6 +30,7 @@ EXPECTED_QUEUES = {
     "orders.tasks.cycle_place": "broker",
     "orders.tasks.cycle_poll": "broker",
     "orders.tasks.cycles_schedule": "default",
+    "orders.tasks.cycles_fees_record": "broker",
     # settle sends and confirms the settlement transaction
     "orders.tasks.order_settle": "chain",
     "orders.tasks.compensation_scan": "default",

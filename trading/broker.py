@@ -104,6 +104,38 @@ def fill_from_deals(deals: list[Deal]) -> tuple[Decimal, Decimal | None]:
     return qty, sum((d.qty * d.price for d in live), Decimal(0)) / qty
 
 
+def filled_by_deals(
+    deals: list[Deal],
+    *,
+    broker_order_id: str,
+    client_id: str,
+    code: str,
+    side: Side,
+    qty: Decimal,
+    price: Decimal,
+) -> BrokerOrder | None:
+    """The order as FILLED (final) when its deals fill `qty` in full, else None: what the
+    deal list (OpenD's cache, not rate limited) can say without Futu's history listing."""
+    filled, avg = fill_from_deals(deals)
+    if qty <= 0 or filled < qty:
+        return None
+    times = sorted(d.created_at for d in deals if d.created_at)
+    return BrokerOrder(
+        broker_order_id=broker_order_id,
+        client_id=client_id,
+        code=code,
+        side=side,
+        qty=qty,
+        price=price,
+        status=BrokerStatus.FILLED,
+        filled_qty=filled,
+        avg_fill_price=avg,
+        raw_status="FILLED_ALL",
+        created_at=times[0] if times else "",
+        updated_at=times[-1] if times else "",
+    )
+
+
 @dataclass(frozen=True)
 class OrderFee:
     """The broker's own fee for one order, itemised (Futu `order_fee_query`), in the
@@ -268,6 +300,11 @@ class ExecutionVenue(Protocol):
 
     def order_fee(self, *, broker_order_id: str) -> OrderFee | None:
         """The broker's itemised fee for the order (market currency); None if unknown."""
+        ...
+
+    def order_fees(self, *, broker_order_ids: list[str]) -> dict[str, OrderFee]:
+        """The fees of many orders in one request (Futu's order_fee_query takes a list);
+        orders the broker does not know are left out."""
         ...
 
     def max_buy_qty(self, *, code: str, price: Decimal) -> Decimal:

@@ -43,7 +43,15 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.alerts import AlertSeverity, alert_raise
-from trading.broker import FINAL_STATUSES, BrokerOrder, BrokerStatus, Deal, Side, fill_from_deals
+from trading.broker import (
+    FINAL_STATUSES,
+    BrokerOrder,
+    BrokerStatus,
+    Deal,
+    Side,
+    fill_from_deals,
+    filled_by_deals,
+)
 from trading.corrections import fill_corrections_assess
 from trading.exceptions import (
     BrokerRejected,
@@ -135,7 +143,13 @@ def _release(record: BrokerOrderRecord, **changes: object) -> None:
 
 
 def broker_order_submit(
-    *, client_id: str, code: str, side: str, qty: Decimal, limit_price: Decimal
+    *,
+    client_id: str,
+    code: str,
+    side: str,
+    qty: Decimal,
+    limit_price: Decimal,
+    fee: bool = True,
 ) -> BrokerOrderState:
     """Place one DAY limit order tagged `client_id`, once, whatever crashes and retries.
 
@@ -144,7 +158,8 @@ def broker_order_submit(
     InsufficientBuyingPower (the account is short now: wait, an alert is open),
     RateLimited / PlacementInFlight (retry after `retry_after`), BrokerUnavailable
     (outcome unknown: retry; the next call looks in the history first). Must be called
-    outside a transaction."""
+    outside a transaction. `fee=False`: an order final at once leaves its fee for
+    `broker_order_fees_record`."""
     _check_outside_transaction("broker_order_submit")
     side = str(Side(side))
     if qty <= 0 or limit_price <= 0:
@@ -158,7 +173,7 @@ def broker_order_submit(
             f"client id {client_id} was submitted as {record.side} {record.qty} {record.code}"
         )
     if record.broker_order_id:
-        state = broker_order_sync(client_id=client_id)
+        state = broker_order_sync(client_id=client_id, fee=fee)
         if state is not None:
             return state
     if record.status == BrokerOrderRecord.ABANDONED:
@@ -183,7 +198,7 @@ def broker_order_submit(
     record.refresh_from_db()
     if not claimed:
         if record.broker_order_id:
-            state = broker_order_sync(client_id=client_id)
+            state = broker_order_sync(client_id=client_id, fee=fee)
             if state is not None:
                 return state
         wait = (record.attempt_lease_until or now) - now
@@ -209,7 +224,7 @@ def broker_order_submit(
                 found.raw_status,
             )
             _adopt(record, found)
-            return broker_order_sync(client_id=client_id) or BrokerOrderState(
+            return broker_order_sync(client_id=client_id, fee=fee) or BrokerOrderState(
                 client_id, found, None, None
             )
         if side == Side.BUY and settings.TRADING_CHECK_BUYING_POWER:
@@ -233,7 +248,9 @@ def broker_order_submit(
         _release(record)
         raise
     _adopt(record, placed)
-    return broker_order_sync(client_id=client_id) or BrokerOrderState(client_id, placed, None, None)
+    return broker_order_sync(client_id=client_id, fee=fee) or BrokerOrderState(
+        client_id, placed, None, None
+    )
 
 
 def _check_buying_power(*, client_id: str, code: str, qty: Decimal, price: Decimal) -> None:
@@ -307,11 +324,12 @@ def broker_order_abandon(*, client_id: str) -> BrokerOrderState | None:
     return None
 
 
-def broker_order_sync(*, client_id: str) -> BrokerOrderState | None:
+def broker_order_sync(*, client_id: str, fee: bool = True) -> BrokerOrderState | None:
     """The broker's order for `client_id` now, with fills from its deals; None when the
     broker has none (nothing placed, or an order the broker no longer knows). Records the
-    state, cancels a DISABLED order, fetches the fee once final, and opens a correction case
-    when fills change after the order was final."""
+    state, cancels a DISABLED order, fetches the fee once final (unless `fee=False`: then
+    `broker_order_fees_record` reads it later, many orders a request), and opens a
+    correction case when fills change after the order was final."""
     record = BrokerOrderRecord.objects.filter(client_id=client_id).first()
     broker = get_broker()
     if record is None:
@@ -336,30 +354,42 @@ def broker_order_sync(*, client_id: str) -> BrokerOrderState | None:
             return None
         _adopt(record, found)
     since = record.placed_at or record.first_attempt_at or record.created_at
-    # The open list (OpenD's cache, free) holds the order while it works. Once it left, its
-    # final status is known from a push or an earlier sync, and only its fills may still
-    # change (deals, below): no history request. Only an order that finished unseen costs
-    # one of the history's 10 per 30 s.
-    order = broker.query_order(
-        broker_order_id=record.broker_order_id, code=record.code, include_history=False
-    )
-    if order is None and record.status in _FINAL:
-        order = _order_from_record(record)
-    elif order is None:
-        order = broker.query_order(
-            broker_order_id=record.broker_order_id, code=record.code, since=since
-        )
-    if order is None:
-        return None
     deals = broker.deals(broker_order_id=record.broker_order_id, code=record.code, since=since)
-    if deals:
-        filled, avg = fill_from_deals(deals)
-        order = replace(order, filled_qty=filled, avg_fill_price=avg)
+    filled, avg = fill_from_deals(deals)
+    # Its deals fill it in full: FILLED, final, without asking the open list or the history
+    # (10 per 30 s, where a finished order is; the deal list is OpenD's cache).
+    order = filled_by_deals(
+        deals,
+        broker_order_id=record.broker_order_id,
+        client_id=record.client_id,
+        code=record.code,
+        side=Side(record.side),
+        qty=record.qty,
+        price=record.limit_price,
+    )
+    if order is None:
+        # The open list (OpenD's cache, free) holds the order while it works. Once it left,
+        # its final status is known from a push or an earlier sync, and only its fills may
+        # still change (the deals): no history request. Only an order that finished unseen
+        # costs one of the history's 10 per 30 s.
+        order = broker.query_order(
+            broker_order_id=record.broker_order_id, code=record.code, include_history=False
+        )
+        if order is None and record.status in _FINAL:
+            order = _order_from_record(record)
+        elif order is None:
+            order = broker.query_order(
+                broker_order_id=record.broker_order_id, code=record.code, since=since
+            )
+        if order is None:
+            return None
+        if deals:
+            order = replace(order, filled_qty=filled, avg_fill_price=avg)
     if order.status == BrokerStatus.DISABLED:
         # Disabled orders can be enabled again from outside: cancel it for good.
         logger.warning("broker order %s is DISABLED: cancelling it", order.broker_order_id)
         return broker_order_cancel(client_id=client_id) or None
-    return _record_state(record, order)
+    return _record_state(record, order, fee=fee)
 
 
 _FINAL = frozenset(str(status) for status in FINAL_STATUSES)
@@ -382,7 +412,9 @@ def _order_from_record(record: BrokerOrderRecord) -> BrokerOrder:
     )
 
 
-def _record_state(record: BrokerOrderRecord, order: BrokerOrder) -> BrokerOrderState:
+def _record_state(
+    record: BrokerOrderRecord, order: BrokerOrder, *, fee: bool = True
+) -> BrokerOrderState:
     now = timezone.now()
     with transaction.atomic():
         record = BrokerOrderRecord.objects.select_for_update().get(pk=record.pk)
@@ -409,12 +441,41 @@ def _record_state(record: BrokerOrderRecord, order: BrokerOrder) -> BrokerOrderS
         record.save()
     if corrected:
         fill_corrections_assess()
-    if order.is_final and record.fee is None and record.filled_qty > 0:
+    if order.is_final and record.fee is None and record.filled_qty > 0 and fee:
         _fetch_fee(record)
     elif order.is_final and record.filled_qty == 0 and record.fee is None:
         BrokerOrderRecord.objects.filter(pk=record.pk).update(fee=Decimal(0))
         record.fee = Decimal(0)
     return BrokerOrderState(record.client_id, order, record.fee, record.watch_until)
+
+
+def broker_order_fees_record(*, client_ids: list[str]) -> dict[str, Decimal]:
+    """The broker's fee (market currency) of each final, filled order among `client_ids`:
+    recorded ones as they are, the others read in one `order_fee_query` request and
+    recorded. Client ids whose fee the broker cannot tell now (over the budget, unknown)
+    are left out. Off any order's critical path: the users' prices never depend on it."""
+    records = list(
+        BrokerOrderRecord.objects.filter(client_id__in=client_ids).exclude(broker_order_id="")
+    )
+    fees = {r.client_id: r.fee for r in records if r.fee is not None}
+    missing = [r for r in records if r.fee is None and r.final_at is not None]
+    if not missing:
+        return fees
+    try:
+        read = get_broker().order_fees(broker_order_ids=[r.broker_order_id for r in missing])
+    except (RateLimited, BrokerUnavailable) as exc:
+        logger.info("fees of %d orders not read yet: %s", len(missing), exc)
+        return fees
+    for record in missing:
+        found = read.get(record.broker_order_id)
+        if found is None:
+            continue
+        details = [[name, str(amount)] for name, amount in found.items]
+        BrokerOrderRecord.objects.filter(pk=record.pk, fee__isnull=True).update(
+            fee=found.total, fee_details=details, updated_at=timezone.now()
+        )
+        fees[record.client_id] = found.total
+    return fees
 
 
 def _fetch_fee(record: BrokerOrderRecord) -> None:

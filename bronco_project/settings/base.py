@@ -173,6 +173,8 @@ NETTING_FEE_FLAT_USDT = env_decimal("NETTING_FEE_FLAT_USDT", "0")
 NETTING_INVENTORY_CAP_LOTS = env_int("NETTING_INVENTORY_CAP_LOTS", 2)
 # Beat opens cycles this often (for every symbol with orders waiting, oldest first).
 NETTING_CYCLE_SECONDS = env_int("NETTING_CYCLE_SECONDS", 1)
+# Beat reads the broker's fee of allocated cycles this often (Bronco's cost, after the fact).
+NETTING_FEES_RECORD_SECONDS = env_int("NETTING_FEES_RECORD_SECONDS", 15)
 # A cycle's broker order still working after this long is cancelled; what filled is allocated.
 NETTING_CYCLE_TIMEOUT_SECONDS = env_float("NETTING_CYCLE_TIMEOUT_SECONDS", 20.0)
 # A cycle whose steps stop (a worker died) is re-driven by the scheduler after this long
@@ -293,6 +295,10 @@ CELERY_BEAT_SCHEDULE = {
     "bronco.cycles_schedule": {
         "task": "orders.tasks.cycles_schedule",
         "schedule": float(NETTING_CYCLE_SECONDS),
+    },
+    "bronco.cycles_fees_record": {
+        "task": "orders.tasks.cycles_fees_record",
+        "schedule": float(NETTING_FEES_RECORD_SECONDS),
     },
     "bronco.alert_rules": {
         "task": "ops.tasks.evaluate_alert_rules",

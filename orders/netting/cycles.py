@@ -18,6 +18,9 @@ Each step is a service that loads fresh state and returns what runs next (`Cycle
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -49,6 +52,7 @@ from orders.netting.allocation import (
     plan_cycle,
 )
 from orders.runs import run_take_over, runs_take_over_many
+from orders.selectors import order_usdt_remaining
 from orders.stages import Stage
 from orders.state import order_transition, orders_transition_many
 from trading import pricing
@@ -78,22 +82,23 @@ class CycleNext:
     countdown: float = 0.0
 
 
+@contextmanager
+def step_timer(step: str) -> Iterator[None]:
+    """Time one cycle step (`cycle_open`, `cycle_place`, `cycle_poll`) into the stage
+    latency metric (`core.metrics`, kept in Redis: /metrics and the benchmark read it),
+    broker calls and limiter waits included."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        observe_stage(step, time.monotonic() - started)
+
+
 def fee_schedule() -> FeeSchedule:
     """Bronco's published fee (settings NETTING_FEE_RATE, NETTING_FEE_FLAT_USDT)."""
     return FeeSchedule(
         rate=settings.NETTING_FEE_RATE,
         flat_units=usdt_to_units(settings.NETTING_FEE_FLAT_USDT),
-    )
-
-
-def remaining_usdt(order: Order) -> int:
-    """USDT base units a deposit still has to spend: deposit less manual refunds, less what
-    earlier cycles spent and charged."""
-    return (
-        int(order.usdt_amount)
-        - int(order.manual_refund_usdt)
-        - int(order.cost_usdt)
-        - int(order.fees_usdt)
     )
 
 
@@ -103,7 +108,7 @@ def _first_fill(order: Order) -> bool:
 
 def _participant(order: Order) -> Buyer | Seller:
     if order.order_type == OrderType.BUY:
-        return Buyer(order.pk, remaining_usdt(order), first_fill=_first_fill(order))
+        return Buyer(order.pk, order_usdt_remaining(order), first_fill=_first_fill(order))
     return Seller(order.pk, int(order.token_amount), first_fill=True)
 
 
@@ -151,7 +156,7 @@ def order_settle_from_book(*, order: Order, reason: str, actor: str = ACTOR) -> 
     starts after commit. Call under the order's row lock."""
     if order.order_type == OrderType.BUY:
         minted = int(order.tokens_minted)
-        changes = {"refund_usdt": remaining_usdt(order), "tokens_minted": minted}
+        changes = {"refund_usdt": order_usdt_remaining(order), "tokens_minted": minted}
         traded = minted > 0
     else:
         changes = {"tokens_returned": int(order.token_amount)}
@@ -335,6 +340,7 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
             side=side,
             qty=qty,
             limit_price=cycle.limit_price,
+            fee=False,  # Bronco's cost, read after allocation (cycles_fees_record)
         )
     except (RateLimited, PlacementInFlight, InsufficientBuyingPower) as exc:
         return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
@@ -361,6 +367,9 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
         futu_order_id=placed.broker_order_id,
         lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS),
     )
+    if placed.is_final:
+        # Filled (or ended) at once: allocate now rather than a poll interval later.
+        return _allocate_final(cycle_id=cycle_id, state=placed)
     return CycleNext("poll", cycle_id, settings.ORDER_POLL_INTERVAL_SECONDS)
 
 
@@ -386,7 +395,7 @@ def cycle_poll(*, cycle_id: int) -> CycleNext | None:
             if cycle.cancel_sent_at is None:
                 Cycle.objects.filter(pk=cycle.pk).update(cancel_sent_at=timezone.now())
         else:
-            state = broker.broker_order_sync(client_id=cycle.client_id)
+            state = broker.broker_order_sync(client_id=cycle.client_id, fee=False)
     except (BrokerUnavailable, RateLimited) as exc:
         return CycleNext(
             "poll", cycle.pk, getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS)
@@ -402,19 +411,7 @@ def cycle_poll(*, cycle_id: int) -> CycleNext | None:
         )
         return CycleNext("poll", cycle.pk, settings.ORDER_RETRY_SECONDS)
     if state.is_final:
-        sign = 1 if cycle.broker_units > 0 else -1
-        filled = sign * int(state.filled_qty) * TOKEN_UNITS_PER_SHARE
-        price = state.avg_fill_price if filled else cycle.quote_price
-        with transaction.atomic():
-            inventory = _inventory(cycle.symbol)
-            cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
-            if cycle.status != CycleStatus.PLACED:
-                return None
-            cycle.broker_fee_usdt = market_to_usdt_units_up(
-                state.fee or Decimal(0), ccy_per_usdt=cycle.ccy_per_usdt
-            )
-            _allocate(cycle=cycle, inventory=inventory, filled_units=filled, price=price)
-        return None
+        return _allocate_final(cycle_id=cycle.pk, state=state)
     Cycle.objects.filter(pk=cycle.pk).update(
         lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS)
     )
@@ -422,6 +419,29 @@ def cycle_poll(*, cycle_id: int) -> CycleNext | None:
 
 
 # --- allocate ----------------------------------------------------------------------------
+
+
+def _allocate_final(*, cycle_id: int, state: broker.BrokerOrderState) -> None:
+    """The cycle's broker order is final: allocate its fill at its average price (the
+    quote when nothing filled), once. The broker's fee is Bronco's cost, not the user's
+    price: the cycle keeps the fee when the broker already told it, and
+    `cycles_fees_record` reads it later otherwise (off the cycle's critical path)."""
+    with transaction.atomic():
+        cycle = Cycle.objects.get(pk=cycle_id)
+        inventory = _inventory(cycle.symbol)
+        cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
+        if cycle.status != CycleStatus.PLACED:
+            return None
+        sign = 1 if cycle.broker_units > 0 else -1
+        filled = sign * int(state.filled_qty) * TOKEN_UNITS_PER_SHARE
+        price = state.avg_fill_price if filled else cycle.quote_price
+        if state.fee is not None or not filled:
+            cycle.broker_fee_usdt = market_to_usdt_units_up(
+                state.fee or Decimal(0), ccy_per_usdt=cycle.ccy_per_usdt
+            )
+            cycle.broker_fee_read_at = timezone.now()
+        _allocate(cycle=cycle, inventory=inventory, filled_units=filled, price=price)
+    return None
 
 
 def _allocate(
@@ -450,30 +470,8 @@ def _allocate(
         broker_units=filled_units,
     )
     Allocation.objects.bulk_create(
-        [
-            Allocation(
-                cycle=cycle,
-                order_id=f.key,
-                order_type=OrderType.BUY,
-                token_units=f.token_units,
-                usdt_units=f.cost_units,
-                fee_units=f.fee_units,
-            )
-            for f in result.buyers
-            if f.token_units
-        ]
-        + [
-            Allocation(
-                cycle=cycle,
-                order_id=f.key,
-                order_type=OrderType.SELL,
-                token_units=f.token_units,
-                usdt_units=f.proceeds_units,
-                fee_units=f.fee_units,
-            )
-            for f in result.sellers
-            if f.token_units
-        ]
+        _allocation_rows(cycle, OrderType.BUY, result.buyers)
+        + _allocation_rows(cycle, OrderType.SELL, result.sellers)
     )
     min_units = usdt_to_units(settings.ORDER_MIN_USDT)
     share = Decimal(TOKEN_UNITS_PER_SHARE)
@@ -537,6 +535,7 @@ def _allocate(
         filled_units=filled_units,
         price=price,
         broker_fee_usdt=cycle.broker_fee_usdt,
+        broker_fee_read_at=cycle.broker_fee_read_at,
         inventory_after=result.inventory_after,
         allocated_at=timezone.now(),
         lease_until=None,
@@ -545,10 +544,59 @@ def _allocate(
         raise IntegrityError(f"cycle {cycle.pk} was allocated by another worker")
 
 
+def _allocation_rows(cycle: Cycle, kind: str, fills: list) -> list[Allocation]:
+    """One Allocation row per participant of `kind` (BUY or SELL) that got tokens: a
+    buyer's USDT is its cost, a seller's its proceeds (base units)."""
+    return [
+        Allocation(
+            cycle=cycle,
+            order_id=f.key,
+            order_type=kind,
+            token_units=f.token_units,
+            usdt_units=f.cost_units if kind == OrderType.BUY else f.proceeds_units,
+            fee_units=f.fee_units,
+        )
+        for f in fills
+        if f.token_units
+    ]
+
+
 def _observe_execute(order: Order) -> None:
     """Stage latency "execute": from joining the book to the end of trading."""
     if order.booked_at is not None:
         observe_stage("execute", (timezone.now() - order.booked_at).total_seconds())
+
+
+# --- the broker's fee, after allocation ----------------------------------------------------
+
+FEES_PER_RUN = 200  # cycles whose fee one order_fee_query request reads (Futu: 10 per 30 s)
+
+
+def cycles_fees_record(*, limit: int = FEES_PER_RUN) -> int:
+    """Record the broker's fee (Bronco's cost, `trading.services.broker_order_fees_record`:
+    one order_fee_query request for all of them) on allocated cycles whose broker order
+    filled and whose fee is not known yet, oldest first, at most `limit` a run. The users'
+    prices never depend on it, so no cycle waits for it. Returns how many it recorded; a
+    fee the broker cannot tell now is tried at the next run."""
+    pending = list(
+        Cycle.objects.filter(status=CycleStatus.ALLOCATED, broker_fee_read_at__isnull=True)
+        .exclude(futu_order_id="")
+        .exclude(filled_units=0)
+        .order_by("allocated_at")[:limit]
+    )
+    if not pending:
+        return 0
+    fees = broker.broker_order_fees_record(client_ids=[c.client_id for c in pending])
+    recorded = 0
+    for cycle in pending:
+        fee = fees.get(cycle.client_id)
+        if fee is None:
+            continue
+        recorded += Cycle.objects.filter(pk=cycle.pk, broker_fee_read_at__isnull=True).update(
+            broker_fee_usdt=market_to_usdt_units_up(fee, ccy_per_usdt=cycle.ccy_per_usdt),
+            broker_fee_read_at=timezone.now(),
+        )
+    return recorded
 
 
 # --- re-driving --------------------------------------------------------------------------

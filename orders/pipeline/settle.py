@@ -26,7 +26,7 @@ from orders.pipeline.common import (
     stage_actor,
 )
 from orders.services import order_hold, order_release_hold
-from orders.state import order_record, order_transition
+from orders.state import order_transition, orders_transition_many
 from refunds import selectors as refund_selectors
 from refunds import services as refund_services
 
@@ -43,7 +43,7 @@ def order_settle(*, order_id: int) -> Next | None:
     if order.status != S.SETTLING:
         return None
     kind = settlement_kind(order)
-    usdt = order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt
+    usdt = _usdt_paid(order)
     if not order.settlement_tx_hash:
         if refund_selectors.order_refunds_in_flight(order_id=order.pk):
             return Next(SETTLE, countdown=settings.REFUND_CHECK_SECONDS)
@@ -152,6 +152,7 @@ def settlement_request(order: Order) -> DepositSettlement | RedeemSettlement:
 
 
 def _usdt_paid(order: Order) -> int:
+    """USDT base units the order's settlement pays: a deposit's refund, a redeem's payout."""
     return int(order.refund_usdt if order.order_type == OrderType.BUY else order.payout_usdt)
 
 
@@ -202,13 +203,16 @@ def _send_batched(order: Order) -> bool:
                 raise
             batch = [me]
             settlements = settlement_sender().submit_batch([settlement_request(me)], actor=actor)
-        for o, settlement in zip(batch, settlements, strict=True):
-            order_record(
-                order=o,
-                actor=actor,
-                action="order.settlement_sent",
-                settlement_tx_hash=settlement.tx_hash,
-            )
+        # One UPDATE and one audit append for the batch: the audit chain's lock is held
+        # until this transaction commits, and every other writer waits for it.
+        orders_transition_many(
+            moves=[
+                (o, None, {"settlement_tx_hash": settlement.tx_hash})
+                for o, settlement in zip(batch, settlements, strict=True)
+            ],
+            actor=actor,
+            action="order.settlement_sent",
+        )
     return True
 
 

@@ -8,7 +8,7 @@ import logging
 
 from core.alerts import alert_raise
 from core.models import AlertSeverity
-from orders.selectors import Order, OrderStatus, OrderType
+from orders.selectors import Order, OrderStatus, OrderType, order_usdt_remaining
 from orders.selectors import order_lock as _order_lock_row
 from orders.services import order_manual_refund_hold, order_manual_refund_release
 from refunds.exceptions import RefundRefused
@@ -59,14 +59,10 @@ def order_refusal(order: Order) -> None:
 
 
 def order_remaining(order: Order) -> int:
-    """What a manual refund may still take from a deposit waiting in the book: the deposit
-    less manual refunds, less what its cycles spent and charged so far."""
-    return (
-        int(order.usdt_amount)
-        - int(order.manual_refund_usdt)
-        - int(order.cost_usdt)
-        - int(order.fees_usdt)
-    )
+    """What a manual refund may still take from a deposit waiting in the book
+    (`orders.selectors.order_usdt_remaining`: the deposit less manual refunds, less what its
+    cycles spent and charged so far), in USDT base units."""
+    return order_usdt_remaining(order)
 
 
 def amount_check(order: Order, amount: int) -> None:

@@ -489,6 +489,15 @@ class FakeBroker:
                 OrderFee(broker_order_id=str(broker_order_id), total=Decimal(0)),
             )
 
+    def order_fees(self, *, broker_order_ids: list[str]) -> dict[str, OrderFee]:
+        with self._lock:
+            self._record("order_fees", broker_order_ids=list(broker_order_ids))
+            return {
+                str(i): self._fees.get(str(i), OrderFee(broker_order_id=str(i), total=Decimal(0)))
+                for i in broker_order_ids
+                if str(i) in self._orders
+            }
+
     def max_buy_qty(self, *, code: str, price: Decimal) -> Decimal:
         with self._lock:
             self._record("max_buy_qty", code=code, price=price)

@@ -31,10 +31,24 @@ def test_creates_one_order_and_enqueues_after_commit(django_capture_on_commit_ca
     assert order.stock_code == "US.AAPL"
     assert order.usdt_amount == 250 * 10**6
     assert order.deadline is not None
-    assert len(callbacks) == 1
-    entry = AuditLog.objects.get(order=order)
-    assert entry.action == "order.created"
-    assert entry.actor == "listen_chain"
+    assert len(callbacks) == 1  # its symbol's cycle is asked for after commit
+    # Valid: booked in the listener's transaction, no validate task of its own.
+    assert order.booked_at is not None
+    entries = list(AuditLog.objects.filter(order=order).order_by("pk"))
+    assert [e.action for e in entries] == ["order.created", "order.booked"]
+    assert {e.actor for e in entries} == {"listen_chain"}
+
+
+def test_an_order_that_cannot_trade_is_not_booked_and_gets_its_validate_run(
+    django_capture_on_commit_callbacks,
+):
+    with django_capture_on_commit_callbacks() as callbacks:
+        order, created = order_create_from_chain(
+            request=_deposit(symbol="NOPE"), actor="listen_chain"
+        )
+    assert created and order.booked_at is None
+    assert len(callbacks) == 1  # the validate run, which refuses and refunds it
+    assert [e.action for e in AuditLog.objects.filter(order=order)] == ["order.created"]
 
 
 def test_replayed_event_makes_no_second_order(django_capture_on_commit_callbacks):

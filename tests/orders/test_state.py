@@ -163,3 +163,37 @@ def test_many_moves_at_once_are_checked_written_and_audited_together():
     assert entries[a.pk].before == {"status": "PENDING", "version": 0, "last_error": ""}
     assert entries[a.pk].after == {"status": "EXECUTING", "version": 1, "last_error": "x"}
     assert entries[b.pk].after == {"status": "SETTLING", "version": 1}
+
+
+@pytest.mark.django_db
+def test_many_records_at_once_change_fields_without_moving_and_never_a_terminal_order():
+    from django.db import transaction
+
+    from orders.state import orders_transition_many
+
+    a, b = OrderFactory(status=S.SETTLING), OrderFactory(status=S.SETTLING)
+    done = OrderFactory(status=S.EXECUTED)
+    with transaction.atomic():
+        locked = {
+            o.pk: o for o in Order.objects.select_for_update().filter(pk__in=[a.pk, b.pk, done.pk])
+        }
+        with pytest.raises(IllegalTransition):
+            orders_transition_many(
+                moves=[(locked[done.pk], None, {"settlement_tx_hash": "0x1"})],
+                actor="t",
+                action="order.settlement_sent",
+            )
+        orders_transition_many(
+            moves=[(locked[pk], None, {"settlement_tx_hash": "0xab"}) for pk in (a.pk, b.pk)],
+            actor="t",
+            action="order.settlement_sent",
+        )
+    for order in (a, b):
+        order.refresh_from_db()
+        assert (order.status, order.version, order.settlement_tx_hash) == (S.SETTLING, 1, "0xab")
+    entries = AuditLog.objects.filter(action="order.settlement_sent").order_by("order_id")
+    assert [e.after for e in entries] == [
+        {"status": "SETTLING", "version": 1, "settlement_tx_hash": "0xab"}
+    ] * 2
+    done.refresh_from_db()
+    assert done.settlement_tx_hash == ""

@@ -28,7 +28,15 @@ from futu import (
     TrdSide,
 )
 
-from trading.broker import BrokerOrder, BrokerStatus, Deal, Funds, OrderFee, Position
+from trading.broker import (
+    BrokerOrder,
+    BrokerStatus,
+    Deal,
+    Funds,
+    OrderFee,
+    Position,
+    filled_by_deals,
+)
 from trading.broker import Side as BrokerSide
 from trading.exceptions import BrokerRejected, BrokerUnavailable, RateLimited
 from trading.futu.connection import FutuConnection, TradeContext
@@ -316,13 +324,18 @@ class FutuExecution(FutuConnection):
             return order_from_row(row)
         # Futu has the order now: nothing after this point may raise (a caller told
         # "failed" would retry, and the open list no longer shows an order that filled at
-        # once). Read it back (the open list, then the history if the order finished at
-        # once and the budget allows); an order not read back is reported UNKNOWN (not
-        # final) and the next sync finds its truth.
+        # once). Read it back (the open list; an order filled at once from its deals, free
+        # of the history's 10 per 30 s; then the history if the order finished at once and
+        # the budget allows); an order not read back is reported UNKNOWN (not final) and
+        # the next sync finds its truth.
         try:
             found = self.query_order(
-                broker_order_id=order_id, code=code, since=datetime.now(tz=UTC)
-            )
+                broker_order_id=order_id, code=code, include_history=False
+            ) or self._filled_at_once(order_id, client_id, code, side, qty, limit_price)
+            if found is None:
+                found = self.query_order(
+                    broker_order_id=order_id, code=code, since=datetime.now(tz=UTC)
+                )
         except (BrokerUnavailable, RateLimited) as exc:
             logger.warning("placed order %s not read back: %s", order_id, exc)
             found = None
@@ -337,6 +350,26 @@ class FutuExecution(FutuConnection):
             filled_qty=Decimal(0),
             avg_fill_price=None,
             raw_status="",
+        )
+
+    def _filled_at_once(
+        self,
+        order_id: str,
+        client_id: str,
+        code: str,
+        side: BrokerSide,
+        qty: Decimal,
+        limit_price: Decimal,
+    ) -> BrokerOrder | None:
+        """The order just placed as FILLED when its deals fill it in full; else None."""
+        return filled_by_deals(
+            self.deals(broker_order_id=order_id, code=code),
+            broker_order_id=order_id,
+            client_id=client_id,
+            code=code,
+            side=side,
+            qty=qty,
+            price=limit_price,
         )
 
     def query_order(
@@ -436,6 +469,22 @@ class FutuExecution(FutuConnection):
         )
         rows = [r for r in data.to_dict("records") if str(r["order_id"]) == str(broker_order_id)]
         return fee_from_row(rows[0]) if rows else None
+
+    def order_fees(self, *, broker_order_ids: list[str]) -> dict[str, OrderFee]:
+        """The fees of many orders in one `order_fee_query` request (one of its 10 per
+        30 s, however many ids)."""
+        ids = [str(i) for i in broker_order_ids]
+        if not ids:
+            return {}
+        self._limit("order_fee")
+        data = self._call(
+            lambda q, t: t.order_fee_query(
+                order_id_list=ids, trd_env=self.trd_env, acc_id=self.acc_id
+            ),
+            kind="order_fee",
+        )
+        fees = {str(r["order_id"]): fee_from_row(r) for r in data.to_dict("records")}
+        return {i: fees[i] for i in ids if i in fees}
 
     def max_buy_qty(self, *, code: str, price: Decimal) -> Decimal:
         """Shares the account's cash buys at `price` now, in whole lots, fees included

@@ -1,5 +1,8 @@
 """`manage.py anvil`: run the dev chain (anvil from npm) on CHAIN_RPC_URL's port, keeping its
-state in CHAIN_ANVIL_STATE_PATH across restarts. For `make run`; tests start their own."""
+state in CHAIN_ANVIL_STATE_PATH across restarts. For `make run`; tests start their own.
+BRONCO_ANVIL_ARGS adds anvil options (space-separated): the end-to-end benchmark mines a
+block a second with a large gas limit (`--block-time 1 --gas-limit 300000000`), since
+automine stops mining once about a thousand transactions wait in anvil's pool."""
 
 import os
 from pathlib import Path
@@ -29,5 +32,6 @@ class Command(BaseCommand):
             str(state),
             "--state-interval",
             "5",
+            *os.environ.get("BRONCO_ANVIL_ARGS", "").split(),
         ]
         os.execv(binary, argv)
