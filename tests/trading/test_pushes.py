@@ -106,10 +106,11 @@ def test_a_final_status_learned_from_a_push_needs_no_history_request(broker_sett
     synced = services.broker_order_sync(client_id="push-final")
     assert synced.status == BrokerStatus.FILLED and synced.filled_qty == 3
     assert broker_settings.rate_stats(kind="history_order_list")["requests"] == before
-    # Without the push (an order that finished unseen), the history is asked once.
+    # Without the push (an order that finished unseen), its deals fill it in full
+    # (trading.broker.filled_by_deals): still no history request.
     BrokerOrderRecord.objects.filter(client_id="push-final").update(status="WORKING")
     assert services.broker_order_sync(client_id="push-final").status == BrokerStatus.FILLED
-    assert broker_settings.rate_stats(kind="history_order_list")["requests"] == before + 1
+    assert broker_settings.rate_stats(kind="history_order_list")["requests"] == before
 
 
 def test_a_deal_push_after_final_resyncs_the_order_at_once(broker_settings, monkeypatch):
@@ -145,7 +146,9 @@ def test_the_watch_keeps_to_its_share_of_the_history_budget(broker_settings, set
     )
     before = broker_settings.rate_stats(kind="history_order_list")["requests"]
     assert order_records.broker_orders_watch() == 3
-    assert broker_settings.rate_stats(kind="history_order_list")["requests"] == before + 1
+    # At most the share; here none at all, as the synced order's deals fill it in full
+    # (trading.broker.filled_by_deals), so the history is never asked.
+    assert broker_settings.rate_stats(kind="history_order_list")["requests"] == before
     statuses = dict(BrokerOrderRecord.objects.values_list("client_id", "status"))
     assert sorted(statuses.values()).count("WORKING") == 2
 
