@@ -84,8 +84,11 @@ def test_orders_written_by_copy_read_back_like_any_order_with_their_audit_chain(
     assert first.created_at is not None and first.updated_at is not None
     assert len({o.client_id for o in orders.values()}) == 150  # a default called per row
     assert AuditLog.objects.filter(action="order.created").count() == 150
+    # Valid orders are booked as they are created, audited in the same append.
+    assert AuditLog.objects.filter(action="order.booked").count() == 150
+    assert all(o.booked_at is not None for o in orders.values())
     checked, broken = audit_verify()
-    assert broken is None and checked == 151
+    assert broken is None and checked == 1 + 150 + 150
 
     again = orders_create_from_chain_ids(requests=[_request(3)], actor="listen_chain")
     assert again == [(results[3][0], False)]

@@ -45,11 +45,11 @@ def test_one_bad_log_in_a_batch_is_quarantined_alone(own_chain, chain_user, run_
     bad_receipt, bad_id = deposits[1]
     real_insert = orders.services._insert_orders
 
-    def insert_failing_on_bad(requests, actor):
+    def insert_failing_on_bad(requests, actor, *rest):
         # The crash at an exact line: the database refuses this one deposit's row.
         if any(int(r.onchain_id) == bad_id for r in requests):
             raise DataError("numeric field overflow (injected)")
-        return real_insert(requests, actor)
+        return real_insert(requests, actor, *rest)
 
     with mock.patch("orders.services._insert_orders", insert_failing_on_bad):
         with run_listener(listener_config(node, contracts, start_block=start)):
