@@ -9,6 +9,7 @@ from contextlib import ExitStack
 
 import pytest
 import redis
+from kombu import pools
 
 from devtools.processes import free_port, spawn, stop_group
 from tests.fixtures.processes import ARTIFACTS, ROOT
@@ -89,9 +90,11 @@ def own_redis(settings) -> Iterator[OwnRedis]:
 def reset_app_connections(app) -> None:
     """Drop this process's broker pools and result backend so the next use connects to the
     broker and backend the app's configuration names now."""
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # app._pool is kombu's process-wide pool for the URL (kombu.pools.connections): closing
+    # it alone leaves the closed pool registered, and a later test on that URL fails with
+    # "Acquire on closed pool". kombu.pools.reset closes every pool and forgets them all.
+    pools.reset()
+    app._pool = None
     app.amqp._producer_pool = None
     app._local.__dict__.pop("backend", None)
 
