@@ -21,7 +21,7 @@ from api.ratelimit import shared_redis
 from trading import pricing
 from trading import services as broker
 from trading.broker import Quote
-from trading.exceptions import BrokerUnavailable, RateLimited
+from trading.exceptions import BrokerUnavailable, NoQuote, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,22 @@ def _cached(client: redis.Redis, code: str) -> CachedQuote | bytes | None:
 
 
 def _fetch(client: redis.Redis, codes: list[str]) -> dict[str, CachedQuote]:
-    """One snapshot request for `codes` (the broker takes up to 400 per request), cached.
-    Raises RateLimited or BrokerUnavailable."""
-    fresh = broker.broker_quotes(codes=codes)
+    """One snapshot request for `codes` (the broker takes up to 400 per request), cached; a
+    code the broker has no price for is cached as such. OpenD refuses a whole snapshot
+    request when one of its codes is unknown or lacks quote rights (NoQuote), so a refused
+    batch is asked again one code a request: one bad code costs only its own price, never
+    the others'. Raises RateLimited or BrokerUnavailable."""
+    try:
+        fresh = broker.broker_quotes(codes=codes)
+    except NoQuote as exc:
+        fresh = {}
+        if len(codes) > 1:
+            logger.warning("snapshot of %s refused (%s): asking one code a request", codes, exc)
+            for code in codes:
+                try:
+                    fresh.update(broker.broker_quotes(codes=[code]))
+                except NoQuote:
+                    continue
     now = time.time()
     out = {code: CachedQuote(quote, now) for code, quote in fresh.items()}
     for code in codes:

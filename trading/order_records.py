@@ -211,11 +211,17 @@ def broker_order_submit(
     try:
         # An earlier attempt may have reached Futu, and its order may have finished at once:
         # then it is in the history only. Without an earlier attempt the open list suffices.
-        found = broker.find_by_remark(
-            client_id,
-            code=code,
-            since=record.first_attempt_at if earlier_attempts else None,
-        )
+        # A read never rejects anything: an error text it cannot place means "outcome
+        # unknown" (retry), or an order an earlier attempt placed would be taken for
+        # refused and its cycle allocated with nothing filled, then placed again.
+        try:
+            found = broker.find_by_remark(
+                client_id,
+                code=code,
+                since=record.first_attempt_at if earlier_attempts else None,
+            )
+        except BrokerRejected as exc:
+            raise BrokerUnavailable(f"look-up of {client_id} before placing: {exc}") from exc
         if found is not None:
             logger.info(
                 "client id %s is already broker order %s (%s): adopting it",
@@ -228,7 +234,10 @@ def broker_order_submit(
                 client_id, found, None, None
             )
         if side == Side.BUY and settings.TRADING_CHECK_BUYING_POWER:
-            _check_buying_power(client_id=client_id, code=code, qty=qty, price=limit_price)
+            try:
+                _check_buying_power(client_id=client_id, code=code, qty=qty, price=limit_price)
+            except BrokerRejected as exc:
+                raise BrokerUnavailable(f"buying power of the account: {exc}") from exc
         placed = _place(
             client_id=client_id,
             code=code,

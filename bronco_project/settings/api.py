@@ -1,6 +1,8 @@
 """Public API settings (the `api` app: /api/v1/ and the /track/ status page). Star-imported at
 the end of base.py; every value comes from the environment."""
 
+from corsheaders.defaults import default_headers
+
 from bronco_project.settings.env import env_float, env_int, env_list, env_str
 
 # Rate limit per client IP, shared by every web process through Redis (fixed window): at most
@@ -33,3 +35,6 @@ CORS_ALLOWED_ORIGINS = env_list("API_CORS_ALLOWED_ORIGINS", "")
 CORS_URLS_REGEX = r"^/api/.*$"
 CORS_ALLOW_METHODS = ("GET", "HEAD", "OPTIONS")
 CORS_EXPOSE_HEADERS = ("ETag", "Retry-After")
+# A wallet polling cheaply sends If-None-Match itself: a cross-origin request with it needs
+# the header allowed in the preflight.
+CORS_ALLOW_HEADERS = (*default_headers, "if-none-match")

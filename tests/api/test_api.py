@@ -339,9 +339,25 @@ def test_cors_allows_the_configured_origins_only(client, settings):
     )
     assert pre.status_code == 200
     assert pre["Access-Control-Allow-Origin"] == "https://wallet.example"
+    # A wallet on another origin sends If-None-Match itself (cheap polling).
+    assert "if-none-match" in pre["Access-Control-Allow-Headers"]
     assert "Access-Control-Allow-Origin" not in client.get(
         "/health", HTTP_ORIGIN="https://wallet.example"
     )
+
+
+def test_static_files_are_served_with_debug_off(client, settings):
+    """The status page's script, the API docs' bundle and the admin's CSS come from the web
+    process itself (WhiteNoise), so /track/ and /api/v1/docs work with DEBUG off."""
+    settings.DEBUG = False
+    for path in (
+        "/static/api/track.js",
+        "/static/ninja/swagger-ui-bundle.js",
+        "/static/admin/css/base.css",
+    ):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        b"".join(response.streaming_content if response.streaming else [response.content])
 
 
 def test_symbols_list_every_symbol_with_its_quote_and_token(client, aapl, settings):

@@ -178,3 +178,16 @@ def test_quote_and_symbols_read_the_simulator_through_the_sdk(stack, settings):
     assert Decimal(quote["estimated_shares"]) == Decimal("9.99000999")
     symbols = client.get("/api/v1/symbols").json()["symbols"]
     assert symbols[0]["lot_size"] == 1 and symbols[0]["token_address"]
+
+
+def test_one_code_the_broker_refuses_costs_only_its_own_quote(stack, settings):
+    """OpenD refuses a whole snapshot request for one unknown code ("Unknown stock"): the
+    other symbols still get their quote and the list still answers (no 500)."""
+    settings.BRONCO_SYMBOLS = {"AAPL": "US.AAPL", "BOGUS": "US.ZZZZNOPE"}
+    client = Client()
+    quote = client.get("/api/v1/quote", {"symbol": "AAPL", "usdt": "1000"})
+    assert quote.status_code == 200 and Decimal(quote.json()["price"]) == Decimal("100")
+    symbols = {s["symbol"]: s for s in client.get("/api/v1/symbols").json()["symbols"]}
+    assert symbols["AAPL"]["last_quote"] is not None and symbols["BOGUS"]["last_quote"] is None
+    bogus = client.get("/api/v1/quote", {"symbol": "BOGUS", "usdt": "1000"})
+    assert bogus.status_code == 503 and "ZZZZNOPE" in bogus.json()["detail"]

@@ -49,10 +49,24 @@ def test_every_simulator_message_is_classified_in_both_languages(key, language):
         "Not connected",
         "网络连接断开",
         "请求超时",
+        "网络错误",
+        "网络中断",
+        "连接中断",
+        "系统繁忙，请稍后再试",
+        "Network error",
+        "Send fail",
+        "PacketErr.Invalid",  # the SDK's: an answer that would not parse
     ],
 )
 def test_disconnects_and_timeouts_are_never_rejections(text):
     assert type(classify_error(text)) is BrokerUnavailable
+
+
+def test_an_order_level_lock_is_a_rejection_not_a_session_fault():
+    """Only the trading session's lock re-unlocks; a position that is locked is the order's
+    own refusal (retrying the unlock forever would never place it)."""
+    assert type(classify_error("持仓锁定，无法卖出")) is BrokerRejected
+    assert type(classify_error("交易已锁定")) is BrokerSessionFault
 
 
 @pytest.mark.broker

@@ -71,8 +71,10 @@ FUTU_STATUS_MAP: Mapping[str, BrokerStatus] = {
 _RATE_LIMITED = re.compile(r"frequen|频繁|频率|限频|too many requests", re.IGNORECASE)
 _DISCONNECTED = re.compile(
     r"connection lost|not connected|connection closed|disconnect|timeout|time out|timed out|"
-    r"context status bad|sendfail|connect fail|"
-    r"连接断开|断开连接|未连接|连接失败|连接已关闭|网络异常|超时",
+    r"context status bad|send ?fail|connect fail|network (error|failure)|"
+    r"packet ?err|invalid packet|system busy|"
+    r"连接断开|断开连接|未连接|连接失败|连接已关闭|连接中断|网络异常|网络错误|网络中断|超时|"
+    r"系统繁忙",
     re.IGNORECASE,
 )
 _UNLOCK_FAILED = re.compile(
@@ -82,7 +84,7 @@ _UNLOCK_FAILED = re.compile(
 )
 _LOCKED = re.compile(
     r"trade is locked|not unlocked|unlock trade first|please unlock|"
-    r"未解锁|请先解锁|交易已锁定|锁定",
+    r"未解锁|请先解锁|交易已锁定|交易锁定",
     re.IGNORECASE,
 )
 _BUYING_POWER = re.compile(
