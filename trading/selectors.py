@@ -65,9 +65,9 @@ def broker_positions() -> list[Position]:
 
 def broker_order_fees(*, client_ids: list[str]) -> dict[str, Decimal]:
     """The broker's own fee (market currency) per client id, as recorded from Futu's
-    `order_fee_query` once each order was final; a client id without a recorded fee is
-    asked of the broker (one request of the `order_fee` budget each) and left out when the
-    broker cannot say. Reads only."""
+    `order_fee_query` once each order was final; the client ids without a recorded fee are
+    asked of the broker in one request (the query takes many order ids; 10 requests per
+    30 s) and left out when the broker cannot say. Reads only."""
     from trading.models import BrokerOrderRecord
 
     records = {
@@ -76,15 +76,15 @@ def broker_order_fees(*, client_ids: list[str]) -> dict[str, Decimal]:
             broker_order_id=""
         )
     }
-    fees: dict[str, Decimal] = {}
-    for client_id, record in records.items():
-        if record.fee is not None:
-            fees[client_id] = record.fee
-            continue
-        try:
-            fee = get_broker().order_fee(broker_order_id=record.broker_order_id)
-        except (RateLimited, BrokerUnavailable):
-            continue
-        if fee is not None:
-            fees[client_id] = fee.total
+    fees = {cid: r.fee for cid, r in records.items() if r.fee is not None}
+    missing = {r.broker_order_id: cid for cid, r in records.items() if r.fee is None}
+    if not missing:
+        return fees
+    try:
+        read = get_broker().order_fees(broker_order_ids=list(missing))
+    except (RateLimited, BrokerUnavailable):
+        return fees
+    for broker_order_id, found in read.items():
+        if broker_order_id in missing and found is not None:
+            fees[missing[broker_order_id]] = found.total
     return fees
