@@ -449,7 +449,10 @@ def _renew_loop(cache_key: tuple[int, str]) -> None:
         lease = _leases.get(cache_key)
         if lease is None or not lease.ttl:
             return  # logged out (a new login starts its own renewer)
-        time.sleep(max(0.5, min(lease.ttl * settings.VAULT_RENEW_FRACTION / 2, 60.0)))
+        # At most a second at a time: the lease it follows may be replaced meanwhile (a new
+        # login with a shorter TTL) and must not wait out the old one's period. A check that
+        # is not due costs nothing (no request).
+        time.sleep(max(0.5, min(lease.ttl * settings.VAULT_RENEW_FRACTION / 2, 1.0)))
         try:
             _renew_if_due(cache_key)
         except Exception as exc:  # noqa: BLE001 - a thread must not die on one bad renewal

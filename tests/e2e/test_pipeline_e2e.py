@@ -108,7 +108,12 @@ def test_worker_killed_between_broker_accept_and_db_save_settles_once(
     order = wait_until(
         lambda: _order_for_deposit(stack.contracts, deposit_id), timeout=30, what="the order"
     )
-    wait_until(marker.exists, timeout=30, what="the worker to crash after placing")
+    # The marker is created, then written: wait for its two words, not only for the file.
+    wait_until(
+        lambda: marker.exists() and len(marker.read_text().split()) == 2,
+        timeout=30,
+        what="the worker to crash after placing",
+    )
     client_id, broker_id = marker.read_text().split()
     (at_broker,) = stack.sim.orders(remark=client_id)
     assert at_broker["status"] == ("FILLED_ALL" if fill_mode == "full" else "FAILED")
