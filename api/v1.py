@@ -170,6 +170,26 @@ def _token_addresses() -> dict[str, str]:
     return out
 
 
+# (market, sessions) -> (when computed, next session open): the calendar walk costs
+# milliseconds, and its answer holds until that instant passes (no session begins before it).
+_NEXT_OPENS: dict[tuple[str, frozenset[str]], tuple[datetime, datetime | None]] = {}
+_NO_SESSION_RECHECK = timedelta(minutes=1)
+
+
+def _next_session_open(market: str, now: datetime) -> datetime | None:
+    """`market_calendar.next_session_open` for the sessions Bronco trades, kept while it is
+    still ahead of `now` (a minute when there is none within two weeks)."""
+    sessions = market_calendar.sessions_traded(market)
+    kept = _NEXT_OPENS.get((market, sessions))
+    if kept is not None:
+        at, opens = kept
+        if at <= now and (now < opens if opens else now - at < _NO_SESSION_RECHECK):
+            return opens
+    opens = market_calendar.next_session_open(market, sessions, now)
+    _NEXT_OPENS[(market, sessions)] = (now, opens)
+    return opens
+
+
 @api.get("/symbols", response={200: SymbolsOut, 429: Problem}, summary="Listed symbols")
 def symbols(request: HttpRequest):
     """Every listed symbol: Futu code, market, token address, whether it can trade now, lot,
@@ -182,9 +202,7 @@ def symbols(request: HttpRequest):
     cached = quotes.cached_quotes(list(codes.values()))
     now = datetime.now(UTC)
     opens = {
-        market: market_calendar.next_session_open(
-            market, market_calendar.sessions_traded(market), now
-        )
+        market: _next_session_open(market, now)
         for market in {pricing.market_of(code) for code in codes.values()}
     }
     out = []

@@ -221,18 +221,7 @@ def run_batch_phase(
     settings.FUTU_RATE_WINDOW_SECONDS = 30.0
     reset_broker()
     stack = DevStack(
-        StackConfig(
-            var_dir=var_dir,
-            web_port=ports["web"],
-            flower_port=ports["flower"],
-            anvil_port=ports["anvil"],
-            opend_port=ports["opend"],
-            opend_control_port=ports["control"],
-            vault_port=ports["vault"],
-            rate_window=30.0,
-            deadline=deadline,
-            fresh=True,
-        ),
+        StackConfig.on_ports(ports, var_dir=var_dir, rate_window=30.0, deadline=deadline),
         out=lambda line: None,
     )
     redeem_rate = rate / 10

@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.chdir(REPO)
 
-from devtools.processes import free_port, spawn, stop_group  # noqa: E402
+from devtools.processes import free_port, spawn, stack_environment, stop_group  # noqa: E402
 
 DB_NAME = "bronco_bench_chaos"
 # The chain faults early, while users still send (a reorg then has transactions to replace).
@@ -135,22 +135,10 @@ class OwnRedis:
 
 
 def _configure(redis_url: str) -> dict[str, int]:
-    ports = {name: free_port() for name in ("web", "flower", "anvil", "opend", "control", "vault")}
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bronco")
-    os.environ.update(
-        {
-            "BRONCO_ENV": "local",
-            "DJANGO_SETTINGS_MODULE": "bronco_project.settings.local",
-            "DATABASE_URL": base.rsplit("/", 1)[0] + f"/{DB_NAME}",
-            "REDIS_URL": redis_url,
-            "CELERY_BROKER_URL": os.environ.get("CHAOS_CELERY_BROKER_URL", redis_url),
-            "CHAIN_RPC_URL": f"http://127.0.0.1:{ports['anvil']}",
-            "CHAIN_WS_URL": f"ws://127.0.0.1:{ports['anvil']}",
-            "FUTU_OPEND_PORT": str(ports["opend"]),
-            "LOG_LEVEL": "WARNING",
-        }
+    broker = os.environ.get("CHAOS_CELERY_BROKER_URL", redis_url)
+    return stack_environment(
+        db_name=DB_NAME, redis_url=redis_url, extra={"CELERY_BROKER_URL": broker}
     )
-    return ports
 
 
 # --- faults ------------------------------------------------------------------------------
@@ -445,17 +433,8 @@ def main() -> int:
         print(line, flush=True)
 
     stack = DevStack(
-        StackConfig(
-            var_dir=var,
-            web_port=ports["web"],
-            flower_port=ports["flower"],
-            anvil_port=ports["anvil"],
-            opend_port=ports["opend"],
-            opend_control_port=ports["control"],
-            vault_port=ports["vault"],
-            rate_window=args.rate_window,
-            deadline=args.deadline,
-            fresh=True,
+        StackConfig.on_ports(
+            ports, var_dir=var, rate_window=args.rate_window, deadline=args.deadline
         ),
         out=lambda line: say(line) if line.startswith("supervisor") else None,
         # Faults are deliberate: more of them than `make run` would take as a loop.

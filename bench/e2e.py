@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.chdir(REPO)
 
-from devtools.processes import free_port  # noqa: E402  (after the path is set)
+from devtools.processes import stack_environment  # noqa: E402  (after the path is set)
 
 # Its own database (dropped and re-created) and Redis database; BENCH_DB / BENCH_REDIS_DB
 # move them (a developer running beside others uses their own).
@@ -52,23 +52,14 @@ DEADLINE = 300
 def _configure() -> dict[str, int]:
     """Ports and environment before Django reads its settings: this process reads the
     chain, the database and the broker the children use."""
-    ports = {name: free_port() for name in ("web", "flower", "anvil", "opend", "control", "vault")}
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bronco")
-    os.environ.update(
-        {
-            "BRONCO_ENV": "local",
-            "DJANGO_SETTINGS_MODULE": "bronco_project.settings.local",
-            "DATABASE_URL": base.rsplit("/", 1)[0] + f"/{DB_NAME}",
-            "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-            "CHAIN_RPC_URL": f"http://127.0.0.1:{ports['anvil']}",
-            "CHAIN_WS_URL": f"ws://127.0.0.1:{ports['anvil']}",
-            "FUTU_OPEND_PORT": str(ports["opend"]),
+    return stack_environment(
+        db_name=DB_NAME,
+        redis_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
+        extra={
             "ORDER_DEADLINE_SECONDS": str(DEADLINE),
-            "LOG_LEVEL": "WARNING",
             "BRONCO_ANVIL_ARGS": os.environ.get("BRONCO_ANVIL_ARGS", ANVIL_ARGS),
-        }
+        },
     )
-    return ports
 
 
 def _phase(spec: str) -> tuple[float, float, int]:
@@ -88,17 +79,8 @@ def run_phase(ports: dict[str, int], *, window: float, rate: float, deposits: in
     settings.FUTU_RATE_WINDOW_SECONDS = window
     reset_broker()
     stack = DevStack(
-        StackConfig(
-            var_dir=REPO / "var" / "bench-e2e",
-            web_port=ports["web"],
-            flower_port=ports["flower"],
-            anvil_port=ports["anvil"],
-            opend_port=ports["opend"],
-            opend_control_port=ports["control"],
-            vault_port=ports["vault"],
-            rate_window=window,
-            deadline=DEADLINE,
-            fresh=True,
+        StackConfig.on_ports(
+            ports, var_dir=REPO / "var" / "bench-e2e", rate_window=window, deadline=DEADLINE
         ),
         out=lambda line: None,
     )

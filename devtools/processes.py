@@ -258,6 +258,32 @@ _CHILD_PORTS = range(20000, 32000)
 _random = random.Random()
 
 
+STACK_PORT_NAMES = ("web", "flower", "anvil", "opend", "control", "vault")
+
+
+def stack_environment(*, db_name: str, redis_url: str, extra: dict[str, str] | None = None):
+    """Free ports for a whole stack (one per name in STACK_PORT_NAMES) and the environment
+    a benchmark's own stack needs, set in this process before Django reads its settings:
+    its own database `db_name` (beside DATABASE_URL's), `redis_url`, the chain and OpenD on
+    those ports, `extra` on top. Returns {name: port}."""
+    ports = {name: free_port() for name in STACK_PORT_NAMES}
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bronco")
+    os.environ.update(
+        {
+            "BRONCO_ENV": "local",
+            "DJANGO_SETTINGS_MODULE": "bronco_project.settings.local",
+            "DATABASE_URL": base.rsplit("/", 1)[0] + f"/{db_name}",
+            "REDIS_URL": redis_url,
+            "CHAIN_RPC_URL": f"http://127.0.0.1:{ports['anvil']}",
+            "CHAIN_WS_URL": f"ws://127.0.0.1:{ports['anvil']}",
+            "FUTU_OPEND_PORT": str(ports["opend"]),
+            "LOG_LEVEL": "WARNING",
+            **(extra or {}),
+        }
+    )
+    return ports
+
+
 def free_port(preferred: int = 0) -> int:
     """`preferred` when it is free (or, when it is 0, a free port for a child to bind);
     raises PortTaken when it is taken."""

@@ -73,6 +73,20 @@ class StackConfig:
     fresh: bool = False
     admin_user: str = "admin"
 
+    @classmethod
+    def on_ports(cls, ports: dict[str, int], **options) -> StackConfig:
+        """A fresh stack on the ports of `devtools.processes.stack_environment`."""
+        return cls(
+            web_port=ports["web"],
+            flower_port=ports["flower"],
+            anvil_port=ports["anvil"],
+            opend_port=ports["opend"],
+            opend_control_port=ports["control"],
+            vault_port=ports["vault"],
+            fresh=True,
+            **options,
+        )
+
 
 @dataclass
 class StackInfo:

@@ -45,6 +45,7 @@ from django.utils import timezone
 from core.alerts import AlertSeverity, alert_raise
 from trading.broker import (
     FINAL_STATUSES,
+    Broker,
     BrokerOrder,
     BrokerStatus,
     Deal,
@@ -62,6 +63,7 @@ from trading.exceptions import (
 )
 from trading.models import BrokerFillCorrection, BrokerOrderRecord
 from trading.pricing import currency_of
+from trading.selectors import broker_order_fees_read
 from trading.session import get_broker
 
 logger = logging.getLogger(__name__)
@@ -381,15 +383,7 @@ def broker_order_sync(*, client_id: str, fee: bool = True) -> BrokerOrderState |
         # its final status is known from a push or an earlier sync, and only its fills may
         # still change (the deals): no history request. Only an order that finished unseen
         # costs one of the history's 10 per 30 s.
-        order = broker.query_order(
-            broker_order_id=record.broker_order_id, code=record.code, include_history=False
-        )
-        if order is None and record.status in _FINAL:
-            order = _order_from_record(record)
-        elif order is None:
-            order = broker.query_order(
-                broker_order_id=record.broker_order_id, code=record.code, since=since
-            )
+        order = _broker_view(broker, record, since=since)
         if order is None:
             return None
         if deals:
@@ -402,6 +396,25 @@ def broker_order_sync(*, client_id: str, fee: bool = True) -> BrokerOrderState |
 
 
 _FINAL = frozenset(str(status) for status in FINAL_STATUSES)
+
+
+def _broker_view(
+    broker: Broker, record: BrokerOrderRecord, *, since: datetime
+) -> BrokerOrder | None:
+    """The broker's order behind `record`, at the least cost: the open list (OpenD's cache,
+    free) while it works; once it left, its final status as a push or an earlier look
+    recorded it; only an order that finished unseen costs a history request (10 per 30 s,
+    around `since`). None when the broker has no such order."""
+    order = broker.query_order(
+        broker_order_id=record.broker_order_id, code=record.code, include_history=False
+    )
+    if order is None and record.status in _FINAL:
+        return _order_from_record(record)
+    if order is None:
+        return broker.query_order(
+            broker_order_id=record.broker_order_id, code=record.code, since=since
+        )
+    return order
 
 
 def _order_from_record(record: BrokerOrderRecord) -> BrokerOrder:
@@ -463,22 +476,9 @@ def broker_order_fees_record(*, client_ids: list[str]) -> dict[str, Decimal]:
     recorded ones as they are, the others read in one `order_fee_query` request and
     recorded. Client ids whose fee the broker cannot tell now (over the budget, unknown)
     are left out. Off any order's critical path: the users' prices never depend on it."""
-    records = list(
-        BrokerOrderRecord.objects.filter(client_id__in=client_ids).exclude(broker_order_id="")
-    )
-    fees = {r.client_id: r.fee for r in records if r.fee is not None}
-    missing = [r for r in records if r.fee is None and r.final_at is not None]
-    if not missing:
-        return fees
-    try:
-        read = get_broker().order_fees(broker_order_ids=[r.broker_order_id for r in missing])
-    except (RateLimited, BrokerUnavailable) as exc:
-        logger.info("fees of %d orders not read yet: %s", len(missing), exc)
-        return fees
-    for record in missing:
-        found = read.get(record.broker_order_id)
-        if found is None:
-            continue
+    records = BrokerOrderRecord.objects.filter(client_id__in=client_ids).exclude(broker_order_id="")
+    fees, read = broker_order_fees_read(records=list(records), final_only=True)
+    for record, found in read:
         details = [[name, str(amount)] for name, amount in found.items]
         BrokerOrderRecord.objects.filter(pk=record.pk, fee__isnull=True).update(
             fee=found.total, fee_details=details, updated_at=timezone.now()
@@ -543,10 +543,7 @@ def broker_order_cancel(*, client_id: str) -> BrokerOrderState | None:
     if record is None or not record.broker_order_id:
         return None
     broker = get_broker()
-    since = record.placed_at or record.created_at
-    order = broker.query_order(
-        broker_order_id=record.broker_order_id, code=record.code, since=since
-    )
+    order = _broker_view(broker, record, since=record.placed_at or record.created_at)
     if order is None:
         return None
     if order.is_final:

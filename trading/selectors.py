@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from trading.broker import BrokerOrder, Funds, Position, Quote
+from trading.broker import BrokerOrder, Funds, OrderFee, Position, Quote
 from trading.exceptions import BrokerUnavailable, NoQuote, RateLimited
 from trading.session import get_broker
+
+if TYPE_CHECKING:
+    from trading.models import BrokerOrderRecord
+
+logger = logging.getLogger(__name__)
 
 
 def broker_quote(*, code: str) -> Quote:
@@ -70,16 +77,32 @@ def broker_order_fees(*, client_ids: list[str]) -> dict[str, Decimal]:
     30 s) and left out when the broker cannot say. Reads only."""
     from trading.models import BrokerOrderRecord
 
-    records = {
-        r.client_id: r
-        for r in BrokerOrderRecord.objects.filter(client_id__in=client_ids).exclude(
-            broker_order_id=""
-        )
-    }
-    fees = {cid: r.fee for cid, r in records.items() if r.fee is not None}
-    missing = {r.broker_order_id: cid for cid, r in records.items() if r.fee is None}
+    records = BrokerOrderRecord.objects.filter(client_id__in=client_ids).exclude(broker_order_id="")
+    fees, read = broker_order_fees_read(records=list(records), final_only=False)
+    for record, found in read:
+        fees[record.client_id] = found.total
+    return fees
+
+
+def broker_order_fees_read(
+    *, records: list[BrokerOrderRecord], final_only: bool
+) -> tuple[dict[str, Decimal], list[tuple[BrokerOrderRecord, OrderFee]]]:
+    """Split `records` into the fees already recorded (client id -> fee, market currency)
+    and the ones read now from Futu in one `order_fee_query` request (10 per 30 s), as
+    (record, itemised fee) pairs; with `final_only`, only orders that are final are asked.
+    Orders the broker cannot tell about now (over the budget, unreachable, unknown) are in
+    neither. Writes nothing."""
+    fees = {r.client_id: r.fee for r in records if r.fee is not None}
+    missing = [r for r in records if r.fee is None and (r.final_at is not None or not final_only)]
     if not missing:
-        return fees
+        return fees, []
+    try:
+        read = get_broker().order_fees(broker_order_ids=[r.broker_order_id for r in missing])
+    except (RateLimited, BrokerUnavailable) as exc:
+        logger.info("fees of %d orders not read yet: %s", len(missing), exc)
+        return fees, []
+    found = [(r, read[r.broker_order_id]) for r in missing if read.get(r.broker_order_id)]
+    return fees, found
     try:
         read = get_broker().order_fees(broker_order_ids=list(missing))
     except (RateLimited, BrokerUnavailable):

@@ -452,3 +452,19 @@ def test_any_order_input_is_answered_without_a_500(
         client.get(f"/api/v1/orders/by-tx/{quote_path(vault_id)}"),
     ):
         assert r.status_code in (200, 400, 404), (r.status_code, r.content)
+
+
+@pytest.mark.parametrize("market", ["US", "HK"])
+def test_next_session_open_is_kept_only_while_it_is_ahead(market):
+    from api import v1
+    from trading import market_calendar
+
+    sessions = market_calendar.sessions_traded(market)
+    v1._NEXT_OPENS.clear()
+    start = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)  # a Friday: a weekend lies ahead
+    moments = [start + timedelta(minutes=37 * i) for i in range(300)]  # about a week
+    first = v1._next_session_open(market, start)
+    moments += [first - timedelta(seconds=1), first, first + timedelta(seconds=1), start]
+    for now in moments:
+        expected = market_calendar.next_session_open(market, sessions, now)
+        assert v1._next_session_open(market, now) == expected, now

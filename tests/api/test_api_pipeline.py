@@ -13,9 +13,14 @@ from django.utils import timezone
 from chain import selectors as chain_selectors
 from chain.client import chain_client
 from core.money import TOKEN_UNIT, USDT_UNIT
-from orders.models import Cycle, CycleStatus, Order, OrderStatus
-from orders.services import order_request_cancel
-from tests.fixtures.pipeline import chain_deposit, chain_redeem, drive, fast_pipeline
+from orders.models import Cycle, Order, OrderStatus
+from tests.fixtures.pipeline import (
+    cancel_in_a_placed_cycle,
+    chain_deposit,
+    chain_redeem,
+    drive,
+    fast_pipeline,
+)
 
 pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
@@ -127,19 +132,9 @@ def test_a_canceled_deposit_reads_canceled(stack, chain_user):
     contracts, sim = stack
     sim.set_security(code="US.AAPL", fill_mode="none")
     user = chain_user(5)
-    order = chain_deposit(user, contracts, "AAPL", 300 * USDT_UNIT)
-    drive(
-        order.pk,
-        until=lambda: Cycle.objects.filter(symbol="AAPL", status=CycleStatus.PLACED).exists(),
+    order = cancel_in_a_placed_cycle(
+        user, contracts, chain_deposit(user, contracts, "AAPL", 300 * USDT_UNIT)
     )
-    cancel = user.request_cancel(int(order.onchain_id))
-    order_request_cancel(
-        chain_id=contracts.chain_id,
-        deposit_id=int(order.onchain_id),
-        tx_hash=cancel.tx_hash,
-        actor="test",
-    )
-    order = drive(order.pk)
 
     body = _read(order)
     assert body["status"] == "CANCELED"

@@ -18,8 +18,13 @@ from core.models import AuditLog
 from core.money import TOKEN_UNIT, USDT_UNIT
 from orders import pipeline
 from orders.models import Cycle, CycleStatus, HouseInventory, Order, OrderStatus
-from orders.services import order_request_cancel
-from tests.fixtures.pipeline import chain_deposit, chain_redeem, drive, fast_pipeline
+from tests.fixtures.pipeline import (
+    cancel_in_a_placed_cycle,
+    chain_deposit,
+    chain_redeem,
+    drive,
+    fast_pipeline,
+)
 
 pytestmark = [pytest.mark.chain, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
@@ -139,19 +144,7 @@ def test_cancel_while_in_a_cycle_refunds_what_did_not_fill(stack, chain_user):
     usdt_before, tokens_before = _balances(user)
     order = _deposit(user, contracts, "AAPL", 300 * USDT_UNIT)
     # In a cycle whose broker order works at the broker, then the user cancels on chain.
-    drive(
-        order.pk,
-        until=lambda: Cycle.objects.filter(symbol="AAPL", status=CycleStatus.PLACED).exists(),
-    )
-    cancel = user.request_cancel(int(order.onchain_id))
-    order_request_cancel(
-        chain_id=contracts.chain_id,
-        deposit_id=int(order.onchain_id),
-        tx_hash=cancel.tx_hash,
-        actor="test",
-    )
-
-    order = drive(order.pk)
+    order = cancel_in_a_placed_cycle(user, contracts, order)
 
     assert order.status == OrderStatus.CANCELED
     assert order.tokens_minted == 0

@@ -130,6 +130,18 @@ def test_a_cancel_that_does_not_take_is_sent_again_then_alerts(broker_settings, 
     assert services.broker_order_cancel(client_id="rec-cx").status == BrokerStatus.CANCELLED
 
 
+def test_cancelling_an_order_known_final_reads_no_history(broker_settings):
+    # As in the sync: an order that left the open list with its final status recorded (a
+    # push or an earlier look) costs none of the history's 10 requests per 30 s.
+    state = _submit("rec-cx-done", qty="3")
+    assert state.status == BrokerStatus.FILLED
+    before = broker_settings.rate_stats(kind="history_order_list")["requests"]
+    for _ in range(3):
+        assert services.broker_order_cancel(client_id="rec-cx-done").status == BrokerStatus.FILLED
+    assert broker_settings.rate_stats(kind="history_order_list")["requests"] == before
+    assert broker_settings.rate_stats(kind="modify")["requests"] == 0
+
+
 def test_a_disabled_order_is_cancelled_explicitly(broker_settings):
     broker_settings.set_security(code="US.AAPL", fill_mode="none")
     state = _submit("rec-dis")

@@ -55,30 +55,28 @@ logger = logging.getLogger(__name__)
 _SIDES = {BrokerSide.BUY: TrdSide.BUY, BrokerSide.SELL: TrdSide.SELL}
 
 
-class _OrderPushHandler(TradeOrderHandlerBase):
+class _RowsPush:
+    """A Futu push handler that hands each row of a successful push to `on_row`; mixed in
+    before the SDK's handler base so that the base decodes the push."""
+
     def __init__(self, on_row: Callable[[dict[str, Any]], None]) -> None:
         super().__init__()
         self._on_row = on_row
 
     def on_recv_rsp(self, rsp_pb: Any) -> tuple[int, Any]:
-        ret, data = super().on_recv_rsp(rsp_pb)
+        ret, data = super().on_recv_rsp(rsp_pb)  # type: ignore[misc]
         if ret == RET_OK:
             for row in data.to_dict("records"):
                 self._on_row(row)
         return ret, data
 
 
-class _DealPushHandler(TradeDealHandlerBase):
-    def __init__(self, on_row: Callable[[dict[str, Any]], None]) -> None:
-        super().__init__()
-        self._on_row = on_row
+class _OrderPushHandler(_RowsPush, TradeOrderHandlerBase):
+    pass
 
-    def on_recv_rsp(self, rsp_pb: Any) -> tuple[int, Any]:
-        ret, data = super().on_recv_rsp(rsp_pb)
-        if ret == RET_OK:
-            for row in data.to_dict("records"):
-                self._on_row(row)
-        return ret, data
+
+class _DealPushHandler(_RowsPush, TradeDealHandlerBase):
+    pass
 
 
 def _futu_time(moment: datetime) -> str:
