@@ -89,9 +89,17 @@ def _fetch(client: redis.Redis, codes: list[str]) -> dict[str, CachedQuote]:
     code the broker has no price for is cached as such. OpenD refuses a whole snapshot
     request when one of its codes is unknown or lacks quote rights (NoQuote), so a refused
     batch is asked again one code a request: one bad code costs only its own price, never
-    the others'. Raises RateLimited or BrokerUnavailable."""
+    the others'. A broker that did not answer is remembered for API_BROKER_DOWN_SECONDS
+    (in Redis, for every web process): until then it is not asked. Raises RateLimited or
+    BrokerUnavailable."""
+    down_for = _broker_down_for(client)
+    if down_for:
+        raise BrokerUnavailable(f"the broker did not answer; asked again in {down_for:.1f} s")
     try:
         fresh = broker.broker_quotes(codes=codes)
+    except BrokerUnavailable:
+        _broker_down_put(client)
+        raise
     except NoQuote as exc:
         fresh = {}
         if len(codes) > 1:
@@ -127,10 +135,34 @@ def cached_quote(code: str) -> CachedQuote:
             "the broker's quote budget is spent", retry_after=exc.retry_after
         ) from exc
     except BrokerUnavailable as exc:
-        raise QuoteUnavailable("the broker does not answer now") from exc
+        retry = _broker_down_for(client) or settings.API_BROKER_DOWN_SECONDS
+        raise QuoteUnavailable("the broker does not answer now", retry_after=retry) from exc
     if code not in fetched:
         raise QuoteUnavailable(f"the broker has no price for {code} now")
     return fetched[code]
+
+
+def _broker_down_key() -> str:
+    return f"{settings.API_QUOTE_KEY_PREFIX}:broker-down"
+
+
+def _broker_down_for(client: redis.Redis) -> float:
+    """Seconds the broker is still taken as down (0: ask it)."""
+    try:
+        ttl_ms = client.pttl(_broker_down_key())
+    except redis.RedisError as exc:
+        logger.warning("broker-down mark not read (Redis: %s)", exc)
+        return 0.0
+    return ttl_ms / 1000 if ttl_ms and ttl_ms > 0 else 0.0
+
+
+def _broker_down_put(client: redis.Redis) -> None:
+    try:
+        client.set(
+            _broker_down_key(), b"1", px=max(1, int(settings.API_BROKER_DOWN_SECONDS * 1000))
+        )
+    except redis.RedisError as exc:
+        logger.warning("broker-down mark not written (Redis: %s)", exc)
 
 
 def _cache_put(client: redis.Redis, code: str, value: str | bytes) -> None:

@@ -108,7 +108,8 @@ def _symbol_code(symbol: str) -> str:
     code = settings.BRONCO_SYMBOLS.get(symbol.upper())
     if code is None:
         listed = ", ".join(sorted(settings.BRONCO_SYMBOLS))
-        raise ApiProblem(404, "unknown_symbol", f"{symbol!r} is not listed; listed: {listed}")
+        shown = symbol if len(symbol) <= 16 else symbol[:16] + "..."
+        raise ApiProblem(404, "unknown_symbol", f"{shown!r} is not listed; listed: {listed}")
     return code
 
 

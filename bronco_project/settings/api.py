@@ -22,6 +22,10 @@ API_CLIENT_IP_HEADER = env_str("API_CLIENT_IP_HEADER", "")
 # (Futu: 60 per 30 s); `quote` answers that the estimate holds this long.
 API_QUOTE_TTL_SECONDS = env_float("API_QUOTE_TTL_SECONDS", 5.0)
 API_QUOTE_KEY_PREFIX = env_str("API_QUOTE_KEY_PREFIX", "bronco:api-quote")
+# A broker that did not answer is not asked again by any web process for this many seconds
+# (each request would otherwise wait out its own connect timeout, 5 s against a silent
+# OpenD): quote reads answer 503 with Retry-After at once, the symbols list without quotes.
+API_BROKER_DOWN_SECONDS = env_float("API_BROKER_DOWN_SECONDS", 5.0)
 
 # Orders per page of `orders?address=` (a client may ask for fewer, never more).
 API_PAGE_SIZE = env_int("API_PAGE_SIZE", 20)

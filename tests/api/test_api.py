@@ -468,3 +468,44 @@ def test_next_session_open_is_kept_only_while_it_is_ahead(market):
     for now in moments:
         expected = market_calendar.next_session_open(market, sessions, now)
         assert v1._next_session_open(market, now) == expected, now
+
+
+def test_head_answers_as_get_without_a_body(client):
+    order, _ = _settled_deposit()
+    path = f"/api/v1/orders/deposit/{int(order.onchain_id)}"
+    get = client.get(path)
+    head = client.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head["Content-Type"] == get["Content-Type"]
+    assert head["ETag"] == get["ETag"]
+    assert int(head["Content-Length"]) == len(get.content)
+
+
+def test_a_method_an_endpoint_does_not_take_is_a_json_405(client, aapl):
+    r = client.post("/api/v1/symbols")
+    assert r.status_code == 405
+    assert r.json()["error"] == "method_not_allowed"
+    assert "GET" in r["Allow"] and "HEAD" in r["Allow"]
+
+
+def test_an_unknown_symbol_is_not_echoed_at_length(client):
+    r = client.get("/api/v1/quote", {"symbol": "X" * 5000, "usdt": "10"})
+    assert r.status_code == 404
+    assert len(r.json()["detail"]) < 300
+
+
+def test_a_broker_that_does_not_answer_is_not_asked_again_at_once(client, aapl, settings):
+    from trading.exceptions import BrokerUnavailable
+
+    settings.API_QUOTE_TTL_SECONDS = 0.001
+    settings.API_BROKER_DOWN_SECONDS = 30
+    aapl.fail_next("quotes", BrokerUnavailable("connect timeout"))
+    asked = len(aapl.calls_to("quotes"))
+    first = client.get("/api/v1/quote", {"symbol": "AAPL", "usdt": "10"})
+    second = client.get("/api/v1/quote", {"symbol": "AAPL", "usdt": "10"})
+    assert first.status_code == second.status_code == 503
+    assert int(second["Retry-After"]) > 5  # the remembered outage, not a default
+    assert len(aapl.calls_to("quotes")) == asked + 1  # the second never reached the broker
+    assert client.get("/api/v1/symbols").status_code == 200  # the list answers without quotes
+    assert len(aapl.calls_to("quotes")) == asked + 1

@@ -60,6 +60,44 @@ def test_an_address_shows_its_orders_and_their_stages_move_without_a_reload(
     shot(page, "track_address_executing")
 
 
+def test_an_address_pages_on_and_a_busy_api_keeps_what_is_shown(
+    page, live_server, fast_poll, settings
+):
+    settings.API_PAGE_SIZE = 5
+    for _ in range(12):
+        OrderFactory(user_address=ADDRESS)
+    page.goto(f"{live_server.url}/track/?q={ADDRESS}")
+    boxes = page.locator("section.order")
+    expect(boxes).to_have_count(5)
+    expect(page.locator("#message")).to_contain_text("more below")
+    page.click("#more")
+    expect(boxes).to_have_count(10)
+    page.click("#more")
+    expect(boxes).to_have_count(12)
+    expect(page.locator("#more")).to_be_hidden()
+    shot(page, "track_address_paged")
+
+    # Over the rate limit: a 429 with Retry-After; what is shown stays.
+    settings.API_RATE_LIMIT_REQUESTS = 1
+    settings.API_RATE_LIMIT_WINDOW_SECONDS = 2
+    expect(page.locator("#message")).to_contain_text("retrying in", timeout=10_000)
+    expect(boxes).to_have_count(12)
+    settings.API_RATE_LIMIT_REQUESTS = 0
+    expect(page.locator("#message")).to_contain_text("12 order(s)", timeout=10_000)
+
+    # A new query while the old one polls: one loop only (the old one stops).
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if "/api/v1/" in r.url else None)
+    other = "0x" + "5a" * 20
+    page.fill("#q", other)
+    page.click("button[type=submit]")
+    expect(page.locator("#message")).to_contain_text("0 order(s)")
+    page.wait_for_timeout(1500)
+    requests.clear()
+    page.wait_for_timeout(1500)
+    assert requests and all(other in url for url in requests), requests
+
+
 def test_a_transaction_hash_from_the_link_and_a_bad_input(page, live_server, fast_poll):
     order = OrderFactory(
         status=OrderStatus.EXECUTED,

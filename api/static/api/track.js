@@ -61,54 +61,110 @@
     }
   }
 
-  let etag = null;
+  // One query is shown at a time: `shown` counts them, and a poll of an older query stops
+  // at its next step (a new query never leaves two loops polling).
+  let shown = 0;
+  // Pages of an address shown: "Show more" adds one. Each page keeps its ETag and body, so
+  // a poll of an unchanged page is a 304 and the page keeps what it shows.
+  let pages = 1;
+  const etags = new Map();
+  const bodies = new Map();
+  const more = document.getElementById("more");
 
-  async function poll(url) {
+  function detailText(body) {
+    const d = body && body.detail;
+    return typeof d === "string" ? d : JSON.stringify(d);
+  }
+
+  async function poll(base, mine) {
+    let wait = pollMs;
     try {
-      const headers = { Accept: "application/json" };
-      if (etag) headers["If-None-Match"] = etag;
-      // The ETag is kept here, not in the HTTP cache: an unchanged answer is a 304 with no
-      // body, and the page keeps what it shows.
-      const response = await fetch(url, { headers, cache: "no-store" });
-      if (response.status === 304) {
-        updated.textContent = "Updated " + new Date().toLocaleTimeString() + " (no change)";
-        timer = setTimeout(() => poll(url), pollMs);
-        return;
+      const orders = [];
+      let url = base;
+      let next = null;
+      let changed = false;
+      for (let i = 0; i < pages && url; i++) {
+        const headers = { Accept: "application/json" };
+        if (etags.has(url)) headers["If-None-Match"] = etags.get(url);
+        const response = await fetch(url, { headers, cache: "no-store" });
+        if (mine !== shown) return;
+        let body;
+        if (response.status === 304 && bodies.has(url)) {
+          body = bodies.get(url);
+        } else {
+          body = await response.json();
+          if (mine !== shown) return;
+          if (response.status === 429 || response.status === 503) {
+            // Busy or the broker is away: keep what is shown and come back when told.
+            const after = Number(response.headers.get("Retry-After")) || pollMs / 1000;
+            wait = Math.max(pollMs, after * 1000);
+            message.textContent = detailText(body) + " — retrying in " + Math.ceil(wait / 1000) + " s";
+            message.className = "error";
+            timer = setTimeout(() => poll(base, mine), wait);
+            return;
+          }
+          if (!response.ok) {
+            message.textContent = detailText(body);
+            message.className = "error";
+            list.replaceChildren();
+            more.hidden = true;
+            etags.clear();
+            bodies.clear();
+            url = null;
+            orders.length = 0;
+            next = undefined;
+            break;
+          }
+          etags.set(url, response.headers.get("ETag"));
+          bodies.set(url, body);
+          changed = true;
+        }
+        orders.push(...body.orders);
+        next = body.next_cursor;
+        url = next ? base + "&cursor=" + encodeURIComponent(next) : null;
       }
-      etag = response.headers.get("ETag");
-      const body = await response.json();
-      if (!response.ok) {
-        message.textContent = body.detail && body.detail.length !== undefined && typeof body.detail !== "string"
-          ? JSON.stringify(body.detail) : body.detail;
-        message.className = "error";
-        list.replaceChildren();
-      } else {
-        message.textContent = body.orders.length + " order(s)";
+      if (next !== undefined) {
+        message.textContent = orders.length + " order(s)" + (next ? ", more below" : "");
         message.className = "";
-        render(body.orders);
+        more.hidden = !next;
+        if (changed) render(orders);
+        updated.textContent = "Updated " + new Date().toLocaleTimeString() + (changed ? "" : " (no change)");
       }
-      updated.textContent = "Updated " + new Date().toLocaleTimeString();
     } catch (err) {
+      if (mine !== shown) return;
       message.textContent = "Could not reach the API: " + err;
       message.className = "error";
     }
-    timer = setTimeout(() => poll(url), pollMs);
+    timer = setTimeout(() => poll(base, mine), wait);
   }
+
+  let current = null;
 
   function start(q) {
     clearTimeout(timer);
-    etag = null;
-    const url = urlFor(q.trim());
-    if (!url) {
+    shown += 1;
+    pages = 1;
+    etags.clear();
+    bodies.clear();
+    more.hidden = true;
+    current = urlFor(q.trim());
+    if (!current) {
       message.textContent = "Paste a transaction hash (0x + 64 hex digits) or an address (0x + 40 hex digits).";
       message.className = "error";
       list.replaceChildren();
       return;
     }
     history.replaceState(null, "", "?q=" + encodeURIComponent(q.trim()));
-    poll(url);
+    poll(current, shown);
   }
 
+  more.addEventListener("click", () => {
+    if (!current) return;
+    clearTimeout(timer);
+    shown += 1;
+    pages += 1;
+    poll(current, shown);
+  });
   form.addEventListener("submit", (event) => { event.preventDefault(); start(input.value); });
   if (input.value) start(input.value);
 })();
