@@ -192,18 +192,3 @@ def test_a_rabbitmq_broker_gets_durable_quorum_queues_and_publisher_confirms():
     assert {q.name for q in amqp["CELERY_TASK_QUEUES"]} == {"default", "chain", "broker"}
     redis_conf = celery_broker_settings("redis://127.0.0.1:6379/1", visibility_timeout=77)
     assert redis_conf["CELERY_BROKER_TRANSPORT_OPTIONS"] == {"visibility_timeout": 77}
-
-
-def test_on_rabbitmq_a_countdown_under_a_second_waits_one_second(monkeypatch):
-    """RabbitMQ's native delayed delivery counts whole seconds and refuses 0."""
-    sent = []
-    monkeypatch.setattr(
-        "celery.app.task.Task.apply_async",
-        lambda self, args=None, kwargs=None, **options: sent.append(options),
-    )
-    monkeypatch.setattr(app.conf, "broker_url", "amqp://u:p@127.0.0.1:5672/v")
-    ping.apply_async(args=["x"], countdown=0.3)
-    ping.apply_async(args=["x"], countdown=2.5)
-    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:6379/1")
-    ping.apply_async(args=["x"], countdown=0.3)
-    assert [o["countdown"] for o in sent] == [1, 2.5, 0.3]
