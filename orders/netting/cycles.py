@@ -102,14 +102,10 @@ def fee_schedule() -> FeeSchedule:
     )
 
 
-def _first_fill(order: Order) -> bool:
-    return int(order.tokens_minted) == 0 and int(order.fees_usdt) == 0
-
-
 def _participant(order: Order) -> Buyer | Seller:
     if order.order_type == OrderType.BUY:
-        return Buyer(order.pk, order_usdt_remaining(order), first_fill=_first_fill(order))
-    return Seller(order.pk, int(order.token_amount), first_fill=True)
+        return Buyer(order.pk, order_usdt_remaining(order), prior_cost_units=int(order.cost_usdt))
+    return Seller(order.pk, int(order.token_amount))
 
 
 def _past_deadline(order: Order) -> bool:
