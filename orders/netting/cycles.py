@@ -446,10 +446,14 @@ def _allocate(
     """Allocate `cycle` (locked, with the inventory row) at `price`: write the allocation
     rows, move each order on (settle it, or back to the book with what remains), update the
     inventory and close the cycle. Runs inside the caller's transaction."""
-    orders = list(
-        Order.objects.filter(cycle=cycle, status=S.EXECUTING)
-        .order_by("pk")
-        .select_for_update(of=("self",))
+    orders, priced_out = bounds.priced_out(
+        list(
+            Order.objects.filter(cycle=cycle, status=S.EXECUTING)
+            .order_by("pk")
+            .select_for_update(of=("self",))
+        ),
+        price=price,
+        ccy_per_usdt=cycle.ccy_per_usdt,
     )
     by_pk = {o.pk: o for o in orders}
     participants = [_participant(o) for o in orders]
@@ -523,6 +527,15 @@ def _allocate(
         )
     orders_transition_many(moves=finished, actor=ACTOR, action="order.finalized")
     orders_transition_many(moves=carried, actor=ACTOR, action="order.carried_over")
+    now = timezone.now()
+    orders_transition_many(
+        moves=[
+            (order, S.PENDING, bounds.back_to_book_for_price(order, price, now))
+            for order in priced_out
+        ],
+        actor=ACTOR,
+        action="order.waiting_for_price",
+    )
     runs_take_over_many(order_ids=[o.pk for o, _, _ in finished], stage=Stage.SETTLE)
     HouseInventory.objects.filter(pk=inventory.pk).update(token_units=result.inventory_after)
     updated = Cycle.objects.filter(pk=cycle.pk, status=cycle.status).update(

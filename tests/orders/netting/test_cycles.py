@@ -41,9 +41,14 @@ def _deposit(usdt, symbol="AAPL", code="US.AAPL", **kw):
     return order
 
 
-def _redeem(shares_units, symbol="AAPL", code="US.AAPL"):
+def _redeem(shares_units, symbol="AAPL", code="US.AAPL", **kw):
     order = OrderFactory(
-        order_type="SELL", usdt_amount=0, token_amount=shares_units, symbol=symbol, stock_code=code
+        order_type="SELL",
+        usdt_amount=0,
+        token_amount=shares_units,
+        symbol=symbol,
+        stock_code=code,
+        **kw,
     )
     assert order_validate(order_id=order.pk) is None
     return order
@@ -247,3 +252,52 @@ def test_symbols_waiting_longest_open_first(fake_broker):
     first = _deposit(100, symbol="TCEHY", code="HK.00700")
     Order.objects.filter(pk=first.pk).update(booked_at=later.booked_at - timedelta(seconds=5))
     assert cycles.symbols_waiting() == ["TCEHY", "AAPL"]
+
+
+@pytest.mark.parametrize(("fill", "crossed"), [("179.40", False), ("179.50", True)])
+def test_a_net_buy_filled_below_a_sellers_bound_does_not_cross_that_seller(
+    fake_broker, fill, crossed
+):
+    """A redeem bounded at 179.50 joins a cycle quoted at 180 whose net is a buy. The
+    broker's buy limit protects only the buyers: filled at 179.40, every participant would
+    trade at 179.40, so the seller takes nothing from the cycle and waits for the price
+    (before, it was sold below its bound and the vault refused the settlement); filled at
+    its bound, it is crossed."""
+    buyer = _deposit(1000)  # about 5.5 shares
+    seller = _redeem(2 * SHARE, price_bound=179_500_000)
+    cycle = _run_cycle(fake_broker, price=fill)
+    assert fake_broker.placed[0].qty == 4  # the plan counted the seller's 2 shares
+    seller.refresh_from_db()
+    buyer.refresh_from_db()
+    if crossed:
+        assert seller.status == OrderStatus.SETTLING
+        assert seller.allocations.get().token_units == 2 * SHARE
+        assert buyer.tokens_minted > 4 * SHARE
+        assert 0 < cycle.inventory_after < SHARE  # the rest of the fourth share
+    else:
+        assert seller.status == OrderStatus.PENDING and seller.cycle is None
+        assert seller.waiting_for == "price"
+        assert not seller.allocations.exists()
+        # The buyer shares only what the broker bought; the rest of its USDT waits.
+        assert buyer.tokens_minted == 4 * SHARE and buyer.status == OrderStatus.PENDING
+        assert cycle.inventory_after == 0
+    _settle_all()
+    _check_conservation()
+
+
+def test_a_net_sell_filled_above_a_buyers_bound_does_not_cross_that_buyer(fake_broker):
+    """Symmetric: a deposit bounded at 180.50 in a cycle quoted at 180 whose net is a sell
+    filled at 181 takes nothing and waits for the price; the sellers are still sold in full
+    and what the buyer would have taken stays in inventory."""
+    buyer = _deposit(360, price_bound=180_500_000)
+    seller = _redeem(10 * SHARE)
+    cycle = _run_cycle(fake_broker, price="181")
+    assert fake_broker.placed[0].side == "SELL"
+    buyer.refresh_from_db()
+    seller.refresh_from_db()
+    assert buyer.status == OrderStatus.PENDING and buyer.waiting_for == "price"
+    assert not buyer.allocations.exists() and buyer.tokens_minted == 0
+    assert seller.status == OrderStatus.SETTLING
+    assert cycle.inventory_after == 10 * SHARE - fake_broker.placed[0].qty * SHARE
+    _settle_all()
+    _check_conservation()
