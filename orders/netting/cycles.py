@@ -55,7 +55,7 @@ from orders.runs import run_take_over, runs_take_over_many
 from orders.selectors import order_usdt_remaining
 from orders.stages import Stage
 from orders.state import order_transition, orders_transition_many
-from trading import pricing
+from trading import market_wait, pricing
 from trading import services as broker
 from trading.exceptions import (
     BrokerRejected,
@@ -210,10 +210,17 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     """Take every order of `symbol` in the book into a new cycle priced on one fresh quote.
     When crossing and inventory square it, it is allocated at once at the quote (no broker
     request); otherwise its broker order is to be placed. None when there is nothing to do
-    (empty book, a cycle already in flight, no tradable quote now: the orders wait)."""
+    (empty book, a cycle already in flight, no tradable quote now: the orders wait). A quote
+    that finds the market closed stops the quotes of the symbol's code until the next
+    session opens (`trading.market_wait`)."""
     _leave_book(symbol, by_deadline=False)
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
+        return None
+    closed_state = market_wait.market_closed_state(code)
+    if closed_state is not None:
+        # Known closed until the next session opens: no quote (Futu's snapshot budget).
+        waiting.book_wait_for_market(orders=book(symbol), market_state=closed_state, actor=ACTOR)
         return None
     try:
         quote = broker.broker_quote(code=code)
@@ -226,6 +233,8 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
         waiting.book_wait_for_market(
             orders=book(symbol), market_state=quote.market_state, actor=ACTOR
         )
+        if not quote.market_open:
+            market_wait.market_closed_note(code, quote.market_state)
         return None
     _leave_book(symbol)
     fees = fee_schedule()

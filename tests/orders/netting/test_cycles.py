@@ -301,3 +301,55 @@ def test_a_net_sell_filled_above_a_buyers_bound_does_not_cross_that_buyer(fake_b
     assert cycle.inventory_after == 10 * SHARE - fake_broker.placed[0].qty * SHARE
     _settle_all()
     _check_conservation()
+
+
+def test_a_closed_market_is_quoted_once_until_the_calendars_next_open(fake_broker, settings):
+    """A cycle whose quote finds the market closed does not ask again at the next beats: the
+    skip lasts until the next traded session opens by the exchange calendar (or
+    TRADING_MARKET_RECHECK_SECONDS when the calendar says a session is under way). Orders
+    arriving meanwhile are marked waiting for the market without a quote."""
+    from trading import market_wait
+
+    fake_broker.set_quote("US.AAPL", "180", market_open=False, market_state="CLOSED")
+    first = _deposit(500)
+    for _ in range(5):
+        assert cycles.cycle_open(symbol="AAPL") is None
+    later = _deposit(300)
+    assert cycles.cycle_open(symbol="AAPL") is None
+    assert len(fake_broker.calls_to("quote")) == 1  # six beats, one quote
+    for order in (first, later):
+        order.refresh_from_db()
+        assert order.status == OrderStatus.PENDING and order.waiting_for == "market"
+    assert market_wait.market_closed_state("US.AAPL") == "CLOSED"
+    until = market_wait.market_reopens_at("US.AAPL", timezone.now())
+    ttl = market_wait._redis().pttl("bronco:market_closed:US.AAPL") / 1000
+    assert 0 < ttl <= (until - timezone.now()).total_seconds() + 1
+
+    # When the skip ends (here: cleared, as a moved clock does), the next beat asks again.
+    fake_broker.set_quote("US.AAPL", "180")
+    assert market_wait.market_closed_clear() == 1
+    assert cycles.cycle_open(symbol="AAPL") is not None
+    assert len(fake_broker.calls_to("quote")) == 2
+
+
+@pytest.mark.parametrize(
+    ("at", "sessions", "reopens"),
+    [
+        # Saturday 12:00 ET: Monday's open of the sessions traded.
+        ("2026-12-05T17:00:00+00:00", "REGULAR", "2026-12-07T14:30:00+00:00"),
+        ("2026-12-05T17:00:00+00:00", "REGULAR,PRE_MARKET", "2026-12-07T09:00:00+00:00"),
+        # Thanksgiving: the Friday half day's open.
+        ("2026-11-26T16:00:00+00:00", "REGULAR", "2026-11-27T14:30:00+00:00"),
+        # Tuesday 11:00 ET, a regular session by the calendar, OpenD said closed: a minute.
+        ("2026-12-08T16:00:00+00:00", "REGULAR", "2026-12-08T16:01:00+00:00"),
+    ],
+)
+def test_when_a_closed_market_is_asked_again(settings, at, sessions, reopens):
+    from datetime import datetime
+
+    from trading.market_wait import market_reopens_at
+
+    settings.TRADING_SESSIONS = {"US": sessions, "HK": ""}
+    settings.TRADING_MARKET_RECHECK_SECONDS = 60
+    got = market_reopens_at("US.AAPL", datetime.fromisoformat(at))
+    assert got == datetime.fromisoformat(reopens)
