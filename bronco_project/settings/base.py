@@ -143,11 +143,13 @@ BRONCO_SYMBOLS = dict(
 # --- Orders -----------------------------------------------------------------------------
 ORDER_DEADLINE_SECONDS = env_int("ORDER_DEADLINE_SECONDS", 300)
 # An order's own lifetime: one waiting for its market (closed, lunch break, holiday) stays in
-# the book until this long after it arrived, then what is left is refunded. The default for
-# orders that name no expiry (the vault emits no DepositTerms for them), and the longest one
-# an order may name. Keep the default an hour short of the vault's `defaultExpiry()` (7 days
-# as deployed), which counts from the block: Bronco then never trades an order after the
-# vault's expiry, when the vault would take nothing but a full refund.
+# the book until its expiry, then what is left is refunded. An order that names no expiry
+# (the vault emits no DepositTerms for it) lives the vault's `defaultExpiry()` (read from the
+# contract, 7 days as deployed) less ORDER_EXPIRY_MARGIN_SECONDS after it arrives: the vault's
+# counts from the block, and Bronco must never trade an order after it, when the vault would
+# take nothing but a full refund. ORDER_DEFAULT_EXPIRY_SECONDS serves only when the vault
+# cannot be read. ORDER_MAX_EXPIRY_SECONDS is the longest lifetime of any order.
+ORDER_EXPIRY_MARGIN_SECONDS = env_int("ORDER_EXPIRY_MARGIN_SECONDS", 3600)
 ORDER_DEFAULT_EXPIRY_SECONDS = env_int("ORDER_DEFAULT_EXPIRY_SECONDS", 7 * 24 * 3600 - 3600)
 ORDER_MAX_EXPIRY_SECONDS = env_int("ORDER_MAX_EXPIRY_SECONDS", 30 * 24 * 3600)
 ORDER_POLL_INTERVAL_SECONDS = env_float("ORDER_POLL_INTERVAL_SECONDS", 1.0)
