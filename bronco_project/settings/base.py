@@ -185,6 +185,10 @@ NETTING_CYCLE_SECONDS = env_int("NETTING_CYCLE_SECONDS", 1)
 NETTING_FEES_RECORD_SECONDS = env_int("NETTING_FEES_RECORD_SECONDS", 15)
 # A cycle's broker order still working after this long is cancelled; what filled is allocated.
 NETTING_CYCLE_TIMEOUT_SECONDS = env_float("NETTING_CYCLE_TIMEOUT_SECONDS", 20.0)
+# An order whose expiry is this close joins no more cycles: what it would trade could not be
+# settled before the vault's expiry, after which the vault takes only a full refund. It
+# waits in the book and is refunded (returned) in full at its expiry.
+NETTING_EXPIRY_GUARD_SECONDS = env_float("NETTING_EXPIRY_GUARD_SECONDS", 300.0)
 # A cycle whose steps stop (a worker died) is re-driven by the scheduler after this long
 # (a step that works renews it by heartbeat, orders.runs.run_heartbeat).
 NETTING_CYCLE_LEASE_SECONDS = env_int("NETTING_CYCLE_LEASE_SECONDS", 8)

@@ -201,6 +201,14 @@ def _leave_book(symbol: str, *, by_deadline: bool = True) -> None:
 # --- open --------------------------------------------------------------------------------
 
 
+def _joinable(order: Order) -> bool:
+    """Whether a book order may join a cycle: not when its expiry is within
+    NETTING_EXPIRY_GUARD_SECONDS (its trade could not settle before the vault's expiry; it
+    waits and is refunded in full at its expiry). The limit still keeps to its bound."""
+    guard = timezone.now() + timezone.timedelta(seconds=settings.NETTING_EXPIRY_GUARD_SECONDS)
+    return order.expires_at is None or order.expires_at > guard
+
+
 def _inventory(symbol: str) -> HouseInventory:
     HouseInventory.objects.get_or_create(symbol=symbol)
     return HouseInventory.objects.select_for_update().get(symbol=symbol)
@@ -251,7 +259,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 ccy_per_usdt=rate,
                 actor=ACTOR,
             )
-            orders = bounded.orders
+            orders = [o for o in bounded.orders if _joinable(o)]
             if not orders:
                 return None
             participants = [_participant(o) for o in orders]

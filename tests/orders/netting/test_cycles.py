@@ -353,3 +353,27 @@ def test_when_a_closed_market_is_asked_again(settings, at, sessions, reopens):
     settings.TRADING_MARKET_RECHECK_SECONDS = 60
     got = market_reopens_at("US.AAPL", datetime.fromisoformat(at))
     assert got == datetime.fromisoformat(reopens)
+
+
+def test_an_order_about_to_expire_joins_no_cycle_and_is_refunded_at_its_expiry(
+    fake_broker, settings
+):
+    """Within NETTING_EXPIRY_GUARD_SECONDS of its expiry an order joins no cycle: its trade
+    could not be settled before the vault's expiry (the vault then takes only a full
+    refund). It waits, and its expiry refunds it in full with no broker request."""
+    settings.NETTING_EXPIRY_GUARD_SECONDS = 300
+    soon = _deposit(500, expires_at=timezone.now() + timedelta(seconds=200))
+    later = _deposit(500, expires_at=timezone.now() + timedelta(seconds=400))
+    _run_cycle(fake_broker)
+    soon.refresh_from_db()
+    later.refresh_from_db()
+    assert soon.status == OrderStatus.PENDING and not soon.allocations.exists()
+    assert later.status == OrderStatus.SETTLING and later.tokens_minted > 0
+    assert fake_broker.placed[0].qty == 3  # later's 2.8 shares only
+
+    Order.objects.filter(pk=soon.pk).update(expires_at=timezone.now())
+    assert cycles.cycle_open(symbol="AAPL") is None
+    soon.refresh_from_db()
+    assert soon.status == OrderStatus.SETTLING and soon.refund_usdt == 500 * USDT
+    _settle_all()
+    _check_conservation()
