@@ -250,8 +250,8 @@ def quote(
 ):
     """What `usdt` (a deposit) or `shares` (a redeem) of `symbol` would get at the current
     quote if the next cycle filled it in full at that price: shares or USDT, Bronco's fee
-    under the published schedule (NETTING_FEE_RATE of the traded value, rounded up to the
-    USDT base unit, plus NETTING_FEE_FLAT_USDT once per order), the limit the next cycle
+    under the published schedule (NETTING_FEE_RATE of the order's traded value, rounded up
+    once to the USDT base unit, plus NETTING_FEE_FLAT_USDT once per order), the limit the next cycle
     would send for a net buy (deposit) or net sell (redeem): quote x (1 +/- TRADING_SLIPPAGE)
     on the tick, and how long the estimate holds (`valid_until`). An estimate, not a
     promise: the cycle trades at its broker fill. Writes nothing."""

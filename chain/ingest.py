@@ -290,7 +290,7 @@ def _act_on_batch(
         if order_ids is not None and log.key in order_ids:
             event = _event(chain_id=chain_id, log=log, decoded=decoded, order_id=order_ids[log.key])
         else:
-            event = _act_on(chain_id=chain_id, log=log, decoded=decoded, actor=actor)
+            event = _act_on(chain_id=chain_id, log=log, decoded=decoded, actor=actor, terms=terms)
         if event is not None:
             events.append(event)
     # Only a request a reorg removed can re-appear: one query for the batch finds those.
@@ -399,12 +399,19 @@ def _orders_in_bulk(
     return {key: pk for key, (pk, _created) in zip(requests, results, strict=True)}
 
 
-def _act_on(*, chain_id: int, log: RawLog, decoded: ContractEvent, actor: str) -> NewEvent | None:
-    """The ChainEvent to write for one decoded log (its order created or its cancel
-    recorded), or None when it is quarantined."""
+def _act_on(
+    *,
+    chain_id: int,
+    log: RawLog,
+    decoded: ContractEvent,
+    actor: str,
+    terms: dict[tuple[str, int], DepositTerms | RedeemTerms] | None = None,
+) -> NewEvent | None:
+    """The ChainEvent to write for one decoded log (its order created, with the user's
+    `terms` from its batch, or its cancel recorded), or None when it is quarantined."""
     try:
         with transaction.atomic():
-            order_id = _order_for(chain_id=chain_id, decoded=decoded, actor=actor)
+            order_id = _order_for(chain_id=chain_id, decoded=decoded, actor=actor, terms=terms)
     except _Unactionable as exc:
         log_quarantine(
             chain_id=chain_id, log=log, reason=exc.reason, detail=exc.detail, actor=actor
@@ -506,9 +513,15 @@ def _order_request(
     )
 
 
-def _order_for(*, chain_id: int, decoded: ContractEvent, actor: str) -> int | None:
+def _order_for(
+    *,
+    chain_id: int,
+    decoded: ContractEvent,
+    actor: str,
+    terms: dict[tuple[str, int], DepositTerms | RedeemTerms] | None = None,
+) -> int | None:
     if isinstance(decoded, Deposit | Redeem):
-        request = _order_request(chain_id=chain_id, event=decoded)
+        request = _order_request(chain_id=chain_id, event=decoded, terms=terms)
         order, _created = order_create_from_chain(request=request, actor=actor)
         return order.pk
     if isinstance(decoded, CancelRequested):

@@ -3,6 +3,7 @@ reconciliation, the reserve check and metrics."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -136,3 +137,27 @@ def listener_lag(*, chain_id: int | None = None, address: str | None = None) -> 
         cursors = cursors.filter(address=address)
     lags = [c.lag for c in cursors]
     return max(lags) if lags else None
+
+
+_DEFAULT_EXPIRY_CACHE: dict[str, tuple[int, float]] = {}
+
+
+def vault_default_expiry_seconds() -> int:
+    """The vault's `defaultExpiry()`: how long after its block a request that names no expiry
+    lives (seconds; 7 days as deployed, set by the admin with DefaultExpirySet, at most
+    MAX_EXPIRY). One contract read per vault per CHAIN_VAULT_PARAMS_TTL_SECONDS in a process
+    (orders are created in bulk; a change is seen within that time). Raises what the chain
+    client raises when the node cannot answer."""
+    vault = _vault()
+    cached = _DEFAULT_EXPIRY_CACHE.get(vault)
+    now = time.monotonic()
+    if cached is not None and now - cached[1] < settings.CHAIN_VAULT_PARAMS_TTL_SECONDS:
+        return cached[0]
+    seconds = int(chain_client().call("BroncoVault", vault, "defaultExpiry"))
+    _DEFAULT_EXPIRY_CACHE[vault] = (seconds, now)
+    return seconds
+
+
+def vault_params_forget() -> None:
+    """Forget the cached vault parameters (`vault_default_expiry_seconds`)."""
+    _DEFAULT_EXPIRY_CACHE.clear()

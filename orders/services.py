@@ -41,7 +41,7 @@ class ChainOrderRequest:
     symbol: str
     usdt_amount: int = 0
     token_amount: int = 0
-    # The user's expiry from the chain (aware); None: ORDER_DEFAULT_EXPIRY_SECONDS. Capped
+    # The user's expiry from the chain (aware); None: the vault's default (less a margin). Capped
     # at ORDER_MAX_EXPIRY_SECONDS after the order arrives.
     expires_at: datetime | None = None
     # The user's price bound from the vault's DepositTerms/RedeemTerms (USDT base units per
@@ -49,12 +49,33 @@ class ChainOrderRequest:
     price_bound_units: int = 0
 
 
-def order_expiry(requested: datetime | None, *, now: datetime) -> datetime:
-    """When an order arriving `now` expires: the user's `requested` expiry, or the default
-    (ORDER_DEFAULT_EXPIRY_SECONDS) when none; never later than ORDER_MAX_EXPIRY_SECONDS."""
+def default_expiry_seconds() -> int:
+    """How long an order that names no expiry lives after it arrives: the vault's
+    `defaultExpiry()` (chain.selectors, cached) less ORDER_EXPIRY_MARGIN_SECONDS (the vault
+    counts from the block, before the order arrives), and never less than half of it; when
+    the vault cannot be read, ORDER_DEFAULT_EXPIRY_SECONDS (with a warning)."""
+    from chain.exceptions import ChainError  # chain imports this module: import late
+    from chain.selectors import vault_default_expiry_seconds
+
+    try:
+        vault = vault_default_expiry_seconds()
+    except ChainError as exc:
+        logger.warning("the vault's defaultExpiry could not be read (%s): using the setting", exc)
+        return settings.ORDER_DEFAULT_EXPIRY_SECONDS
+    return max(vault - settings.ORDER_EXPIRY_MARGIN_SECONDS, vault // 2)
+
+
+def order_expiry(
+    requested: datetime | None, *, now: datetime, default_seconds: int | None = None
+) -> datetime:
+    """When an order arriving `now` expires: the user's `requested` expiry, or
+    `default_seconds` after now when none (`default_expiry_seconds()` when not given);
+    never later than ORDER_MAX_EXPIRY_SECONDS."""
     latest = now + timedelta(seconds=settings.ORDER_MAX_EXPIRY_SECONDS)
     if requested is None:
-        requested = now + timedelta(seconds=settings.ORDER_DEFAULT_EXPIRY_SECONDS)
+        if default_seconds is None:
+            default_seconds = default_expiry_seconds()
+        requested = now + timedelta(seconds=default_seconds)
     return min(requested, latest)
 
 
@@ -115,6 +136,9 @@ def _insert_orders(
     deadline = now + timezone.timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
     lease = initial_lease()
     ids = bulk_ids_reserve(Order, len(requests))
+    default_expiry = (
+        default_expiry_seconds() if any(r.expires_at is None for r in requests) else None
+    )
     rows = [
         {
             "id": pk,
@@ -129,7 +153,7 @@ def _insert_orders(
             "usdt_amount": int(r.usdt_amount),
             "token_amount": int(r.token_amount),
             "deadline": deadline,
-            "expires_at": order_expiry(r.expires_at, now=now),
+            "expires_at": order_expiry(r.expires_at, now=now, default_seconds=default_expiry),
             "price_bound": r.price_bound_units,
             "run_lease_until": lease,
         }

@@ -144,11 +144,13 @@ BRONCO_SYMBOLS = dict(
 # --- Orders -----------------------------------------------------------------------------
 ORDER_DEADLINE_SECONDS = env_int("ORDER_DEADLINE_SECONDS", 300)
 # An order's own lifetime: one waiting for its market (closed, lunch break, holiday) stays in
-# the book until this long after it arrived, then what is left is refunded. The default for
-# orders that name no expiry (the vault emits no DepositTerms for them), and the longest one
-# an order may name. Keep the default an hour short of the vault's `defaultExpiry()` (7 days
-# as deployed), which counts from the block: Bronco then never trades an order after the
-# vault's expiry, when the vault would take nothing but a full refund.
+# the book until its expiry, then what is left is refunded. An order that names no expiry
+# (the vault emits no DepositTerms for it) lives the vault's `defaultExpiry()` (read from the
+# contract, 7 days as deployed) less ORDER_EXPIRY_MARGIN_SECONDS after it arrives: the vault's
+# counts from the block, and Bronco must never trade an order after it, when the vault would
+# take nothing but a full refund. ORDER_DEFAULT_EXPIRY_SECONDS serves only when the vault
+# cannot be read. ORDER_MAX_EXPIRY_SECONDS is the longest lifetime of any order.
+ORDER_EXPIRY_MARGIN_SECONDS = env_int("ORDER_EXPIRY_MARGIN_SECONDS", 3600)
 ORDER_DEFAULT_EXPIRY_SECONDS = env_int("ORDER_DEFAULT_EXPIRY_SECONDS", 7 * 24 * 3600 - 3600)
 ORDER_MAX_EXPIRY_SECONDS = env_int("ORDER_MAX_EXPIRY_SECONDS", 30 * 24 * 3600)
 ORDER_POLL_INTERVAL_SECONDS = env_float("ORDER_POLL_INTERVAL_SECONDS", 1.0)
@@ -184,6 +186,10 @@ NETTING_CYCLE_SECONDS = env_int("NETTING_CYCLE_SECONDS", 1)
 NETTING_FEES_RECORD_SECONDS = env_int("NETTING_FEES_RECORD_SECONDS", 15)
 # A cycle's broker order still working after this long is cancelled; what filled is allocated.
 NETTING_CYCLE_TIMEOUT_SECONDS = env_float("NETTING_CYCLE_TIMEOUT_SECONDS", 20.0)
+# An order whose expiry is this close joins no more cycles: what it would trade could not be
+# settled before the vault's expiry, after which the vault takes only a full refund. It
+# waits in the book and is refunded (returned) in full at its expiry.
+NETTING_EXPIRY_GUARD_SECONDS = env_float("NETTING_EXPIRY_GUARD_SECONDS", 300.0)
 # A cycle whose steps stop (a worker died) is re-driven by the scheduler after this long
 # (a step that works renews it by heartbeat, orders.runs.run_heartbeat).
 NETTING_CYCLE_LEASE_SECONDS = env_int("NETTING_CYCLE_LEASE_SECONDS", 8)

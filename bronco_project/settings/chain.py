@@ -99,6 +99,8 @@ CHAIN_MAX_FEE_PER_GAS_WEI = env_int("CHAIN_MAX_FEE_PER_GAS_WEI", 500_000_000_000
 # How far back a settlement's own event (DepositSettled, ...) is looked for when the vault
 # reports an id settled but no receipt of ours says so (a lagging node, a lost record).
 CHAIN_SETTLEMENT_EVENT_LOOKBACK_BLOCKS = env_int("CHAIN_SETTLEMENT_EVENT_LOOKBACK_BLOCKS", 50_000)
+# How long a process keeps a vault parameter it read (defaultExpiry) before reading it again.
+CHAIN_VAULT_PARAMS_TTL_SECONDS = env_float("CHAIN_VAULT_PARAMS_TTL_SECONDS", 60.0)
 CHAIN_GAS_LIMIT_PERCENT = env_int("CHAIN_GAS_LIMIT_PERCENT", 130)
 # What orders and refunds pay through (chain.settlement.settlement_sender): a dotted path to a
 # SettlementSender. Tests may name a fake; production refuses anything but the real one.

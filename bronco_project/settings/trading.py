@@ -37,6 +37,10 @@ TRADING_SESSIONS = {
     "US": env_str("TRADING_SESSIONS_US", ""),
     "HK": env_str("TRADING_SESSIONS_HK", ""),
 }
+# A cycle whose quote found the market closed asks again only when the calendar's next
+# traded session opens (trading.market_wait); when the calendar says a session is under way
+# but OpenD said closed, this many seconds later.
+TRADING_MARKET_RECHECK_SECONDS = env_float("TRADING_MARKET_RECHECK_SECONDS", 60.0)
 
 # --- Which broker --------------------------------------------------------------------
 # Dotted path to a callable (a factory function or a class) taking the keyword

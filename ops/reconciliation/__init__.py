@@ -20,6 +20,9 @@ What it compares (base units on chain, Decimals at the broker):
   (remark) with the same id, code, side and quantity, and, once finalized, the same fill;
   no broker order that Bronco does not know; positions = the net fills of Bronco's orders;
   cash = opening cash - buys - fees + sells (when the opening cash is given).
+- **users' terms and fees** (`terms`): no order traded outside its price bound or after its
+  expiry; every fee is the published schedule with its rounding, and at most the vault's
+  `quoteFee` of the order's amount.
 - **audit**: the hash chain is unbroken.
 
 Reads are made consistent by taking the chain head first and reading logs only up to it,
@@ -43,12 +46,13 @@ from core.audit import audit_verify
 from ops.reconciliation import broker as broker_side
 from ops.reconciliation import chain as chain_side
 from ops.reconciliation import database as database_side
+from ops.reconciliation import terms as terms_side
 from trading.exceptions import TradingError
 
 
 @dataclass(frozen=True)
 class Discrepancy:
-    where: str  # db | db/chain | chain | db/broker | broker | audit
+    where: str  # db | db/chain | chain | terms | db/broker | broker | audit
     subject: str
     detail: str
 
@@ -103,6 +107,7 @@ def reconcile(
     database_side.check_orders(result, orders, in_flight, stuck_after)
     chain_side.check_orders_against_chain(result, orders, chain, in_flight)
     chain_side.check_chain_totals(result, orders, chain)
+    terms_side.check_terms_and_fees(result, orders)
     if check_broker:
         try:
             broker_side.check_broker(

@@ -20,6 +20,12 @@ A cycle, for one symbol:
      per cycle:  tokens to buyers - tokens from sellers = F + inventory before - inventory after
      per buyer:  cost + fee <= USDT remaining (the rest stays theirs)
      per seller: payout = proceeds - fee, proceeds = floor(value)
+
+Fees are rounded once on an order's whole traded value, as the vault's `quoteFee` is: a
+deposit filled over several cycles is charged, at each cycle, what its fee on all its cost so
+far adds to the fee it already paid, so its fees add up to ceil(rate x total cost) + flat,
+never above `quoteFee(usdtAmount)` (rounding up in every cycle could pass it by a unit per
+cycle, and the vault refuses such a settlement with FeeAboveSchedule).
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ def _floor(x: Fraction) -> int:
 
 @dataclass(frozen=True)
 class FeeSchedule:
-    """Bronco's published fee, the same for every participant of a cycle: `rate` of the
-    traded value (rounded up to the USDT base unit) plus `flat_units` USDT base units once
-    per order, charged with its first fill."""
+    """Bronco's published fee, the same for every participant of a cycle: `rate` of an
+    order's traded value (rounded up to the USDT base unit, once on the order's total) plus
+    `flat_units` USDT base units once per order, charged with its first fill. The vault's
+    `quoteFee(amount)` is `total(amount)` with the rate in parts per million."""
 
     rate: Decimal
     flat_units: int = 0
@@ -55,10 +62,20 @@ class FeeSchedule:
         if self.rate < 0 or self.flat_units < 0:
             raise ValueError("fees are never negative")
 
-    def fee(self, value_units: int, *, first_fill: bool) -> int:
+    def total(self, value_units: int) -> int:
+        """The fee of an order whose fills are worth `value_units` in all (USDT base
+        units): ceil(rate x value) + flat; 0 when nothing traded."""
         if value_units <= 0:
             return 0
-        return _ceil(Fraction(self.rate) * value_units) + (self.flat_units if first_fill else 0)
+        return _ceil(Fraction(self.rate) * value_units) + self.flat_units
+
+    def fee(self, value_units: int, *, prior_units: int = 0) -> int:
+        """What a fill worth `value_units` adds to the fee of an order that already traded
+        `prior_units` (both USDT base units): total(prior + value) - total(prior). An
+        order's fees over its cycles so add up to `total` of all it traded."""
+        if value_units <= 0:
+            return 0
+        return self.total(prior_units + value_units) - self.total(prior_units)
 
 
 @dataclass(frozen=True)
@@ -91,37 +108,39 @@ class Pricing:
 
 @dataclass(frozen=True)
 class Buyer:
-    """A deposit in the book: `usdt_units` it still has to spend; `first_fill` while nothing
-    of it has filled yet (its flat fee is still due)."""
+    """A deposit in the book: `usdt_units` it still has to spend; `prior_cost_units` the
+    cost of what earlier cycles filled of it (its fee is rounded on its total; 0 while
+    nothing filled: its flat fee is still due)."""
 
     key: int
     usdt_units: int
-    first_fill: bool = True
+    prior_cost_units: int = 0
 
 
 @dataclass(frozen=True)
 class Seller:
-    """A redeem in the book: `token_units` it still has to sell."""
+    """A redeem in the book: `token_units` it still has to sell (all in one cycle)."""
 
     key: int
     token_units: int
-    first_fill: bool = True
 
 
-def max_cost(usdt_units: int, fees: FeeSchedule, *, first_fill: bool) -> int:
-    """The largest cost c (USDT base units) with c + fee(c) <= usdt_units (0 if none)."""
-    flat = fees.flat_units if first_fill else 0
+def max_cost(usdt_units: int, fees: FeeSchedule, *, prior_units: int = 0) -> int:
+    """The largest cost c (USDT base units) with c + fee(c, prior_units) <= usdt_units
+    (0 if none)."""
+    flat = fees.flat_units if prior_units <= 0 else 0
     if usdt_units <= flat:
         return 0
-    c = _floor(Fraction(usdt_units - flat) / (1 + Fraction(fees.rate)))
-    while c > 0 and c + fees.fee(c, first_fill=first_fill) > usdt_units:
+    # fee(c) > rate x c - 1 + flat, so no cost above this bound fits.
+    c = _floor(Fraction(usdt_units - flat + 1) / (1 + Fraction(fees.rate)))
+    while c > 0 and c + fees.fee(c, prior_units=prior_units) > usdt_units:
         c -= 1
     return c
 
 
 def buyer_demand(buyer: Buyer, pricing: Pricing, fees: FeeSchedule) -> int:
     """Token units the buyer's USDT pays for at this price, Bronco's fee included."""
-    return pricing.units_for(max_cost(buyer.usdt_units, fees, first_fill=buyer.first_fill))
+    return pricing.units_for(max_cost(buyer.usdt_units, fees, prior_units=buyer.prior_cost_units))
 
 
 @dataclass(frozen=True)
@@ -231,12 +250,12 @@ def allocate_cycle(
     buyer_fills = []
     for buyer, got in zip(buyers, units, strict=True):
         cost = _ceil(pricing.value(got)) if got else 0
-        fee = fees.fee(cost, first_fill=buyer.first_fill) if got else 0
+        fee = fees.fee(cost, prior_units=buyer.prior_cost_units) if got else 0
         buyer_fills.append(BuyerFill(buyer.key, got, cost, fee))
     seller_fills = []
     for seller in sellers:
         proceeds = _floor(pricing.value(seller.token_units))
-        fee = min(proceeds, fees.fee(proceeds, first_fill=seller.first_fill))
+        fee = min(proceeds, fees.fee(proceeds))
         seller_fills.append(SellerFill(seller.key, seller.token_units, proceeds, fee))
     after = available - sum(units)
     return CycleAllocation(

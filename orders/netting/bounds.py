@@ -9,13 +9,21 @@ bound: a buy limit is capped at the lowest buyer bound (rounded down to the tick
 limit raised to the highest seller bound (rounded up). The vault refuses a settlement whose
 implied price breaks the bound (PriceAboveBound / PriceBelowBound), so this is where Bronco
 keeps to it.
+
+The limit protects only the side the broker trades for: in a net-buy cycle the broker may fill
+below the quote, and every participant trades at that fill, sellers crossed inside the cycle
+too; in a net-sell cycle it may fill above the quote, buyers included. So at allocation
+(`priced_out`) a participant whose bound the cycle's price breaks takes nothing from the
+cycle and goes back to the book waiting for the price; the others share what the cycle has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from fractions import Fraction
 
 from django.utils import timezone
 
@@ -98,3 +106,38 @@ def cycle_participants(
         last_error=f"waiting for the price to reach its bound (quote {quote_price})",
     )
     return result
+
+
+def breaks_bound(order: Order, *, price: Decimal, ccy_per_usdt: Decimal) -> bool:
+    """Whether trading `order` at `price` (market currency per share; `ccy_per_usdt` market
+    currency per USDT) breaks its bound: a deposit paying more per share than its bound, a
+    redeem taking less. Exact: the price in USDT base units per share against the bound."""
+    bound_units = int(order.price_bound or 0)
+    if bound_units == 0:
+        return False
+    per_share = Fraction(price) * USDT_UNIT / Fraction(ccy_per_usdt)
+    if order.order_type == OrderType.BUY:
+        return per_share > bound_units
+    return per_share < bound_units
+
+
+def priced_out(
+    orders: Sequence[Order], *, price: Decimal, ccy_per_usdt: Decimal
+) -> tuple[list[Order], list[Order]]:
+    """(those who trade, those whose bound `price` breaks) among a cycle's `orders`."""
+    kept: list[Order] = []
+    out: list[Order] = []
+    for order in orders:
+        (out if breaks_bound(order, price=price, ccy_per_usdt=ccy_per_usdt) else kept).append(order)
+    return kept, out
+
+
+def back_to_book_for_price(order: Order, price: Decimal, now: datetime) -> dict:
+    """The changes of a participant `priced_out` of its cycle: it leaves the cycle with
+    nothing traded and waits in the book for the price (its expiry or a cancel ends it)."""
+    return {
+        "cycle": None,
+        "waiting_for": Waiting.PRICE,
+        "waiting_since": now,
+        "last_error": f"the cycle's price {price} broke its bound: waiting for the price",
+    }

@@ -55,7 +55,7 @@ from orders.runs import run_take_over, runs_take_over_many
 from orders.selectors import order_usdt_remaining
 from orders.stages import Stage
 from orders.state import order_transition, orders_transition_many
-from trading import pricing
+from trading import market_wait, pricing
 from trading import services as broker
 from trading.exceptions import (
     BrokerRejected,
@@ -102,14 +102,10 @@ def fee_schedule() -> FeeSchedule:
     )
 
 
-def _first_fill(order: Order) -> bool:
-    return int(order.tokens_minted) == 0 and int(order.fees_usdt) == 0
-
-
 def _participant(order: Order) -> Buyer | Seller:
     if order.order_type == OrderType.BUY:
-        return Buyer(order.pk, order_usdt_remaining(order), first_fill=_first_fill(order))
-    return Seller(order.pk, int(order.token_amount), first_fill=True)
+        return Buyer(order.pk, order_usdt_remaining(order), prior_cost_units=int(order.cost_usdt))
+    return Seller(order.pk, int(order.token_amount))
 
 
 def _past_deadline(order: Order) -> bool:
@@ -205,6 +201,14 @@ def _leave_book(symbol: str, *, by_deadline: bool = True) -> None:
 # --- open --------------------------------------------------------------------------------
 
 
+def _joinable(order: Order) -> bool:
+    """Whether a book order may join a cycle: not when its expiry is within
+    NETTING_EXPIRY_GUARD_SECONDS (its trade could not settle before the vault's expiry; it
+    waits and is refunded in full at its expiry). The limit still keeps to its bound."""
+    guard = timezone.now() + timezone.timedelta(seconds=settings.NETTING_EXPIRY_GUARD_SECONDS)
+    return order.expires_at is None or order.expires_at > guard
+
+
 def _inventory(symbol: str) -> HouseInventory:
     HouseInventory.objects.get_or_create(symbol=symbol)
     return HouseInventory.objects.select_for_update().get(symbol=symbol)
@@ -214,10 +218,17 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     """Take every order of `symbol` in the book into a new cycle priced on one fresh quote.
     When crossing and inventory square it, it is allocated at once at the quote (no broker
     request); otherwise its broker order is to be placed. None when there is nothing to do
-    (empty book, a cycle already in flight, no tradable quote now: the orders wait)."""
+    (empty book, a cycle already in flight, no tradable quote now: the orders wait). A quote
+    that finds the market closed stops the quotes of the symbol's code until the next
+    session opens (`trading.market_wait`)."""
     _leave_book(symbol, by_deadline=False)
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
+        return None
+    closed_state = market_wait.market_closed_state(code)
+    if closed_state is not None:
+        # Known closed until the next session opens: no quote (Futu's snapshot budget).
+        waiting.book_wait_for_market(orders=book(symbol), market_state=closed_state, actor=ACTOR)
         return None
     try:
         quote = broker.broker_quote(code=code)
@@ -230,6 +241,8 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
         waiting.book_wait_for_market(
             orders=book(symbol), market_state=quote.market_state, actor=ACTOR
         )
+        if not quote.market_open:
+            market_wait.market_closed_note(code, quote.market_state)
         return None
     _leave_book(symbol)
     fees = fee_schedule()
@@ -246,7 +259,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 ccy_per_usdt=rate,
                 actor=ACTOR,
             )
-            orders = bounded.orders
+            orders = [o for o in bounded.orders if _joinable(o)]
             if not orders:
                 return None
             participants = [_participant(o) for o in orders]
@@ -450,10 +463,14 @@ def _allocate(
     """Allocate `cycle` (locked, with the inventory row) at `price`: write the allocation
     rows, move each order on (settle it, or back to the book with what remains), update the
     inventory and close the cycle. Runs inside the caller's transaction."""
-    orders = list(
-        Order.objects.filter(cycle=cycle, status=S.EXECUTING)
-        .order_by("pk")
-        .select_for_update(of=("self",))
+    orders, priced_out = bounds.priced_out(
+        list(
+            Order.objects.filter(cycle=cycle, status=S.EXECUTING)
+            .order_by("pk")
+            .select_for_update(of=("self",))
+        ),
+        price=price,
+        ccy_per_usdt=cycle.ccy_per_usdt,
     )
     by_pk = {o.pk: o for o in orders}
     participants = [_participant(o) for o in orders]
@@ -527,6 +544,15 @@ def _allocate(
         )
     orders_transition_many(moves=finished, actor=ACTOR, action="order.finalized")
     orders_transition_many(moves=carried, actor=ACTOR, action="order.carried_over")
+    now = timezone.now()
+    orders_transition_many(
+        moves=[
+            (order, S.PENDING, bounds.back_to_book_for_price(order, price, now))
+            for order in priced_out
+        ],
+        actor=ACTOR,
+        action="order.waiting_for_price",
+    )
     runs_take_over_many(order_ids=[o.pk for o, _, _ in finished], stage=Stage.SETTLE)
     HouseInventory.objects.filter(pk=inventory.pk).update(token_units=result.inventory_after)
     updated = Cycle.objects.filter(pk=cycle.pk, status=cycle.status).update(

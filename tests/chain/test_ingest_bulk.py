@@ -25,6 +25,19 @@ def _deposits_before_listener(node, contracts, chain_user, n):
     return start, [(r, user.deposit_id(r)) for r in receipts]
 
 
+def _insert_failing_on(bad_id):
+    """The crash at an exact line: the database refuses deposit `bad_id`'s row, so its
+    batch's bulk step fails and the listener takes the batch one log at a time."""
+    real_insert = orders.services._insert_orders
+
+    def insert_failing_on_bad(requests, actor, *rest):
+        if any(int(r.onchain_id) == bad_id for r in requests):
+            raise DataError("numeric field overflow (injected)")
+        return real_insert(requests, actor, *rest)
+
+    return mock.patch("orders.services._insert_orders", insert_failing_on_bad)
+
+
 def test_a_backfilled_batch_becomes_one_order_per_deposit(own_chain, chain_user, run_listener):
     node, contracts = own_chain
     start, deposits = _deposits_before_listener(node, contracts, chain_user, 6)
@@ -43,15 +56,7 @@ def test_one_bad_log_in_a_batch_is_quarantined_alone(own_chain, chain_user, run_
     node, contracts = own_chain
     start, deposits = _deposits_before_listener(node, contracts, chain_user, 3)
     bad_receipt, bad_id = deposits[1]
-    real_insert = orders.services._insert_orders
-
-    def insert_failing_on_bad(requests, actor, *rest):
-        # The crash at an exact line: the database refuses this one deposit's row.
-        if any(int(r.onchain_id) == bad_id for r in requests):
-            raise DataError("numeric field overflow (injected)")
-        return real_insert(requests, actor, *rest)
-
-    with mock.patch("orders.services._insert_orders", insert_failing_on_bad):
+    with _insert_failing_on(bad_id):
         with run_listener(listener_config(node, contracts, start_block=start)):
             wait_for(
                 lambda: (
@@ -67,3 +72,39 @@ def test_one_bad_log_in_a_batch_is_quarantined_alone(own_chain, chain_user, run_
         assert Order.objects.filter(onchain_id=deposit_id).count() == 1
         assert ChainEvent.objects.filter(tx_hash=receipt.tx_hash).count() == 1
     assert audit_verify()[1] is None
+
+
+def test_a_batch_taken_one_log_at_a_time_keeps_the_users_terms(own_chain, chain_user, run_listener):
+    """The one-log fallback builds each order with the terms (price bound, expiry) its batch
+    carries, as the bulk step does: before the fix its orders came out as market orders with
+    Bronco's default expiry."""
+    from chain.client import symbol_to_bytes32
+
+    node, contracts = own_chain
+    user = chain_user(2, node=node, contracts=contracts)
+    user.approve()
+    start = node.client().block_number() + 1
+    head = node.client().rpc("eth_getBlockByNumber", ["latest", False])
+    expiry = int(head["timestamp"], 16) + 3 * 24 * 3600
+    terms = [(190 * 10**6, expiry), (0, expiry + 60), (150 * 10**6, 0)]
+    ids = []
+    for i, (bound, until) in enumerate(terms):
+        receipt = user._send(
+            "BroncoVault",
+            contracts.vault,
+            "deposit",
+            symbol_to_bytes32("AAPL"),
+            (10 + i) * 10**6,
+            bound,
+            until,
+        )
+        ids.append(user.deposit_id(receipt))
+    with _insert_failing_on(ids[2]):
+        with run_listener(listener_config(node, contracts, start_block=start)):
+            wait_for(lambda: Order.objects.count() == 2)
+    first = Order.objects.get(onchain_id=ids[0], order_type="BUY")
+    second = Order.objects.get(onchain_id=ids[1], order_type="BUY")
+    assert int(first.price_bound) == 190 * 10**6
+    assert int(first.expires_at.timestamp()) == expiry
+    assert int(second.price_bound) == 0
+    assert int(second.expires_at.timestamp()) == expiry + 60

@@ -744,8 +744,10 @@ def fake_broker(settings: Any) -> Iterator[FakeBroker]:
     to `trading.session.dispatch_order_update` like the Futu adapter) for the test. Every
     registered callback sees its pushes, the orders app's too (it reads the database: mark
     the test `django_db`)."""
+    from trading.market_wait import market_closed_clear
     from trading.session import get_broker, reset_broker
 
+    market_closed_clear()  # no closed-market skip of an earlier test holds
     settings.TRADING_BROKER_FACTORY = FAKE_BROKER_FACTORY
     reset_broker()
     broker = get_broker()

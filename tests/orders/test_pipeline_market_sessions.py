@@ -148,13 +148,14 @@ def test_expiry_refunds_a_waiting_order_without_a_broker_request(stack, chain_us
     assert sim.orders() == []
 
 
-def test_orders_get_the_default_expiry(stack, chain_user, settings):  # noqa: F811
+def test_orders_get_the_vaults_default_expiry(stack, chain_user, settings):  # noqa: F811
+    """An order that names no expiry lives the vault's defaultExpiry (7 days as deployed,
+    read from the contract) less ORDER_EXPIRY_MARGIN_SECONDS; ORDER_DEFAULT_EXPIRY_SECONDS
+    is not what decides it."""
     contracts, _ = stack
     settings.ORDER_DEFAULT_EXPIRY_SECONDS = 3600
+    settings.ORDER_EXPIRY_MARGIN_SECONDS = 600
+    lives = timezone.timedelta(days=7) - timezone.timedelta(seconds=600)
     before = timezone.now()
     order = _deposit(chain_user(7), contracts, "AAPL", 50 * USDT_UNIT)
-    assert (
-        before + timezone.timedelta(seconds=3600)
-        <= order.expires_at
-        <= timezone.now() + timezone.timedelta(seconds=3600)
-    )
+    assert before + lives <= order.expires_at <= timezone.now() + lives

@@ -927,7 +927,32 @@ class SimulatorControl:
             self._sock.close()
         self._sock = self._file = None
 
+    def set_clock(self, **args: Any) -> Any:
+        """Move the simulator's clock; Bronco's closed-market skips end with it (they were
+        computed from the calendar at a time that no longer holds: `trading.market_wait`)."""
+        answer = self.call("set_clock", **args)
+        _market_skips_end()
+        return answer
+
+    def set_market_open(self, **args: Any) -> Any:
+        """Pin a market's open flag; Bronco's closed-market skips end with it."""
+        answer = self.call("set_market_open", **args)
+        _market_skips_end()
+        return answer
+
     def __getattr__(self, cmd: str) -> Callable[..., Any]:
         if cmd.startswith("_"):
             raise AttributeError(cmd)
         return lambda **args: self.call(cmd, **args)
+
+
+def _market_skips_end() -> None:
+    """`trading.market_wait.market_closed_clear` in a process with Django settings (tests,
+    devtools); nothing in one without them."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return
+    from trading.market_wait import market_closed_clear
+
+    market_closed_clear()

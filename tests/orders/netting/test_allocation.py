@@ -41,7 +41,7 @@ def _check(alloc, buyers, sellers, pricing, fees):
         assert fill.cost_units + fill.fee_units <= b.usdt_units
         value = pricing.value(fill.token_units)
         assert value <= fill.cost_units < value + 1  # charged rounds up, by < 1 unit
-        assert fill.fee_units == fees.fee(fill.cost_units, first_fill=b.first_fill) or (
+        assert fill.fee_units == fees.fee(fill.cost_units, prior_units=b.prior_cost_units) or (
             fill.token_units == 0 and fill.fee_units == 0
         )
     for s, fill in zip(sellers, alloc.sellers, strict=True):
@@ -123,13 +123,75 @@ def test_any_cycle_conserves_exactly(
         assert alloc.inventory_after <= max(cap, inventory) or alloc.inventory_after < lot_units
 
 
-@given(units=st.integers(min_value=0, max_value=10**12), fee_rate=fee_rates, flat=flats)
-def test_max_cost_is_the_largest_cost_the_deposit_covers(units, fee_rate, flat):
+@given(
+    units=st.integers(min_value=0, max_value=10**12),
+    fee_rate=fee_rates,
+    flat=flats,
+    prior=st.sampled_from([0, 1, 999, 10**6 + 1, 123_456_789]),
+)
+def test_max_cost_is_the_largest_cost_the_deposit_covers(units, fee_rate, flat, prior):
     fees = FeeSchedule(rate=fee_rate, flat_units=flat)
-    c = max_cost(units, fees, first_fill=True)
+    c = max_cost(units, fees, prior_units=prior)
     if c > 0:
-        assert c + fees.fee(c, first_fill=True) <= units
-    assert (c + 1) + fees.fee(c + 1, first_fill=True) > units
+        assert c + fees.fee(c, prior_units=prior) <= units
+    assert (c + 1) + fees.fee(c + 1, prior_units=prior) > units
+
+
+def _vault_quote_fee(amount: int, fees: FeeSchedule) -> int:
+    """BroncoVault.quoteFee: ceil(amount x feeRatePpm / 1e6) + feeFlat (0 for no amount),
+    written from the contract's integer expression rather than from FeeSchedule."""
+    if amount == 0:
+        return 0
+    ppm = int(fees.rate * 1_000_000)
+    return (amount * ppm + 1_000_000 - 1) // 1_000_000 + fees.flat_units
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    amount=st.integers(min_value=1, max_value=20_000 * USDT),
+    fee_rate=fee_rates,
+    flat=flats,
+    cycles=st.lists(
+        st.tuples(prices, st.integers(min_value=0, max_value=1_000)), min_size=1, max_size=12
+    ),
+)
+def test_a_deposit_filled_over_many_cycles_never_pays_more_fee_than_the_vault_takes(
+    amount, fee_rate, flat, cycles
+):
+    """Whatever the cycles (prices, partial fills in token thousandths of a share), the fees
+    of one deposit add up to the schedule on its total cost, rounded once, and so never
+    exceed the vault's quoteFee(amount) (FeeAboveSchedule). Rounding up in each cycle broke
+    this by up to a unit per cycle."""
+    fees = FeeSchedule(rate=fee_rate, flat_units=flat)
+    buyer = Buyer(1, amount)
+    paid = 0
+    for price, thousandths in cycles:
+        alloc = allocate_cycle(
+            buyers=[buyer],
+            sellers=[],
+            pricing=Pricing(price, Decimal(1)),
+            fees=fees,
+            inventory_units=0,
+            broker_units=thousandths * SHARE // 1000,
+        )
+        fill = alloc.buyers[0]
+        assert fill.cost_units + fill.fee_units <= buyer.usdt_units
+        paid += fill.fee_units
+        buyer = Buyer(
+            1,
+            buyer.usdt_units - fill.cost_units - fill.fee_units,
+            prior_cost_units=buyer.prior_cost_units + fill.cost_units,
+        )
+    assert paid == fees.total(buyer.prior_cost_units)
+    assert paid <= _vault_quote_fee(amount, fees)
+
+
+def test_four_one_unit_cycles_at_a_quarter_percent_pay_one_unit_of_fee_not_four():
+    """The case the property above guards: 0.25 % of 1 USDT base unit a cycle rounds up to a
+    unit each time; on the total it is one unit."""
+    fees = FeeSchedule(rate=Decimal("0.0025"))
+    assert sum(fees.fee(1, prior_units=p) for p in range(4)) == fees.total(4) == 1
+    assert _vault_quote_fee(4, fees) == 1
 
 
 def test_all_crossed_sends_nothing_to_the_broker():
@@ -237,7 +299,11 @@ def test_carry_over_over_several_cycles_conserves_each_deposit():
         )
         fill = alloc.buyers[0]
         spent += fill.cost_units + fill.fee_units
-        buyer = Buyer(1, buyer.usdt_units - fill.cost_units - fill.fee_units, first_fill=False)
+        buyer = Buyer(
+            1,
+            buyer.usdt_units - fill.cost_units - fill.fee_units,
+            prior_cost_units=buyer.prior_cost_units + fill.cost_units,
+        )
     assert spent + buyer.usdt_units == 10_000 * USDT
     assert buyer.usdt_units < 100 * USDT  # the third cycle had enough to fill the rest
 

@@ -41,9 +41,14 @@ def _deposit(usdt, symbol="AAPL", code="US.AAPL", **kw):
     return order
 
 
-def _redeem(shares_units, symbol="AAPL", code="US.AAPL"):
+def _redeem(shares_units, symbol="AAPL", code="US.AAPL", **kw):
     order = OrderFactory(
-        order_type="SELL", usdt_amount=0, token_amount=shares_units, symbol=symbol, stock_code=code
+        order_type="SELL",
+        usdt_amount=0,
+        token_amount=shares_units,
+        symbol=symbol,
+        stock_code=code,
+        **kw,
     )
     assert order_validate(order_id=order.pk) is None
     return order
@@ -247,3 +252,128 @@ def test_symbols_waiting_longest_open_first(fake_broker):
     first = _deposit(100, symbol="TCEHY", code="HK.00700")
     Order.objects.filter(pk=first.pk).update(booked_at=later.booked_at - timedelta(seconds=5))
     assert cycles.symbols_waiting() == ["TCEHY", "AAPL"]
+
+
+@pytest.mark.parametrize(("fill", "crossed"), [("179.40", False), ("179.50", True)])
+def test_a_net_buy_filled_below_a_sellers_bound_does_not_cross_that_seller(
+    fake_broker, fill, crossed
+):
+    """A redeem bounded at 179.50 joins a cycle quoted at 180 whose net is a buy. The
+    broker's buy limit protects only the buyers: filled at 179.40, every participant would
+    trade at 179.40, so the seller takes nothing from the cycle and waits for the price
+    (before, it was sold below its bound and the vault refused the settlement); filled at
+    its bound, it is crossed."""
+    buyer = _deposit(1000)  # about 5.5 shares
+    seller = _redeem(2 * SHARE, price_bound=179_500_000)
+    cycle = _run_cycle(fake_broker, price=fill)
+    assert fake_broker.placed[0].qty == 4  # the plan counted the seller's 2 shares
+    seller.refresh_from_db()
+    buyer.refresh_from_db()
+    if crossed:
+        assert seller.status == OrderStatus.SETTLING
+        assert seller.allocations.get().token_units == 2 * SHARE
+        assert buyer.tokens_minted > 4 * SHARE
+        assert 0 < cycle.inventory_after < SHARE  # the rest of the fourth share
+    else:
+        assert seller.status == OrderStatus.PENDING and seller.cycle is None
+        assert seller.waiting_for == "price"
+        assert not seller.allocations.exists()
+        # The buyer shares only what the broker bought; the rest of its USDT waits.
+        assert buyer.tokens_minted == 4 * SHARE and buyer.status == OrderStatus.PENDING
+        assert cycle.inventory_after == 0
+    _settle_all()
+    _check_conservation()
+
+
+def test_a_net_sell_filled_above_a_buyers_bound_does_not_cross_that_buyer(fake_broker):
+    """Symmetric: a deposit bounded at 180.50 in a cycle quoted at 180 whose net is a sell
+    filled at 181 takes nothing and waits for the price; the sellers are still sold in full
+    and what the buyer would have taken stays in inventory."""
+    buyer = _deposit(360, price_bound=180_500_000)
+    seller = _redeem(10 * SHARE)
+    cycle = _run_cycle(fake_broker, price="181")
+    assert fake_broker.placed[0].side == "SELL"
+    buyer.refresh_from_db()
+    seller.refresh_from_db()
+    assert buyer.status == OrderStatus.PENDING and buyer.waiting_for == "price"
+    assert not buyer.allocations.exists() and buyer.tokens_minted == 0
+    assert seller.status == OrderStatus.SETTLING
+    assert cycle.inventory_after == 10 * SHARE - fake_broker.placed[0].qty * SHARE
+    _settle_all()
+    _check_conservation()
+
+
+def test_a_closed_market_is_quoted_once_until_the_calendars_next_open(fake_broker, settings):
+    """A cycle whose quote finds the market closed does not ask again at the next beats: the
+    skip lasts until the next traded session opens by the exchange calendar (or
+    TRADING_MARKET_RECHECK_SECONDS when the calendar says a session is under way). Orders
+    arriving meanwhile are marked waiting for the market without a quote."""
+    from trading import market_wait
+
+    fake_broker.set_quote("US.AAPL", "180", market_open=False, market_state="CLOSED")
+    first = _deposit(500)
+    for _ in range(5):
+        assert cycles.cycle_open(symbol="AAPL") is None
+    later = _deposit(300)
+    assert cycles.cycle_open(symbol="AAPL") is None
+    assert len(fake_broker.calls_to("quote")) == 1  # six beats, one quote
+    for order in (first, later):
+        order.refresh_from_db()
+        assert order.status == OrderStatus.PENDING and order.waiting_for == "market"
+    assert market_wait.market_closed_state("US.AAPL") == "CLOSED"
+    until = market_wait.market_reopens_at("US.AAPL", timezone.now())
+    ttl = market_wait._redis().pttl("bronco:market_closed:US.AAPL") / 1000
+    assert 0 < ttl <= (until - timezone.now()).total_seconds() + 1
+
+    # When the skip ends (here: cleared, as a moved clock does), the next beat asks again.
+    fake_broker.set_quote("US.AAPL", "180")
+    assert market_wait.market_closed_clear() == 1
+    assert cycles.cycle_open(symbol="AAPL") is not None
+    assert len(fake_broker.calls_to("quote")) == 2
+
+
+@pytest.mark.parametrize(
+    ("at", "sessions", "reopens"),
+    [
+        # Saturday 12:00 ET: Monday's open of the sessions traded.
+        ("2026-12-05T17:00:00+00:00", "REGULAR", "2026-12-07T14:30:00+00:00"),
+        ("2026-12-05T17:00:00+00:00", "REGULAR,PRE_MARKET", "2026-12-07T09:00:00+00:00"),
+        # Thanksgiving: the Friday half day's open.
+        ("2026-11-26T16:00:00+00:00", "REGULAR", "2026-11-27T14:30:00+00:00"),
+        # Tuesday 11:00 ET, a regular session by the calendar, OpenD said closed: a minute.
+        ("2026-12-08T16:00:00+00:00", "REGULAR", "2026-12-08T16:01:00+00:00"),
+    ],
+)
+def test_when_a_closed_market_is_asked_again(settings, at, sessions, reopens):
+    from datetime import datetime
+
+    from trading.market_wait import market_reopens_at
+
+    settings.TRADING_SESSIONS = {"US": sessions, "HK": ""}
+    settings.TRADING_MARKET_RECHECK_SECONDS = 60
+    got = market_reopens_at("US.AAPL", datetime.fromisoformat(at))
+    assert got == datetime.fromisoformat(reopens)
+
+
+def test_an_order_about_to_expire_joins_no_cycle_and_is_refunded_at_its_expiry(
+    fake_broker, settings
+):
+    """Within NETTING_EXPIRY_GUARD_SECONDS of its expiry an order joins no cycle: its trade
+    could not be settled before the vault's expiry (the vault then takes only a full
+    refund). It waits, and its expiry refunds it in full with no broker request."""
+    settings.NETTING_EXPIRY_GUARD_SECONDS = 300
+    soon = _deposit(500, expires_at=timezone.now() + timedelta(seconds=200))
+    later = _deposit(500, expires_at=timezone.now() + timedelta(seconds=400))
+    _run_cycle(fake_broker)
+    soon.refresh_from_db()
+    later.refresh_from_db()
+    assert soon.status == OrderStatus.PENDING and not soon.allocations.exists()
+    assert later.status == OrderStatus.SETTLING and later.tokens_minted > 0
+    assert fake_broker.placed[0].qty == 3  # later's 2.8 shares only
+
+    Order.objects.filter(pk=soon.pk).update(expires_at=timezone.now())
+    assert cycles.cycle_open(symbol="AAPL") is None
+    soon.refresh_from_db()
+    assert soon.status == OrderStatus.SETTLING and soon.refund_usdt == 500 * USDT
+    _settle_all()
+    _check_conservation()
