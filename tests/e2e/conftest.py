@@ -85,6 +85,12 @@ def stack(settings, chain_settings, anvil, e2e_sim) -> Iterator[Stack]:
     from trading.session import reset_broker
 
     reset_broker()
+    # The stack's Redis is known from here on: the first compensation scan must not take the
+    # test run's fresh database (flushed at the session's start) for a broker that lost its
+    # queues (that gives every open order ORDER_FAULT_DEADLINE_GRACE_SECONDS).
+    from orders.runs import broker_lost_work
+
+    broker_lost_work()
     env = subprocess_env(**e2e_sim.env, FUTU_RATE_WINDOW_SECONDS=RATE_WINDOW)
     with ExitStack() as exits:
         stack = Stack(contracts=chain_settings, sim=e2e_sim, env=env, exits=exits)
