@@ -169,6 +169,11 @@ ORDER_REDRIVE_QUEUE_MAX = env_int("ORDER_REDRIVE_QUEUE_MAX", 500)
 # An order whose work a fault lost has at least this long left before its deadline
 # (orders.runs.orders_deadline_extend): a fault's time never turns into a refund.
 ORDER_FAULT_DEADLINE_GRACE_SECONDS = env_int("ORDER_FAULT_DEADLINE_GRACE_SECONDS", 60)
+# A deadline ends an order that could not be quoted only when the broker really is out of
+# reach; while the broker answers (the quote failed on a slow moment or Bronco's own request
+# budget) the order waits for the next cycle, at most this long past its deadline (the hard
+# deadline: orders.netting.cycles).
+ORDER_DEADLINE_HARD_EXTRA_SECONDS = env_int("ORDER_DEADLINE_HARD_EXTRA_SECONDS", 300)
 
 # --- Netting (orders.netting) -----------------------------------------------------------
 # Bronco's published fee, the same for every participant of a cycle: a rate of the traded
