@@ -160,6 +160,11 @@ ORDER_MIN_USDT = env_decimal("ORDER_MIN_USDT", "1")
 # the wait in its queue. Past it the run is dead (its worker was killed, its task lost) and
 # the compensation scan takes the order over (orders.runs).
 ORDER_RUN_LEASE_SECONDS = env_int("ORDER_RUN_LEASE_SECONDS", 8)
+# A run or cycle step a live worker holds (waiting out its countdown there, prefetched, or
+# working) has its lease renewed to now + this by heartbeats (the worker's main process for
+# what it holds, the pool child for what it works on), every quarter of it: a worker killed
+# with kill -9 frees what it held this long after its last beat, whatever the countdowns.
+ORDER_RUN_HELD_LEASE_SECONDS = env_int("ORDER_RUN_HELD_LEASE_SECONDS", 4)
 # The scan runs this often: it re-drives dead runs and, when a Redis broker restarted or was
 # wiped, every run and cycle at once. Cheap: one indexed query, one Redis round trip.
 COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 2)
