@@ -48,6 +48,8 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 from hvac import exceptions as hvac_exceptions
 
+from core.exceptions import TIME_LIMITS
+
 logger = logging.getLogger(__name__)
 
 # Secret name -> the environment variable (or setting of that name) used without Vault.
@@ -240,6 +242,8 @@ def _report_failure(name: str, message: str) -> None:
             source="core.secrets",
             details={"secret": name, "error": error},
         )
+    except TIME_LIMITS:
+        raise  # the task ran out of time: it ends as a timeout, never as a success
     except Exception as exc:  # noqa: BLE001 - the database may be down too; log instead
         logger.error("secret %s unavailable and no alert could be raised: %r", name, exc)
 
@@ -249,6 +253,8 @@ def _report_recovery(name: str) -> None:
         from core.alerts import alert_resolve
 
         alert_resolve(key=ALERT_KEY.format(name=name), actor="core.secrets")
+    except TIME_LIMITS:
+        raise
     except Exception as exc:  # noqa: BLE001 - no database here (a test, a script)
         logger.debug("secret %s: alert not resolved: %r", name, exc)
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, current_app, shared_task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 
 from bronco_project.settings.broker import broker_is_amqp
@@ -36,10 +35,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     VaultUnavailable,
 )
 
-# A task's time limits: never to be caught by a broad `except Exception` (SoftTimeLimitExceeded
-# is an Exception), or a timed-out task would end as a success. Re-raise them first:
-#     except TIME_LIMITS: raise
-TIME_LIMITS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded, TimeLimitExceeded)
+# A task's time limits are `core.exceptions.TIME_LIMITS`: re-raised before any broad
+# `except Exception`, so a timed-out task never ends as a success.
 
 TASK_OPTIONS: dict[str, Any] = {
     # Ack after the task ran, and give a task whose worker died back to the queue: a task is

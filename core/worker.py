@@ -48,7 +48,26 @@ def _close_tolerating_detached_transport(connection: Connection) -> None:
 
 
 class BroncoConsumer(Consumer):
-    """Celery's consumer, closing a broken broker connection without dying (see module)."""
+    """Celery's consumer, closing a broken broker connection without dying (see module), and
+    acknowledging without dying a task that was received before the connection broke and
+    finished after it: its message belongs to the old channel, whose ack builds a Redis
+    client from the detached transport (the same `_connparams` AttributeError, raised from
+    `Message.ack_log_error` inside the consumer loop: "Unrecoverable error", seen in the
+    2,000-order chaos run when a task outlived the Redis restart). Such an ack (or reject)
+    is logged as "Couldn't ack" and given up, as for any broken connection: a broker that
+    kept its data redelivers the message after the visibility timeout (every task is safe to
+    run twice), one that came back empty lost it."""
+
+    def update_strategies(self) -> None:
+        # Requests take the errors their ack tolerates from here (celery.worker.strategy
+        # reads `consumer.connection_errors` once per strategy); the consumer's own loop
+        # keeps the transport's errors alone as recoverable.
+        errors = self.connection_errors
+        self.connection_errors = (*errors, AttributeError)
+        try:
+            super().update_strategies()
+        finally:
+            self.connection_errors = errors
 
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
         if self.connection is not None:

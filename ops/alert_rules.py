@@ -27,8 +27,8 @@ from django.utils import timezone
 
 from chain.selectors import listener_lag
 from core.alerts import alert_raise, alert_resolve
+from core.exceptions import TIME_LIMITS
 from core.models import AlertSeverity, AuditLog
-from core.tasks import TIME_LIMITS
 from orders.models import TERMINAL_STATUSES, Order, OrderStatus
 from refunds.selectors import refund_failure_count, reserve_status
 

@@ -11,3 +11,5 @@ class OrdersConfig(AppConfig):
         from trading.services import register_order_update_callback
 
         register_order_update_callback(order_broker_pushed)
+        # A worker's main process renews the leases of the steps it holds (worker_ready).
+        import orders.held  # noqa: F401

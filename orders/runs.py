@@ -118,10 +118,11 @@ def run_enqueue_many(*, gens: Mapping[int, int], nxt: Next) -> None:
 
 
 def run_step_begin(*, order_id: int, gen: int) -> bool:
-    """A task of run `gen` is about to act: True (and the lease renewed) when `gen` is the
-    order's live run, False when another run took the order over (the caller stops)."""
+    """A task of run `gen` is about to act: True (and the lease renewed to a held lease: its
+    heartbeats keep it) when `gen` is the order's live run, False when another run took the
+    order over (the caller stops)."""
     return bool(
-        Order.objects.filter(pk=order_id, run_gen=gen).update(run_lease_until=_lease_until())
+        Order.objects.filter(pk=order_id, run_gen=gen).update(run_lease_until=_held_until())
     )
 
 
@@ -219,34 +220,61 @@ _beating_cycles: set[int] = set()
 _beat_owner: tuple[int, threading.Thread] | None = None  # (pid, thread): a fork starts anew
 
 
-def _heartbeat_interval() -> float:
-    return max(0.5, settings.ORDER_RUN_LEASE_SECONDS / 3)
+def _held_until() -> timezone.datetime:
+    return timezone.now() + timezone.timedelta(seconds=settings.ORDER_RUN_HELD_LEASE_SECONDS)
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats: a quarter of the held lease."""
+    return max(0.25, settings.ORDER_RUN_HELD_LEASE_SECONDS / 4)
+
+
+def _runs_q(runs: Mapping[int, int]) -> Q:
+    alive = Q(pk__in=[])
+    for order_id, gen in runs.items():
+        alive |= Q(pk=order_id, run_gen=gen)
+    return alive
+
+
+def leases_renew(
+    *,
+    working_runs: Mapping[int, int] | None = None,
+    working_cycles: Iterable[int] = (),
+    waiting_runs: Mapping[int, int] | None = None,
+    waiting_cycles: Iterable[int] = (),
+) -> None:
+    """Renew the leases of what a live process holds to now + ORDER_RUN_HELD_LEASE_SECONDS.
+    `working_*` (order id -> run generation, cycle ids): steps working here; never
+    shortened (the step may have set a longer lease for its next step's countdown).
+    `waiting_*`: a step's task this worker holds and has not started (waiting out its
+    countdown, or for a pool slot): the lease no longer needs to cover that countdown, since
+    the holder's heartbeat now vouches for it, so it is set, shortening it. A superseded
+    run's generation, or an allocated cycle, is left alone."""
+    until = _held_until()
+    later = Value(until, output_field=DateTimeField())
+    if working_runs:
+        Order.objects.filter(_runs_q(working_runs)).update(
+            run_lease_until=Greatest(F("run_lease_until"), later)
+        )
+    if waiting_runs:
+        Order.objects.filter(_runs_q(waiting_runs)).update(run_lease_until=until)
+    open_cycles = Cycle.objects.exclude(status=CycleStatus.ALLOCATED)
+    if working := set(working_cycles):
+        open_cycles.filter(pk__in=working).update(lease_until=Greatest(F("lease_until"), later))
+    if waiting := set(waiting_cycles) - working:
+        open_cycles.filter(pk__in=waiting).update(lease_until=until)
 
 
 def _heartbeat_once() -> None:
-    """Renew, never shorten (a step's countdown may have set a longer lease), the lease of
-    every run and cycle working in this process."""
+    """Renew the lease of every run and cycle step working in this process."""
     with _beat_lock:
         beating_runs, beating_cycles = dict(_beating_runs), set(_beating_cycles)
-    if beating_runs:
-        alive = Q(pk__in=[])
-        for order_id, gen in beating_runs.items():
-            alive |= Q(pk=order_id, run_gen=gen)
-        until = Value(_lease_until(), output_field=DateTimeField())
-        Order.objects.filter(alive).update(run_lease_until=Greatest(F("run_lease_until"), until))
-    if beating_cycles:
-        until = Value(
-            timezone.now() + timezone.timedelta(seconds=settings.NETTING_CYCLE_LEASE_SECONDS),
-            output_field=DateTimeField(),
-        )
-        Cycle.objects.filter(pk__in=beating_cycles).exclude(status=CycleStatus.ALLOCATED).update(
-            lease_until=Greatest(F("lease_until"), until)
-        )
+    leases_renew(working_runs=beating_runs, working_cycles=beating_cycles)
 
 
 def _heartbeat_loop() -> None:
     while True:
-        time.sleep(_heartbeat_interval())
+        time.sleep(heartbeat_interval())
         try:
             _heartbeat_once()
         except Exception:  # noqa: BLE001 - a blinking database: the next beat reconnects
@@ -266,9 +294,10 @@ def _heartbeat_start() -> None:
 @contextmanager
 def run_heartbeat(*, order_id: int | None = None, gen: int = 0, cycle_id: int | None = None):
     """While the block runs, a thread of this process renews the lease of run `gen` of
-    `order_id` (or of cycle `cycle_id`) every ORDER_RUN_LEASE_SECONDS / 3: a step that is
-    working is never taken over however long it takes, and one whose process died (kill -9:
-    the thread dies with it) is taken over within a lease. Leases are only ever extended."""
+    `order_id` (or of cycle `cycle_id`) to ORDER_RUN_HELD_LEASE_SECONDS every quarter of
+    it: a step that is working is never taken over however long it takes, and one whose
+    process died (kill -9: the thread dies with it) is taken over within that lease. Leases
+    are only ever extended here."""
     with _beat_lock:
         if order_id is not None:
             _beating_runs[order_id] = gen

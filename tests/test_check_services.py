@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,3 +50,24 @@ def test_postgres_down_is_named_with_a_hint_and_no_password():
     assert "PostgreSQL does not answer" in proc.stderr
     assert "s3cret" not in proc.stderr
     assert "pg_ctlcluster" in proc.stderr
+
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"  # the default vhost: only a login, no queue
+
+
+def test_rabbitmq_is_checked_when_celery_runs_on_it():
+    proc = _run(CELERY_BROKER_URL=RABBITMQ)
+    assert proc.returncode == 0, proc.stderr
+    assert "PostgreSQL, Redis and RabbitMQ answer." in proc.stdout
+
+
+@pytest.mark.parametrize("down", [True, False], ids=["port closed", "login refused"])
+def test_rabbitmq_failing_is_named_with_a_hint_and_no_password(down):
+    port = _closed_port() if down else 5672
+    secret = "s3cret-not-guest"
+    proc = _run(CELERY_BROKER_URL=f"amqp://guest:{secret}@127.0.0.1:{port}//")
+    assert proc.returncode == 1
+    assert f"RabbitMQ does not answer at amqp://guest:***@127.0.0.1:{port}//" in proc.stderr
+    assert ("ACCESS_REFUSED" in proc.stderr) is not down
+    assert secret not in proc.stderr
+    assert "rabbitmq-server" in proc.stderr and "CELERY_BROKER_URL" in proc.stderr

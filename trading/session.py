@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from core.exceptions import TIME_LIMITS
 from trading.broker import Broker, BrokerOrder, Deal, DealUpdateCallback, OrderUpdateCallback
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ def dispatch_order_update(order: BrokerOrder) -> None:
     for fn in list(_callbacks):
         try:
             fn(order)
+        except TIME_LIMITS:
+            raise  # dispatched on a task's thread that ran out of time: a timeout
         except Exception:  # one bad subscriber must not starve the others
             logger.exception("order update callback %r failed for %s", fn, order.broker_order_id)
 
@@ -119,5 +122,7 @@ def dispatch_deal_update(deal: Deal) -> None:
     for fn in list(_deal_callbacks):
         try:
             fn(deal)
+        except TIME_LIMITS:
+            raise  # dispatched on a task's thread that ran out of time: a timeout
         except Exception:  # one bad subscriber must not starve the others
             logger.exception("deal update callback %r failed for %s", fn, deal.deal_id)

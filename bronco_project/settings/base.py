@@ -163,6 +163,11 @@ ORDER_MIN_USDT = env_decimal("ORDER_MIN_USDT", "1")
 # the wait in its queue. Past it the run is dead (its worker was killed, its task lost) and
 # the compensation scan takes the order over (orders.runs).
 ORDER_RUN_LEASE_SECONDS = env_int("ORDER_RUN_LEASE_SECONDS", 8)
+# A run or cycle step a live worker holds (waiting out its countdown there, prefetched, or
+# working) has its lease renewed to now + this by heartbeats (the worker's main process for
+# what it holds, the pool child for what it works on), every quarter of it: a worker killed
+# with kill -9 frees what it held this long after its last beat, whatever the countdowns.
+ORDER_RUN_HELD_LEASE_SECONDS = env_int("ORDER_RUN_HELD_LEASE_SECONDS", 4)
 # The scan runs this often: it re-drives dead runs and, when a Redis broker restarted or was
 # wiped, every run and cycle at once. Cheap: one indexed query, one Redis round trip.
 COMPENSATION_SCAN_SECONDS = env_int("COMPENSATION_SCAN_SECONDS", 2)
@@ -172,6 +177,11 @@ ORDER_REDRIVE_QUEUE_MAX = env_int("ORDER_REDRIVE_QUEUE_MAX", 500)
 # An order whose work a fault lost has at least this long left before its deadline
 # (orders.runs.orders_deadline_extend): a fault's time never turns into a refund.
 ORDER_FAULT_DEADLINE_GRACE_SECONDS = env_int("ORDER_FAULT_DEADLINE_GRACE_SECONDS", 60)
+# A deadline ends an order that could not be quoted only when the broker really is out of
+# reach; while the broker answers (the quote failed on a slow moment or Bronco's own request
+# budget) the order waits for the next cycle, at most this long past its deadline (the hard
+# deadline: orders.netting.cycles).
+ORDER_DEADLINE_HARD_EXTRA_SECONDS = env_int("ORDER_DEADLINE_HARD_EXTRA_SECONDS", 300)
 
 # --- Netting (orders.netting) -----------------------------------------------------------
 # Bronco's published fee, the same for every participant of a cycle: a rate of the traded

@@ -9,7 +9,9 @@ What it compares (base units on chain, Decimals at the broker):
   older than the stuck threshold (invariant 2).
 - **database and chain** (invariants 1, 4): every vault `Deposit` / `Redeem` log up to the
   listener's checkpoint has exactly one order with the same user, symbol, amount and tx;
-  every order has its log; every `DepositSettled` / `RedeemSettled` log matches the order's
+  every order has its log (but one closed because its request vanished in a reorg, which
+  must have neither its log nor a settlement, and is left out of the totals below); every
+  `DepositSettled` / `RedeemSettled` log matches the order's
   settlement amounts and its SettlementTx record; every terminal order is settled on chain;
   every `CancelRequested` log was recorded.
 - **chain totals**: each stock token's total supply = tokens minted by settlements +
@@ -104,9 +106,10 @@ def reconcile(
             "token_supplies": dict(chain.supplies),
         }
     )
-    database_side.check_orders(result, orders, in_flight, stuck_after)
-    chain_side.check_orders_against_chain(result, orders, chain, in_flight)
-    chain_side.check_chain_totals(result, orders, chain)
+    vanished = database_side.vanished_order_ids()
+    database_side.check_orders(result, orders, in_flight, stuck_after, vanished)
+    chain_side.check_orders_against_chain(result, orders, chain, in_flight, vanished)
+    chain_side.check_chain_totals(result, orders, chain, vanished)
     terms_side.check_terms_and_fees(result, orders)
     if check_broker:
         try:

@@ -30,6 +30,7 @@ from ops.reconciliation.database import (
     manual_refunds_paid,
     order_label,
     settlement_amounts,
+    vanished_order_ids,
 )
 from orders.models import TERMINAL_STATUSES, Order, OrderType
 
@@ -155,8 +156,17 @@ def _logs(*, address: str, start: int, end: int, topics: list | None = None) -> 
 
 
 def check_orders_against_chain(
-    result: Reconciliation, orders: list[Order], chain: ChainView, in_flight: set[int]
+    result: Reconciliation,
+    orders: list[Order],
+    chain: ChainView,
+    in_flight: set[int],
+    vanished: set[int] | None = None,
 ) -> None:
+    """Each order against its vault log and settlement events. An order closed as vanished in
+    a reorg (`vanished`, default `database.vanished_order_ids()`) must have neither its
+    request nor a settlement on chain."""
+    if vanished is None:
+        vanished = vanished_order_ids()
     by_key = {(o.order_type, int(o.onchain_id)): o for o in orders}
     for raw, exc in chain.unreadable:
         if raw.block_number <= chain.checkpoint:
@@ -199,19 +209,23 @@ def check_orders_against_chain(
             chain_id=settings.CHAIN_ID, kind__in=("deposit", "redeem")
         ).select_related("batch")
     }
-    # Orders closed because their request vanished in a reorg: nothing on chain, nothing paid.
-    vanished = set(
-        AuditLog.objects.filter(action="order.closed_vanished").values_list("order_id", flat=True)
-    )
     for o in orders:
         events = chain.deposits if o.order_type == OrderType.BUY else chain.redeems
         paid = chain.settled.get((o.order_type, int(o.onchain_id)), [])
         if o.pk in vanished:
-            if int(o.onchain_id) in events or paid:
+            # Closed because its request vanished in a reorg: nothing on chain, nothing paid.
+            if int(o.onchain_id) in events:
                 result.add(
                     "db/chain",
                     order_label(o),
                     "closed as vanished in a reorg, but its request is on chain",
+                )
+            if paid:
+                result.add(
+                    "db/chain",
+                    order_label(o),
+                    f"closed as vanished in a reorg, but settled {len(paid)} time(s) on chain "
+                    f"(tx {paid[0].tx_hash})",
                 )
             continue
         if int(o.onchain_id) not in events:
@@ -323,11 +337,25 @@ def _settlement_hash_mismatches(
     return problems
 
 
-def check_chain_totals(result: Reconciliation, orders: list[Order], chain: ChainView) -> None:
+def check_chain_totals(
+    result: Reconciliation,
+    orders: list[Order],
+    chain: ChainView,
+    vanished: set[int] | None = None,
+) -> None:
+    """The vault's ledger: token supplies and USDT in / out against the orders. An order
+    closed as vanished in a reorg (`vanished`, default `database.vanished_order_ids()`)
+    brought no USDT in and burned no tokens (its request is not on chain), so it is left
+    out; were it settled on chain after all, the per-order check names it and its payment
+    shows here as unexplained."""
+    if vanished is None:
+        vanished = vanished_order_ids()
     minted: Counter[str] = Counter()
     burned: Counter[str] = Counter()
     refunds = payouts = deposits = 0
     for o in orders:
+        if o.pk in vanished:
+            continue
         settled_on_chain = (o.order_type, int(o.onchain_id)) in chain.settled and o.outcome
         if o.order_type == OrderType.BUY:
             deposits += o.usdt_amount
@@ -381,5 +409,6 @@ def check_chain_totals(result: Reconciliation, orders: list[Order], chain: Chain
             "usdt_paid_out": payouts,
             "usdt_refunded_manually": manual,
             "usdt_reserve_in": chain.usdt_in - chain_deposits,
+            "orders_vanished_in_reorg": len(vanished & {o.pk for o in orders}),
         }
     )

@@ -10,7 +10,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from chain.models import SettlementStatus, SettlementTx
-from orders.models import TERMINAL_STATUSES, Allocation, Order, OrderType
+from core.models import AuditLog
+from orders.models import TERMINAL_STATUSES, Allocation, Order, OrderStatus, OrderType
 
 if TYPE_CHECKING:
     from ops.reconciliation import Reconciliation
@@ -27,6 +28,18 @@ def read_orders(*, stuck_after: float) -> tuple[list[Order], set[int]]:
         if o.status not in TERMINAL_STATUSES and now - o.created_at < timedelta(seconds=stuck_after)
     }
     return orders, in_flight
+
+
+def vanished_order_ids() -> set[int]:
+    """Pks of the orders closed because their Deposit / Redeem vanished in a reorg (audit
+    action `order.closed_vanished`, written by `orders.services.order_close_vanished`): the
+    request is not on chain, so no USDT or tokens came in for them and nothing may be paid
+    out; they are left out of the per-order conservation and of the vault's ledger."""
+    return set(
+        AuditLog.objects.filter(action="order.closed_vanished")
+        .exclude(order_id=None)
+        .values_list("order_id", flat=True)
+    )
 
 
 def manual_refund(order: Order) -> int:
@@ -58,8 +71,19 @@ def settlement_amounts(order: Order) -> tuple[int, int]:
 
 
 def check_orders(
-    result: Reconciliation, orders: list[Order], in_flight: set[int], stuck_after: float
+    result: Reconciliation,
+    orders: list[Order],
+    in_flight: set[int],
+    stuck_after: float,
+    vanished: set[int] | None = None,
 ) -> None:
+    """Per order: a terminal status is its outcome, no open order is stuck, and what came in
+    is what went out. An order whose request vanished in a reorg (`vanished`, default
+    `vanished_order_ids()`) took nothing in, so only its status and that it paid nothing
+    (no manual refund) are checked; shares its cycles bought for it are the operator's
+    (alert `order.vanished_traded`) and noted."""
+    if vanished is None:
+        vanished = vanished_order_ids()
     allocated: dict[int, int] = {}
     for order_id, units in Allocation.objects.filter(order__in=orders).values_list(
         "order_id", "token_units"
@@ -73,6 +97,9 @@ def check_orders(
                 "db", order_label(o), f"still {o.status} after {stuck_after:.0f}s (stuck order)"
             )
         if not o.outcome:
+            continue
+        if o.pk in vanished:
+            _check_vanished(result, o, allocated.get(o.pk, 0))
             continue
         # What the order's netting cycles allocated to it, in 10^-18 share units.
         sold_or_bought = allocated.get(o.pk, 0)
@@ -108,3 +135,23 @@ def check_orders(
                     order_label(o),
                     f"payout {o.payout_usdt} != proceeds {o.cost_usdt} - fees {o.fees_usdt}",
                 )
+
+
+def _check_vanished(result: Reconciliation, order: Order, allocated: int) -> None:
+    """An order closed as vanished: FAILED, and no manual refund paid for it (nothing came
+    in). Its settlement amounts may hold what a settlement refused after the reorg would have
+    paid; the chain side checks that nothing was."""
+    if order.status != OrderStatus.FAILED:
+        result.add("db", order_label(order), f"closed as vanished in a reorg but {order.status}")
+    if manual := manual_refund(order):
+        result.add(
+            "db",
+            order_label(order),
+            f"closed as vanished in a reorg (nothing came in), yet manually refunded {manual}",
+        )
+    if allocated or order.cost_usdt:
+        result.notes.append(
+            f"{order_label(order)}: its request vanished in a reorg after it traded "
+            f"({allocated} share units allocated, cost {order.cost_usdt} USDT units): the "
+            "position is the operator's to unwind"
+        )

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -182,12 +183,19 @@ def _unfilled_reason(order: Order) -> str:
     return waiting.unfilled_reason(order)
 
 
-def _leave_book(symbol: str, *, by_deadline: bool = True) -> None:
-    """Cancelled and expired orders, and with `by_deadline` those past their deadline while
-    not waiting for their market, leave the book before a cycle (`orders.netting.waiting`):
-    a closed market never ends an order by its deadline."""
+def _leave_book(
+    symbol: str,
+    *,
+    by_deadline: bool = True,
+    deadline_by: datetime | None = None,
+    deadline_reason: str = "",
+) -> None:
+    """Cancelled and expired orders, and with `by_deadline` those whose deadline is at or
+    before `deadline_by` (default now) while not waiting for their market, leave the book
+    before a cycle (`orders.netting.waiting`): a closed market never ends an order by its
+    deadline. `deadline_reason` replaces the usual reason of one leaving by its deadline."""
     now = timezone.now()
-    leaving_q = waiting.leaving_book(now, by_deadline=by_deadline)
+    leaving_q = waiting.leaving_book(now, by_deadline=by_deadline, deadline_by=deadline_by)
     with transaction.atomic():
         leaving = list(book(symbol).filter(leaving_q).values_list("pk", flat=True))
         for order in (
@@ -195,7 +203,53 @@ def _leave_book(symbol: str, *, by_deadline: bool = True) -> None:
             .order_by("pk")
             .select_for_update(skip_locked=True, of=("self",))
         ):
-            order_settle_from_book(order=order, reason=_unfilled_reason(order))
+            reason = _unfilled_reason(order)
+            if deadline_reason and waiting.by_deadline_only(order, now):
+                reason = deadline_reason
+            order_settle_from_book(order=order, reason=reason)
+
+
+def _broker_answers() -> bool:
+    """Broker truth, cheaply: does the broker answer now? One read of the account's open
+    orders (OpenD's cache: no request budget spent, `trading.services.broker_list_orders`)."""
+    try:
+        broker.broker_list_orders()
+    except (BrokerUnavailable, RateLimited) as exc:
+        logger.info("the broker does not answer: %s", exc)
+        return isinstance(exc, RateLimited)  # refused by a budget: it answered
+    return True
+
+
+def _leave_book_unquoted(symbol: str, exc: Exception) -> None:
+    """The symbol's quote failed (`exc`: NoQuote, BrokerUnavailable or RateLimited).
+    Cancelled and expired orders leave as always. An order past its deadline leaves blaming
+    the broker only when that is true of the broker: it said there is no price (NoQuote), or
+    it does not answer now either (`_broker_answers`). Otherwise (Bronco's own request
+    budget, or a request that failed on a slow moment while the broker answers) the order
+    waits in the book for the next cycle, until its hard deadline
+    (ORDER_DEADLINE_HARD_EXTRA_SECONDS past the deadline) ends it."""
+    now = timezone.now()
+    if not book(symbol).filter(waiting.leaving_book(now, by_deadline=True)).exists():
+        return  # nobody leaves: the broker is not asked
+    if isinstance(exc, NoQuote):
+        _leave_book(symbol, deadline_reason=f"the broker gave no price before the deadline: {exc}")
+        return
+    if isinstance(exc, BrokerUnavailable) and not _broker_answers():
+        reason = f"could not reach the broker before the deadline: {exc}"
+        _leave_book(symbol, deadline_reason=reason)
+        return
+    extra = timedelta(seconds=settings.ORDER_DEADLINE_HARD_EXTRA_SECONDS)
+    logger.warning(
+        "cycle of %s: no quote (%s) but the broker answers: orders past their deadline wait",
+        symbol,
+        exc,
+    )
+    _leave_book(
+        symbol,
+        deadline_by=now - extra,
+        deadline_reason="the hard deadline passed before the order could be quoted "
+        f"(the broker answered; the quote failed: {exc})",
+    )
 
 
 # --- open --------------------------------------------------------------------------------
@@ -234,7 +288,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
         quote = broker.broker_quote(code=code)
     except (NoQuote, BrokerUnavailable, RateLimited) as exc:
         logger.info("cycle of %s waits: %s", symbol, exc)
-        _leave_book(symbol)
+        _leave_book_unquoted(symbol, exc)
         return None
     if quote.suspended or not quote.market_open:
         logger.info("cycle of %s waits: market %s", symbol, quote.market_state or "closed")

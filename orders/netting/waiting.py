@@ -22,14 +22,22 @@ from orders.models import Order, Waiting
 from orders.state import orders_record_many
 
 
-def leaving_book(now: datetime, *, by_deadline: bool) -> Q:
+def leaving_book(now: datetime, *, by_deadline: bool, deadline_by: datetime | None = None) -> Q:
     """Book orders that leave before a cycle: cancelled, expired, and with `by_deadline`
-    (the market is known open, or no quote says it is closed) those past their deadline
-    that are not waiting for their market."""
+    (the market is known open, or no quote says it is closed) those whose deadline is at or
+    before `deadline_by` (default `now`; earlier for the hard deadline) that are not waiting
+    for their market."""
     leaving = Q(cancel_requested_at__isnull=False) | Q(expires_at__lte=now)
     if by_deadline:
-        leaving |= Q(deadline__lte=now) & Q(waiting_for=Waiting.NOTHING)
+        leaving |= Q(deadline__lte=deadline_by or now) & Q(waiting_for=Waiting.NOTHING)
     return leaving
+
+
+def by_deadline_only(order: Order, now: datetime) -> bool:
+    """True when `order` leaves the book by its deadline alone (neither cancelled nor
+    expired)."""
+    expired = order.expires_at is not None and order.expires_at <= now
+    return order.cancel_requested_at is None and not expired
 
 
 def unfilled_reason(order: Order, now: datetime | None = None) -> str:

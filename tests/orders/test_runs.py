@@ -256,3 +256,24 @@ def test_the_scan_never_fills_a_stage_queue_past_its_bound(settings):
     assert compensation_scan() == 0  # the queue holds them now: no room for more
     queue.delete("default")
     assert compensation_scan() == 1
+
+
+def test_a_held_step_lease_is_the_holders_a_working_one_only_grows_a_superseded_one_is_left():
+    held = settings.ORDER_RUN_HELD_LEASE_SECONDS
+    waiting, working, superseded = OrderFactory.create_batch(3, status=OrderStatus.PENDING)
+    _lease(waiting, working, superseded, seconds=held + 30)  # a long countdown's lease
+    runs.leases_renew(
+        waiting_runs={waiting.pk: waiting.run_gen, superseded.pk: superseded.run_gen + 1},
+        working_runs={working.pk: working.run_gen},
+    )
+    left = {
+        o.pk: (o.run_lease_until - timezone.now()).total_seconds()
+        for o in Order.objects.filter(pk__in=[waiting.pk, working.pk, superseded.pk])
+    }
+    assert held - 2 < left[waiting.pk] <= held  # the holder vouches now, not the countdown
+    assert left[working.pk] > held + 25 and left[superseded.pk] > held + 25
+
+    _lease(working, seconds=0.5)
+    runs.leases_renew(working_runs={working.pk: working.run_gen})
+    working.refresh_from_db()
+    assert (working.run_lease_until - timezone.now()).total_seconds() > held - 2

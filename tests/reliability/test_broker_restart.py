@@ -8,8 +8,10 @@ import uuid
 
 import pytest
 import redis
+from django.db import connection, transaction
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from ops.tasks import evaluate_alert_rules
 from orders.tasks import ping
 from tests.fixtures.processes import bronco_process, celery_worker_argv, subprocess_env
 
@@ -52,3 +54,26 @@ def test_a_worker_keeps_consuming_through_repeated_broker_restarts(own_redis):
             assert worker.poll() is None, f"the worker exited after restart {n + 1}"
             print(f"restart {n + 1}: consuming again after {time.monotonic() - started:.1f} s")
         assert worker.poll() is None
+
+
+def test_a_task_that_outlives_a_broker_restart_does_not_end_the_worker(own_redis):
+    """A task working while Redis restarts acknowledges afterwards on the old channel (acks
+    late): kombu builds a client from the detached transport and the worker died with
+    "Unrecoverable error: 'NoneType' ... 'hostname'" (the chaos run's default worker)."""
+    env = subprocess_env(CELERY_WORKER_NAME="outlives")
+    with bronco_process("worker-task-outlives", celery_worker_argv(concurrency=2), env) as worker:
+        _ping_round_trip(timeout=60)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                # The task's first rule reads orders: it works (blocked) through the restart.
+                cursor.execute("LOCK TABLE orders_order IN ACCESS EXCLUSIVE MODE")
+            evaluate_alert_rules.apply_async()
+            time.sleep(2.0)
+            own_redis.stop()
+            time.sleep(1.0)
+            own_redis.start()
+            time.sleep(2.0)  # the worker reconnects while the task still works
+        _ping_round_trip(timeout=60)  # the task finished and acked; the worker goes on
+        time.sleep(1.0)
+        assert worker.poll() is None, "the worker exited when the task acknowledged"
+        _ping_round_trip(timeout=30)

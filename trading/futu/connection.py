@@ -42,6 +42,7 @@ from futu.common.ft_logger import logger as futu_logger
 from futu.common.network_manager import NetManager
 
 from core.alerts import AlertSeverity, alert_raise
+from core.exceptions import TIME_LIMITS
 from core.metrics import count_broker_error
 from core.secrets import SecretUnavailable, clear_secret_cache, get_secret
 from trading.broker import DealUpdateCallback, OrderUpdateCallback
@@ -279,6 +280,8 @@ class FutuConnection:
             if ctx is not None:
                 try:
                     ctx.close()
+                except TIME_LIMITS:
+                    raise  # a task out of time ends as a timeout, never as a success
                 except Exception:  # closing a dead context must not mask the real error
                     logger.debug("closing a futu context failed", exc_info=True)
         self._quote_ctx = self._trade_ctx = None
