@@ -267,7 +267,7 @@ def _act_on_batch(
                 chain_id=chain_id,
                 removed_at__isnull=True,
                 name__in={k[0] for k in keys},
-                vault_id__in=[k[1] for k in keys],
+                vault_id__any=[k[1] for k in keys],
             ).values_list("name", "vault_id")
         }
     actionable: list[tuple[RawLog, ContractEvent]] = []
@@ -318,7 +318,7 @@ def _removed_unresolved(*, chain_id: int, events: Sequence[NewEvent]) -> set[tup
             removed_at__isnull=False,
             resolved_at__isnull=True,
             name__in={e.name for e in events},
-            vault_id__in={e.vault_id for e in events},
+            vault_id__any={e.vault_id for e in events},
         ).values_list("name", "vault_id")
     }
 

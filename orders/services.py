@@ -4,7 +4,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -87,7 +87,7 @@ def _existing_orders(keys: Sequence[_OrderKey]) -> dict[_OrderKey, int]:
     # walked over every order of the chain, once per batch.
     for (chain_id, order_type), ids in by_kind.items():
         rows = Order.objects.filter(
-            chain_id=chain_id, order_type=order_type, onchain_id__in=ids
+            chain_id=chain_id, order_type=order_type, onchain_id__any=ids
         ).values_list("pk", "onchain_id")
         for pk, onchain_id in rows:
             found[(chain_id, order_type, int(onchain_id))] = pk
@@ -99,6 +99,28 @@ def _kick_cycles(symbols: set[str]) -> None:
 
     for symbol in sorted(symbols):
         cycle_kick(symbol)
+
+
+class _RowAsOrder:
+    """An order row about to be COPYed (a dict by attname) read as the Order it will be, for
+    `validation_refusal` (which reads fields only): a field the row lacks reads as its model
+    default. Building a model instance per row was a tenth of a backfill's time."""
+
+    __slots__ = ("_row",)
+    _fields: dict[str, Any] | None = None
+
+    def __init__(self, row: dict[str, object]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> object:
+        if name in self._row:
+            return self._row[name]
+        fields = _RowAsOrder._fields
+        if fields is None:
+            fields = _RowAsOrder._fields = {f.attname: f for f in Order._meta.concrete_fields}
+        if name not in fields:
+            raise AttributeError(name)
+        return fields[name].get_default()
 
 
 def _insert_orders(
@@ -137,7 +159,7 @@ def _insert_orders(
     ]
     booked_now: dict[int, str] = {}
     for row in rows:
-        if validation_refusal(Order(**row)) is None:
+        if validation_refusal(_RowAsOrder(row)) is None:  # type: ignore[arg-type]
             row["booked_at"] = now
             booked_now[row["id"]] = row["symbol"]
     bulk_copy_insert(Order, rows)
@@ -177,8 +199,7 @@ def _insert_orders(
             logger.info("order created", extra={"order_id": pk, "tx_hash": r.tx_hash})
     else:
         logger.info("%s orders created, ids %s..%s", len(ids), ids[0], ids[-1])
-    for _ in booked_now:
-        observe_stage("validate", 0.0)  # booked as it was created
+    observe_stage("validate", 0.0, count=len(booked_now))  # booked as they were created
     booked.update(booked_now)
     return {_key(r): pk for pk, r in zip(ids, requests, strict=True)}
 
