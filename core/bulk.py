@@ -34,8 +34,13 @@ def _escaped(text: str) -> str:
     return text  # the common case (hashes, addresses, symbols): no per-character pass
 
 
+# The last datetime written and its text: a batch's rows share a few (now, deadline, lease).
+_last_stamp: tuple[Any, str] = (None, "")
+
+
 def _plain_text(value: Any) -> str:
     """One value of a non-JSON column in COPY's text format."""
+    global _last_stamp
     kind = type(value)
     if kind is str:
         return _escaped(value)
@@ -43,6 +48,13 @@ def _plain_text(value: Any) -> str:
         return str(value)
     if value is None:
         return "\\N"
+    if kind is datetime:
+        last = _last_stamp
+        if value is last[0]:
+            return last[1]
+        text = value.isoformat()
+        _last_stamp = (value, text)
+        return text
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, enum.Enum):
