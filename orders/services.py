@@ -209,7 +209,7 @@ _LOG_EACH_UP_TO = 100
 
 
 def orders_create_from_chain_ids(
-    *, requests: Sequence[ChainOrderRequest], actor: str
+    *, requests: Sequence[ChainOrderRequest], actor: str, assume_new: bool = False
 ) -> list[tuple[int, bool]]:
     """The one order of each chain event (the listener's batch), as (order id, created), in
     the order given.
@@ -220,13 +220,17 @@ def orders_create_from_chain_ids(
     enqueued only after that transaction commits. One query finds what exists, one COPY
     creates the rest and one appends their audit entries (`core.bulk`); should the COPY lose
     a race to another writer, it falls back to one order at a time.
+
+    `assume_new=True` (the listener's first try at a batch of new logs) skips the look-up:
+    should any order exist, the COPY's unique key refuses it and IntegrityError is raised
+    (nothing of the call is kept), for the caller to do its batch again without it.
     """
     order_types = set(OrderType.values)  # a property that builds a list at each read
     for request in requests:
         if request.order_type not in order_types:
             raise ValueError(f"unknown order type {request.order_type!r}")
     keys = [_key(r) for r in requests]
-    existing = _existing_orders(keys)
+    existing = {} if assume_new else _existing_orders(keys)
     new: dict[_OrderKey, ChainOrderRequest] = {}
     for key, request in zip(keys, requests, strict=True):
         if key not in existing:
@@ -238,6 +242,8 @@ def orders_create_from_chain_ids(
             with transaction.atomic():
                 created = _insert_orders(list(new.values()), actor, booked)
         except IntegrityError:
+            if assume_new:
+                raise
             booked.clear()  # rolled back with the batch
             for key, request in new.items():
                 try:
