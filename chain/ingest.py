@@ -152,10 +152,10 @@ def _unseen(*, chain_id: int, logs: Sequence[RawLog]) -> tuple[list[RawLog], int
     tx_hashes = {log.tx_hash for log in fresh}
     seen = set(
         ChainEvent.objects.filter(
-            chain_id=chain_id, tx_hash__in=tx_hashes, removed_at__isnull=True
+            chain_id=chain_id, tx_hash__any=tx_hashes, removed_at__isnull=True
         ).values_list("tx_hash", "log_index")
     ) | set(
-        QuarantinedLog.objects.filter(chain_id=chain_id, tx_hash__in=tx_hashes).values_list(
+        QuarantinedLog.objects.filter(chain_id=chain_id, tx_hash__any=tx_hashes).values_list(
             "tx_hash", "log_index"
         )
     )
