@@ -267,7 +267,8 @@ def measure_live(node, contracts, config, mode: str, n: int, rate: float) -> dic
                             "from": sender,
                             "to": contracts.vault,
                             "data": "0x" + data.hex(),
-                            "gas": hex(150_000),
+                            # a deposit takes ~165,000 gas since the vault checks terms
+                            "gas": hex(300_000),
                         }
                     ],
                 },

@@ -77,6 +77,10 @@ ACTOR = "listen_chain"
 
 
 FINALITY_MODES = ("confirmations", "finalized", "safe")
+# The WebSocket loop takes up to this many queued items at once (each waited for at most
+# _WS_DRAIN_WAIT seconds) before one catch-up.
+_WS_DRAIN_MAX = 1000
+_WS_DRAIN_WAIT = 0.002
 # Restarts of one catch-up when the node lacks a block it named (the head moved back).
 _MOVED_BACK_RETRIES = 3
 
@@ -602,12 +606,26 @@ class ChainListener:
                                 await in_core(self.catch_up, await sub.block_number())
                             continue
                         idle = 0.0
-                        if isinstance(item, NewHead):
-                            await in_core(self.catch_up, item.number)
-                        else:
-                            await in_core(self.on_pushed_log, item)
-                            if not item.removed and item.block_number > self.stats.head:
-                                await in_core(self.catch_up, item.block_number)
+                        # What queued up while the last catch-up ran is taken at once and
+                        # read by one catch-up: one per head fell behind a fast chain.
+                        items = [item]
+                        while len(items) < _WS_DRAIN_MAX:
+                            more = await sub.next(_WS_DRAIN_WAIT)
+                            if more is None:
+                                break
+                            items.append(more)
+                        head: int | None = None
+                        for item in items:
+                            if isinstance(item, NewHead):
+                                head = item.number  # the latest: lower after a reorg
+                            else:
+                                await in_core(self.on_pushed_log, item)
+                                if not item.removed and item.block_number > max(
+                                    head or -1, self.stats.head
+                                ):
+                                    head = item.block_number
+                        if head is not None:
+                            await in_core(self.catch_up, head)
             except (ChainUnavailable, RangeTooLarge, DatabaseError) as exc:
                 delay = await in_core(self._note_failure, exc, delay)
                 await loop.run_in_executor(None, self.stop_event.wait, delay)
