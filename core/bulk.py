@@ -34,13 +34,8 @@ def _escaped(text: str) -> str:
     return text  # the common case (hashes, addresses, symbols): no per-character pass
 
 
-# The last datetime written and its text: a batch's rows share a few (now, deadline, lease).
-_last_stamp: tuple[Any, str] = (None, "")
-
-
 def _plain_text(value: Any) -> str:
     """One value of a non-JSON column in COPY's text format."""
-    global _last_stamp
     kind = type(value)
     if kind is str:
         return _escaped(value)
@@ -48,13 +43,6 @@ def _plain_text(value: Any) -> str:
         return str(value)
     if value is None:
         return "\\N"
-    if kind is datetime:
-        last = _last_stamp
-        if value is last[0]:
-            return last[1]
-        text = value.isoformat()
-        _last_stamp = (value, text)
-        return text
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, enum.Enum):
@@ -104,8 +92,28 @@ class _Streamed:
         return "".join(parts)
 
 
-def _converter(is_json: bool) -> Callable[[Any], str]:
-    return _json_text if is_json else _plain_text
+def _converter(field: models.Field) -> Callable[[Any], str]:
+    if isinstance(field, models.JSONField):
+        return _json_text
+    if isinstance(field, models.DateTimeField):
+        return _stamp_converter()
+    return _plain_text
+
+
+def _stamp_converter() -> Callable[[Any], str]:
+    """A datetime column's text, the last value's remembered: a batch's rows share a few
+    (now, a deadline, a lease), and `isoformat` per row was a twentieth of a backfill."""
+    last: list[Any] = [None, ""]
+
+    def text(value: Any) -> str:
+        if type(value) is datetime:
+            if value == last[0]:
+                return last[1]
+            last[0], last[1] = value, value.isoformat()
+            return last[1]
+        return _plain_text(value)
+
+    return text
 
 
 def _auto_text(now: datetime) -> Callable[[Any], str]:
@@ -162,7 +170,7 @@ def bulk_copy_insert(model: type[models.Model], rows: Sequence[dict[str, Any]]) 
         is_json = isinstance(f, models.JSONField)
         auto = getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
         if f.attname in names:
-            given.append((f.attname, _auto_text(now) if auto else _converter(is_json)))
+            given.append((f.attname, _auto_text(now) if auto else _converter(f)))
             columns.append(f.column)
         elif f.primary_key:
             continue
