@@ -29,6 +29,7 @@ from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncWeb3, HTTPProvider, Web3, WebSocketProvider
 from web3.exceptions import (
+    BlockNotFound,
     ContractLogicError,
     InvalidAddress,
     TimeExhausted,
@@ -46,6 +47,7 @@ from chain.exceptions import (
     ContractReverted,
     NodeMisconfigured,
     TransactionRejected,
+    UnknownBlock,
 )
 
 logger = logging.getLogger(__name__)
@@ -386,6 +388,8 @@ def _translate(exc: BaseException) -> Exception:
     if isinstance(exc, ContractLogicError):
         name, args = decode_revert(exc.data)
         return ContractReverted(str(exc.message or exc), error_name=name, error_args=args)
+    if isinstance(exc, BlockNotFound):
+        return UnknownBlock(str(exc))
     if isinstance(exc, InvalidAddress):
         return NodeMisconfigured(f"invalid address: {exc}", setting="CHAIN_VAULT_ADDRESS")
     if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError):
@@ -424,9 +428,11 @@ class ChainClient:
         return int(self._run(lambda: self._w3.eth.block_number))
 
     def block(self, number: int | str = "latest") -> BlockHeader | None:
+        """The block's header, or None when the node does not have it (beyond its head, gone
+        in a reorg, a tag it does not know). Transport errors raise."""
         try:
             b = self._run(self._w3.eth.get_block, number)
-        except TransactionRejected:
+        except (TransactionRejected, UnknownBlock):
             return None
         if b is None:
             return None

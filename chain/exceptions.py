@@ -14,6 +14,15 @@ class NodeTimedOut(ChainUnavailable):
     eth_getLogs range this is how some nodes say "range too large" (see chain.node_errors)."""
 
 
+class UnknownBlock(ChainUnavailable):
+    """The node does not have a block the request named: it is beyond the node's head or no
+    longer in its chain ("block out of range", "header not found", "unknown block"). The
+    head moved back (a reorg that shortened the chain) or this node (a load-balanced
+    backend) is behind the head Bronco saw. The listener re-reads the head and checks its
+    checkpoint against the node (walking back to the common ancestor when its block is
+    gone); elsewhere it is a transient fault like any other ChainUnavailable."""
+
+
 class RateLimited(ChainUnavailable):
     """The node (or its provider) refused for rate or quota (HTTP 429, -32005 "limit
     exceeded"): wait with jitter and ask again, the same request."""

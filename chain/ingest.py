@@ -133,10 +133,9 @@ def chain_logs_commit(
             chain_id=chain_id,
             logs=[log for log in logs if log.block_number > cursor.block_number],
         )
-        events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
+        events, remined = _act_and_write(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
         duplicates += remined
         quarantined = len(new_logs) - len(events) - remined
-        _events_write(events)
         cursor.block_number = to_block
         cursor.block_hash = to_block_hash
         cursor.head_number = max(head, to_block)
@@ -153,10 +152,10 @@ def _unseen(*, chain_id: int, logs: Sequence[RawLog]) -> tuple[list[RawLog], int
     tx_hashes = {log.tx_hash for log in fresh}
     seen = set(
         ChainEvent.objects.filter(
-            chain_id=chain_id, tx_hash__in=tx_hashes, removed_at__isnull=True
+            chain_id=chain_id, tx_hash__any=tx_hashes, removed_at__isnull=True
         ).values_list("tx_hash", "log_index")
     ) | set(
-        QuarantinedLog.objects.filter(chain_id=chain_id, tx_hash__in=tx_hashes).values_list(
+        QuarantinedLog.objects.filter(chain_id=chain_id, tx_hash__any=tx_hashes).values_list(
             "tx_hash", "log_index"
         )
     )
@@ -188,8 +187,7 @@ def chain_logs_replay(
                 if log.block_number <= cursor.block_number and log.address.lower() == vault.lower()
             ],
         )
-        events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
-        _events_write(events)
+        events, remined = _act_and_write(chain_id=chain_id, vault=vault, logs=new_logs, actor=actor)
     return BatchResult(
         committed=len(events),
         duplicates=duplicates + remined,
@@ -243,8 +241,38 @@ def quarantined_log_reprocess(
     return done
 
 
-def _act_on_batch(
+def _act_and_write(
     *, chain_id: int, vault: str, logs: Sequence[RawLog], actor: str
+) -> tuple[list[NewEvent], int]:
+    """`_act_on_batch` and the events written. First as if no log of the batch were recorded
+    under its vault key and no order existed for it (a backfill of new logs: the look-ups by
+    thousands of ids grew with the tables and were most of a 100,000-log backfill's database
+    time); the unique keys of orders (chain, type, id) and of live events (chain, event,
+    vault id) refuse anything that is, and then the batch is done again, in full, with the
+    look-ups (the first try is a savepoint: nothing of it is kept, its on-commit enqueues
+    included)."""
+    if logs:
+        try:
+            with transaction.atomic():
+                events, remined = _act_on_batch(
+                    chain_id=chain_id, vault=vault, logs=logs, actor=actor, optimistic=True
+                )
+                _events_write(events)
+            return events, remined
+        except IntegrityError as exc:
+            logger.info("the batch meets recorded requests (%s); again with look-ups", exc)
+    events, remined = _act_on_batch(chain_id=chain_id, vault=vault, logs=logs, actor=actor)
+    _events_write(events)
+    return events, remined
+
+
+def _act_on_batch(
+    *,
+    chain_id: int,
+    vault: str,
+    logs: Sequence[RawLog],
+    actor: str,
+    optimistic: bool = False,
 ) -> tuple[list[NewEvent], int]:
     """The ChainEvents to write for new `logs` (in chain order), their orders created; the
     logs it cannot act on are quarantined instead, and a log whose event is already recorded
@@ -252,7 +280,9 @@ def _act_on_batch(
     skipped and counted (second value). Deposits and redeems become orders in one bulk step;
     should that fail on one bad log, every log is taken one at a time, so only that log is
     quarantined. Cancels run after, in order, as they name earlier deposits. A deposit or
-    redeem that re-appears after a reorg finds its held order and releases it."""
+    redeem that re-appears after a reorg finds its held order and releases it.
+    `optimistic` (see `_act_and_write`) skips the look-ups of live events and of orders by
+    vault id, and lets IntegrityError out when a unique key refuses the batch."""
     decoded_logs: list[tuple[RawLog, ContractEvent]] = []
     for log in logs:
         decoded = _decoded(chain_id=chain_id, vault=vault, log=log, actor=actor)
@@ -260,14 +290,14 @@ def _act_on_batch(
             decoded_logs.append((log, decoded))
     keys = {k for _, d in decoded_logs if (k := vault_key(d)) is not None}
     live: set[tuple[str, int]] = set()
-    if keys:
+    if keys and not optimistic:
         live = {
             (name, int(vault_id))
             for name, vault_id in ChainEvent.objects.filter(
                 chain_id=chain_id,
                 removed_at__isnull=True,
                 name__in={k[0] for k in keys},
-                vault_id__in=[k[1] for k in keys],
+                vault_id__any=[k[1] for k in keys],
             ).values_list("name", "vault_id")
         }
     actionable: list[tuple[RawLog, ContractEvent]] = []
@@ -284,7 +314,7 @@ def _act_on_batch(
         if isinstance(decoded, Deposit | Redeem):
             requests[log.key] = _order_request(chain_id=chain_id, event=decoded, terms=terms)
         actionable.append((log, decoded))
-    order_ids = _orders_in_bulk(requests=requests, actor=actor)
+    order_ids = _orders_in_bulk(requests=requests, actor=actor, optimistic=optimistic)
     events = []
     for log, decoded in actionable:
         if order_ids is not None and log.key in order_ids:
@@ -311,6 +341,11 @@ def _removed_unresolved(*, chain_id: int, events: Sequence[NewEvent]) -> set[tup
     """(event name, vault id) of `events` that a reorg removed and no re-read resolved yet."""
     if not events:
         return set()
+    open_removed = ChainEvent.objects.filter(
+        chain_id=chain_id, removed_at__isnull=False, resolved_at__isnull=True
+    )
+    if not open_removed.exists():  # no reorg is being healed: nothing can re-appear
+        return set()
     return {
         (name, int(vault_id))
         for name, vault_id in ChainEvent.objects.filter(
@@ -318,7 +353,7 @@ def _removed_unresolved(*, chain_id: int, events: Sequence[NewEvent]) -> set[tup
             removed_at__isnull=False,
             resolved_at__isnull=True,
             name__in={e.name for e in events},
-            vault_id__in={e.vault_id for e in events},
+            vault_id__any={e.vault_id for e in events},
         ).values_list("name", "vault_id")
     }
 
@@ -384,16 +419,24 @@ def _decoded(*, chain_id: int, vault: str, log: RawLog, actor: str) -> ContractE
 
 
 def _orders_in_bulk(
-    *, requests: dict[tuple[str, int], ChainOrderRequest], actor: str
+    *, requests: dict[tuple[str, int], ChainOrderRequest], actor: str, optimistic: bool = False
 ) -> dict[tuple[str, int], int] | None:
     """Order ids by log key for the batch's deposits and redeems, or None when the bulk step
-    failed (none of it is kept) and the caller must go one log at a time."""
+    failed (none of it is kept) and the caller must go one log at a time. `optimistic`:
+    no look-up of existing orders, and an IntegrityError (one exists) is raised."""
     if not requests:
         return {}
     try:
         with transaction.atomic():
-            results = orders_create_from_chain_ids(requests=list(requests.values()), actor=actor)
-    except (ValueError, TypeError, OrderError, IntegrityError, DataError) as exc:
+            results = orders_create_from_chain_ids(
+                requests=list(requests.values()), actor=actor, assume_new=optimistic
+            )
+    except IntegrityError:
+        if optimistic:
+            raise
+        logger.warning("bulk order creation lost a race; one log at a time")
+        return None
+    except (ValueError, TypeError, OrderError, DataError) as exc:
         logger.warning("bulk order creation failed (%s); one log at a time", exc)
         return None
     return {key: pk for key, (pk, _created) in zip(requests, results, strict=True)}

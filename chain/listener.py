@@ -25,6 +25,11 @@ What it guarantees:
   still gone once the re-read passed its block and the confirmation depth closes its order
   with nothing paid (`reorg_holds_resolve`). A reorg within the confirmation depth touches
   nothing acted on: the range is simply read when it is confirmed.
+- A chain that got shorter (a reorg to fewer blocks than the head it was reading to, or than
+  its checkpoint) never stops it: a block the node no longer has (`UnknownBlock`: "block out
+  of range", "header not found", ...) or a range end that vanished or changed while its logs
+  were read makes it re-read the head and walk back from the checkpoint as for any reorg.
+  Nothing of such a read is acted on, so nothing is lost or doubled.
 - Bad input never stops it: such logs are quarantined; node outages are retried with backoff.
 """
 
@@ -51,6 +56,7 @@ from chain.exceptions import (
     NodeTimedOut,
     RangeTooLarge,
     RateLimited,
+    UnknownBlock,
 )
 from chain.ingest import (
     chain_logs_commit,
@@ -71,6 +77,12 @@ ACTOR = "listen_chain"
 
 
 FINALITY_MODES = ("confirmations", "finalized", "safe")
+# The WebSocket loop takes up to this many queued items at once (each waited for at most
+# _WS_DRAIN_WAIT seconds) before one catch-up.
+_WS_DRAIN_MAX = 1000
+_WS_DRAIN_WAIT = 0.002
+# Restarts of one catch-up when the node lacks a block it named (the head moved back).
+_MOVED_BACK_RETRIES = 3
 
 
 def commit_parts(logs: list[RawLog], *, end: int, max_logs: int) -> list[tuple[int, list[RawLog]]]:
@@ -151,6 +163,7 @@ class ListenerStats:
     range_timeouts: int = 0
     rate_limited: int = 0
     get_logs_calls: int = 0
+    head_moved_back: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -226,26 +239,65 @@ class ChainListener:
         self._checkpoint_hash = checkpoint.block_hash
 
     def catch_up(self, head: int) -> int:
-        """Act on every log confirmed at `head` past the checkpoint. Returns events written."""
+        """Act on every log confirmed at `head` past the checkpoint. Returns events written.
+
+        `head` may be stale: the chain may have been shortened since (a reorg to fewer
+        blocks), or this node may be behind the one that announced it. A block the node
+        does not have (`UnknownBlock`: an error, or a range end that is gone or changed while
+        its logs were read) makes it re-read the head and start over from the checkpoint,
+        which `_check_checkpoint_canonical` walks back to the common ancestor when its block
+        is gone. After `_MOVED_BACK_RETRIES` such restarts in a row it returns; the next
+        round (poll interval, new head, idle check) carries on."""
         close_old_connections()
         if not self._preflight_done:
             self.preflight()
+        before = self.stats.committed
+        for attempt in range(_MOVED_BACK_RETRIES + 1):
+            try:
+                self._catch_up_once(head)
+                break
+            except UnknownBlock as exc:
+                self.stats.head_moved_back += 1
+                if attempt == _MOVED_BACK_RETRIES or self.stop_event.is_set():
+                    logger.warning("head still moving back (%s); trying again next round", exc)
+                    break
+                if attempt:
+                    self.stop_event.wait(min(0.05 * 2**attempt, self.config.poll_interval))
+                was, head = head, self.client.block_number()
+                logger.warning(
+                    "the node lacks a block at or below head %s (%s): head now %s; "
+                    "checking the checkpoint and reading again",
+                    was,
+                    exc,
+                    head,
+                )
+        return self.stats.committed - before
+
+    def _catch_up_once(self, head: int) -> None:
         self._load_checkpoint()
         self.stats.head = head
         self._check_checkpoint_canonical()
         target = self._confirmed_target(head)
         if target <= self.stats.checkpoint:
             cursor_record_head(chain_id=self.config.chain_id, address=self.config.vault, head=head)
-            return 0
-        written = 0
+            return
         start = self.stats.checkpoint + 1
         while start <= target and not self.stop_event.is_set():
             end = min(start + self.chunk.size - 1, target)
+            end_hash = self._existing_block_hash(end)
             logs = self._get_logs(start, end)
             if logs is None:
                 continue
-            for part_end, part in commit_parts(logs, end=end, max_logs=self.config.commit_logs):
-                part_hash = self.client.block_hash(part_end) or ""
+            parts = commit_parts(logs, end=end, max_logs=self.config.commit_logs)
+            hashes = [self._existing_block_hash(part_end) for part_end, _ in parts[:-1]]
+            # The range end read again after its logs: unchanged, every block up to it was
+            # the same chain throughout (hashes chain). Gone or changed, the logs may be
+            # partial (a node answers a range past its head with what it has) or another
+            # chain's: none of it is acted on.
+            if self.client.block_hash(end) != end_hash:
+                raise UnknownBlock(f"block {end} changed while its logs were read")
+            hashes.append(end_hash)
+            for (part_end, part), part_hash in zip(parts, hashes, strict=True):
                 result = chain_logs_commit(
                     chain_id=self.config.chain_id,
                     vault=self.config.vault,
@@ -261,7 +313,6 @@ class ChainListener:
                 self.stats.quarantined += result.quarantined
                 self.stats.checkpoint = result.checkpoint
                 self._checkpoint_hash = part_hash
-                written += result.committed
             self._settle_unconfirmed(up_to=end, canonical=logs)
             start = end + 1
             self._node_ok()
@@ -272,7 +323,13 @@ class ChainListener:
                 on_chain=self._request_on_chain,
                 actor=ACTOR,
             )
-        return written
+
+    def _existing_block_hash(self, number: int) -> str:
+        """The hash of block `number`; UnknownBlock when the node does not have it."""
+        found = self.client.block_hash(number)
+        if found is None:
+            raise UnknownBlock(f"the node has no block {number}")
+        return found
 
     def _confirmed_target(self, head: int) -> int:
         """The highest block to act on at `head`: the node's `finalized` / `safe` block when
@@ -549,12 +606,26 @@ class ChainListener:
                                 await in_core(self.catch_up, await sub.block_number())
                             continue
                         idle = 0.0
-                        if isinstance(item, NewHead):
-                            await in_core(self.catch_up, item.number)
-                        else:
-                            await in_core(self.on_pushed_log, item)
-                            if not item.removed and item.block_number > self.stats.head:
-                                await in_core(self.catch_up, item.block_number)
+                        # What queued up while the last catch-up ran is taken at once and
+                        # read by one catch-up: one per head fell behind a fast chain.
+                        items = [item]
+                        while len(items) < _WS_DRAIN_MAX:
+                            more = await sub.next(_WS_DRAIN_WAIT)
+                            if more is None:
+                                break
+                            items.append(more)
+                        head: int | None = None
+                        for item in items:
+                            if isinstance(item, NewHead):
+                                head = item.number  # the latest: lower after a reorg
+                            else:
+                                await in_core(self.on_pushed_log, item)
+                                if not item.removed and item.block_number > max(
+                                    head or -1, self.stats.head
+                                ):
+                                    head = item.block_number
+                        if head is not None:
+                            await in_core(self.catch_up, head)
             except (ChainUnavailable, RangeTooLarge, DatabaseError) as exc:
                 delay = await in_core(self._note_failure, exc, delay)
                 await loop.run_in_executor(None, self.stop_event.wait, delay)

@@ -5,6 +5,13 @@ error codes, messages and HTTP statuses.
   -32602/-32600 "block range is too large" / "exceed maximum block range", "Log response size
   exceeded", "more than N results", HTTP 413. A read timeout (`NodeTimedOut`) on an
   eth_getLogs range wider than the smallest chunk counts too. Reaction: split the range.
+- Unknown block (`UnknownBlock`): the node lacks a block the request named, beyond its head or
+  gone from its chain: anvil's "BlockOutOfRangeError: block height is N but requested was M",
+  geth's "block range extends beyond current head block", "header not found" and "unknown
+  block", Besu's "Block not found", Nethermind's "N could not be found". Checked before the
+  range refusals (geth's text says "block range"). Reaction: the head moved back (a reorg
+  that shortened the chain, or a lagging backend): re-read the head, check the checkpoint
+  against the node (walk back to the common ancestor when its block is gone), carry on.
 - Rate limited or over quota (`RateLimited`): -32005 "limit exceeded", "rate limit",
   "quota", HTTP 429 (`Retry-After` honoured). Reaction: wait with jitter and ask the same
   range again; the chunk keeps its size.
@@ -35,6 +42,7 @@ from chain.exceptions import (
     RangeTooLarge,
     RateLimited,
     TransactionRejected,
+    UnknownBlock,
 )
 
 _RANGE = re.compile(
@@ -47,6 +55,18 @@ _RANGE = re.compile(
     r"|query returned more than"
     r"|more than [\d,]+ (results|logs)"
     r"|too many (results|logs|blocks)",
+    re.IGNORECASE,
+)
+_UNKNOWN_BLOCK = re.compile(
+    r"block ?out ?of ?range"
+    r"|block height is \d+ but requested"
+    r"|beyond (the )?(current )?head"
+    r"|(above|after|ahead of|past) the (current |latest )?head"
+    r"|header (was )?not found"
+    r"|unknown block"
+    r"|block (was )?not found"
+    r"|block (\S+ )?(does not exist|is not available yet)"
+    r"|^\s*(0x[0-9a-f]+|\d+) could not be found",
     re.IGNORECASE,
 )
 _RATE = re.compile(
@@ -64,6 +84,8 @@ _UNKNOWN_METHOD = re.compile(
 def rpc_error(code: int | None, message: str, *, retry_after: float | None = None) -> Exception:
     """The Bronco error for a JSON-RPC error object (`code`, `message`)."""
     text = str(message)
+    if _UNKNOWN_BLOCK.search(text):
+        return UnknownBlock(text)
     if _RANGE.search(text):
         return RangeTooLarge(text)
     if code in (-32005, 429) or _RATE.search(text):

@@ -8,6 +8,11 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         from celery.signals import worker_init
+        from django.db import models
+
+        from core.bulk import AnyOf
+
+        models.Field.register_lookup(AnyOf)
 
         # A worker logs in to Vault before forking its pool: with AppRole, the pool's
         # children share that token instead of each spending a use of the secret id.

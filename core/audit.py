@@ -8,7 +8,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
@@ -63,9 +63,10 @@ def entry_hash(
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    """One entry to append: who did what to which order, with the state before and after."""
+class AuditEntry(NamedTuple):
+    """One entry to append: who did what to which order, with the state before and after.
+    A NamedTuple (immutable, keyword-built): a backfill builds two per order, and a frozen
+    dataclass's field-by-field `__init__` was a twentieth of its time."""
 
     actor: str
     action: str

@@ -15,9 +15,8 @@ IntegrityError and nothing of the COPY is kept). Runs in the caller's transactio
 from __future__ import annotations
 
 import enum
-import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -35,17 +34,15 @@ def _escaped(text: str) -> str:
     return text  # the common case (hashes, addresses, symbols): no per-character pass
 
 
-def _text(value: Any, *, is_json: bool) -> str:
-    """One value in COPY's text format."""
+def _plain_text(value: Any) -> str:
+    """One value of a non-JSON column in COPY's text format."""
+    kind = type(value)
+    if kind is str:
+        return _escaped(value)
+    if kind is int:
+        return str(value)
     if value is None:
         return "\\N"
-    kind = type(value)
-    if kind is str and not is_json:
-        return _escaped(value)
-    if kind is int and not is_json:
-        return str(value)
-    if is_json:
-        return _escaped(json.dumps(value, cls=DjangoJSONEncoder))
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, enum.Enum):
@@ -55,6 +52,92 @@ def _text(value: Any, *, is_json: bool) -> str:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return _escaped(str(value))
+
+
+def _json_text(value: Any) -> str:
+    """One value of a JSON column in COPY's text format (an empty dict, the common audit
+    `before`, without a call to the encoder)."""
+    if value is None:
+        return "\\N"
+    if type(value) is dict and not value:
+        return "{}"
+    return _escaped(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def _text(value: Any, *, is_json: bool) -> str:
+    """One value in COPY's text format."""
+    return _json_text(value) if is_json else _plain_text(value)
+
+
+# What one read of the COPY source hands psycopg2 (at least; whole lines).
+_COPY_READ_CHARS = 1 << 18
+
+
+class _Streamed:
+    """A COPY source read as rows are formatted: PostgreSQL parses and indexes the rows
+    already sent while Python formats the next ones (the whole text built first, then
+    sent, made the two wait for each other: about a third of a backfill's time)."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+
+    def read(self, size: int = -1) -> str:
+        parts: list[str] = []
+        total = 0
+        for line in self._lines:
+            parts.append(line)
+            total += len(line)
+            if 0 <= size <= total:
+                break
+        return "".join(parts)
+
+
+def _converter(field: models.Field) -> Callable[[Any], str]:
+    if isinstance(field, models.JSONField):
+        return _json_text
+    if isinstance(field, models.DateTimeField):
+        return _stamp_converter()
+    return _plain_text
+
+
+def _stamp_converter() -> Callable[[Any], str]:
+    """A datetime column's text, the last value's remembered: a batch's rows share a few
+    (now, a deadline, a lease), and `isoformat` per row was a twentieth of a backfill."""
+    last: list[Any] = [None, ""]
+
+    def text(value: Any) -> str:
+        if type(value) is datetime:
+            if value == last[0]:
+                return last[1]
+            last[0], last[1] = value, value.isoformat()
+            return last[1]
+        return _plain_text(value)
+
+    return text
+
+
+def _auto_text(now: datetime) -> Callable[[Any], str]:
+    """An auto_now(_add) column's text: `now` where the row gives None."""
+    stamp = _plain_text(now)
+    return lambda value: stamp if value is None else _plain_text(value)
+
+
+class AnyOf(models.Lookup):
+    """`field__any=values`: `field = ANY(%s)` with the values as one array parameter (the
+    server plans it exactly as `IN`). Django's `__in` prepares and binds each value on its
+    own: for a backfill's 5,000-id look-ups that was a tenth of a second per query.
+    Registered on every field by `core.apps`."""
+
+    lookup_name = "any"
+    prepare_rhs = False
+
+    def get_db_prep_lookup(self, value: Any, connection: Any) -> tuple[str, list[Any]]:
+        return "%s", [list(value)]
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        return f"{lhs} = ANY({rhs})", [*lhs_params, *rhs_params]
 
 
 def bulk_ids_reserve(model: type[models.Model], count: int) -> list[int]:
@@ -78,7 +161,7 @@ def bulk_copy_insert(model: type[models.Model], rows: Sequence[dict[str, Any]]) 
         return 0
     now = timezone.now()
     names = rows[0].keys()
-    given: list[tuple[str, bool, str | None]] = []  # (attname, JSON?, text for a None)
+    given: list[tuple[str, Callable[[Any], str]]] = []  # (attname, its text)
     constant: list[str] = []  # the text of defaults that are the same for every row
     per_row: list[tuple[Any, bool]] = []  # (callable default, JSON?)
     columns: list[str] = []
@@ -87,7 +170,7 @@ def bulk_copy_insert(model: type[models.Model], rows: Sequence[dict[str, Any]]) 
         is_json = isinstance(f, models.JSONField)
         auto = getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
         if f.attname in names:
-            given.append((f.attname, is_json, _text(now, is_json=False) if auto else None))
+            given.append((f.attname, _auto_text(now) if auto else _converter(f)))
             columns.append(f.column)
         elif f.primary_key:
             continue
@@ -109,22 +192,22 @@ def bulk_copy_insert(model: type[models.Model], rows: Sequence[dict[str, Any]]) 
         if f.attname not in names and f.has_default() and callable(f.default)
     ]
     tail = "\t".join(constant)
-    buffer = io.StringIO()
     for row in rows:
         if row.keys() != names:
             raise ValueError(f"rows name different fields: {sorted(row)} != {sorted(names)}")
-        values = []
-        for attname, is_json, if_none in given:
-            value = row[attname]
-            values.append(if_none if value is None and if_none else _text(value, is_json=is_json))
-        if tail:
-            values.append(tail)
-        values.extend(_text(default(), is_json=is_json) for default, is_json in per_row)
-        buffer.write("\t".join(values))
-        buffer.write("\n")
-    buffer.seek(0)
+
+    def lines() -> Iterator[str]:
+        for row in rows:
+            values = [text(row[attname]) for attname, text in given]
+            if tail:
+                values.append(tail)
+            values.extend(_text(default(), is_json=is_json) for default, is_json in per_row)
+            yield "\t".join(values) + "\n"
+
     quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
     table = connection.ops.quote_name(model._meta.db_table)
     with connection.cursor() as cursor, connection.wrap_database_errors:
-        cursor.copy_expert(f"COPY {table} ({quoted}) FROM STDIN", buffer)
+        cursor.copy_expert(
+            f"COPY {table} ({quoted}) FROM STDIN", _Streamed(lines()), _COPY_READ_CHARS
+        )
     return len(rows)

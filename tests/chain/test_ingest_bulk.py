@@ -108,3 +108,67 @@ def test_a_batch_taken_one_log_at_a_time_keeps_the_users_terms(own_chain, chain_
     assert int(first.expires_at.timestamp()) == expiry
     assert int(second.price_bound) == 0
     assert int(second.expires_at.timestamp()) == expiry + 60
+
+
+def test_a_batch_meeting_a_recorded_request_is_done_again_with_look_ups(
+    own_chain, chain_user, caplog
+):
+    """The first try at a batch assumes nothing of it is recorded (no look-ups by id); a
+    deposit already recorded live under its vault id (here the same log delivered again
+    under another transaction hash, as a re-mined log is) makes the unique keys refuse
+    it, and the batch is done again with the look-ups: it is counted as a duplicate, the
+    new deposit beside it becomes one order, and nothing of the first try is kept."""
+    import dataclasses
+
+    from chain.ingest import chain_logs_commit, cursor_ensure
+
+    node, contracts = own_chain
+    start, deposits = _deposits_before_listener(node, contracts, chain_user, 2)
+    client = node.client()
+    logs = client.get_logs(
+        from_block=start, to_block=client.block_number(), address=contracts.vault
+    )
+    (first, _), (second, _) = deposits
+    first_logs = [log for log in logs if log.tx_hash == first.tx_hash]
+    second_logs = [log for log in logs if log.tx_hash == second.tx_hash]
+    cursor_ensure(chain_id=contracts.chain_id, address=contracts.vault, start_block=start)
+    done = chain_logs_commit(
+        chain_id=contracts.chain_id,
+        vault=contracts.vault,
+        logs=first_logs,
+        to_block=first.block_number,
+        to_block_hash=first.block_hash,
+        head=first.block_number,
+        actor="test",
+    )
+    assert done.committed == len(first_logs) and Order.objects.count() == 1
+    audit_rows = AuditLog.objects.count()
+    caplog.set_level("INFO", logger="chain.ingest")
+    again = [
+        dataclasses.replace(
+            log,
+            tx_hash="0x" + "ab" * 32,
+            block_number=second.block_number,
+            block_hash=second.block_hash,
+        )
+        for log in first_logs
+    ]
+    result = chain_logs_commit(
+        chain_id=contracts.chain_id,
+        vault=contracts.vault,
+        logs=[*again, *second_logs],
+        to_block=second.block_number,
+        to_block_hash=second.block_hash,
+        head=second.block_number,
+        actor="test",
+    )
+    assert "again with look-ups" in caplog.text  # the first try was refused
+    assert result.duplicates == len(again)
+    assert result.committed == len(second_logs)
+    assert Order.objects.count() == 2
+    assert ChainEvent.objects.filter(tx_hash="0x" + "ab" * 32).count() == 0
+    assert ChainEvent.objects.filter(removed_at__isnull=True).count() == len(logs)
+    # the second deposit's order: its creation and booking entries, once each
+    assert AuditLog.objects.count() == audit_rows + 2
+    checked, broken = audit_verify()
+    assert broken is None and checked == AuditLog.objects.count()

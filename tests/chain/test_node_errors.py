@@ -18,6 +18,7 @@ from chain.exceptions import (
     RangeTooLarge,
     RateLimited,
     TransactionRejected,
+    UnknownBlock,
 )
 from chain.listener import ChainListener
 from chain.models import ChainEvent
@@ -52,6 +53,14 @@ from tests.fixtures.chain import listener_config, wait_for
             "invalid argument 0: hex string has length 6, want 40 for common.Address",
             NodeMisconfigured,
         ),
+        # The head moved back (a shortened chain, a lagging backend): checked before the
+        # range refusals, as geth's text names a "block range".
+        (-32602, "BlockOutOfRangeError: block height is 20 but requested was 22", UnknownBlock),
+        (-32602, "block range extends beyond current head block", UnknownBlock),
+        (-32000, "header not found", UnknownBlock),
+        (-32000, "unknown block", UnknownBlock),
+        (-32000, "Block not found", UnknownBlock),
+        (-32001, "8633830 could not be found", UnknownBlock),
         (-32000, "nonce too low", TransactionRejected),
         (-32000, "replacement transaction underpriced", TransactionRejected),
     ],
@@ -83,6 +92,7 @@ def _response(status: int, body: object = None, headers: dict | None = None) -> 
         (429, None, RateLimited),
         (502, None, ChainUnavailable),
         (503, {"error": {"code": -32005, "message": "limit exceeded"}}, RateLimited),
+        (400, {"error": {"code": -32000, "message": "header not found"}}, UnknownBlock),
         (401, None, NodeMisconfigured),
         (403, None, NodeMisconfigured),
     ],
