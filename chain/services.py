@@ -489,6 +489,31 @@ def settlement_check(
     return SettlementState.PENDING
 
 
+def settlements_check_many(
+    *, kind: str, vault_ids: Sequence[int], actor: str = "settlement_check"
+) -> list[SettlementTx]:
+    """`settlement_check` for many ids of one kind: every carrier (a batch, or a lone
+    settlement) that holds an unfinished one is checked once under its lock, so a batch of
+    N ids costs one receipt read, not N. Returns the rows of the ids that were submitted, as
+    they now stand (an id never submitted is absent)."""
+    chain_id = settings.CHAIN_ID
+    ids = sorted({int(i) for i in vault_ids})
+    if not ids:
+        return []
+    rows = SettlementTx.objects.filter(chain_id=chain_id, kind=kind, onchain_id__in=ids)
+    open_rows = rows.exclude(status__in=(SettlementStatus.CONFIRMED, SettlementStatus.REVERTED))
+    batches = sorted(set(open_rows.filter(batch__isnull=False).values_list("batch_id", flat=True)))
+    singles = sorted(open_rows.filter(batch__isnull=True).values_list("pk", flat=True))
+    if batches or singles:
+        client = chain_client()
+        for model, pks in ((SettlementBatch, batches), (SettlementTx, singles)):
+            for pk in pks:
+                with transaction.atomic():
+                    carrier = model.objects.select_for_update().get(pk=pk)
+                    _carrier_check(client=client, carrier=carrier, actor=actor)
+    return list(rows.order_by("onchain_id"))
+
+
 def _carrier_check(*, client: ChainClient, carrier: Carrier, actor: str) -> None:
     """settlement_check's work on a locked carrier."""
     if carrier.status in (SettlementStatus.CONFIRMED, SettlementStatus.REVERTED):
@@ -1018,6 +1043,12 @@ class ChainSettlementSender:
 
     def check(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
         return settlement_check(kind=kind, vault_id=vault_id, actor=actor)
+
+    def check_many(
+        self, *, kind: str, vault_ids: Sequence[int], actor: str
+    ) -> dict[int, Settlement]:
+        rows = settlements_check_many(kind=kind, vault_ids=vault_ids, actor=actor)
+        return {int(row.onchain_id): _settlement_view(row) for row in rows}
 
     def resubmit(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
         return settlement_resubmit(kind=kind, vault_id=vault_id, actor=actor)

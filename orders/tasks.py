@@ -76,6 +76,33 @@ def order_settle(order_id: int, gen: int | None = None) -> None:
     _run_stage(Stage.SETTLE, order_id, gen)
 
 
+@bronco_task(name="orders.tasks.orders_settle_group", queue=QUEUE_CHAIN, **_STAGE_OPTIONS)
+def orders_settle_group(runs_gens: list[list[int]]) -> None:
+    """The settle stage for many orders at once (`[[order id, gen], ...]`, at most
+    CHAIN_SETTLEMENT_BATCH_MAX): sends the unsent in batched transactions, then follows
+    each transaction with one task of its own (its orders, after
+    ORDER_SETTLE_CHECK_SECONDS) until it confirms, when all its orders settle in one bulk
+    transition. Orders that need their own step (`GroupNext.alone`) go back to
+    `order_settle` in their run. Superseded runs are skipped, like `_run_stage`."""
+    gens = runs.runs_step_begin_many(gens={int(pk): int(gen) for pk, gen in runs_gens})
+    count_stage_run(stage="settle_group", superseded=not gens)
+    if not gens:
+        return
+    with runs.run_heartbeat(runs=gens):
+        out = pipeline.orders_settle_group(order_ids=list(gens))
+    for order_ids in out.follow:
+        runs.runs_continue_many(
+            gens={pk: gens[pk] for pk in order_ids},
+            nxt=Next(Stage.SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS),
+            grouped=True,
+        )
+    by_next: dict[Next, dict[int, int]] = {}
+    for pk, nxt in out.alone.items():
+        by_next.setdefault(nxt, {})[pk] = gens[pk]
+    for nxt, alone in by_next.items():
+        runs.runs_continue_many(gens=alone, nxt=nxt)
+
+
 @bronco_task(
     name="orders.tasks.runs_enqueue",
     queue=QUEUE_DEFAULT,

@@ -1,6 +1,8 @@
 """Settle: send the on-chain settlement once and confirm it."""
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
@@ -22,6 +24,7 @@ from orders.pipeline.common import (
     Next,
     S,
     observe_since,
+    observe_since_many,
     settlement_kind,
     stage_actor,
 )
@@ -227,3 +230,177 @@ def _hold_refused(*, order: Order, kind: str, reason: str) -> None:
         source=stage_actor("settle"),
         details={"order_id": order.pk, "tx_hash": order.settlement_tx_hash, "reason": reason},
     )
+
+
+# --- settlement by the batch: one task sends a batch of ready orders and follows it ---------
+
+
+@dataclass
+class GroupNext:
+    """What `orders_settle_group` asks next. `follow`: the ids of each sent transaction
+    still unconfirmed, one list per transaction (one task follows each, after
+    ORDER_SETTLE_CHECK_SECONDS). `alone`: orders handed back to their own run's `order_settle`
+    (a hold, a refusal, a revert, a wait for a refund or the reserve: the per-order stage
+    keeps those guarantees), each with its Next."""
+
+    follow: list[list[int]] = field(default_factory=list)
+    alone: dict[int, Next] = field(default_factory=dict)
+
+
+def orders_settle_group(*, order_ids: Sequence[int]) -> GroupNext:
+    """Settle many SETTLING orders in one step: the unsent ones are sent in batched
+    transactions (one row-lock pass, one `submit_batch` per CHAIN_SETTLEMENT_BATCH_MAX ids,
+    one bulk transition recording their hashes); the sent ones are checked with one
+    `check_many` per kind (one receipt read per transaction) and the confirmed ones take
+    their outcome in one conditional bulk transition with their automatic refunds recorded
+    in bulk and their latencies observed once for the lot.
+
+    Whatever is not the common path goes back to the order's own `order_settle` (in
+    `GroupNext.alone`): a held order, one with a manual refund unpaid, one the reserve does
+    not cover, a batch the vault would refuse (retried alone there, so only the refused
+    order is held and alerted), a settlement that reverted (held, alerted, resubmitted only
+    when the vault would accept). Safe to run beside those per-order tasks: every move is a
+    conditional update under the rows' locks, so each order settles once."""
+    out = GroupNext()
+    orders = list(Order.objects.filter(pk__in=list(order_ids), status=S.SETTLING).order_by("pk"))
+    if not orders:
+        return out
+    waiting = refund_selectors.orders_refunds_in_flight(order_ids=[o.pk for o in orders])
+    sent_before: list[Order] = []
+    unsent: list[Order] = []
+    for order in orders:
+        if order.held_at is not None or order.pk in waiting:
+            out.alone[order.pk] = Next(SETTLE)
+        elif order.settlement_tx_hash:
+            sent_before.append(order)
+        else:
+            unsent.append(order)
+    if unsent:
+        sent_now = _send_group(unsent, out)
+        # Just broadcast (after commit): the first receipt can only come with the next block.
+        _follow_by_tx(sent_now, out)
+    for kind in ("deposit", "redeem"):
+        mine = [o for o in sent_before if settlement_kind(o) == kind]
+        if mine:
+            _confirm_group(kind=kind, orders=mine, out=out)
+    return out
+
+
+def _follow_by_tx(orders: Sequence[Order], out: GroupNext) -> None:
+    by_tx: dict[str, list[int]] = {}
+    for order in orders:
+        by_tx.setdefault(order.settlement_tx_hash, []).append(order.pk)
+    out.follow.extend(by_tx.values())
+
+
+def _send_group(orders: list[Order], out: GroupNext) -> list[Order]:
+    """Send the settlements of `orders` (unsent, not held) in batches of one kind each, as
+    far as the reserve covers what they pay. Orders another worker holds the lock of (it is
+    sending them) are left to their own run; so are those the reserve does not cover (the
+    per-order stage alerts and waits) and those of a batch the vault would refuse. Returns
+    the orders sent, with their hashes."""
+    actor = stage_actor("settle")
+    sent: list[Order] = []
+    with transaction.atomic():
+        locked = list(
+            Order.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                pk__in=[o.pk for o in orders],
+                status=S.SETTLING,
+                settlement_tx_hash="",
+                held_at__isnull=True,
+            )
+            .order_by("pk")
+        )
+        for order in orders:
+            if order.pk not in {o.pk for o in locked}:
+                out.alone[order.pk] = Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
+        balance, floor = refund_selectors.reserve_available()
+        room = balance - floor
+        covered: list[Order] = []
+        for order in locked:
+            paid = _usdt_paid(order)
+            if paid > room:
+                out.alone[order.pk] = Next(SETTLE)  # its own stage alerts and waits
+                continue
+            room -= paid
+            covered.append(order)
+        size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
+        moves = []
+        for kind in ("deposit", "redeem"):
+            mine = [o for o in covered if settlement_kind(o) == kind]
+            for start in range(0, len(mine), size):
+                chunk = mine[start : start + size]
+                try:
+                    with transaction.atomic():
+                        settlements = settlement_sender().submit_batch(
+                            [settlement_request(o) for o in chunk], actor=actor
+                        )
+                except SettlementRejected:
+                    # One bad element: each goes alone, so only it is held and alerted.
+                    for order in chunk:
+                        out.alone[order.pk] = Next(SETTLE)
+                    continue
+                moves.extend(
+                    (o, None, {"settlement_tx_hash": s.tx_hash})
+                    for o, s in zip(chunk, settlements, strict=True)
+                )
+        # One UPDATE and one audit append for all of them.
+        sent = orders_transition_many(moves=moves, actor=actor, action="order.settlement_sent")
+    return sent
+
+
+def _confirm_group(*, kind: str, orders: list[Order], out: GroupNext) -> None:
+    """Check the sent settlements of `orders` (one kind) with one `check_many`, settle the
+    confirmed ones in bulk, hand the reverted (and any unknown) to their own stage, and ask
+    to follow the pending ones per transaction."""
+    actor = stage_actor("settle")
+    by_id = {int(o.onchain_id): o for o in orders}
+    found = settlement_sender().check_many(kind=kind, vault_ids=list(by_id), actor=actor)
+    confirmed: dict[int, str] = {}
+    pending: list[Order] = []
+    for vault_id, order in by_id.items():
+        settlement = found.get(vault_id)
+        if settlement is None or settlement.state == SettlementState.REVERTED:
+            out.alone[order.pk] = Next(SETTLE)  # hold + alert + resubmit, as ever
+        elif settlement.state == SettlementState.CONFIRMED:
+            confirmed[order.pk] = settlement.tx_hash
+        else:
+            pending.append(order)
+    _follow_by_tx(pending, out)
+    if confirmed:
+        _settle_confirmed(confirmed, out)
+
+
+def _settle_confirmed(tx_by_order: dict[int, str], out: GroupNext) -> None:
+    """Orders whose settlement is confirmed take their outcome: one conditional bulk
+    transition under their row locks (an order another task settled first is no longer
+    SETTLING and is skipped; a held one goes to its own stage, which releases the hold),
+    their automatic refunds recorded in bulk, their latencies observed once."""
+    actor = stage_actor("settle")
+    with transaction.atomic():
+        locked = list(
+            Order.objects.select_for_update(of=("self",))
+            .filter(pk__in=list(tx_by_order), status=S.SETTLING)
+            .order_by("pk")
+        )
+        moves = []
+        for order in locked:
+            if order.held_at is not None:
+                out.alone[order.pk] = Next(SETTLE)
+                continue
+            tx_hash = tx_by_order[order.pk]
+            changes = {}
+            if tx_hash and tx_hash != order.settlement_tx_hash:
+                changes["settlement_tx_hash"] = tx_hash
+            moves.append((order, order.outcome, changes))
+        settled = orders_transition_many(moves=moves, actor=actor, action="order.settled")
+        refund_services.refunds_record_automatic_many(orders=settled, actor=actor)
+    ids = [o.pk for o in settled]
+    observe_since_many(ids, "settle", since=SETTLING_ACTIONS)
+    observe_since_many(ids, "end_to_end", since=("order.created",))
+    if settled:
+        logger.info(
+            "orders settled",
+            extra={"orders": len(settled), "tx_hash": tx_by_order[settled[0].pk]},
+        )
