@@ -429,7 +429,10 @@ def _sync_members(batch: SettlementBatch) -> None:
                 confirmed_at=batch.confirmed_at,
             )
         return
-    members.update(**values, status=batch.status, confirmed_at=batch.confirmed_at)
+    # An id the batch skipped keeps the transaction that did settle it (`_batch_skipped`).
+    members.exclude(already_settled=True).update(
+        **values, status=batch.status, confirmed_at=batch.confirmed_at
+    )
 
 
 def _broadcast(*, pk: int, raw: str, actor: str, batch: bool = False) -> None:
@@ -579,6 +582,8 @@ def _judge_receipt(*, client: ChainClient, row: Carrier, receipt: Receipt, actor
     row.save()
     if isinstance(row, SettlementBatch):
         _sync_members(row)
+        if row.status == SettlementStatus.CONFIRMED:
+            _batch_skipped(client=client, batch=row, receipt=receipt, actor=actor)
     _audit_carrier(
         row,
         actor=actor,
@@ -590,6 +595,45 @@ def _judge_receipt(*, client: ChainClient, row: Carrier, receipt: Receipt, actor
         _alert_refused(row, reason=row.last_error, actor=actor)
     log = logger.info if row.status == SettlementStatus.CONFIRMED else logger.error
     log("settlement %s %s", row, row.status, extra={"tx_hash": receipt.tx_hash})
+
+
+def _batch_skipped(
+    *, client: ChainClient, batch: SettlementBatch, receipt: Receipt, actor: str
+) -> None:
+    """The ids a confirmed batch skipped (SettlementSkipped in its receipt's block: the vault
+    had them settled by another transaction, e.g. one whose record was lost) are recorded as
+    already settled, with the transaction that did settle them when it can be found. One
+    log query per batch; a node that will not answer leaves them as confirmed by the batch
+    (they are settled either way, and were paid once)."""
+    try:
+        logs = client.get_logs(
+            from_block=receipt.block_number,
+            to_block=receipt.block_number,
+            address=contract_set().vault,
+            topics=[event_topic("SettlementSkipped")],
+        )
+    except ChainError as exc:
+        logger.warning("batch %s: could not read its skipped ids: %s", batch.pk, exc)
+        return
+    skipped = {
+        int(log.topics[2], 16)
+        for log in logs
+        if log.tx_hash.lower() == receipt.tx_hash.lower() and len(log.topics) > 2
+    }
+    for row in batch.settlements.filter(onchain_id__in=skipped):
+        before = _audit_view(row)
+        settled_by = _settlement_event_tx(client=client, row=row)
+        if settled_by is not None:
+            row.tx_hash, row.block_number = settled_by
+        row.already_settled = True
+        row.save(update_fields=["tx_hash", "block_number", "already_settled", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="chain.settlement_already_settled",
+            order_id=row.order_id,
+            before=before,
+            after=_audit_view(row) | {"skipped_by_batch": batch.tx_hash},
+        )
 
 
 def _alert_refused(carrier: Carrier, *, reason: str, actor: str) -> None:
@@ -927,21 +971,10 @@ def _batch_submit_chunk(
     vault = contract_set().vault
     kind = chunk[0].kind
     out: dict[int, SettlementTx] = {}
-    to_send = []
-    for request in chunk:
-        if selectors.is_settled(kind=kind, onchain_id=request.vault_id):
-            base = {
-                "chain_id": chain_id,
-                "kind": kind,
-                **_row_values(request),
-                "order_id": request.order_id,
-                "sender": sender,
-            }
-            out[request.vault_id] = _record_already_settled(base=base, actor=actor)
-        else:
-            to_send.append(request)
-    if not to_send:
-        return out
+    # No per-id "already settled?" read first (one eth_call per id was most of a batch's
+    # cost): the vault skips a settled id with SettlementSkipped, so it is never paid twice,
+    # and the confirmation records such an id as already settled (`_batch_skipped`).
+    to_send = list(chunk)
     fn, args = BATCH_CALLS[kind], ([r.batch_element() for r in to_send],)
     try:
         gas = client.estimate_gas(

@@ -150,7 +150,8 @@ def compensation_scan() -> int:
       task: every run and cycle in flight is taken over at once, and every order waiting to
       trade gets its deadline's grace (`runs.orders_deadline_extend`).
     - An open order whose run's lease ran out (its worker was killed with the task, the task
-      was dropped) is taken over: a new generation at its stage, its deadline given grace.
+      was dropped) is taken over: a new generation at its stage, its deadline given grace
+      (settling orders by the batch, `orders_settle_group`).
       A stage's queue is never filled past ORDER_REDRIVE_QUEUE_MAX by re-drives: a run whose
       lease ran out while its task still waits behind a deep queue is not multiplied.
 
@@ -170,7 +171,12 @@ def compensation_scan() -> int:
         if not gens:
             continue
         runs.orders_deadline_extend(order_ids=gens, reason="its run was lost and re-driven")
-        runs.run_enqueue_many(gens=gens, nxt=Next(stage))
+        if stage == Stage.SETTLE:
+            # Re-driven by the batch too: one task per CHAIN_SETTLEMENT_BATCH_MAX orders,
+            # never one per order flooding the chain queue behind a slow batch.
+            runs.settle_groups_enqueue(gens=gens)
+        else:
+            runs.run_enqueue_many(gens=gens, nxt=Next(stage))
         count += len(gens)
     if count:
         logger.info("compensation scan re-drove %d orders", count)
