@@ -295,59 +295,70 @@ def _follow_by_tx(orders: Sequence[Order], out: GroupNext) -> None:
 
 def _send_group(orders: list[Order], out: GroupNext) -> list[Order]:
     """Send the settlements of `orders` (unsent, not held) in batches of one kind each, as
-    far as the reserve covers what they pay. Orders another worker holds the lock of (it is
-    sending them) are left to their own run; so are those the reserve does not cover (the
-    per-order stage alerts and waits) and those of a batch the vault would refuse. Returns
-    the orders sent, with their hashes."""
-    actor = stage_actor("settle")
+    far as the reserve covers what they pay. Each batch is its own transaction: its rows
+    locked (skip locked), sent, its orders' hashes recorded in one bulk transition, then
+    committed, so the audit chain's lock (taken by the first audit append, held to commit)
+    never waits on another batch's node requests. Orders another worker holds the lock of
+    (it is sending them) are left to their own run; so are those the reserve does not
+    cover (the per-order stage alerts and waits) and those of a batch the vault would
+    refuse. Returns the orders sent, with their hashes."""
+    balance, floor = refund_selectors.reserve_available()
+    room = balance - floor
+    covered: list[Order] = []
+    for order in orders:
+        paid = _usdt_paid(order)
+        if paid > room:
+            out.alone[order.pk] = Next(SETTLE)  # its own stage alerts and waits
+            continue
+        room -= paid
+        covered.append(order)
+    size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
     sent: list[Order] = []
+    for kind in ("deposit", "redeem"):
+        mine = [o for o in covered if settlement_kind(o) == kind]
+        for start in range(0, len(mine), size):
+            sent.extend(_send_batch(mine[start : start + size], out))
+    return sent
+
+
+def _send_batch(chunk: list[Order], out: GroupNext) -> list[Order]:
+    actor = stage_actor("settle")
     with transaction.atomic():
         locked = list(
             Order.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(
-                pk__in=[o.pk for o in orders],
+                pk__in=[o.pk for o in chunk],
                 status=S.SETTLING,
                 settlement_tx_hash="",
                 held_at__isnull=True,
             )
             .order_by("pk")
         )
-        for order in orders:
-            if order.pk not in {o.pk for o in locked}:
+        mine = {o.pk for o in locked}
+        for order in chunk:
+            if order.pk not in mine:
                 out.alone[order.pk] = Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
-        balance, floor = refund_selectors.reserve_available()
-        room = balance - floor
-        covered: list[Order] = []
-        for order in locked:
-            paid = _usdt_paid(order)
-            if paid > room:
-                out.alone[order.pk] = Next(SETTLE)  # its own stage alerts and waits
-                continue
-            room -= paid
-            covered.append(order)
-        size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
-        moves = []
-        for kind in ("deposit", "redeem"):
-            mine = [o for o in covered if settlement_kind(o) == kind]
-            for start in range(0, len(mine), size):
-                chunk = mine[start : start + size]
-                try:
-                    with transaction.atomic():
-                        settlements = settlement_sender().submit_batch(
-                            [settlement_request(o) for o in chunk], actor=actor
-                        )
-                except SettlementRejected:
-                    # One bad element: each goes alone, so only it is held and alerted.
-                    for order in chunk:
-                        out.alone[order.pk] = Next(SETTLE)
-                    continue
-                moves.extend(
-                    (o, None, {"settlement_tx_hash": s.tx_hash})
-                    for o, s in zip(chunk, settlements, strict=True)
+        if not locked:
+            return []
+        try:
+            with transaction.atomic():
+                settlements = settlement_sender().submit_batch(
+                    [settlement_request(o) for o in locked], actor=actor
                 )
-        # One UPDATE and one audit append for all of them.
-        sent = orders_transition_many(moves=moves, actor=actor, action="order.settlement_sent")
-    return sent
+        except SettlementRejected:
+            # One bad element: each goes alone, so only it is held and alerted.
+            for order in locked:
+                out.alone[order.pk] = Next(SETTLE)
+            return []
+        # One UPDATE and one audit append for the batch.
+        return orders_transition_many(
+            moves=[
+                (o, None, {"settlement_tx_hash": s.tx_hash})
+                for o, s in zip(locked, settlements, strict=True)
+            ],
+            actor=actor,
+            action="order.settlement_sent",
+        )
 
 
 def _confirm_group(*, kind: str, orders: list[Order], out: GroupNext) -> None:
