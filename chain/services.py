@@ -940,10 +940,14 @@ def settlements_submit_batch(
     chain_id = settings.CHAIN_ID
     by_id: dict[int, SettlementTx] = {}
     fresh: list[DepositSettlement | RedeemSettlement] = []
+    recorded = {
+        int(row.onchain_id): row
+        for row in SettlementTx.objects.filter(
+            chain_id=chain_id, kind=kind, onchain_id__in=[r.vault_id for r in requests]
+        )
+    }
     for request in requests:
-        existing = SettlementTx.objects.filter(
-            chain_id=chain_id, kind=kind, onchain_id=request.vault_id
-        ).first()
+        existing = recorded.get(request.vault_id)
         if existing is not None:
             _check_same(existing, request)
             by_id[request.vault_id] = existing
@@ -1011,19 +1015,22 @@ def _batch_submit_chunk(
                     tx_hash=signed.tx_hash,
                     status=SettlementStatus.SIGNED,
                 )
-                rows = [
-                    SettlementTx.objects.create(
-                        chain_id=chain_id,
-                        kind=kind,
-                        **_row_values(request),
-                        order_id=request.order_id,
-                        sender=sender,
-                        batch=batch,
-                        tx_hash=signed.tx_hash,
-                        status=SettlementStatus.SIGNED,
-                    )
-                    for request in to_send
-                ]
+                # One INSERT for the batch's rows (PostgreSQL returns their ids).
+                rows = SettlementTx.objects.bulk_create(
+                    [
+                        SettlementTx(
+                            chain_id=chain_id,
+                            kind=kind,
+                            **_row_values(request),
+                            order_id=request.order_id,
+                            sender=sender,
+                            batch=batch,
+                            tx_hash=signed.tx_hash,
+                            status=SettlementStatus.SIGNED,
+                        )
+                        for request in to_send
+                    ]
+                )
         except IntegrityError:
             # Another submitter recorded one of these ids first: nothing of this chunk is
             # kept (the nonce neither); each id goes alone, which returns what exists.
@@ -1038,8 +1045,8 @@ def _batch_submit_chunk(
         for request in to_send:
             out[request.vault_id] = settlement_submit(request=request, actor=actor)
         return out
+    # As inserted: broadcasting happens after the caller's commit, so nothing moved them.
     for row in rows:
-        row.refresh_from_db()
         out[int(row.onchain_id)] = row
     return out
 

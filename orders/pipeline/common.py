@@ -8,7 +8,7 @@ from decimal import Decimal
 from django.db.models import Max
 from django.utils import timezone
 
-from core.metrics import observe_stage
+from core.metrics import observe_stage, observe_stage_many
 from core.models import AuditLog
 from orders.models import Order, OrderStatus, OrderType
 from orders.stages import Next, Stage
@@ -62,8 +62,7 @@ def observe_since_many(order_ids: Sequence[int], stage: str, *, since: tuple[str
         .annotate(at=Max("created_at"))
         .values_list("at", flat=True)
     )
-    for at in started:
-        observe_stage(stage, (now - at).total_seconds())
+    observe_stage_many(stage, [(now - at).total_seconds() for at in started])
 
 
 def settlement_kind(order: Order) -> str:

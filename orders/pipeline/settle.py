@@ -1,11 +1,12 @@
 """Settle: send the on-chain settlement once and confirm it."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 
 from chain.exceptions import SettlementRejected
 from chain.settlement import (
@@ -17,7 +18,7 @@ from chain.settlement import (
 from core.alerts import alert_raise
 from core.audit import audit_record
 from core.money import TOKEN_UNIT
-from orders.models import Order, OrderType
+from orders.models import Allocation, Order, OrderType
 from orders.pipeline.common import (
     SETTLE,
     SETTLING_ACTIONS,
@@ -116,12 +117,19 @@ def order_settle(*, order_id: int) -> Next | None:
     return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
 
 
-def settlement_request(order: Order) -> DepositSettlement | RedeemSettlement:
+def settlement_request(
+    order: Order, *, last_cycles: Mapping[int, int] | None = None
+) -> DepositSettlement | RedeemSettlement:
     """The vault call that settles `order`, naming what it settles (user, symbol, amount)
     and, for an order that traded in netting cycles, its last cycle, its average price per
     share (USDT base units per whole share: rounded down for a deposit and up for a redeem,
-    so the vault's own check of charge and proceeds holds exactly) and Bronco's fee."""
-    last = order.allocations.order_by("-cycle_id").values_list("cycle_id", flat=True).first()
+    so the vault's own check of charge and proceeds holds exactly) and Bronco's fee.
+    `last_cycles` (order id -> its last cycle, from `last_cycles_of`) saves the query per
+    order when many are built at once."""
+    if last_cycles is not None:
+        last = last_cycles.get(order.pk)
+    else:
+        last = order.allocations.order_by("-cycle_id").values_list("cycle_id", flat=True).first()
     traded = last is not None
     if order.order_type == OrderType.BUY:
         minted = int(order.tokens_minted)
@@ -151,6 +159,17 @@ def settlement_request(order: Order) -> DepositSettlement | RedeemSettlement:
         cycle_id=last if traded else None,
         price_per_share_units=price if traded else None,
         fee_units=int(order.fees_usdt) if traded else None,
+    )
+
+
+def last_cycles_of(order_ids: Sequence[int]) -> dict[int, int]:
+    """Order id -> the last cycle it took part in (orders that never traded are absent), in
+    one query."""
+    return dict(
+        Allocation.objects.filter(order_id__in=list(order_ids))
+        .values("order_id")
+        .annotate(last=Max("cycle_id"))
+        .values_list("order_id", "last")
     )
 
 
@@ -198,8 +217,9 @@ def _send_batched(order: Order) -> bool:
             batch.append(other)
         try:
             with transaction.atomic():
+                last = last_cycles_of([o.pk for o in batch])
                 settlements = settlement_sender().submit_batch(
-                    [settlement_request(o) for o in batch], actor=actor
+                    [settlement_request(o, last_cycles=last) for o in batch], actor=actor
                 )
         except SettlementRejected:
             if len(batch) == 1:
@@ -342,8 +362,9 @@ def _send_batch(chunk: list[Order], out: GroupNext) -> list[Order]:
             return []
         try:
             with transaction.atomic():
+                last = last_cycles_of([o.pk for o in locked])
                 settlements = settlement_sender().submit_batch(
-                    [settlement_request(o) for o in locked], actor=actor
+                    [settlement_request(o, last_cycles=last) for o in locked], actor=actor
                 )
         except SettlementRejected:
             # One bad element: each goes alone, so only it is held and alerted.
