@@ -429,7 +429,10 @@ def _sync_members(batch: SettlementBatch) -> None:
                 confirmed_at=batch.confirmed_at,
             )
         return
-    members.update(**values, status=batch.status, confirmed_at=batch.confirmed_at)
+    # An id the batch skipped keeps the transaction that did settle it (`_batch_skipped`).
+    members.exclude(already_settled=True).update(
+        **values, status=batch.status, confirmed_at=batch.confirmed_at
+    )
 
 
 def _broadcast(*, pk: int, raw: str, actor: str, batch: bool = False) -> None:
@@ -487,6 +490,31 @@ def settlement_check(
     if row.status in (SettlementStatus.CONFIRMED, SettlementStatus.REVERTED):
         return SettlementState(row.status)
     return SettlementState.PENDING
+
+
+def settlements_check_many(
+    *, kind: str, vault_ids: Sequence[int], actor: str = "settlement_check"
+) -> list[SettlementTx]:
+    """`settlement_check` for many ids of one kind: every carrier (a batch, or a lone
+    settlement) that holds an unfinished one is checked once under its lock, so a batch of
+    N ids costs one receipt read, not N. Returns the rows of the ids that were submitted, as
+    they now stand (an id never submitted is absent)."""
+    chain_id = settings.CHAIN_ID
+    ids = sorted({int(i) for i in vault_ids})
+    if not ids:
+        return []
+    rows = SettlementTx.objects.filter(chain_id=chain_id, kind=kind, onchain_id__in=ids)
+    open_rows = rows.exclude(status__in=(SettlementStatus.CONFIRMED, SettlementStatus.REVERTED))
+    batches = sorted(set(open_rows.filter(batch__isnull=False).values_list("batch_id", flat=True)))
+    singles = sorted(open_rows.filter(batch__isnull=True).values_list("pk", flat=True))
+    if batches or singles:
+        client = chain_client()
+        for model, pks in ((SettlementBatch, batches), (SettlementTx, singles)):
+            for pk in pks:
+                with transaction.atomic():
+                    carrier = model.objects.select_for_update().get(pk=pk)
+                    _carrier_check(client=client, carrier=carrier, actor=actor)
+    return list(rows.order_by("onchain_id"))
 
 
 def _carrier_check(*, client: ChainClient, carrier: Carrier, actor: str) -> None:
@@ -554,6 +582,8 @@ def _judge_receipt(*, client: ChainClient, row: Carrier, receipt: Receipt, actor
     row.save()
     if isinstance(row, SettlementBatch):
         _sync_members(row)
+        if row.status == SettlementStatus.CONFIRMED:
+            _batch_skipped(client=client, batch=row, receipt=receipt, actor=actor)
     _audit_carrier(
         row,
         actor=actor,
@@ -565,6 +595,45 @@ def _judge_receipt(*, client: ChainClient, row: Carrier, receipt: Receipt, actor
         _alert_refused(row, reason=row.last_error, actor=actor)
     log = logger.info if row.status == SettlementStatus.CONFIRMED else logger.error
     log("settlement %s %s", row, row.status, extra={"tx_hash": receipt.tx_hash})
+
+
+def _batch_skipped(
+    *, client: ChainClient, batch: SettlementBatch, receipt: Receipt, actor: str
+) -> None:
+    """The ids a confirmed batch skipped (SettlementSkipped in its receipt's block: the vault
+    had them settled by another transaction, e.g. one whose record was lost) are recorded as
+    already settled, with the transaction that did settle them when it can be found. One
+    log query per batch; a node that will not answer leaves them as confirmed by the batch
+    (they are settled either way, and were paid once)."""
+    try:
+        logs = client.get_logs(
+            from_block=receipt.block_number,
+            to_block=receipt.block_number,
+            address=contract_set().vault,
+            topics=[event_topic("SettlementSkipped")],
+        )
+    except ChainError as exc:
+        logger.warning("batch %s: could not read its skipped ids: %s", batch.pk, exc)
+        return
+    skipped = {
+        int(log.topics[2], 16)
+        for log in logs
+        if log.tx_hash.lower() == receipt.tx_hash.lower() and len(log.topics) > 2
+    }
+    for row in batch.settlements.filter(onchain_id__in=skipped):
+        before = _audit_view(row)
+        settled_by = _settlement_event_tx(client=client, row=row)
+        if settled_by is not None:
+            row.tx_hash, row.block_number = settled_by
+        row.already_settled = True
+        row.save(update_fields=["tx_hash", "block_number", "already_settled", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="chain.settlement_already_settled",
+            order_id=row.order_id,
+            before=before,
+            after=_audit_view(row) | {"skipped_by_batch": batch.tx_hash},
+        )
 
 
 def _alert_refused(carrier: Carrier, *, reason: str, actor: str) -> None:
@@ -871,10 +940,14 @@ def settlements_submit_batch(
     chain_id = settings.CHAIN_ID
     by_id: dict[int, SettlementTx] = {}
     fresh: list[DepositSettlement | RedeemSettlement] = []
+    recorded = {
+        int(row.onchain_id): row
+        for row in SettlementTx.objects.filter(
+            chain_id=chain_id, kind=kind, onchain_id__in=[r.vault_id for r in requests]
+        )
+    }
     for request in requests:
-        existing = SettlementTx.objects.filter(
-            chain_id=chain_id, kind=kind, onchain_id=request.vault_id
-        ).first()
+        existing = recorded.get(request.vault_id)
         if existing is not None:
             _check_same(existing, request)
             by_id[request.vault_id] = existing
@@ -902,21 +975,10 @@ def _batch_submit_chunk(
     vault = contract_set().vault
     kind = chunk[0].kind
     out: dict[int, SettlementTx] = {}
-    to_send = []
-    for request in chunk:
-        if selectors.is_settled(kind=kind, onchain_id=request.vault_id):
-            base = {
-                "chain_id": chain_id,
-                "kind": kind,
-                **_row_values(request),
-                "order_id": request.order_id,
-                "sender": sender,
-            }
-            out[request.vault_id] = _record_already_settled(base=base, actor=actor)
-        else:
-            to_send.append(request)
-    if not to_send:
-        return out
+    # No per-id "already settled?" read first (one eth_call per id was most of a batch's
+    # cost): the vault skips a settled id with SettlementSkipped, so it is never paid twice,
+    # and the confirmation records such an id as already settled (`_batch_skipped`).
+    to_send = list(chunk)
     fn, args = BATCH_CALLS[kind], ([r.batch_element() for r in to_send],)
     try:
         gas = client.estimate_gas(
@@ -953,19 +1015,22 @@ def _batch_submit_chunk(
                     tx_hash=signed.tx_hash,
                     status=SettlementStatus.SIGNED,
                 )
-                rows = [
-                    SettlementTx.objects.create(
-                        chain_id=chain_id,
-                        kind=kind,
-                        **_row_values(request),
-                        order_id=request.order_id,
-                        sender=sender,
-                        batch=batch,
-                        tx_hash=signed.tx_hash,
-                        status=SettlementStatus.SIGNED,
-                    )
-                    for request in to_send
-                ]
+                # One INSERT for the batch's rows (PostgreSQL returns their ids).
+                rows = SettlementTx.objects.bulk_create(
+                    [
+                        SettlementTx(
+                            chain_id=chain_id,
+                            kind=kind,
+                            **_row_values(request),
+                            order_id=request.order_id,
+                            sender=sender,
+                            batch=batch,
+                            tx_hash=signed.tx_hash,
+                            status=SettlementStatus.SIGNED,
+                        )
+                        for request in to_send
+                    ]
+                )
         except IntegrityError:
             # Another submitter recorded one of these ids first: nothing of this chunk is
             # kept (the nonce neither); each id goes alone, which returns what exists.
@@ -980,8 +1045,8 @@ def _batch_submit_chunk(
         for request in to_send:
             out[request.vault_id] = settlement_submit(request=request, actor=actor)
         return out
+    # As inserted: broadcasting happens after the caller's commit, so nothing moved them.
     for row in rows:
-        row.refresh_from_db()
         out[int(row.onchain_id)] = row
     return out
 
@@ -1018,6 +1083,12 @@ class ChainSettlementSender:
 
     def check(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
         return settlement_check(kind=kind, vault_id=vault_id, actor=actor)
+
+    def check_many(
+        self, *, kind: str, vault_ids: Sequence[int], actor: str
+    ) -> dict[int, Settlement]:
+        rows = settlements_check_many(kind=kind, vault_ids=vault_ids, actor=actor)
+        return {int(row.onchain_id): _settlement_view(row) for row in rows}
 
     def resubmit(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
         return settlement_resubmit(kind=kind, vault_id=vault_id, actor=actor)

@@ -242,6 +242,15 @@ class SettlementSender(Protocol):
         SettlementTx.DoesNotExist when nothing was submitted."""
         ...
 
+    def check_many(
+        self, *, kind: str, vault_ids: Sequence[int], actor: str
+    ) -> dict[int, Settlement]:
+        """`check` for many ids of one kind at once: each transaction that carries some of
+        them (a batch, or a lone settlement) is checked once — one receipt read per
+        transaction, not per id — and moved along as `check` does. Returns the settlement of
+        every id that was submitted (an id never submitted is absent)."""
+        ...
+
     def resubmit(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
         """Try a REVERTED settlement again; anything else is left as it is."""
         ...

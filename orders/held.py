@@ -32,6 +32,8 @@ from orders import runs
 logger = logging.getLogger(__name__)
 
 RUN_TASKS = frozenset({"orders.tasks.order_validate", "orders.tasks.order_settle"})
+# Tasks driving many runs at once: their first argument is [[order id, gen], ...].
+RUN_GROUP_TASKS = frozenset({"orders.tasks.orders_settle_group"})
 CYCLE_TASKS = frozenset({"orders.tasks.cycle_place", "orders.tasks.cycle_poll"})
 _READ_ATTEMPTS = 5
 
@@ -66,6 +68,10 @@ def held_leases_renew() -> int:
         if request.name in RUN_TASKS:
             order_id, gen = (args[0] if args else kwargs.get("order_id")), kwargs.get("gen")
             if order_id is not None and gen is not None:
+                (working_runs if is_working else waiting_runs)[int(order_id)] = int(gen)
+        elif request.name in RUN_GROUP_TASKS:
+            group = args[0] if args else kwargs.get("runs_gens") or ()
+            for order_id, gen in group:
                 (working_runs if is_working else waiting_runs)[int(order_id)] = int(gen)
         elif request.name in CYCLE_TASKS:
             cycle_id = args[0] if args else kwargs.get("cycle_id")

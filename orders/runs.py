@@ -179,7 +179,69 @@ def runs_take_over_many(*, order_ids: Sequence[int], stage: Stage) -> None:
         run_gen=F("run_gen") + 1, run_lease_until=_lease_until()
     )
     gens = dict(Order.objects.filter(pk__in=ids).values_list("pk", "run_gen"))
+    if stage == Stage.SETTLE:
+        # Settled by the batch: one task sends (and then follows) a batch of them, rather
+        # than one task per order racing the others for their row locks.
+        transaction.on_commit(lambda: settle_groups_enqueue(gens=gens), robust=True)
+        return
     transaction.on_commit(lambda: run_enqueue_many(gens=gens, nxt=Next(stage)), robust=True)
+
+
+def settle_groups_enqueue(*, gens: Mapping[int, int], countdown: float = 0.0) -> None:
+    """Publish `orders.tasks.orders_settle_group` for the settle runs `gens` (order id ->
+    generation), CHAIN_SETTLEMENT_BATCH_MAX orders per task, after `countdown` seconds:
+    each task carries every run it drives, renews all their leases, and hands an order back
+    to its own `order_settle` task when it needs one. A lost group task costs only time:
+    each order's lease runs out and the scan re-drives it alone."""
+    if not gens:
+        return
+    from celery import current_app
+
+    from orders.tasks import orders_settle_group
+
+    items = sorted(gens.items())
+    size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
+    with current_app.producer_or_acquire() as producer:
+        for i in range(0, len(items), size):
+            orders_settle_group.apply_async(
+                args=[[list(item) for item in items[i : i + size]]],
+                countdown=countdown or None,
+                producer=producer,
+            )
+
+
+def _live(gens: Mapping[int, int]) -> Q:
+    alive = Q(pk__in=[])
+    for order_id, gen in gens.items():
+        alive |= Q(pk=order_id, run_gen=gen)
+    return alive
+
+
+def runs_step_begin_many(*, gens: Mapping[int, int]) -> dict[int, int]:
+    """`run_step_begin` for many runs at once: renews the lease of each that is still its
+    order's live run, and returns those (order id -> generation); the others were taken over
+    and are left alone."""
+    if not gens:
+        return {}
+    alive = _live(gens)
+    Order.objects.filter(alive).update(run_lease_until=_lease_until())
+    return dict(Order.objects.filter(alive).values_list("pk", "run_gen"))
+
+
+def runs_continue_many(*, gens: Mapping[int, int], nxt: Next, grouped: bool = False) -> int:
+    """`run_continue` for many runs: renew the leases of those still live to cover
+    `nxt.countdown` and enqueue their next step, each its own task or, with `grouped` (a
+    settle step), one `orders_settle_group` task for them all. Returns how many continue."""
+    if not gens:
+        return 0
+    alive = _live(gens)
+    Order.objects.filter(alive).update(run_lease_until=_lease_until(nxt.countdown))
+    live = dict(Order.objects.filter(alive).values_list("pk", "run_gen"))
+    if grouped:
+        settle_groups_enqueue(gens=live, countdown=nxt.countdown)
+    else:
+        run_enqueue_many(gens=live, nxt=nxt)
+    return len(live)
 
 
 def runs_dead_claim(
@@ -229,13 +291,6 @@ def heartbeat_interval() -> float:
     return max(0.25, settings.ORDER_RUN_HELD_LEASE_SECONDS / 4)
 
 
-def _runs_q(runs: Mapping[int, int]) -> Q:
-    alive = Q(pk__in=[])
-    for order_id, gen in runs.items():
-        alive |= Q(pk=order_id, run_gen=gen)
-    return alive
-
-
 def leases_renew(
     *,
     working_runs: Mapping[int, int] | None = None,
@@ -253,11 +308,11 @@ def leases_renew(
     until = _held_until()
     later = Value(until, output_field=DateTimeField())
     if working_runs:
-        Order.objects.filter(_runs_q(working_runs)).update(
+        Order.objects.filter(_live(working_runs)).update(
             run_lease_until=Greatest(F("run_lease_until"), later)
         )
     if waiting_runs:
-        Order.objects.filter(_runs_q(waiting_runs)).update(run_lease_until=until)
+        Order.objects.filter(_live(waiting_runs)).update(run_lease_until=until)
     open_cycles = Cycle.objects.exclude(status=CycleStatus.ALLOCATED)
     if working := set(working_cycles):
         open_cycles.filter(pk__in=working).update(lease_until=Greatest(F("lease_until"), later))
@@ -292,15 +347,24 @@ def _heartbeat_start() -> None:
 
 
 @contextmanager
-def run_heartbeat(*, order_id: int | None = None, gen: int = 0, cycle_id: int | None = None):
+def run_heartbeat(
+    *,
+    order_id: int | None = None,
+    gen: int = 0,
+    cycle_id: int | None = None,
+    runs: Mapping[int, int] | None = None,
+):
     """While the block runs, a thread of this process renews the lease of run `gen` of
-    `order_id` (or of cycle `cycle_id`) to ORDER_RUN_HELD_LEASE_SECONDS every quarter of
-    it: a step that is working is never taken over however long it takes, and one whose
-    process died (kill -9: the thread dies with it) is taken over within that lease. Leases
-    are only ever extended here."""
+    `order_id` (and of every run of `runs`, order id -> generation, for a task driving many;
+    or of cycle `cycle_id`) to ORDER_RUN_HELD_LEASE_SECONDS every quarter of it: a step
+    that is working is never taken over however long it takes, and one whose process died
+    (kill -9: the thread dies with it) is taken over within that lease. Leases are only
+    ever extended here."""
+    mine = dict(runs or {})
+    if order_id is not None:
+        mine[order_id] = gen
     with _beat_lock:
-        if order_id is not None:
-            _beating_runs[order_id] = gen
+        _beating_runs.update(mine)
         if cycle_id is not None:
             _beating_cycles.add(cycle_id)
         _heartbeat_start()
@@ -308,8 +372,9 @@ def run_heartbeat(*, order_id: int | None = None, gen: int = 0, cycle_id: int | 
         yield
     finally:
         with _beat_lock:
-            if order_id is not None and _beating_runs.get(order_id) == gen:
-                del _beating_runs[order_id]
+            for key, value in mine.items():
+                if _beating_runs.get(key) == value:
+                    del _beating_runs[key]
             if cycle_id is not None:
                 _beating_cycles.discard(cycle_id)
 

@@ -149,6 +149,7 @@ def orders_transition_many(
             to_status is not None and not is_allowed(order.status, to_status)
         ):
             raise IllegalTransition(order.pk, order.status, to_status or order.status)
+    groups = _same_moves(moves)
     for order, to_status, changes in moves:
         to_status = to_status or order.status
         before = {"status": order.status, "version": order.version}
@@ -165,9 +166,38 @@ def orders_transition_many(
             AuditEntry(actor=actor, action=action, order_id=order.pk, before=before, after=after)
         )
     with transaction.atomic():
-        Order.objects.bulk_update([o for o, _, _ in moves], sorted(fields), batch_size=500)
+        if groups is None:
+            Order.objects.bulk_update([o for o, _, _ in moves], sorted(fields), batch_size=500)
+        else:
+            # Moves that set the same values (a settlement batch: SETTLING -> its outcome)
+            # are one plain UPDATE each, conditional on the status they leave.
+            for (from_status, to_status, items), pks in groups.items():
+                updated = Order.objects.filter(pk__in=pks, status=from_status).update(
+                    status=to_status, version=F("version") + 1, updated_at=now, **dict(items)
+                )
+                if updated != len(pks):
+                    raise StaleOrderVersion(pks[0], 0)
         audit_record_many(entries)
     return [o for o, _, _ in moves]
+
+
+def _same_moves(
+    moves: Sequence[tuple[Order, str | None, Mapping[str, Any]]],
+) -> dict[tuple, list[int]] | None:
+    """`moves` grouped by (from status, to status, changes), when few groups cover them
+    (at most 4: each is one UPDATE); None when the changes differ per order (or are not
+    hashable), for bulk_update."""
+    groups: dict[tuple, list[int]] = {}
+    for order, to_status, changes in moves:
+        try:
+            key = (order.status, to_status or order.status, tuple(sorted(changes.items())))
+            hash(key)
+        except TypeError:
+            return None
+        groups.setdefault(key, []).append(order.pk)
+        if len(groups) > 4:
+            return None
+    return groups
 
 
 def orders_record_many(

@@ -76,6 +76,33 @@ def order_settle(order_id: int, gen: int | None = None) -> None:
     _run_stage(Stage.SETTLE, order_id, gen)
 
 
+@bronco_task(name="orders.tasks.orders_settle_group", queue=QUEUE_CHAIN, **_STAGE_OPTIONS)
+def orders_settle_group(runs_gens: list[list[int]]) -> None:
+    """The settle stage for many orders at once (`[[order id, gen], ...]`, at most
+    CHAIN_SETTLEMENT_BATCH_MAX): sends the unsent in batched transactions, then follows
+    each transaction with one task of its own (its orders, after
+    ORDER_SETTLE_CHECK_SECONDS) until it confirms, when all its orders settle in one bulk
+    transition. Orders that need their own step (`GroupNext.alone`) go back to
+    `order_settle` in their run. Superseded runs are skipped, like `_run_stage`."""
+    gens = runs.runs_step_begin_many(gens={int(pk): int(gen) for pk, gen in runs_gens})
+    count_stage_run(stage="settle_group", superseded=not gens)
+    if not gens:
+        return
+    with runs.run_heartbeat(runs=gens):
+        out = pipeline.orders_settle_group(order_ids=list(gens))
+    for order_ids in out.follow:
+        runs.runs_continue_many(
+            gens={pk: gens[pk] for pk in order_ids},
+            nxt=Next(Stage.SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS),
+            grouped=True,
+        )
+    by_next: dict[Next, dict[int, int]] = {}
+    for pk, nxt in out.alone.items():
+        by_next.setdefault(nxt, {})[pk] = gens[pk]
+    for nxt, alone in by_next.items():
+        runs.runs_continue_many(gens=alone, nxt=nxt)
+
+
 @bronco_task(
     name="orders.tasks.runs_enqueue",
     queue=QUEUE_DEFAULT,
@@ -123,7 +150,8 @@ def compensation_scan() -> int:
       task: every run and cycle in flight is taken over at once, and every order waiting to
       trade gets its deadline's grace (`runs.orders_deadline_extend`).
     - An open order whose run's lease ran out (its worker was killed with the task, the task
-      was dropped) is taken over: a new generation at its stage, its deadline given grace.
+      was dropped) is taken over: a new generation at its stage, its deadline given grace
+      (settling orders by the batch, `orders_settle_group`).
       A stage's queue is never filled past ORDER_REDRIVE_QUEUE_MAX by re-drives: a run whose
       lease ran out while its task still waits behind a deep queue is not multiplied.
 
@@ -143,7 +171,12 @@ def compensation_scan() -> int:
         if not gens:
             continue
         runs.orders_deadline_extend(order_ids=gens, reason="its run was lost and re-driven")
-        runs.run_enqueue_many(gens=gens, nxt=Next(stage))
+        if stage == Stage.SETTLE:
+            # Re-driven by the batch too: one task per CHAIN_SETTLEMENT_BATCH_MAX orders,
+            # never one per order flooding the chain queue behind a slow batch.
+            runs.settle_groups_enqueue(gens=gens)
+        else:
+            runs.run_enqueue_many(gens=gens, nxt=Next(stage))
         count += len(gens)
     if count:
         logger.info("compensation scan re-drove %d orders", count)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -76,6 +77,16 @@ def order_refunds_in_flight(*, order_id: int) -> bool:
     return Refund.objects.filter(
         order_id=order_id, origin=RefundOrigin.MANUAL, status__in=IN_FLIGHT_STATUSES
     ).exists()
+
+
+def orders_refunds_in_flight(*, order_ids: Sequence[int]) -> set[int]:
+    """`order_refunds_in_flight` for many orders at once: the ids of those with a manual
+    refund the vault has not yet paid (or failed)."""
+    return set(
+        Refund.objects.filter(
+            order_id__in=list(order_ids), origin=RefundOrigin.MANUAL, status__in=IN_FLIGHT_STATUSES
+        ).values_list("order_id", flat=True)
+    )
 
 
 def order_manually_refunded(*, order_id: int) -> int:

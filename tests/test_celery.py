@@ -33,6 +33,8 @@ EXPECTED_QUEUES = {
     "orders.tasks.cycles_fees_record": "broker",
     # settle sends and confirms the settlement transaction
     "orders.tasks.order_settle": "chain",
+    # ... and by the batch: sends a batch of settling orders, then follows its transaction
+    "orders.tasks.orders_settle_group": "chain",
     "orders.tasks.compensation_scan": "default",
     # publishes a large batch's first tasks (a backfill's fan-out): Redis only
     "orders.tasks.runs_enqueue": "default",

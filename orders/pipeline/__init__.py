@@ -21,14 +21,16 @@ settlement's refund as an automatic Refund.
 """
 
 from orders.pipeline.common import SETTLE, VALIDATE, Next, Stage
-from orders.pipeline.settle import order_settle
+from orders.pipeline.settle import GroupNext, order_settle, orders_settle_group
 from orders.pipeline.validate import order_validate
 
 __all__ = [
     "SETTLE",
+    "GroupNext",
     "VALIDATE",
     "Next",
     "Stage",
     "order_settle",
+    "orders_settle_group",
     "order_validate",
 ]

@@ -2,11 +2,13 @@
 order without the broker."""
 
 import logging
+from collections.abc import Sequence
 from decimal import Decimal
 
+from django.db.models import Max
 from django.utils import timezone
 
-from core.metrics import observe_stage
+from core.metrics import observe_stage, observe_stage_many
 from core.models import AuditLog
 from orders.models import Order, OrderStatus, OrderType
 from orders.stages import Next, Stage
@@ -46,6 +48,21 @@ def observe_since(order: Order, stage: str, *, since: tuple[str, ...]) -> None:
     )
     if started is not None:
         observe_stage(stage, (timezone.now() - started).total_seconds())
+
+
+def observe_since_many(order_ids: Sequence[int], stage: str, *, since: tuple[str, ...]) -> None:
+    """`observe_since` for many orders settled together: one query for the audit entries
+    that opened the stage (the latest per order), one observation per order."""
+    if not order_ids:
+        return
+    now = timezone.now()
+    started = (
+        AuditLog.objects.filter(order_id__in=list(order_ids), action__in=since)
+        .values("order_id")
+        .annotate(at=Max("created_at"))
+        .values_list("at", flat=True)
+    )
+    observe_stage_many(stage, [(now - at).total_seconds() for at in started])
 
 
 def settlement_kind(order: Order) -> str:

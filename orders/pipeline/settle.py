@@ -1,9 +1,12 @@
 """Settle: send the on-chain settlement once and confirm it."""
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 
 from chain.exceptions import SettlementRejected
 from chain.settlement import (
@@ -15,13 +18,14 @@ from chain.settlement import (
 from core.alerts import alert_raise
 from core.audit import audit_record
 from core.money import TOKEN_UNIT
-from orders.models import Order, OrderType
+from orders.models import Allocation, Order, OrderType
 from orders.pipeline.common import (
     SETTLE,
     SETTLING_ACTIONS,
     Next,
     S,
     observe_since,
+    observe_since_many,
     settlement_kind,
     stage_actor,
 )
@@ -113,12 +117,19 @@ def order_settle(*, order_id: int) -> Next | None:
     return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
 
 
-def settlement_request(order: Order) -> DepositSettlement | RedeemSettlement:
+def settlement_request(
+    order: Order, *, last_cycles: Mapping[int, int] | None = None
+) -> DepositSettlement | RedeemSettlement:
     """The vault call that settles `order`, naming what it settles (user, symbol, amount)
     and, for an order that traded in netting cycles, its last cycle, its average price per
     share (USDT base units per whole share: rounded down for a deposit and up for a redeem,
-    so the vault's own check of charge and proceeds holds exactly) and Bronco's fee."""
-    last = order.allocations.order_by("-cycle_id").values_list("cycle_id", flat=True).first()
+    so the vault's own check of charge and proceeds holds exactly) and Bronco's fee.
+    `last_cycles` (order id -> its last cycle, from `last_cycles_of`) saves the query per
+    order when many are built at once."""
+    if last_cycles is not None:
+        last = last_cycles.get(order.pk)
+    else:
+        last = order.allocations.order_by("-cycle_id").values_list("cycle_id", flat=True).first()
     traded = last is not None
     if order.order_type == OrderType.BUY:
         minted = int(order.tokens_minted)
@@ -148,6 +159,17 @@ def settlement_request(order: Order) -> DepositSettlement | RedeemSettlement:
         cycle_id=last if traded else None,
         price_per_share_units=price if traded else None,
         fee_units=int(order.fees_usdt) if traded else None,
+    )
+
+
+def last_cycles_of(order_ids: Sequence[int]) -> dict[int, int]:
+    """Order id -> the last cycle it took part in (orders that never traded are absent), in
+    one query."""
+    return dict(
+        Allocation.objects.filter(order_id__in=list(order_ids))
+        .values("order_id")
+        .annotate(last=Max("cycle_id"))
+        .values_list("order_id", "last")
     )
 
 
@@ -195,8 +217,9 @@ def _send_batched(order: Order) -> bool:
             batch.append(other)
         try:
             with transaction.atomic():
+                last = last_cycles_of([o.pk for o in batch])
                 settlements = settlement_sender().submit_batch(
-                    [settlement_request(o) for o in batch], actor=actor
+                    [settlement_request(o, last_cycles=last) for o in batch], actor=actor
                 )
         except SettlementRejected:
             if len(batch) == 1:
@@ -227,3 +250,189 @@ def _hold_refused(*, order: Order, kind: str, reason: str) -> None:
         source=stage_actor("settle"),
         details={"order_id": order.pk, "tx_hash": order.settlement_tx_hash, "reason": reason},
     )
+
+
+# --- settlement by the batch: one task sends a batch of ready orders and follows it ---------
+
+
+@dataclass
+class GroupNext:
+    """What `orders_settle_group` asks next. `follow`: the ids of each sent transaction
+    still unconfirmed, one list per transaction (one task follows each, after
+    ORDER_SETTLE_CHECK_SECONDS). `alone`: orders handed back to their own run's `order_settle`
+    (a hold, a refusal, a revert, a wait for a refund or the reserve: the per-order stage
+    keeps those guarantees), each with its Next."""
+
+    follow: list[list[int]] = field(default_factory=list)
+    alone: dict[int, Next] = field(default_factory=dict)
+
+
+def orders_settle_group(*, order_ids: Sequence[int]) -> GroupNext:
+    """Settle many SETTLING orders in one step: the unsent ones are sent in batched
+    transactions (one row-lock pass, one `submit_batch` per CHAIN_SETTLEMENT_BATCH_MAX ids,
+    one bulk transition recording their hashes); the sent ones are checked with one
+    `check_many` per kind (one receipt read per transaction) and the confirmed ones take
+    their outcome in one conditional bulk transition with their automatic refunds recorded
+    in bulk and their latencies observed once for the lot.
+
+    Whatever is not the common path goes back to the order's own `order_settle` (in
+    `GroupNext.alone`): a held order, one with a manual refund unpaid, one the reserve does
+    not cover, a batch the vault would refuse (retried alone there, so only the refused
+    order is held and alerted), a settlement that reverted (held, alerted, resubmitted only
+    when the vault would accept). Safe to run beside those per-order tasks: every move is a
+    conditional update under the rows' locks, so each order settles once."""
+    out = GroupNext()
+    orders = list(Order.objects.filter(pk__in=list(order_ids), status=S.SETTLING).order_by("pk"))
+    if not orders:
+        return out
+    waiting = refund_selectors.orders_refunds_in_flight(order_ids=[o.pk for o in orders])
+    sent_before: list[Order] = []
+    unsent: list[Order] = []
+    for order in orders:
+        if order.held_at is not None or order.pk in waiting:
+            out.alone[order.pk] = Next(SETTLE)
+        elif order.settlement_tx_hash:
+            sent_before.append(order)
+        else:
+            unsent.append(order)
+    if unsent:
+        sent_now = _send_group(unsent, out)
+        # Just broadcast (after commit): the first receipt can only come with the next block.
+        _follow_by_tx(sent_now, out)
+    for kind in ("deposit", "redeem"):
+        mine = [o for o in sent_before if settlement_kind(o) == kind]
+        if mine:
+            _confirm_group(kind=kind, orders=mine, out=out)
+    return out
+
+
+def _follow_by_tx(orders: Sequence[Order], out: GroupNext) -> None:
+    by_tx: dict[str, list[int]] = {}
+    for order in orders:
+        by_tx.setdefault(order.settlement_tx_hash, []).append(order.pk)
+    out.follow.extend(by_tx.values())
+
+
+def _send_group(orders: list[Order], out: GroupNext) -> list[Order]:
+    """Send the settlements of `orders` (unsent, not held) in batches of one kind each, as
+    far as the reserve covers what they pay. Each batch is its own transaction: its rows
+    locked (skip locked), sent, its orders' hashes recorded in one bulk transition, then
+    committed, so the audit chain's lock (taken by the first audit append, held to commit)
+    never waits on another batch's node requests. Orders another worker holds the lock of
+    (it is sending them) are left to their own run; so are those the reserve does not
+    cover (the per-order stage alerts and waits) and those of a batch the vault would
+    refuse. Returns the orders sent, with their hashes."""
+    balance, floor = refund_selectors.reserve_available()
+    room = balance - floor
+    covered: list[Order] = []
+    for order in orders:
+        paid = _usdt_paid(order)
+        if paid > room:
+            out.alone[order.pk] = Next(SETTLE)  # its own stage alerts and waits
+            continue
+        room -= paid
+        covered.append(order)
+    size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
+    sent: list[Order] = []
+    for kind in ("deposit", "redeem"):
+        mine = [o for o in covered if settlement_kind(o) == kind]
+        for start in range(0, len(mine), size):
+            sent.extend(_send_batch(mine[start : start + size], out))
+    return sent
+
+
+def _send_batch(chunk: list[Order], out: GroupNext) -> list[Order]:
+    actor = stage_actor("settle")
+    with transaction.atomic():
+        locked = list(
+            Order.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                pk__in=[o.pk for o in chunk],
+                status=S.SETTLING,
+                settlement_tx_hash="",
+                held_at__isnull=True,
+            )
+            .order_by("pk")
+        )
+        mine = {o.pk for o in locked}
+        for order in chunk:
+            if order.pk not in mine:
+                out.alone[order.pk] = Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
+        if not locked:
+            return []
+        try:
+            with transaction.atomic():
+                last = last_cycles_of([o.pk for o in locked])
+                settlements = settlement_sender().submit_batch(
+                    [settlement_request(o, last_cycles=last) for o in locked], actor=actor
+                )
+        except SettlementRejected:
+            # One bad element: each goes alone, so only it is held and alerted.
+            for order in locked:
+                out.alone[order.pk] = Next(SETTLE)
+            return []
+        # One UPDATE and one audit append for the batch.
+        return orders_transition_many(
+            moves=[
+                (o, None, {"settlement_tx_hash": s.tx_hash})
+                for o, s in zip(locked, settlements, strict=True)
+            ],
+            actor=actor,
+            action="order.settlement_sent",
+        )
+
+
+def _confirm_group(*, kind: str, orders: list[Order], out: GroupNext) -> None:
+    """Check the sent settlements of `orders` (one kind) with one `check_many`, settle the
+    confirmed ones in bulk, hand the reverted (and any unknown) to their own stage, and ask
+    to follow the pending ones per transaction."""
+    actor = stage_actor("settle")
+    by_id = {int(o.onchain_id): o for o in orders}
+    found = settlement_sender().check_many(kind=kind, vault_ids=list(by_id), actor=actor)
+    confirmed: dict[int, str] = {}
+    pending: list[Order] = []
+    for vault_id, order in by_id.items():
+        settlement = found.get(vault_id)
+        if settlement is None or settlement.state == SettlementState.REVERTED:
+            out.alone[order.pk] = Next(SETTLE)  # hold + alert + resubmit, as ever
+        elif settlement.state == SettlementState.CONFIRMED:
+            confirmed[order.pk] = settlement.tx_hash
+        else:
+            pending.append(order)
+    _follow_by_tx(pending, out)
+    if confirmed:
+        _settle_confirmed(confirmed, out)
+
+
+def _settle_confirmed(tx_by_order: dict[int, str], out: GroupNext) -> None:
+    """Orders whose settlement is confirmed take their outcome: one conditional bulk
+    transition under their row locks (an order another task settled first is no longer
+    SETTLING and is skipped; a held one goes to its own stage, which releases the hold),
+    their automatic refunds recorded in bulk, their latencies observed once."""
+    actor = stage_actor("settle")
+    with transaction.atomic():
+        locked = list(
+            Order.objects.select_for_update(of=("self",))
+            .filter(pk__in=list(tx_by_order), status=S.SETTLING)
+            .order_by("pk")
+        )
+        moves = []
+        for order in locked:
+            if order.held_at is not None:
+                out.alone[order.pk] = Next(SETTLE)
+                continue
+            tx_hash = tx_by_order[order.pk]
+            changes = {}
+            if tx_hash and tx_hash != order.settlement_tx_hash:
+                changes["settlement_tx_hash"] = tx_hash
+            moves.append((order, order.outcome, changes))
+        settled = orders_transition_many(moves=moves, actor=actor, action="order.settled")
+        refund_services.refunds_record_automatic_many(orders=settled, actor=actor)
+    ids = [o.pk for o in settled]
+    observe_since_many(ids, "settle", since=SETTLING_ACTIONS)
+    observe_since_many(ids, "end_to_end", since=("order.created",))
+    if settled:
+        logger.info(
+            "orders settled",
+            extra={"orders": len(settled), "tx_hash": tx_by_order[settled[0].pk]},
+        )

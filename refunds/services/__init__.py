@@ -30,7 +30,11 @@ from refunds.services.manual import (
     refunds_retry_waiting,
 )
 from refunds.services.records import RESERVE_SHORT, RESERVE_SHORT_SETTLEMENT
-from refunds.services.settlement import refund_record_automatic, reserve_covers
+from refunds.services.settlement import (
+    refund_record_automatic,
+    refunds_record_automatic_many,
+    reserve_covers,
+)
 
 __all__ = [
     "RESERVE_SHORT",
@@ -39,6 +43,7 @@ __all__ = [
     "refund_check",
     "refund_execute",
     "refund_record_automatic",
+    "refunds_record_automatic_many",
     "refund_request",
     "refunds_check_sent",
     "refunds_retry_waiting",

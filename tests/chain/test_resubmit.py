@@ -9,7 +9,7 @@ from chain import selectors
 from chain.models import SettlementStatus, SettlementTx
 from chain.services import settlement_check, settlement_resubmit, settlement_submit
 from chain.settlement import SettlementState
-from tests.fixtures.chain import drain_vault, named_deposit, wait_for
+from tests.fixtures.chain import drain_vault, fund_vault, named_deposit, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -36,14 +36,7 @@ def test_reverted_settlement_is_resubmitted_once_funded(own_chain, chain_user):
     assert settlement_resubmit(kind="deposit", vault_id=deposit_id) == SettlementState.REVERTED
     assert "still reverts" in SettlementTx.objects.get(onchain_id=deposit_id).last_error
 
-    funder = chain_user(3, node=node, contracts=contracts)
-    node.client().transact(
-        private_key=funder.key,
-        contract="MockUSDT",
-        address=contracts.usdt,
-        fn="transfer",
-        args=(contracts.vault, 100 * 10**6),
-    )
+    fund_vault(node, contracts, chain_user(3, node=node, contracts=contracts), 100 * 10**6)
     assert settlement_resubmit(kind="deposit", vault_id=deposit_id) == SettlementState.PENDING
     assert wait_for(
         lambda: settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.CONFIRMED

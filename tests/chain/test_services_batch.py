@@ -12,7 +12,7 @@ from chain.exceptions import SettlementRejected
 from chain.models import SettlementBatch, SettlementStatus, SettlementTx
 from chain.services import ChainSettlementSender, settlement_check, settlement_submit
 from chain.settlement import SettlementState
-from tests.fixtures.chain import DEPLOYER_KEY, named_deposit, wait_for
+from tests.fixtures.chain import DEPLOYER_KEY, OPERATOR_KEY, named_deposit, wait_for
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -77,3 +77,42 @@ def test_a_batch_naming_another_deposit_is_refused_and_nothing_is_sent(
     with pytest.raises(SettlementRejected, match="DepositMismatch"):
         ChainSettlementSender().submit_batch(requests, actor="test")
     assert not SettlementTx.objects.exists() and not SettlementBatch.objects.exists()
+
+
+def test_an_id_settled_by_a_transaction_whose_record_was_lost_is_skipped_and_recorded(
+    own_chain, chain_user
+):
+    """No per-id read before a batch: the vault skips an id it already settled
+    (SettlementSkipped), the user is paid once, and the confirmation records the id as
+    already settled by the transaction that did settle it."""
+    node, contracts = own_chain
+    user = chain_user(5, node=node, contracts=contracts)
+    ids = [user.deposit_id(user.deposit("AAPL", 9 * UNIT)) for _ in range(3)]
+    requests = [named_deposit(i, mint_token_units=0, refund_usdt_units=9 * UNIT) for i in ids]
+    # Settled by the operator's key in a transaction Bronco has no record of.
+    fn, args = requests[0].vault_call()
+    settled_by = (
+        node.client()
+        .transact(
+            private_key=OPERATOR_KEY,
+            contract="BroncoVault",
+            address=contracts.vault,
+            fn=fn,
+            args=args,
+        )
+        .tx_hash
+    )
+    assert selectors.is_settled(kind="deposit", onchain_id=ids[0])
+    balance = selectors.usdt_balance(address=user.address)
+
+    ChainSettlementSender().submit_batch(requests, actor="test")
+    for vault_id in ids:
+        confirmed(vault_id)
+    (batch,) = SettlementBatch.objects.all()
+    rows = {int(r.onchain_id): r for r in SettlementTx.objects.filter(onchain_id__in=ids)}
+    assert rows[ids[0]].already_settled and rows[ids[0]].tx_hash == settled_by
+    assert rows[ids[0]].status == SettlementStatus.CONFIRMED
+    assert [rows[i].tx_hash for i in ids[1:]] == [batch.tx_hash] * 2
+    assert not any(rows[i].already_settled for i in ids[1:])
+    # Paid once: only the two ids the batch settled paid now.
+    assert selectors.usdt_balance(address=user.address) == balance + 2 * 9 * UNIT

@@ -68,6 +68,10 @@ class FakeSettlementSender:
         # What "the vault" holds per (deposit|redeem, id): (user, symbol, amount).
         self.records: dict[tuple[SettlementKind, int], tuple[str, str, int]] = {}
         self.batches: list[list[SettlementRequest]] = []  # every batch sent, in order
+        self.checks: list[tuple[SettlementKind, int]] = []  # every per-id `check`, in order
+        # Every `check_many` call: the ids it asked for (the real sender reads one receipt
+        # per transaction they ride in).
+        self.check_many_calls: list[tuple[SettlementKind, tuple[int, ...]]] = []
 
     def record(self, kind: str, vault_id: int, *, user: str, symbol: str, amount: int) -> None:
         """What the vault holds at (kind, id): a settlement naming anything else is refused."""
@@ -169,10 +173,33 @@ class FakeSettlementSender:
             refusal = self._refusal(request)
             if refusal is not None:
                 raise SettlementRejected(f"batch refused at {request.vault_id}: {refusal}")
+        fresh = [r for r in requests if (r.kind, r.vault_id) not in self._entries]
         self.batches.append(list(requests))
-        return [self.submit(request, actor=actor) for request in requests]
+        for request in requests:
+            self.submit(request, actor=actor)
+        # The ids sent now ride in one transaction, as on chain: one hash for them all.
+        tx_hash = "0x" + sha256(repr([(r.kind, r.vault_id) for r in fresh]).encode()).hexdigest()
+        for request in fresh:
+            entry = self._entries[(request.kind, request.vault_id)]
+            entry.settlement = replace(entry.settlement, tx_hash=tx_hash)
+        return [self._entries[(r.kind, r.vault_id)].settlement for r in requests]
 
     def check(self, *, kind: str, vault_id: int, actor: str) -> SettlementState:
+        self.checks.append((SettlementKind(kind), vault_id))
+        return self._check(kind, vault_id)
+
+    def check_many(
+        self, *, kind: str, vault_ids: Sequence[int], actor: str
+    ) -> dict[int, Settlement]:
+        self.check_many_calls.append((SettlementKind(kind), tuple(vault_ids)))
+        out = {}
+        for vault_id in vault_ids:
+            if (SettlementKind(kind), vault_id) in self._entries:
+                self._check(kind, vault_id)
+                out[vault_id] = self._entries[(SettlementKind(kind), vault_id)].settlement
+        return out
+
+    def _check(self, kind: str, vault_id: int) -> SettlementState:
         entry = self._entry(kind, vault_id)
         if entry.settlement.state == SettlementState.PENDING:
             if entry.outcome == Outcome.CONFIRM:

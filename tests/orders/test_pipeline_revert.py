@@ -12,7 +12,7 @@ from chain.settlement import SettlementState
 from core.models import Alert, AuditLog
 from core.money import USDT_UNIT
 from orders.models import Order, OrderStatus
-from tests.fixtures.chain import drain_vault, named_deposit, wait_for
+from tests.fixtures.chain import drain_vault, fund_vault, named_deposit, wait_for
 from tests.fixtures.pipeline import chain_deposit as _deposit
 from tests.fixtures.pipeline import drive, fast_pipeline
 
@@ -58,14 +58,7 @@ def test_reverted_settlement_alerts_and_is_retried_until_settled(own_stack, chai
         )
     )
     # Funds come back (an operator tops the vault up); the pipeline retries on its own.
-    funder = chain_user(3, node=node, contracts=contracts)
-    node.client().transact(
-        private_key=funder.key,
-        contract="MockUSDT",
-        address=contracts.usdt,
-        fn="transfer",
-        args=(contracts.vault, 600 * USDT_UNIT),
-    )
+    fund_vault(node, contracts, chain_user(3, node=node, contracts=contracts), 600 * USDT_UNIT)
 
     drive(order.pk)
 

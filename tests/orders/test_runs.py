@@ -277,3 +277,31 @@ def test_a_held_step_lease_is_the_holders_a_working_one_only_grows_a_superseded_
     runs.leases_renew(working_runs={working.pk: working.run_gen})
     working.refresh_from_db()
     assert (working.run_lease_until - timezone.now()).total_seconds() > held - 2
+
+
+def test_a_worker_holding_a_settle_group_vouches_for_each_of_its_runs():
+    """orders.held reads the requests this worker holds from Celery's own worker state: a
+    batch's settle task names its runs as [[order id, gen], ...]."""
+    from celery.worker import state
+
+    class Request:  # the fields orders.held reads of Celery's Request (weak-referenceable)
+        def __init__(self, name, args):
+            self.name, self.args, self.kwargs = name, args, {}
+
+    from orders.held import held_leases_renew
+
+    held = settings.ORDER_RUN_HELD_LEASE_SECONDS
+    first, second = OrderFactory.create_batch(2, status=OrderStatus.SETTLING)
+    _lease(first, second, seconds=held + 30)  # the lease a queued task's countdown set
+    request = Request(
+        "orders.tasks.orders_settle_group",
+        ([[first.pk, first.run_gen], [second.pk, second.run_gen]],),
+    )
+    state.scheduled_requests.add(request)
+    try:
+        assert held_leases_renew() == 2
+    finally:
+        state.scheduled_requests.discard(request)
+    for order in (first, second):
+        order.refresh_from_db()
+        assert held - 2 < (order.run_lease_until - timezone.now()).total_seconds() <= held
