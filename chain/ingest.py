@@ -31,6 +31,7 @@ from chain.models import ChainCursor, ChainEvent, QuarantinedLog
 from core.alerts import alert_raise
 from core.audit import audit_record
 from core.bulk import bulk_copy_insert
+from core.exceptions import TIME_LIMITS
 from core.models import Alert
 from orders.exceptions import OrderError
 from orders.models import OrderType
@@ -760,6 +761,8 @@ def _heal_settlements_later(from_block: int) -> None:
 
     try:
         settlements_heal.delay(from_block=from_block)
+    except TIME_LIMITS:
+        raise  # inside chain_logs_replay: the task's time is up, not a failed enqueue
     except Exception as exc:  # noqa: BLE001 - the sweep heals too; the listener carries on
         logger.error("could not enqueue settlements_heal: %s", exc)
 
