@@ -408,18 +408,30 @@ def broker_lost_work() -> bool:
     return lost
 
 
+def cycle_holder_grace() -> float:
+    """Seconds a live holder has to vouch for a cycle step after a broker wipe: two
+    heartbeats (`heartbeat_interval`)."""
+    return 2 * heartbeat_interval()
+
+
 def runs_expire_all() -> tuple[int, int]:
-    """After a broker lost its queues: end the lease of every run-driven open order and of
-    every cycle in flight, so the next re-drive (this scan, and the cycle scheduler's next
-    beat) takes them over at once instead of waiting for leases to run out. Returns (orders,
-    cycles) expired."""
-    past = timezone.now() - timezone.timedelta(seconds=1)
+    """After a broker lost its queues: end the lease of every run-driven open order, so this
+    scan takes them over at once instead of waiting for leases to run out, and cut the
+    lease of every cycle in flight to `cycle_holder_grace` (2 s), after which the cycle
+    scheduler re-drives it. Cycles have no generation (their tasks name only the cycle), so
+    a re-drive of a step that still lives would double its chain: a step working in a worker
+    survives the wipe, and its heartbeat (`run_heartbeat`, every second) renews the lease
+    within the grace; a step lost with the queue is renewed by nobody. A superseded order
+    run stops by its generation, so orders need no grace. Returns (orders, cycles)."""
+    now = timezone.now()
     orders = (
         Order.objects.filter(status__in=[s.value for s in OPEN_STATUSES])
         .filter(_RUN_DRIVEN)
-        .update(run_lease_until=past)
+        .update(run_lease_until=now - timezone.timedelta(seconds=1))
     )
-    cycles = Cycle.objects.exclude(status=CycleStatus.ALLOCATED).update(lease_until=past)
+    cycles = Cycle.objects.exclude(status=CycleStatus.ALLOCATED).update(
+        lease_until=now + timezone.timedelta(seconds=cycle_holder_grace())
+    )
     return orders, cycles
 
 

@@ -196,6 +196,10 @@ NETTING_CYCLE_SECONDS = env_int("NETTING_CYCLE_SECONDS", 1)
 NETTING_FEES_RECORD_SECONDS = env_int("NETTING_FEES_RECORD_SECONDS", 15)
 # A cycle's broker order still working after this long is cancelled; what filled is allocated.
 NETTING_CYCLE_TIMEOUT_SECONDS = env_float("NETTING_CYCLE_TIMEOUT_SECONDS", 20.0)
+# A cycle's place or poll that found OpenD out of reach is tried again after this long: a
+# restarted OpenD is back within seconds, and each try while it is down is one refused
+# connect (or FUTU_CONNECT_TIMEOUT_SECONDS against a silent host).
+NETTING_BROKER_RETRY_SECONDS = env_float("NETTING_BROKER_RETRY_SECONDS", 1.0)
 # An order whose expiry is this close joins no more cycles: what it would trade could not be
 # settled before the vault's expiry, after which the vault takes only a full refund. It
 # waits in the book and is refunded (returned) in full at its expiry.

@@ -19,6 +19,9 @@ _DEV_TRADE_PASSWORD = "123456" if env_str("BRONCO_ENV", "local") != "production"
 FUTU_TRADE_PASSWORD = env_str("FUTU_TRADE_PASSWORD", _DEV_TRADE_PASSWORD)
 # How long a call waits for a (re)connection before it fails with BrokerUnavailable.
 FUTU_CONNECT_TIMEOUT_SECONDS = env_float("FUTU_CONNECT_TIMEOUT_SECONDS", 5.0)
+# Seconds between the SDK's own reconnect attempts after OpenD went away (its default, 6 s
+# and a fixed 6 s before the first, kept an idle session deaf to pushes that long).
+FUTU_RECONNECT_SECONDS = env_float("FUTU_RECONNECT_SECONDS", 1.0)
 # The remark lookup before every submission reads OpenD's order cache (not rate limited);
 # set true to force a server refresh (then it counts against the order-list limit).
 FUTU_REMARK_LOOKUP_REFRESH = env_bool("FUTU_REMARK_LOOKUP_REFRESH", False)

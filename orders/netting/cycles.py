@@ -412,7 +412,7 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
     except (RateLimited, PlacementInFlight, InsufficientBuyingPower) as exc:
         return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
     except BrokerUnavailable:
-        return CycleNext("place", cycle.pk, settings.ORDER_RETRY_SECONDS)
+        return CycleNext("place", cycle.pk, settings.NETTING_BROKER_RETRY_SECONDS)
     except BrokerRejected as exc:
         alert_raise(
             key=f"cycle_rejected:{cycle.symbol}",
@@ -465,7 +465,7 @@ def cycle_poll(*, cycle_id: int) -> CycleNext | None:
             state = broker.broker_order_sync(client_id=cycle.client_id, fee=False)
     except (BrokerUnavailable, RateLimited) as exc:
         return CycleNext(
-            "poll", cycle.pk, getattr(exc, "retry_after", settings.ORDER_RETRY_SECONDS)
+            "poll", cycle.pk, getattr(exc, "retry_after", settings.NETTING_BROKER_RETRY_SECONDS)
         )
     if state is None:
         alert_raise(

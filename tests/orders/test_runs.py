@@ -130,10 +130,10 @@ def _pushed(*pushes):
     thread.join(timeout=30)
 
 
-def _cycle():
+def _cycle(symbol: str = "AAPL"):
     return Cycle.objects.create(
-        symbol="AAPL",
-        stock_code="US.AAPL",
+        symbol=symbol,
+        stock_code=f"US.{symbol}",
         status=CycleStatus.PLACED,
         quote_price=Decimal(100),
         ccy_per_usdt=Decimal(1),
@@ -238,7 +238,30 @@ def test_after_a_broker_wipe_every_run_and_cycle_in_flight_is_taken_over_at_once
     assert runs.runs_expire_all() == (2, 1)
 
     assert set(_claim()) == {pending.pk, settling.pk}
-    assert Cycle.objects.get(pk=cycle.pk).lease_until < timezone.now()
+    lease = Cycle.objects.get(pk=cycle.pk).lease_until
+    assert lease <= timezone.now() + timezone.timedelta(seconds=runs.cycle_holder_grace())
+
+
+def test_after_a_broker_wipe_a_cycle_step_still_working_is_not_redriven_a_lost_one_is(settings):
+    """Cycles have no generation: a step that survived the wipe (working in a worker) must
+    not get a second chain beside its own; one lost with the queue is re-driven within the
+    holder's grace (two heartbeats)."""
+    from orders.netting.cycles import cycles_stalled
+
+    settings.ORDER_RUN_HELD_LEASE_SECONDS = 1  # heartbeats every 0.25 s: a 0.5 s grace
+    working, lost = _cycle(), _cycle("TSLA")
+    later = timezone.now() + timezone.timedelta(seconds=600)
+    Cycle.objects.filter(pk__in=[working.pk, lost.pk]).update(lease_until=later)
+
+    assert runs.runs_expire_all() == (0, 2)
+    assert cycles_stalled() == []  # not at once: a live holder may still vouch
+    deadline = time.monotonic() + 10
+    redriven: list[int] = []
+    while not redriven and time.monotonic() < deadline:
+        runs.leases_renew(working_cycles=[working.pk])  # the working step's heartbeat
+        time.sleep(runs.heartbeat_interval())
+        redriven = [n.cycle_id for n in cycles_stalled()]
+    assert redriven == [lost.pk]
 
 
 def test_the_scan_never_fills_a_stage_queue_past_its_bound(settings):

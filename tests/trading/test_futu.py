@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests.fixtures.broker import sim_session
 from trading.broker import BrokerOrder, BrokerStatus, Side
 from trading.exceptions import BrokerRejected, BrokerUnavailable, NoQuote, RateLimited
 from trading.futu import FutuBroker
@@ -246,13 +247,7 @@ def test_order_pushes_reach_the_callback(broker_settings):
             done.set()
 
     broker_settings.set_security(code="US.TSLA", fill_mode="none")
-    broker = FutuBroker(
-        host=broker_settings.host,
-        port=broker_settings.port,
-        acc_id=broker_settings.acc_id,
-        trade_password="123456",
-        on_order_update=on_update,
-    )
+    broker = sim_session(broker_settings, on_order_update=on_update)
     try:
         order = broker.place_order(
             client_id="c-push",

@@ -73,6 +73,15 @@ class _FailFastMixin:
         self._bronco_fail_fast = True
         super().__init__(*args, **kwargs)
         self._bronco_fail_fast = False
+        self.reconnect_interval = settings.FUTU_RECONNECT_SECONDS
+
+    def _wait_reconnect(self, wait_reconnect_interval: float = 6) -> None:
+        """The SDK waits a fixed 6 s after a disconnect before its first reconnect (its
+        `on_disconnect` passes no interval, so `reconnect_interval` does not apply), then
+        `reconnect_interval` (6 s) between attempts: a session that makes no calls (its
+        process only waits for pushes) came back up to 12 s after a restarted OpenD. Both
+        waits are FUTU_RECONNECT_SECONDS here (futu-api 10.11, futu/common/open_context_base.py)."""
+        super()._wait_reconnect(min(wait_reconnect_interval, self._reconnect_interval))  # type: ignore[misc]
 
     def _init_connect_sync(self) -> int:
         ret = super()._init_connect_sync()  # type: ignore[misc]
