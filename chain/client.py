@@ -782,14 +782,12 @@ class ChainClient:
         """Estimate, sign, send and wait: for deploys, admin calls, and users in dev/tests.
         Raises ContractReverted when the call would revert."""
         sender = address_of_key(private_key)
-        gas = self.estimate_gas(contract=contract, address=address, fn=fn, args=args, sender=sender)
+        call = self.prepare(contract=contract, address=address, fn=fn, args=args)
+        gas = self.estimate_call_gas(call, sender=sender)
         fees = self.fee_quote(min_priority_fee=1_000_000_000)
-        signed = self.sign(
+        signed = self.sign_call(
             private_key=private_key,
-            contract=contract,
-            address=address,
-            fn=fn,
-            args=args,
+            call=call,
             nonce=self.pending_nonce(sender),
             gas_limit=gas * 13 // 10,
             max_fee_per_gas=2 * fees.base_fee_per_gas + fees.max_priority_fee_per_gas,
