@@ -3,7 +3,8 @@
     .venv/bin/python bench/listener.py [--backfill 10000] [--live 500] [--rate 25]
 
 Starts its own anvil, deploys the contracts, and uses its own database (bronco_bench_chain,
-dropped and re-created) and Redis database 13 (flushed), so it never touches dev or test data.
+dropped and re-created; BENCH_DB) and Redis database 13 (flushed; BENCH_REDIS_DB), so it
+never touches dev or test data.
 
 1. Backfill: mines N Deposit events (8 users, 200 per block), then times the listener's
    catch-up from its checkpoint to the head: chunked eth_getLogs + one transaction per chunk
@@ -28,11 +29,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DB_NAME = "bronco_bench_chain"
+# BENCH_DB / BENCH_REDIS_DB let two runs on one machine keep apart (as bench/e2e.py's do).
+DB_NAME = os.environ.get("BENCH_DB", "bronco_bench_chain")
+REDIS_DB = os.environ.get("BENCH_REDIS_DB", "13")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bronco_project.settings.local")
 os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
-os.environ["REDIS_URL"] = os.environ["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/13"
-os.environ["CELERY_RESULT_BACKEND"] = "redis://127.0.0.1:6379/13"
+os.environ["REDIS_URL"] = os.environ["CELERY_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
+os.environ["CELERY_RESULT_BACKEND"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 

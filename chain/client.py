@@ -23,7 +23,8 @@ from typing import Any
 import requests
 import websockets
 from eth_abi import decode as abi_decode
-from eth_abi.exceptions import DecodingError
+from eth_abi import grammar as abi_grammar
+from eth_abi.exceptions import DecodingError, EncodingError
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
@@ -111,6 +112,18 @@ class SignedTx:
     gas_limit: int
     max_fee_per_gas: int
     max_priority_fee_per_gas: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """A contract call (or a deployment, `to` None) as transaction fields: `data` is the
+    0x-hex calldata."""
+
+    to: str | None
+    data: str
+
+    def fields(self) -> dict[str, str]:
+        return {"data": self.data} if self.to is None else {"to": self.to, "data": self.data}
 
 
 @dataclass(frozen=True)
@@ -303,6 +316,68 @@ def _static_word(abi_type: str, word: bytes) -> Any:
 _STATIC_TYPES = frozenset({"address", "bool", "bytes32"} | {f"uint{n}" for n in range(8, 257, 8)})
 
 
+@dataclass(frozen=True)
+class _FunctionPlan:
+    """How to encode one (not overloaded) function's calls: built once per (contract, name)."""
+
+    selector: bytes
+    types: tuple[str, ...]
+    parsed: tuple[Any, ...]  # eth_abi.grammar types of `types`
+
+
+@functools.cache
+def _function_plan(contract: str, fn: str) -> _FunctionPlan | None:
+    items = [i for i in contract_abi(contract) if i["type"] == "function" and i["name"] == fn]
+    if len(items) != 1:
+        return None  # overloaded (web3 picks by the arguments) or unknown (web3 says so)
+    types = tuple(_abi_type(i) for i in items[0]["inputs"])
+    return _FunctionPlan(
+        selector=keccak(text=_signature(items[0]))[:4],
+        types=types,
+        parsed=tuple(abi_grammar.parse(t) for t in types),
+    )
+
+
+def _canonical(abi_type: Any, value: Any) -> bool:
+    """Whether `value` is already what web3's encoder would hand eth_abi for `abi_type`
+    (its normalisers change nothing): an address a checksummed string, bytes as bytes, a
+    string as str; arrays and tuples element by element. Anything else goes through web3."""
+    if abi_type.arrlist:
+        if not isinstance(value, list | tuple):
+            return False
+        item = abi_type.item_type
+        return all(_canonical(item, v) for v in value)
+    if isinstance(abi_type, abi_grammar.TupleType):
+        return isinstance(value, list | tuple) and all(
+            _canonical(t, v) for t, v in zip(abi_type.components, value, strict=False)
+        )
+    base = abi_type.base
+    if base == "address":
+        return isinstance(value, str) and checksum_address(value) == value
+    if base == "bytes":
+        return isinstance(value, bytes)
+    if base == "string":
+        return isinstance(value, str)
+    return True
+
+
+def _encode_call(codec: Any, contract: str, fn: str, args: tuple) -> str | None:
+    """0x-hex calldata of `contract.fn(*args)`, byte for byte what web3's `encode_abi` gives,
+    without its per-call ABI look-up, double validation and normalising walk (most of a
+    100-id settlement batch's signing time). None when web3 must do it: an overloaded or
+    unknown function, arguments it would normalise (hex strings for bytes, ENS names, ...),
+    or arguments that do not encode (web3 then raises its own error)."""
+    plan = _function_plan(contract, fn)
+    if plan is None or len(args) != len(plan.types):
+        return None
+    if not all(_canonical(t, v) for t, v in zip(plan.parsed, args, strict=True)):
+        return None
+    try:
+        return "0x" + (plan.selector + codec.encode(plan.types, args)).hex()
+    except (EncodingError, ValueError, TypeError, OverflowError):
+        return None
+
+
 def decode_revert(data: Any) -> tuple[str, tuple]:
     """(custom error name, args) from revert data, or ("", ()) when it is not one of ours."""
     if isinstance(data, dict):
@@ -413,6 +488,7 @@ class ChainClient:
                 exception_retry_configuration=None,
             )
         )
+        self._contracts: dict[tuple[str, str | None], Any] = {}
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -522,29 +598,55 @@ class ChainClient:
         return response.get("result")
 
     # contracts
+    def _contract(self, contract: str, address: str | None) -> Any:
+        """The web3 contract object of `contract` at `address` (None: for deploying), built
+        once per client: building one parses the whole ABI."""
+        key = (contract, address)
+        c = self._contracts.get(key)
+        if c is None:
+            if address is None:
+                c = self._w3.eth.contract(
+                    abi=contract_abi(contract),
+                    bytecode=artifacts()["contracts"][contract]["bytecode"],
+                )
+            else:
+                c = self._w3.eth.contract(
+                    address=to_checksum_address(address), abi=contract_abi(contract)
+                )
+            self._contracts[key] = c
+        return c
+
     def call(self, contract: str, address: str, fn: str, *args: Any) -> Any:
-        c = self._w3.eth.contract(address=to_checksum_address(address), abi=contract_abi(contract))
+        c = self._contract(contract, address)
         return _jsonable(self._run(getattr(c.functions, fn)(*args).call))
 
-    def _tx_data(self, contract: str, address: str | None, fn: str, args: tuple) -> dict:
-        abi = contract_abi(contract)
+    def prepare(
+        self, *, contract: str, address: str | None, fn: str = "", args: tuple = ()
+    ) -> Call:
+        """The transaction fields (`to`, `data`) calling `contract.fn(*args)` at `address`, or
+        deploying `contract` with constructor `args` when `address` is None. Pure: no node
+        request, so a sender encodes before it takes its nonce lock. Raises what web3's
+        encoder raises for arguments that do not fit the ABI."""
         if address is None:
-            c = self._w3.eth.contract(
-                abi=abi, bytecode=artifacts()["contracts"][contract]["bytecode"]
-            )
-            return {"data": c.constructor(*args).data_in_transaction}
-        c = self._w3.eth.contract(address=to_checksum_address(address), abi=abi)
-        return {
-            "to": to_checksum_address(address),
-            "data": c.encode_abi(fn, args=list(args)),
-        }
+            data = self._contract(contract, None).constructor(*args).data_in_transaction
+            return Call(to=None, data=data)
+        to = checksum_address(address)
+        data = _encode_call(self._w3.codec, contract, fn, args)
+        if data is None:  # an overloaded name, or arguments web3 would normalise first
+            data = self._contract(contract, to).encode_abi(fn, args=list(args))
+        return Call(to=to, data=data)
 
     def estimate_gas(
         self, *, contract: str, address: str | None, fn: str, args: tuple, sender: str
     ) -> int:
         """Gas for the call; ContractReverted (with the custom error name) when it would
         revert."""
-        tx = self._tx_data(contract, address, fn, args) | {"from": to_checksum_address(sender)}
+        call = self.prepare(contract=contract, address=address, fn=fn, args=args)
+        return self.estimate_call_gas(call, sender=sender)
+
+    def estimate_call_gas(self, call: Call, *, sender: str) -> int:
+        """`estimate_gas` of a prepared call."""
+        tx = call.fields() | {"from": to_checksum_address(sender)}
         return int(self._run(self._w3.eth.estimate_gas, tx))
 
     def fee_quote(self, *, min_priority_fee: int) -> FeeQuote:
@@ -589,7 +691,29 @@ class ChainClient:
         chain_id: int,
     ) -> SignedTx:
         """An EIP-1559 (type 2) transaction, signed locally; nothing is sent."""
-        tx = self._tx_data(contract, address, fn, args) | {
+        return self.sign_call(
+            private_key=private_key,
+            call=self.prepare(contract=contract, address=address, fn=fn, args=args),
+            nonce=nonce,
+            gas_limit=gas_limit,
+            max_fee_per_gas=max_fee_per_gas,
+            max_priority_fee_per_gas=max_priority_fee_per_gas,
+            chain_id=chain_id,
+        )
+
+    def sign_call(
+        self,
+        *,
+        private_key: str,
+        call: Call,
+        nonce: int,
+        gas_limit: int,
+        max_fee_per_gas: int,
+        max_priority_fee_per_gas: int,
+        chain_id: int,
+    ) -> SignedTx:
+        """`sign` of a prepared call (`prepare`): only the signing, no encoding."""
+        tx = call.fields() | {
             "type": 2,
             "chainId": chain_id,
             "nonce": nonce,
@@ -658,14 +782,12 @@ class ChainClient:
         """Estimate, sign, send and wait: for deploys, admin calls, and users in dev/tests.
         Raises ContractReverted when the call would revert."""
         sender = address_of_key(private_key)
-        gas = self.estimate_gas(contract=contract, address=address, fn=fn, args=args, sender=sender)
+        call = self.prepare(contract=contract, address=address, fn=fn, args=args)
+        gas = self.estimate_call_gas(call, sender=sender)
         fees = self.fee_quote(min_priority_fee=1_000_000_000)
-        signed = self.sign(
+        signed = self.sign_call(
             private_key=private_key,
-            contract=contract,
-            address=address,
-            fn=fn,
-            args=args,
+            call=call,
             nonce=self.pending_nonce(sender),
             gas_limit=gas * 13 // 10,
             max_fee_per_gas=2 * fees.base_fee_per_gas + fees.max_priority_fee_per_gas,

@@ -62,7 +62,7 @@ class ChainEvent(models.Model):
     block_number = models.BigIntegerField(db_index=True)
     block_hash = models.CharField(max_length=66)
     address = models.CharField(max_length=42)
-    name = models.CharField(max_length=64, db_index=True)
+    name = models.CharField(max_length=64)  # indexed: Meta (no LIKE twin)
     args = models.JSONField(default=dict)
     vault_id = UintField(
         null=True, blank=True, help_text="The deposit, redeem or refund id the event is about"
@@ -94,6 +94,7 @@ class ChainEvent(models.Model):
             ),
         ]
         indexes = [
+            models.Index(fields=("name",), name="chainevent_name"),
             # What a batch asks of every log it writes: was this request removed by a reorg
             # and not yet resolved (chain.ingest._removed_unresolved)? Rare rows, small index.
             models.Index(

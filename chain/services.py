@@ -197,20 +197,31 @@ def _bumped(value: int) -> int:
 def nonce_allocate(*, client: ChainClient, chain_id: int, address: str) -> int:
     """The next nonce of `address`, under the NonceSequence row lock. Must run inside the
     transaction that records what the nonce is used for, so it is consumed only if that
-    commits. Never below the node's pending count (a key also used elsewhere stays in step)."""
+    commits. Never below the node's pending count (a key also used elsewhere stays in step).
+
+    The lock is held from here to the caller's commit, so the node's pending count is read
+    before it is taken: in the usual case (the count at or below `next_nonce`, which covers
+    every earlier allocation, committed before the lock is granted) nothing is asked of the
+    node under the lock. A count above `next_nonce` is read again under the lock and that
+    value is used, as before: a count read before `nonce_heal` lowered the sequence (the
+    node dropped transactions) may be stale-high and would leave a gap. What the early read
+    can miss is a transaction another program sends with the same key in that moment,
+    which a read under the lock could miss a moment later too: the count is a floor for
+    outside use of the key, not a lock on it."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("nonce_allocate must run inside a transaction")
+    pending = client.pending_nonce(address)
     try:
         with transaction.atomic():
             NonceSequence.objects.get_or_create(
-                chain_id=chain_id,
-                address=address,
-                defaults={"next_nonce": client.pending_nonce(address)},
+                chain_id=chain_id, address=address, defaults={"next_nonce": pending}
             )
     except IntegrityError:
         pass  # another worker created the row first; we lock it below
     seq = NonceSequence.objects.select_for_update().get(chain_id=chain_id, address=address)
-    nonce = max(seq.next_nonce, client.pending_nonce(address))
+    if pending > seq.next_nonce:
+        pending = client.pending_nonce(address)  # the node is ahead: ask again, under the lock
+    nonce = max(seq.next_nonce, pending)
     seq.next_nonce = nonce + 1
     seq.save(update_fields=["next_nonce", "updated_at"])
     return nonce
@@ -250,10 +261,10 @@ def settlement_submit(*, request: SettlementRequest, actor: str) -> SettlementTx
         "order_id": order_id,
         "sender": sender,
     }
+    # Encoded once, before the nonce lock: signing under it is then only the signature.
+    call = client.prepare(contract="BroncoVault", address=vault, fn=fn, args=args)
     try:
-        gas = client.estimate_gas(
-            contract="BroncoVault", address=vault, fn=fn, args=args, sender=sender
-        )
+        gas = client.estimate_call_gas(call, sender=sender)
     except ContractReverted as exc:
         if exc.error_name != _ALREADY_DONE[SettlementKind(kind)]:
             raise SettlementRejected(
@@ -266,12 +277,9 @@ def settlement_submit(*, request: SettlementRequest, actor: str) -> SettlementTx
     max_fee = min(2 * fees.base_fee_per_gas + tip, settings.CHAIN_MAX_FEE_PER_GAS_WEI)
     with transaction.atomic():
         nonce = nonce_allocate(client=client, chain_id=chain_id, address=sender)
-        signed = client.sign(
+        signed = client.sign_call(
             private_key=key,
-            contract="BroncoVault",
-            address=vault,
-            fn=fn,
-            args=args,
+            call=call,
             nonce=nonce,
             gas_limit=gas * settings.CHAIN_GAS_LIMIT_PERCENT // 100,
             max_fee_per_gas=max_fee,
@@ -805,17 +813,16 @@ def _resign(
             return
         max_fee = cap
     fn, args = _vault_call_of(row)
+    call = client.prepare(contract="BroncoVault", address=contract_set().vault, fn=fn, args=args)
+    key = _operator_key()
     nonce = (
         nonce_allocate(client=client, chain_id=row.chain_id, address=row.sender)
         if new_nonce
         else latest.nonce
     )
-    signed = client.sign(
-        private_key=_operator_key(),
-        contract="BroncoVault",
-        address=contract_set().vault,
-        fn=fn,
-        args=args,
+    signed = client.sign_call(
+        private_key=key,
+        call=call,
         nonce=nonce,
         gas_limit=latest.gas_limit,
         max_fee_per_gas=max_fee,
@@ -980,10 +987,10 @@ def _batch_submit_chunk(
     # and the confirmation records such an id as already settled (`_batch_skipped`).
     to_send = list(chunk)
     fn, args = BATCH_CALLS[kind], ([r.batch_element() for r in to_send],)
+    # Encoded once, before the nonce lock: signing under it is then only the signature.
+    call = client.prepare(contract="BroncoVault", address=vault, fn=fn, args=args)
     try:
-        gas = client.estimate_gas(
-            contract="BroncoVault", address=vault, fn=fn, args=args, sender=sender
-        )
+        gas = client.estimate_call_gas(call, sender=sender)
     except ContractReverted as exc:
         raise SettlementRejected(
             f"{fn}({[r.vault_id for r in to_send]}): {exc.error_name or exc} {exc.error_args}"
@@ -993,12 +1000,9 @@ def _batch_submit_chunk(
     max_fee = min(2 * fees.base_fee_per_gas + tip, settings.CHAIN_MAX_FEE_PER_GAS_WEI)
     with transaction.atomic():
         nonce = nonce_allocate(client=client, chain_id=chain_id, address=sender)
-        signed = client.sign(
+        signed = client.sign_call(
             private_key=key,
-            contract="BroncoVault",
-            address=vault,
-            fn=fn,
-            args=args,
+            call=call,
             nonce=nonce,
             gas_limit=gas * settings.CHAIN_GAS_LIMIT_PERCENT // 100,
             max_fee_per_gas=max_fee,

@@ -20,7 +20,7 @@ class AuditLog(models.Model):
     seq = models.BigIntegerField(unique=True)
     created_at = models.DateTimeField()
     actor = models.CharField(max_length=200, help_text="task, command or admin user")
-    action = models.CharField(max_length=64, db_index=True)
+    action = models.CharField(max_length=64)
     # A string reference: core imports no domain app; the audit entry still names its order.
     order = models.ForeignKey(
         "orders.Order",
@@ -32,11 +32,17 @@ class AuditLog(models.Model):
     before = models.JSONField(default=dict, blank=True)
     after = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
-    entry_hash = models.CharField(max_length=64, unique=True)
+    entry_hash = models.CharField(max_length=64)
 
     class Meta:
         db_table = "orders_auditlog"
         ordering = ("seq",)
+        # Declared here rather than `unique=True` / `db_index=True` on the fields, which on
+        # PostgreSQL add a `varchar_pattern_ops` twin per column that nothing queries.
+        constraints = [
+            models.UniqueConstraint(fields=("entry_hash",), name="auditlog_unique_entry_hash"),
+        ]
+        indexes = [models.Index(fields=("action",), name="auditlog_action")]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action} by {self.actor}"

@@ -111,6 +111,24 @@ def start_anvil(*extra_args: str) -> AnvilNode:
     raise RuntimeError(f"could not start anvil: {last}")
 
 
+def point_settings_at(settings: Any, node: AnvilNode, contracts: Any) -> None:
+    """Django `settings` (the module or pytest-django's fixture) pointed at `node` and its
+    contract set, with anvil's operator and deployer keys and one confirmation."""
+    from chain.selectors import vault_params_forget
+
+    vault_params_forget()  # another test's vault may have had the same address
+    settings.CHAIN_ID = contracts.chain_id
+    settings.CHAIN_RPC_URL = node.rpc_url
+    settings.CHAIN_WS_URL = node.ws_url
+    settings.CHAIN_VAULT_ADDRESS = contracts.vault
+    settings.CHAIN_USDT_ADDRESS = contracts.usdt
+    settings.CHAIN_START_BLOCK = contracts.deploy_block
+    settings.CHAIN_OPERATOR_PRIVATE_KEY = OPERATOR_KEY
+    settings.CHAIN_DEPLOYER_PRIVATE_KEY = DEPLOYER_KEY
+    settings.CHAIN_CONFIRMATIONS = 1
+    settings.CHAIN_SETTLEMENT_CONFIRMATIONS = 1
+
+
 def deploy_contract_set(node: AnvilNode):  # type: ignore[no-untyped-def]
     """The reference set on `node`: symbols from settings, users #2-#9 funded, reserve."""
     from django.conf import settings

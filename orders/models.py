@@ -70,7 +70,7 @@ class Order(models.Model):
     """
 
     # Identity: the internal id is the primary key; client_id is what the broker sees.
-    client_id = models.CharField(max_length=64, unique=True, default=new_client_id)
+    client_id = models.CharField(max_length=64, default=new_client_id)  # unique: Meta
     order_type = models.CharField(max_length=4, choices=OrderType.choices)
     status = models.CharField(
         max_length=10, choices=OrderStatus.choices, default=OrderStatus.PENDING
@@ -82,11 +82,11 @@ class Order(models.Model):
     onchain_id = models.DecimalField(
         max_digits=78, decimal_places=0, help_text="Vault deposit id or redeem id"
     )
-    chain_tx_hash = models.CharField(max_length=66, db_index=True)
+    chain_tx_hash = models.CharField(max_length=66)
     log_index = models.PositiveIntegerField(default=0)
-    user_address = models.CharField(max_length=42, db_index=True)
+    user_address = models.CharField(max_length=42)
     symbol = models.CharField(max_length=32, help_text="Vault symbol, e.g. AAPL")
-    stock_code = models.CharField(max_length=32, db_index=True, help_text="Futu code, e.g. US.AAPL")
+    stock_code = models.CharField(max_length=32, help_text="Futu code, e.g. US.AAPL")
 
     # What the user brought: USDT for a BUY, stock tokens for a SELL (base units).
     usdt_amount = UintField(default=0)
@@ -97,7 +97,7 @@ class Order(models.Model):
     price = models.DecimalField(
         max_digits=24, decimal_places=6, null=True, blank=True, help_text="Locked limit price"
     )
-    futu_order_id = models.CharField(max_length=64, blank=True, db_index=True)
+    futu_order_id = models.CharField(max_length=64, blank=True)
     filled_qty = models.DecimalField(max_digits=24, decimal_places=6, default=0)
     avg_fill_price = models.DecimalField(max_digits=24, decimal_places=6, null=True, blank=True)
 
@@ -123,7 +123,7 @@ class Order(models.Model):
         blank=True,
         help_text="Terminal status this order takes once its settlement is confirmed",
     )
-    settlement_tx_hash = models.CharField(max_length=66, blank=True, db_index=True)
+    settlement_tx_hash = models.CharField(max_length=66, blank=True)
 
     # Netting: when the order joined its symbol's book, and the cycle it takes part in now.
     booked_at = models.DateTimeField(null=True, blank=True)
@@ -185,7 +185,12 @@ class Order(models.Model):
 
     class Meta:
         ordering = ("-id",)
+        # Uniqueness and plain indexes of the string columns are declared here, not with
+        # `unique=True` / `db_index=True` on the field: for those PostgreSQL gets a second,
+        # `varchar_pattern_ops` index per column (for LIKE 'x%', which nothing asks), and
+        # every row a backfill COPYs paid for both.
         constraints = [
+            models.UniqueConstraint(fields=("client_id",), name="order_unique_client_id"),
             models.UniqueConstraint(
                 fields=("chain_id", "order_type", "onchain_id"), name="order_unique_onchain_id"
             ),
@@ -208,6 +213,11 @@ class Order(models.Model):
             ],
         ]
         indexes = [
+            models.Index(fields=("chain_tx_hash",), name="order_chain_tx_hash"),
+            models.Index(fields=("user_address",), name="order_user_address"),
+            models.Index(fields=("stock_code",), name="order_stock_code"),
+            models.Index(fields=("futu_order_id",), name="order_futu_order_id"),
+            models.Index(fields=("settlement_tx_hash",), name="order_settlement_tx_hash"),
             models.Index(
                 fields=("deadline",),
                 name="order_open_by_deadline",

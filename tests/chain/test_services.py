@@ -5,13 +5,13 @@ import threading
 from dataclasses import replace
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from chain import selectors
 from chain.client import address_of_key
 from chain.exceptions import SettlementRejected
 from chain.models import NonceSequence, SettlementAttempt, SettlementStatus, SettlementTx
-from chain.services import settlement_check, settlement_submit
+from chain.services import nonce_allocate, settlement_check, settlement_submit
 from chain.settlement import SettlementState
 from core.models import AuditLog
 from tests.fixtures.chain import OPERATOR_KEY, named_deposit, wait_for
@@ -212,3 +212,31 @@ def test_losing_a_settlement_race_on_chain_counts_as_settled(own_chain, chain_us
     assert settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.CONFIRMED
     row.refresh_from_db()
     assert row.already_settled and row.status == SettlementStatus.CONFIRMED
+
+
+def test_a_nonce_follows_the_sequence_and_the_node_when_the_key_is_used_elsewhere(own_chain):
+    """The node's pending count is read before the row lock; the sequence decides unless the
+    node is ahead (the key sent elsewhere), and then the count read under the lock does."""
+    node, contracts = own_chain
+    client = node.client()
+    operator = address_of_key(OPERATOR_KEY)
+
+    def allocate() -> int:
+        with transaction.atomic():
+            return nonce_allocate(client=client, chain_id=contracts.chain_id, address=operator)
+
+    first = allocate()
+    assert first == client.pending_nonce(operator)
+    assert allocate() == first + 1  # nothing sent yet: the sequence, not the node's count
+    for _ in range(3):  # the same key used by another program: the node's count moves ahead
+        client.transact(
+            private_key=OPERATOR_KEY,
+            contract="MockUSDT",
+            address=contracts.usdt,
+            fn="approve",
+            args=(operator, 1),
+        )
+    ahead = client.pending_nonce(operator)
+    assert ahead > first + 2
+    assert allocate() == ahead
+    assert NonceSequence.objects.get(address=operator).next_nonce == ahead + 1
