@@ -26,26 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DB_NAME = os.environ.get("BENCH_DB", "bronco_bench_settle")
-REDIS_DB = os.environ.get("BENCH_REDIS_DB", "13")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bronco_project.settings.local")
-os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
-os.environ["REDIS_URL"] = os.environ["CELERY_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
-os.environ["CELERY_RESULT_BACKEND"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from devtools.processes import bench_database_environment  # noqa: E402  (after the path)
 
 UNIT, TOKEN = 10**6, 10**18
-
-
-def reset_database() -> None:
-    import psycopg2
-
-    conn = psycopg2.connect("postgres://postgres@127.0.0.1:5432/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DB_NAME}")
-    conn.close()
 
 
 def main() -> None:
@@ -55,7 +38,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, help="top N of the last round")
     args = parser.parse_args()
 
-    reset_database()
+    bench_database_environment(default_db="bronco_bench_settle")
     import django
 
     django.setup()

@@ -258,6 +258,30 @@ _CHILD_PORTS = range(20000, 32000)
 _random = random.Random()
 
 
+def bench_database_environment(*, default_db: str, default_redis_db: str = "13") -> str:
+    """For a benchmark run in this process (no stack of its own): its database (BENCH_DB, else
+    `default_db`) dropped and created empty, and its Redis db (BENCH_REDIS_DB) for Django's
+    cache, Celery's broker and results, set in the environment before Django reads its
+    settings; BENCH_DB / BENCH_REDIS_DB keep two runs on one machine apart. Returns the
+    database's name."""
+    import psycopg2
+
+    db_name = os.environ.get("BENCH_DB", default_db)
+    redis_url = f"redis://127.0.0.1:6379/{os.environ.get('BENCH_REDIS_DB', default_redis_db)}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bronco_project.settings.local")
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db_name}"
+    os.environ["REDIS_URL"] = os.environ["CELERY_BROKER_URL"] = redis_url
+    os.environ["CELERY_RESULT_BACKEND"] = redis_url
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    conn = psycopg2.connect("postgres://postgres@127.0.0.1:5432/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {db_name}")
+    conn.close()
+    return db_name
+
+
 STACK_PORT_NAMES = ("web", "flower", "anvil", "opend", "control", "vault")
 
 
