@@ -176,17 +176,19 @@ def _gas(load: Any, order_ids: list[int], fresh_deposit: Any) -> dict[str, Any]:
         10**17,  # 0.1 share minted
         amount // 10,  # the rest refunded
     )
+    # At the deposit's own block: the running system settles it a block or more later, and
+    # an estimate at the head would then revert with AlreadySettled.
+    mined = load.rpc("eth_getTransactionReceipt", [fresh_deposit.tx_hash])
+    at_block = mined["blockNumber"] if mined else "latest"
+
+    def estimate(fn: str, args: tuple) -> int:
+        call = client.prepare(contract="BroncoVault", address=vault, fn=fn, args=args)
+        tx = call.fields() | {"from": operator}
+        return int(str(load.rpc("eth_estimateGas", [tx, at_block])), 16)
+
     try:
-        result["single_per_id"] = client.estimate_gas(
-            contract="BroncoVault", address=vault, fn="settleDeposit", args=single, sender=operator
-        )
-        result["batch_of_one"] = client.estimate_gas(
-            contract="BroncoVault",
-            address=vault,
-            fn="settleDeposits",
-            args=([(*single, 0, 0, 0)],),
-            sender=operator,
-        )
+        result["single_per_id"] = estimate("settleDeposit", single)
+        result["batch_of_one"] = estimate("settleDeposits", ([(*single, 0, 0, 0)],))
     except Exception as exc:  # noqa: BLE001  (a figure we could not take is reported as such)
         result["single_error"] = str(exc)[:200]
     result["chain_id"] = settings.CHAIN_ID
