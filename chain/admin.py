@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from chain.exceptions import ChainError
 from chain.models import (
     ChainCursor,
     ChainEvent,
@@ -45,16 +46,26 @@ class QuarantinedLogAdmin(ReadOnlyAdmin):
         from chain.ingest import quarantined_log_reprocess
         from chain.listener import ChainListener, ListenerConfig
 
-        listener = ChainListener(ListenerConfig.from_settings())
         actor = f"admin:{request.user.get_username()}"
         done = 0
-        for row in queryset.filter(resolved_at=None).order_by("block_number", "log_index"):
-            done += quarantined_log_reprocess(
-                quarantined_id=row.pk,
-                vault=listener.config.vault,
-                canonical=listener.log_on_chain,
-                actor=actor,
+        try:
+            listener = ChainListener(ListenerConfig.from_settings())
+            for row in queryset.filter(resolved_at=None).order_by("block_number", "log_index"):
+                done += quarantined_log_reprocess(
+                    quarantined_id=row.pk,
+                    vault=listener.config.vault,
+                    canonical=listener.log_on_chain,
+                    actor=actor,
+                )
+        except ChainError as exc:  # the node is away: nothing of the rest was touched
+            left = queryset.filter(resolved_at=None).count()
+            self.message_user(
+                request,
+                f"{done} re-processed, {left} still quarantined: the node could not be asked "
+                f"({type(exc).__name__}: {exc}); try again once it answers",
+                messages.ERROR,
             )
+            return
         left = queryset.filter(resolved_at=None).count()
         level = messages.SUCCESS if not left else messages.WARNING
         self.message_user(request, f"{done} re-processed, {left} still quarantined", level)

@@ -50,6 +50,7 @@ from chain.exceptions import (
     TransactionRejected,
     UnknownBlock,
 )
+from core.exceptions import TIME_LIMITS
 
 logger = logging.getLogger(__name__)
 
@@ -652,12 +653,16 @@ class ChainClient:
     def fee_quote(self, *, min_priority_fee: int) -> FeeQuote:
         """The latest base fee and a priority fee of at least `min_priority_fee`. A node
         without `eth_maxPriorityFeePerGas` whose `eth_feeHistory` is unusable (`reward` null
-        or missing, as some clients answer) gets `min_priority_fee`: web3's fallback raises
-        TypeError/KeyError there, which never leaves this method. Transport errors do."""
+        or missing, or empty per block, as some clients answer) gets `min_priority_fee`:
+        any failure of the suggestion (web3's fallback raises TypeError, KeyError or
+        IndexError there; a node that refuses or cannot answer it) never leaves this
+        method. Transport errors of the base fee's block read do."""
         header = self.block("latest")
         try:
             tip = int(self._run(lambda: self._w3.eth.max_priority_fee))
-        except (TransactionRejected, NodeMisconfigured, TypeError, KeyError, ValueError) as exc:
+        except TIME_LIMITS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a suggestion only: the minimum stands in
             logger.info("no usable priority fee suggestion (%s): using the minimum", exc)
             tip = 0
         return FeeQuote(

@@ -362,14 +362,19 @@ class ChainListener:
         (`listen_chain --replay FROM:TO`): idempotent, nothing doubles, the checkpoint does
         not move (blocks above it are left to the listener). Node errors are handled as in
         the backfill; a transport error stops the replay (run it again)."""
+        if from_block < 0:
+            raise ValueError(f"block numbers start at 0, got {from_block}")
         if from_block > to_block:
             raise ValueError(f"empty range {from_block}:{to_block}")
         close_old_connections()
         self.preflight()
         self._load_checkpoint()
+        # Blocks above the checkpoint are the listener's (they may not be confirmed yet, or
+        # not mined): not read here. `stats.checkpoint` tells the caller where that began.
+        last = min(to_block, self.stats.checkpoint)
         start = from_block
-        while start <= to_block and not self.stop_event.is_set():
-            end = min(start + self.chunk.size - 1, to_block)
+        while start <= last and not self.stop_event.is_set():
+            end = min(start + self.chunk.size - 1, last)
             logs = self._get_logs(start, end)
             if logs is None:
                 continue

@@ -76,3 +76,65 @@ def test_a_quarantined_log_is_reprocessed_from_the_admin_after_the_fix(
     # a second click changes nothing
     admin_client.post(url, {"action": "reprocess", "_selected_action": [quarantined.pk]})
     assert ChainEvent.objects.filter(tx_hash=cancel.tx_hash).count() == 1
+
+
+def test_replay_says_what_it_left_to_the_listener_and_refuses_bad_input_clearly(
+    anvil, deployed_contracts, chain_user, settings, capsys
+):
+    from django.core.management.base import CommandError
+
+    point_settings_at(settings, anvil, deployed_contracts)
+    user = chain_user(7)
+    user.approve()
+    start = anvil.client().block_number() + 1
+    user.deposit("AAPL", 2 * 10**6)
+    settings.CHAIN_START_BLOCK = start
+    config = listener_config(anvil, deployed_contracts, start_block=start)
+    ChainListener(config).catch_up(anvil.client().block_number())
+    checkpoint = ChainCursor.objects.get(address=deployed_contracts.vault).block_number
+    head = anvil.client().block_number()
+
+    # A range past the checkpoint (and past the head): read up to the checkpoint, the rest
+    # named as the listener's, no traceback.
+    call_command("listen_chain", "--replay", f"{start}:{head + 1000}")
+    out = capsys.readouterr().out
+    assert f"replayed blocks {start}..{checkpoint}" in out
+    assert f"blocks {checkpoint + 1}..{head + 1000} are above the listener's checkpoint" in out
+
+    with pytest.raises(CommandError, match="start at 0"):
+        call_command("listen_chain", "--replay=-3:4")
+    settings.CHAIN_RPC_URL = "http://127.0.0.1:9"  # nothing listens there
+    with pytest.raises(CommandError):
+        call_command("listen_chain", "--replay", f"{start}:{checkpoint}")
+
+
+def test_listen_chain_without_a_vault_says_how_to_get_one(settings):
+    from django.core.management.base import CommandError
+
+    settings.CHAIN_VAULT_ADDRESS = ""
+    with pytest.raises(CommandError, match="deploy_contracts"):
+        call_command("listen_chain", "--replay", "1:2")
+
+
+def test_reprocess_with_the_node_away_is_a_message_not_an_error_page(
+    anvil, deployed_contracts, settings, admin_client
+):
+    point_settings_at(settings, anvil, deployed_contracts)
+    row = QuarantinedLog.objects.create(
+        chain_id=deployed_contracts.chain_id,
+        tx_hash="0x" + "cd" * 32,
+        log_index=0,
+        block_number=1,
+        block_hash="0x" + "ef" * 32,
+        address=deployed_contracts.vault,
+        reason="cancel_for_unknown_deposit",
+    )
+    settings.CHAIN_RPC_URL = "http://127.0.0.1:9"  # nothing listens there
+    url = "/admin/chain/quarantinedlog/"
+    response = admin_client.post(
+        url, {"action": "reprocess", "_selected_action": [row.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    assert "the node could not be asked" in response.content.decode()
+    row.refresh_from_db()
+    assert row.resolved_at is None

@@ -117,7 +117,7 @@ def test_a_lagging_node_saying_nonce_too_low_gets_no_second_transaction(
         assert AuditLog.objects.filter(action="chain.settlement_replaced").count() == 0
 
 
-@pytest.mark.parametrize("malformed", ["null", "missing"])
+@pytest.mark.parametrize("malformed", ["null", "missing", "empty per block", "rate limited"])
 def test_a_node_without_a_usable_fee_suggestion_still_gets_the_settlement(
     own_chain, chain_user, settings, malformed
 ):
@@ -127,13 +127,17 @@ def test_a_node_without_a_usable_fee_suggestion_still_gets_the_settlement(
     def no_fee_suggestion(request, forward):
         method = request.get("method")
         if method == "eth_maxPriorityFeePerGas":
+            if malformed == "rate limited":
+                return Reply(rpc_error(request, -32005, "rate limit exceeded"))
             return Reply(rpc_error(request, -32601, "the method does not exist/is not available"))
         if method == "eth_feeHistory":
             answer = forward()
             if malformed == "null":
                 answer["result"]["reward"] = None
-            else:
+            elif malformed == "missing":
                 answer["result"].pop("reward", None)
+            else:  # one empty list per block: web3's fallback indexes [0] of each
+                answer["result"]["reward"] = [[] for _ in answer["result"]["reward"] or [0]]
             return Reply(answer)
         return None
 

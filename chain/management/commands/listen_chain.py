@@ -5,7 +5,7 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chain.exceptions import NodeMisconfigured
+from chain.exceptions import ChainError, NodeMisconfigured
 from chain.listener import ChainListener, ListenerConfig
 
 
@@ -31,12 +31,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: object, **options: object) -> None:
-        config = ListenerConfig.from_settings(
-            confirmations=options["confirmations"],
-            finality=options["finality"],
-            start_block=options["start_block"],
-            poll_interval=options["poll_interval"],
-        )
+        try:
+            config = ListenerConfig.from_settings(
+                confirmations=options["confirmations"],
+                finality=options["finality"],
+                start_block=options["start_block"],
+                poll_interval=options["poll_interval"],
+            )
+        except ChainError as exc:  # no vault recorded, a bad address, a node that is away
+            raise CommandError(str(exc)) from exc
         stop = threading.Event()
         if options["replay"]:
             self._replay(config, str(options["replay"]))
@@ -66,7 +69,20 @@ class Command(BaseCommand):
             stats = ChainListener(config).replay(first, last)
         except (NodeMisconfigured, ValueError) as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(
-            f"replayed blocks {first}..{last}: {stats.committed} new events, "
-            f"{stats.duplicates} already recorded, {stats.quarantined} quarantined"
-        )
+        except ChainError as exc:  # the node is away or does not have the blocks now
+            raise CommandError(
+                f"the node could not serve the replay ({type(exc).__name__}: {exc}); "
+                "nothing doubles: run it again once the node answers"
+            ) from exc
+        read_to = min(last, stats.checkpoint)
+        if read_to >= first:
+            self.stdout.write(
+                f"replayed blocks {first}..{read_to}: {stats.committed} new events, "
+                f"{stats.duplicates} already recorded, {stats.quarantined} quarantined"
+            )
+        if last > stats.checkpoint:
+            self.stdout.write(
+                f"blocks {max(first, stats.checkpoint + 1)}..{last} are above the listener's "
+                f"checkpoint ({stats.checkpoint}): not replayed, the listener reads them once "
+                "they are confirmed"
+            )
