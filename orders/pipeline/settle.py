@@ -216,27 +216,34 @@ def _send_batched(order: Order) -> bool:
             room -= paid
             batch.append(other)
         try:
-            with transaction.atomic():
-                last = last_cycles_of([o.pk for o in batch])
-                settlements = settlement_sender().submit_batch(
-                    [settlement_request(o, last_cycles=last) for o in batch], actor=actor
-                )
+            _submit_recorded(batch, actor=actor)
         except SettlementRejected:
             if len(batch) == 1:
                 raise
-            batch = [me]
-            settlements = settlement_sender().submit_batch([settlement_request(me)], actor=actor)
-        # One UPDATE and one audit append for the batch: the audit chain's lock is held
-        # until this transaction commits, and every other writer waits for it.
-        orders_transition_many(
-            moves=[
-                (o, None, {"settlement_tx_hash": settlement.tx_hash})
-                for o, settlement in zip(batch, settlements, strict=True)
-            ],
-            actor=actor,
-            action="order.settlement_sent",
-        )
+            _submit_recorded([me], actor=actor)
     return True
+
+
+def _submit_recorded(batch: list[Order], *, actor: str) -> list[Order]:
+    """Send the settlements of `batch` (one kind, row-locked by the caller) in one vault
+    transaction and record each order's hash: one UPDATE and one audit append for the batch
+    (the audit chain's lock is held until the caller's transaction commits, and every other
+    writer waits for it). The send runs in a savepoint, so a refusal leaves no rows behind.
+    Returns the orders as they now are. Raises SettlementRejected when the vault would
+    refuse the batch."""
+    with transaction.atomic():
+        last = last_cycles_of([o.pk for o in batch])
+        settlements = settlement_sender().submit_batch(
+            [settlement_request(o, last_cycles=last) for o in batch], actor=actor
+        )
+    return orders_transition_many(
+        moves=[
+            (o, None, {"settlement_tx_hash": s.tx_hash})
+            for o, s in zip(batch, settlements, strict=True)
+        ],
+        actor=actor,
+        action="order.settlement_sent",
+    )
 
 
 def _hold_refused(*, order: Order, kind: str, reason: str) -> None:
@@ -361,25 +368,12 @@ def _send_batch(chunk: list[Order], out: GroupNext) -> list[Order]:
         if not locked:
             return []
         try:
-            with transaction.atomic():
-                last = last_cycles_of([o.pk for o in locked])
-                settlements = settlement_sender().submit_batch(
-                    [settlement_request(o, last_cycles=last) for o in locked], actor=actor
-                )
+            return _submit_recorded(locked, actor=actor)
         except SettlementRejected:
             # One bad element: each goes alone, so only it is held and alerted.
             for order in locked:
                 out.alone[order.pk] = Next(SETTLE)
             return []
-        # One UPDATE and one audit append for the batch.
-        return orders_transition_many(
-            moves=[
-                (o, None, {"settlement_tx_hash": s.tx_hash})
-                for o, s in zip(locked, settlements, strict=True)
-            ],
-            actor=actor,
-            action="order.settlement_sent",
-        )
 
 
 def _confirm_group(*, kind: str, orders: list[Order], out: GroupNext) -> None:
