@@ -9,11 +9,11 @@ from decimal import Decimal
 
 import pytest
 
-from tests.fixtures.broker import sim_session
+from tests.fixtures.broker import SimHandle, clear_rate_limits, sim_session, simulator_running
 from trading.broker import BrokerOrder, BrokerStatus, Side
 from trading.exceptions import BrokerRejected, BrokerUnavailable, NoQuote, RateLimited
 from trading.futu import FutuBroker
-from trading.session import get_broker
+from trading.session import get_broker, reset_broker
 
 pytestmark = pytest.mark.broker
 
@@ -28,12 +28,29 @@ def wait_for(predicate, timeout: float = 5.0):  # type: ignore[no-untyped-def]
     raise AssertionError("condition not reached in time")
 
 
-def test_connects_resolves_account_and_unlocks(broker_settings):
+@pytest.fixture
+def own_opend(settings):  # type: ignore[no-untyped-def]
+    """A simulator of this test's own, for tests that count connections: the shared one may
+    still hold an earlier test's sockets that the server has not yet seen close."""
+    with simulator_running() as handle:
+        settings.FUTU_OPEND_HOST = handle.host
+        settings.FUTU_OPEND_PORT = handle.port
+        settings.FUTU_ACC_ID = handle.acc_id
+        settings.FUTU_TRD_ENV = "SIMULATE"
+        clear_rate_limits(handle.acc_id)
+        reset_broker()
+        try:
+            yield handle
+        finally:
+            reset_broker()
+
+
+def test_connects_resolves_account_and_unlocks(own_opend: SimHandle):
     broker = get_broker()
     broker.connect()
-    assert broker.acc_id == broker_settings.acc_id
-    assert broker_settings.sim.market.unlocked is True
-    assert broker_settings.control.connections() == 2  # one quote, one trade context
+    assert broker.acc_id == own_opend.acc_id
+    assert own_opend.sim.market.unlocked is True
+    assert own_opend.control.connections() == 2  # one quote, one trade context
 
 
 def test_quote_from_snapshot_and_global_state(broker_settings):
@@ -265,13 +282,13 @@ def test_order_pushes_reach_the_callback(broker_settings):
     assert seen[-1].filled_qty == 2
 
 
-def test_dropped_connection_reconnects_and_carries_on(broker_settings):
+def test_dropped_connection_reconnects_and_carries_on(own_opend: SimHandle):
     broker = get_broker()
     broker.place_order(
         client_id="c-d1", code="US.AAPL", side="BUY", qty=Decimal(1), limit_price=Decimal("191")
     )
     assert broker.connections_made == 1
-    assert broker_settings.drop_connections() == 2
+    assert own_opend.drop_connections() == 2
     time.sleep(0.2)  # the SDK notices the closed sockets
     order = broker.place_order(
         client_id="c-d2", code="US.AAPL", side="BUY", qty=Decimal(1), limit_price=Decimal("191")
