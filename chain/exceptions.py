@@ -55,9 +55,27 @@ class TransactionRejected(ChainError):
     """The node refused a signed transaction (nonce too low, underpriced, ...)."""
 
 
+# The vault's errors for an id it holds no request at: the request is not on the chain the
+# node serves now. Not for good while the listener holds the request's event live: a node
+# that lags its peers (load-balanced RPC) or a reorg between a revert and the re-mined
+# blocks answers so, and the request comes back (orders.pipeline.settle waits for it).
+REQUEST_UNKNOWN_ERRORS = frozenset({"UnknownDeposit", "UnknownRedeem"})
+
+
 class SettlementRejected(ChainError):
-    """The vault would refuse this settlement for good (unknown id, refund above deposit):
-    sending it would only burn gas. Not retryable."""
+    """The vault would refuse this settlement (unknown id, refund above deposit): sending it
+    would only burn gas. `error_name` is the vault's custom error ("" when the refusal was
+    not one). Not retryable as it stands; `request_unknown` says the refusal is that the
+    vault holds no request at the id, which a lagging node or a reorg in progress can make
+    true for a while."""
+
+    def __init__(self, message: str, *, error_name: str = "") -> None:
+        super().__init__(message)
+        self.error_name = error_name
+
+    @property
+    def request_unknown(self) -> bool:
+        return self.error_name in REQUEST_UNKNOWN_ERRORS
 
 
 class ReorgDetected(ChainError):

@@ -268,7 +268,8 @@ def settlement_submit(*, request: SettlementRequest, actor: str) -> SettlementTx
     except ContractReverted as exc:
         if exc.error_name != _ALREADY_DONE[SettlementKind(kind)]:
             raise SettlementRejected(
-                f"{fn}({vault_id}): {exc.error_name or exc} {exc.error_args or ''}"
+                f"{fn}({vault_id}): {exc.error_name or exc} {exc.error_args or ''}",
+                error_name=exc.error_name or "",
             ) from exc
         return _record_already_settled(base=base, actor=actor)
 
@@ -993,7 +994,8 @@ def _batch_submit_chunk(
         gas = client.estimate_call_gas(call, sender=sender)
     except ContractReverted as exc:
         raise SettlementRejected(
-            f"{fn}({[r.vault_id for r in to_send]}): {exc.error_name or exc} {exc.error_args}"
+            f"{fn}({[r.vault_id for r in to_send]}): {exc.error_name or exc} {exc.error_args}",
+            error_name=exc.error_name or "",
         ) from exc
     fees = client.fee_quote(min_priority_fee=settings.CHAIN_MIN_PRIORITY_FEE_WEI)
     tip = fees.max_priority_fee_per_gas

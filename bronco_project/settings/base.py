@@ -156,6 +156,10 @@ ORDER_MAX_EXPIRY_SECONDS = env_int("ORDER_MAX_EXPIRY_SECONDS", 30 * 24 * 3600)
 ORDER_POLL_INTERVAL_SECONDS = env_float("ORDER_POLL_INTERVAL_SECONDS", 1.0)
 ORDER_RETRY_SECONDS = env_float("ORDER_RETRY_SECONDS", 5.0)
 ORDER_SETTLE_CHECK_SECONDS = env_float("ORDER_SETTLE_CHECK_SECONDS", 1.0)
+# How long a settlement the vault refuses with UnknownDeposit / UnknownRedeem (a lagging node,
+# a reorg between its revert and the re-mined blocks) is retried before the order is held
+# with a critical alert (orders.pipeline.settle._request_may_return).
+ORDER_REQUEST_UNKNOWN_GRACE_SECONDS = env_int("ORDER_REQUEST_UNKNOWN_GRACE_SECONDS", 600)
 # A deposit below this (USDT) is refused and refunded.
 ORDER_MIN_USDT = env_decimal("ORDER_MIN_USDT", "1")
 # An order's live pipeline run renews a lease at every step (the countdown to its next step

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from chain.exceptions import SettlementRejected
 from chain.settlement import (
@@ -15,8 +16,9 @@ from chain.settlement import (
     SettlementState,
     settlement_sender,
 )
-from core.alerts import alert_raise
+from core.alerts import alert_raise, alert_resolve
 from core.audit import audit_record
+from core.models import Alert
 from core.money import TOKEN_UNIT
 from orders.models import Allocation, Order, OrderType
 from orders.pipeline.common import (
@@ -62,6 +64,8 @@ def order_settle(*, order_id: int) -> Next | None:
         try:
             sent = _send_batched(order)
         except SettlementRejected as exc:
+            if exc.request_unknown and _request_may_return(order=order, kind=kind, exc=exc):
+                return Next(SETTLE, countdown=settings.ORDER_RETRY_SECONDS)
             _hold_refused(order=order, kind=kind, reason=f"settlement refused: {exc}")
             return Next(SETTLE, countdown=settings.ORDER_SETTLE_CHECK_SECONDS)
         if not sent:
@@ -90,6 +94,7 @@ def order_settle(*, order_id: int) -> Next | None:
             refund_services.refund_record_automatic(
                 order=order, tx_hash=order.settlement_tx_hash, actor=stage_actor("settle")
             )
+        _request_alerts_resolve([order.pk])
         observe_since(order, "settle", since=SETTLING_ACTIONS)
         observe_since(order, "end_to_end", since=("order.created",))
         logger.info(
@@ -244,6 +249,52 @@ def _submit_recorded(batch: list[Order], *, actor: str) -> list[Order]:
         actor=actor,
         action="order.settlement_sent",
     )
+
+
+def _request_alert_key(order_id: int) -> str:
+    return f"settlement_request_unknown:{order_id}"
+
+
+def _request_may_return(*, order: Order, kind: str, exc: SettlementRejected) -> bool:
+    """The vault holds no request at the order's id (UnknownDeposit / UnknownRedeem) although
+    the listener recorded it: the node asked lags its peers, or a reorg is between its
+    revert and the re-mined blocks. Not a refusal for good while that can pass: a warning
+    alert is raised (counted on every try) and True returned (the caller retries after
+    ORDER_RETRY_SECONDS, nothing sent). A request that really left the chain is the
+    listener's to settle (its event replaced: the order is held for the reorg, and closed
+    when the request does not come back). Past ORDER_REQUEST_UNKNOWN_GRACE_SECONDS from the
+    first such refusal the warning is closed and False returned: the caller holds the order
+    with a critical alert, as any refusal."""
+    key = _request_alert_key(order.pk)
+    alert = alert_raise(
+        key=key,
+        message=(
+            f"{kind} {int(order.onchain_id)} (order {order.pk}): the vault holds no request at "
+            f"this id on the node asked ({exc}); retried every {settings.ORDER_RETRY_SECONDS:g} "
+            "s (a lagging node or a reorg in progress), held when it lasts "
+            f"{settings.ORDER_REQUEST_UNKNOWN_GRACE_SECONDS} s"
+        ),
+        source=stage_actor("settle"),
+        details={"order_id": order.pk, "error": exc.error_name},
+    )
+    waited = (timezone.now() - alert.created_at).total_seconds()
+    if waited < settings.ORDER_REQUEST_UNKNOWN_GRACE_SECONDS:
+        logger.warning(
+            "settlement of order %s waits for its request to be on chain: %s", order.pk, exc
+        )
+        return True
+    alert_resolve(key=key)
+    return False
+
+
+def _request_alerts_resolve(order_ids: Sequence[int]) -> None:
+    """Close the "request unknown" warnings of settled orders (one query for them all;
+    usually none is open)."""
+    keys = [_request_alert_key(pk) for pk in order_ids]
+    for key in Alert.objects.filter(key__in=keys, resolved_at__isnull=True).values_list(
+        "key", flat=True
+    ):
+        alert_resolve(key=key)
 
 
 def _hold_refused(*, order: Order, kind: str, reason: str) -> None:
@@ -423,6 +474,7 @@ def _settle_confirmed(tx_by_order: dict[int, str], out: GroupNext) -> None:
         settled = orders_transition_many(moves=moves, actor=actor, action="order.settled")
         refund_services.refunds_record_automatic_many(orders=settled, actor=actor)
     ids = [o.pk for o in settled]
+    _request_alerts_resolve(ids)
     observe_since_many(ids, "settle", since=SETTLING_ACTIONS)
     observe_since_many(ids, "end_to_end", since=("order.created",))
     if settled:

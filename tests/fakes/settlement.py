@@ -43,6 +43,11 @@ from chain.settlement import (
 )
 
 
+def _error_name(refusal: str) -> str:
+    """The vault error's name at the head of a refusal ("DepositMismatch(7, ...)")."""
+    return refusal.split("(", 1)[0]
+
+
 class Outcome(StrEnum):
     CONFIRM = "confirm"
     PEND = "pend"
@@ -143,7 +148,10 @@ class FakeSettlementSender:
             return existing.settlement
         refusal = self._refusal(request)
         if refusal is not None:
-            raise SettlementRejected(f"{request.vault_call()[0]}({request.vault_id}): {refusal}")
+            raise SettlementRejected(
+                f"{request.vault_call()[0]}({request.vault_id}): {refusal}",
+                error_name=_error_name(refusal),
+            )
         outcome = self._next_outcome(key)
         if outcome == Outcome.REFUSE:
             raise SettlementRejected(f"{request.vault_call()[0]}({request.vault_id}): refused")
@@ -172,7 +180,10 @@ class FakeSettlementSender:
                 continue
             refusal = self._refusal(request)
             if refusal is not None:
-                raise SettlementRejected(f"batch refused at {request.vault_id}: {refusal}")
+                raise SettlementRejected(
+                    f"batch refused at {request.vault_id}: {refusal}",
+                    error_name=_error_name(refusal),
+                )
         fresh = [r for r in requests if (r.kind, r.vault_id) not in self._entries]
         self.batches.append(list(requests))
         for request in requests:
