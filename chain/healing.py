@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 
 from chain.client import ChainClient, chain_client
+from chain.exceptions import ChainUnavailable, TransactionRejected
 from chain.models import NonceSequence, SettlementBatch, SettlementStatus, SettlementTx
 from chain.services import (
     Carrier,
@@ -86,10 +87,30 @@ def settlements_heal(*, from_block: int, actor: str = "chain.settlements_heal") 
     return reopened
 
 
+def _rebroadcast_waiting(client: ChainClient, carrier: Carrier, *, nonce: int) -> None:
+    """Send again the latest attempt of `carrier` at `nonce` unless the node has one of
+    them; a refusal or a silent node is left to `settlement_check` (which replaces a
+    refused transaction with the same nonce)."""
+    attempts = list(carrier.attempts.filter(nonce=nonce).order_by("-id"))
+    if not attempts or any(client.transaction_known(a.tx_hash) for a in attempts):
+        return
+    try:
+        client.send_raw(attempts[0].raw_tx)
+    except (ChainUnavailable, TransactionRejected) as exc:
+        logger.warning("settlement %s at nonce %s could not be sent again: %s", carrier, nonce, exc)
+        return
+    logger.warning(
+        "settlement %s waited at the node's next nonce %s unknown to the node: sent again",
+        carrier,
+        nonce,
+    )
+
+
 def nonce_heal(*, actor: str = "chain.nonce_heal", client: ChainClient | None = None) -> int:
     """Rebuild the operator's nonce sequence when it has a gap: the stored next nonce is above
     what the node will ever reach (`eth_getTransactionCount(pending)` is below it) and no
-    transaction of ours is waiting at the node's next nonce. The sequence is reset to the
+    settlement of ours holds the node's next nonce (one that does is broadcast again when
+    the node does not know it, never re-signed with another nonce). The sequence is reset to the
     node's count and every open settlement (or batch) at or above it is signed again, same
     request, in nonce order, with fresh consecutive nonces. Returns how many were re-signed;
     0 when there is no gap."""
@@ -112,10 +133,15 @@ def nonce_heal(*, actor: str = "chain.nonce_heal", client: ChainClient | None = 
             key=lambda c: c.nonce,
         )
         waiting = [c for c in open_carriers if c.nonce == pending]
-        if waiting and any(
-            client.transaction_known(a.tx_hash) for a in waiting[0].attempts.filter(nonce=pending)
-        ):
-            continue  # the next nonce is at the node: the sequence moves on its own
+        if waiting:
+            # A settlement of ours holds the node's next nonce: no gap the chain will never
+            # fill. Its transaction may be on its way (broadcast after its commit: the
+            # 10,000-order chaos run re-signed such a batch with a fresh nonce 0.4 s after
+            # it was signed and both were mined) or dropped by the node: it is broadcast
+            # again, the same signed transaction, and settlement_check replaces it with the
+            # same nonce if the node refuses it. Never re-signed with another nonce.
+            _rebroadcast_waiting(client, waiting[0], nonce=pending)
+            continue
         with transaction.atomic():
             locked = NonceSequence.objects.select_for_update().get(pk=seq.pk)
             before = locked.next_nonce

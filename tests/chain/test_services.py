@@ -240,3 +240,35 @@ def test_a_nonce_follows_the_sequence_and_the_node_when_the_key_is_used_elsewher
     assert ahead > first + 2
     assert allocate() == ahead
     assert NonceSequence.objects.get(address=operator).next_nonce == ahead + 1
+
+
+def test_a_settlement_whose_broadcast_is_on_its_way_is_not_taken_for_a_nonce_gap(
+    own_chain, chain_user
+):
+    """A settlement is broadcast after its row commits. A heal that runs in between sees the
+    stored next nonce above the node's count and nothing at the node: that is no gap. The
+    heal sends the same signed transaction (the 10,000-order chaos run re-signed such a batch
+    with a fresh nonce and both were mined); the sequence never goes back."""
+    from chain.healing import nonce_heal
+
+    node, contracts = own_chain
+    user = chain_user(3, node=node, contracts=contracts)
+    (vault_id,) = deposits(user, 1)
+    client = node.client()
+    operator = address_of_key(OPERATOR_KEY)
+    with transaction.atomic():
+        row = settlement_submit(
+            request=named_deposit(vault_id, mint_token_units=0, refund_usdt_units=10**6),
+            actor="test",
+        )
+        # Recorded with its nonce, not yet broadcast (that waits for the commit).
+        assert NonceSequence.objects.get(address=operator).next_nonce == row.nonce + 1
+        assert client.pending_nonce(operator) == row.nonce
+        assert nonce_heal(actor="test", client=client) == 0
+        assert client.transaction_known(row.tx_hash)  # the heal sent it
+    check_until("deposit", vault_id)
+    row.refresh_from_db()
+    assert list(row.attempts.values_list("tx_hash", "nonce")) == [(row.tx_hash, row.nonce)]
+    assert NonceSequence.objects.get(address=operator).next_nonce == row.nonce + 1
+    assert client.pending_nonce(operator) == row.nonce + 1
+    assert not AuditLog.objects.filter(action="chain.nonce_rebuilt").exists()
