@@ -388,6 +388,16 @@ def broker_order_sync(*, client_id: str, fee: bool = True) -> BrokerOrderState |
             return None
         if deals:
             order = replace(order, filled_qty=filled, avg_fill_price=avg)
+        if _fills_not_listed(order):
+            # A final status says it filled (a push recorded it) but the deal list does not
+            # hold those fills yet: Futu's order push and its deal list are separate. Its
+            # fills are the history's (one of its 10 per 30 s), never "nothing filled": the
+            # 10,000-order chaos run allocated a cycle with 0 shares that had filled 83.
+            order = broker.query_order(
+                broker_order_id=record.broker_order_id, code=record.code, since=since
+            )
+            if order is None:
+                return None
     if order.status == BrokerStatus.DISABLED:
         # Disabled orders can be enabled again from outside: cancel it for good.
         logger.warning("broker order %s is DISABLED: cancelling it", order.broker_order_id)
@@ -396,6 +406,14 @@ def broker_order_sync(*, client_id: str, fee: bool = True) -> BrokerOrderState |
 
 
 _FINAL = frozenset(str(status) for status in FINAL_STATUSES)
+
+
+def _fills_not_listed(order: BrokerOrder) -> bool:
+    """A final order whose status says it filled more than its fills show: FILLED below its
+    quantity, or cancelled after a part filled (Futu's CANCELLED_PART) with nothing filled."""
+    if order.status == BrokerStatus.FILLED:
+        return order.filled_qty < order.qty
+    return order.raw_status == "CANCELLED_PART" and order.filled_qty == 0
 
 
 def _broker_view(

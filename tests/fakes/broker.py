@@ -162,6 +162,7 @@ class FakeBroker:
         self.on_order_update = on_order_update
         self.on_deal_update = on_deal_update
         self.deals_made: list[Deal] = []
+        self._unlisted_deals: set[str] = set()  # deal ids not yet in the deal list
         self._fees: dict[str, OrderFee] = {}
         # Fill a new order in full at the quote, at once, when its limit crosses the quote
         # (as the OpenD simulator does by default); otherwise orders rest until `fill`.
@@ -260,9 +261,13 @@ class FakeBroker:
         broker_order_id: str,
         qty: Decimal | int | str | None = None,
         price: Decimal | int | str | None = None,
+        *,
+        deal_listed: bool = True,
     ) -> BrokerOrder:
         """Fill `qty` (default: all that remains) at `price` (default: the order's limit).
-        Moves cash and the position; pushes the update."""
+        Moves cash and the position; pushes the update. `deal_listed=False`: the deal is
+        not in the deal list until `list_held_deals()` (Futu's order push and its deal list
+        are separate: the order can read FILLED before its deals are listed)."""
         pending: list[BrokerOrder] = []
         with self._lock:
             order = self._order(broker_order_id)
@@ -272,10 +277,17 @@ class FakeBroker:
             if not 0 < amount <= order.remaining:
                 raise ValueError(f"cannot fill {amount} of {order.remaining} remaining")
             self._apply_fill(order, amount, order.price if price is None else Decimal(str(price)))
+            if not deal_listed:
+                self._unlisted_deals.add(self.deals_made[-1].deal_id)
             view = order.view()
             pending.append(view)
         self._deliver(pending)
         return view
+
+    def list_held_deals(self) -> None:
+        """Deals filled with `deal_listed=False` appear in the deal list."""
+        with self._lock:
+            self._unlisted_deals.clear()
 
     def cancel(self, broker_order_id: str) -> BrokerOrder:
         """The broker cancels the order on its own (or completes a held cancel)."""
@@ -477,7 +489,12 @@ class FakeBroker:
         with self._lock:
             self._record("deals", broker_order_id=broker_order_id)
             self._raise_scripted("deals")
-            return [d for d in self.deals_made if d.broker_order_id == str(broker_order_id)]
+            return [
+                d
+                for d in self.deals_made
+                if d.broker_order_id == str(broker_order_id)
+                and d.deal_id not in self._unlisted_deals
+            ]
 
     def order_fee(self, *, broker_order_id: str) -> OrderFee | None:
         with self._lock:

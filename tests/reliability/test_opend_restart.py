@@ -32,15 +32,15 @@ OUTAGE_SECONDS = 7.0  # longer than the SDK's fixed 6 s wait before its first re
 RECONNECT_BOUND = 3.0
 
 
-def test_an_idle_session_hears_pushes_again_a_second_after_opend_restarts(broker_settings):
+def test_an_idle_session_hears_pushes_again_a_second_after_opend_restarts(own_opend):
     filled = threading.Event()
 
     def on_update(order: BrokerOrder) -> None:
         if order.client_id == "c-resting" and order.is_final:
             filled.set()
 
-    broker_settings.set_security(code="US.TSLA", fill_mode="none")
-    listener = sim_session(broker_settings, on_order_update=on_update)
+    own_opend.set_security(code="US.TSLA", fill_mode="none")
+    listener = sim_session(own_opend, on_order_update=on_update)
     try:
         order = listener.place_order(
             client_id="c-resting",
@@ -49,15 +49,15 @@ def test_an_idle_session_hears_pushes_again_a_second_after_opend_restarts(broker
             qty=Decimal(1),
             limit_price=Decimal("251"),
         )
-        broker_settings.set_accepting(accepting=False)  # OpenD killed: every socket closed
+        own_opend.set_accepting(accepting=False)  # OpenD killed: every socket closed
         time.sleep(OUTAGE_SECONDS)
-        broker_settings.set_accepting(accepting=True)  # and restarted
+        own_opend.set_accepting(accepting=True)  # and restarted
         back = time.monotonic()
         # The session makes no call: only the SDK's own reconnect can bring it back.
-        while broker_settings.control.connections() < 2 and time.monotonic() - back < 20:
+        while own_opend.control.connections() < 2 and time.monotonic() - back < 20:
             time.sleep(0.05)
         time.sleep(0.2)  # its subscription follows its login
-        broker_settings.fill(order_id=order.broker_order_id)
+        own_opend.fill(order_id=order.broker_order_id)
         assert filled.wait(10), "the idle session never heard the fill"
         heard = time.monotonic() - back
     finally:

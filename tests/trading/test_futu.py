@@ -9,11 +9,11 @@ from decimal import Decimal
 
 import pytest
 
-from tests.fixtures.broker import SimHandle, clear_rate_limits, sim_session, simulator_running
+from tests.fixtures.broker import SimHandle, sim_session
 from trading.broker import BrokerOrder, BrokerStatus, Side
 from trading.exceptions import BrokerRejected, BrokerUnavailable, NoQuote, RateLimited
 from trading.futu import FutuBroker
-from trading.session import get_broker, reset_broker
+from trading.session import get_broker
 
 pytestmark = pytest.mark.broker
 
@@ -26,23 +26,6 @@ def wait_for(predicate, timeout: float = 5.0):  # type: ignore[no-untyped-def]
             return value
         time.sleep(0.02)
     raise AssertionError("condition not reached in time")
-
-
-@pytest.fixture
-def own_opend(settings):  # type: ignore[no-untyped-def]
-    """A simulator of this test's own, for tests that count connections: the shared one may
-    still hold an earlier test's sockets that the server has not yet seen close."""
-    with simulator_running() as handle:
-        settings.FUTU_OPEND_HOST = handle.host
-        settings.FUTU_OPEND_PORT = handle.port
-        settings.FUTU_ACC_ID = handle.acc_id
-        settings.FUTU_TRD_ENV = "SIMULATE"
-        clear_rate_limits(handle.acc_id)
-        reset_broker()
-        try:
-            yield handle
-        finally:
-            reset_broker()
 
 
 def test_connects_resolves_account_and_unlocks(own_opend: SimHandle):
@@ -254,7 +237,7 @@ def test_place_is_idempotent_by_remark_while_the_order_is_unfinished(broker_sett
     assert len(broker_settings.orders(remark="c-idem")) == 1
 
 
-def test_order_pushes_reach_the_callback(broker_settings):
+def test_order_pushes_reach_the_callback(own_opend: SimHandle):
     seen: list[BrokerOrder] = []
     done = threading.Event()
 
@@ -263,8 +246,8 @@ def test_order_pushes_reach_the_callback(broker_settings):
         if order.is_final:
             done.set()
 
-    broker_settings.set_security(code="US.TSLA", fill_mode="none")
-    broker = sim_session(broker_settings, on_order_update=on_update)
+    own_opend.set_security(code="US.TSLA", fill_mode="none")
+    broker = sim_session(own_opend, on_order_update=on_update)
     try:
         order = broker.place_order(
             client_id="c-push",
@@ -273,7 +256,7 @@ def test_order_pushes_reach_the_callback(broker_settings):
             qty=Decimal(2),
             limit_price=Decimal("251"),
         )
-        broker_settings.fill(order_id=order.broker_order_id)
+        own_opend.fill(order_id=order.broker_order_id)
         assert done.wait(5)
     finally:
         broker.close()
