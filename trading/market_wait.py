@@ -11,7 +11,10 @@ later, never a whole session away.
 The skip is one Redis key per code (`bronco:market_closed:<code>`, value the market state
 the quote gave, expiring at the next open): every worker sees it, and it ends by itself.
 `market_closed_clear` ends them all at once: for a clock that jumped (the simulator's
-`set_clock`), when what the calendar said no longer holds.
+`set_clock`), when what the calendar said no longer holds. It also moves a generation
+(`bronco:market_closed_gen`): a skip noted from a quote taken before the clear (a cycle in
+flight while the clock jumped) is not written, or it would last until the next real open
+(hours at night: the `run_stack` scenario's Saturday-then-Monday case stalled so).
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ from trading.market_calendar import (
 )
 
 _PREFIX = "bronco:market_closed:"
+_GENERATION = "bronco:market_closed_gen"
+# Set the skip only while the generation is the one read before the quote.
+_NOTE_IF_SAME_GENERATION = """
+if (redis.call('GET', KEYS[2]) or '0') == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
 
 
 def _redis() -> redis.Redis:
@@ -49,14 +61,31 @@ def market_reopens_at(code: str, now: datetime) -> datetime:
     return next_session_open(market, sessions, now) or recheck
 
 
-def market_closed_note(code: str, market_state: str) -> datetime:
+def market_closed_note(code: str, market_state: str, *, generation: int) -> datetime | None:
     """Record that a quote found `code`'s market closed (`market_state`, the venue's name);
-    returns when the skip ends."""
+    `generation` is `market_closed_look`'s, read before the quote. Returns when the skip
+    ends, or None when a clear came in between (nothing is noted: the quote may predate a
+    clock that jumped)."""
     now = timezone.now()
     until = market_reopens_at(code, now)
     ms = max(int((until - now).total_seconds() * 1000), 1)
-    _redis().set(_PREFIX + code, market_state or "CLOSED", px=ms)
-    return until
+    noted = _redis().eval(
+        _NOTE_IF_SAME_GENERATION,
+        2,
+        _PREFIX + code,
+        _GENERATION,
+        market_state or "CLOSED",
+        ms,
+        str(generation),
+    )
+    return until if noted else None
+
+
+def market_closed_look(code: str) -> tuple[str | None, int]:
+    """`code`'s skip (its market state while one is on, else None) and the skips'
+    generation, in one round trip: pass the generation to `market_closed_note`."""
+    state, generation = _redis().mget(_PREFIX + code, _GENERATION)
+    return (state.decode() if state is not None else None), int(generation or 0)
 
 
 def market_closed_state(code: str) -> str | None:
@@ -67,7 +96,9 @@ def market_closed_state(code: str) -> str | None:
 
 
 def market_closed_clear() -> int:
-    """End every skip (a clock that jumped); returns how many there were."""
+    """End every skip (a clock that jumped); returns how many there were. The generation
+    moves first, so a note from a quote taken before this is not written after it."""
     client = _redis()
+    client.incr(_GENERATION)
     keys = list(client.scan_iter(match=_PREFIX + "*", count=500))
     return int(client.delete(*keys)) if keys else 0

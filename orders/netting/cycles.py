@@ -279,7 +279,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
         return None
-    closed_state = market_wait.market_closed_state(code)
+    closed_state, skips_generation = market_wait.market_closed_look(code)
     if closed_state is not None:
         # Known closed until the next session opens: no quote (Futu's snapshot budget).
         waiting.book_wait_for_market(orders=book(symbol), market_state=closed_state, actor=ACTOR)
@@ -296,7 +296,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
             orders=book(symbol), market_state=quote.market_state, actor=ACTOR
         )
         if not quote.market_open:
-            market_wait.market_closed_note(code, quote.market_state)
+            market_wait.market_closed_note(code, quote.market_state, generation=skips_generation)
         return None
     _leave_book(symbol)
     fees = fee_schedule()

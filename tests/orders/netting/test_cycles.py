@@ -332,6 +332,30 @@ def test_a_closed_market_is_quoted_once_until_the_calendars_next_open(fake_broke
     assert len(fake_broker.calls_to("quote")) == 2
 
 
+def test_a_clock_that_jumps_while_a_cycle_quotes_leaves_no_skip_behind(fake_broker, monkeypatch):
+    """The quote said closed, but the clock jumped (skips cleared) before the cycle noted
+    it: the note is dropped, or the skip would last until the next real open (hours at
+    night: `run_stack`'s Saturday-then-Monday case stalled so). The next beat asks again."""
+    from trading import market_wait
+
+    fake_broker.set_quote("US.AAPL", "180", market_open=False, market_state="CLOSED")
+    real_quote = fake_broker.quote
+
+    def quote_then_clock_jumps(*args, **kwargs):  # type: ignore[no-untyped-def]
+        answer = real_quote(*args, **kwargs)
+        fake_broker.set_quote("US.AAPL", "180")  # Monday's open
+        market_wait.market_closed_clear()  # what the simulator's set_clock does
+        return answer
+
+    monkeypatch.setattr(fake_broker, "quote", quote_then_clock_jumps)
+    _deposit(500)
+    assert cycles.cycle_open(symbol="AAPL") is None  # its quote said closed
+    assert market_wait.market_closed_state("US.AAPL") is None  # but no skip was noted
+    monkeypatch.setattr(fake_broker, "quote", real_quote)
+    assert cycles.cycle_open(symbol="AAPL") is not None
+    assert len(fake_broker.calls_to("quote")) == 2
+
+
 @pytest.mark.parametrize(
     ("at", "sessions", "reopens"),
     [
