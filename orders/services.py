@@ -178,6 +178,8 @@ def _insert_orders(
             "expires_at": order_expiry(r.expires_at, now=now, default_seconds=default_expiry),
             "price_bound": r.price_bound_units,
             "run_lease_until": lease,
+            # Every row names the same fields (one COPY): set below when it books.
+            "booked_at": None,
         }
         for pk, r in zip(ids, requests, strict=True)
     ]

@@ -156,3 +156,29 @@ def test_a_large_batch_goes_out_as_fan_out_tasks_that_publish_each_order():
     runs_enqueue(*args)  # what a worker does with the last one
     assert _queued_tasks(client) == [("orders.tasks.order_validate", [ids[-1]])]
     client.delete("default")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_bookable_and_refused_orders_is_one_copy(monkeypatch):
+    """Rows that book (booked_at set) and rows validation refuses (an unlisted symbol, left
+    for the validate stage) go into one COPY: every row names the same fields. They named
+    different ones, and every such batch fell back to one log at a time (seen in every
+    `run_stack` demo)."""
+    from core import bulk
+
+    copies: list[int] = []
+    real = bulk.bulk_copy_insert
+
+    def counted(model, rows, **kwargs):  # type: ignore[no-untyped-def]
+        copies.append(len(rows))
+        return real(model, rows, **kwargs)
+
+    monkeypatch.setattr("orders.services.bulk_copy_insert", counted)
+    requests = [_request(i) for i in range(3)] + [_request(3, symbol="NOPE")]
+    with transaction.atomic():
+        results = orders_create_from_chain_ids(requests=requests, actor="listen_chain")
+    assert [created for _, created in results] == [True] * 4
+    assert copies == [4]
+    orders = Order.objects.in_bulk([pk for pk, _ in results])
+    booked = [orders[pk].booked_at is not None for pk, _ in results]
+    assert booked == [True, True, True, False]
