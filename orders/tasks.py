@@ -222,6 +222,11 @@ def cycle_open(symbol: str) -> None:
             nxt = cycles.cycle_open(symbol=symbol)
     finally:
         _redis().delete(_CYCLE_OPEN_KEY.format(symbol))
+    if nxt is None and cycles.book_has_newcomers(symbol):
+        # Allocated at once (or found a cycle in flight that ended since): orders that
+        # joined meanwhile are not left to the next beat (a stack without beat stalled).
+        cycle_kick(symbol)
+        return
     _cycle_follow(nxt)
 
 

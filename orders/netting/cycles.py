@@ -40,6 +40,7 @@ from orders.models import (
     Order,
     OrderStatus,
     OrderType,
+    Waiting,
 )
 from orders.netting import bounds, waiting
 from orders.netting.allocation import (
@@ -142,6 +143,15 @@ def symbols_waiting() -> list[str]:
     for symbol, _ in rows.iterator():
         seen.setdefault(symbol, None)
     return list(seen)
+
+
+def book_has_newcomers(symbol: str) -> bool:
+    """True when `symbol` has no cycle in flight and orders in its book that wait for
+    nothing (no closed market, no price bound): orders that joined the book while the last
+    cycle was open, for the next cycle now rather than at the next beat."""
+    if Cycle.objects.filter(symbol=symbol).exclude(status=CycleStatus.ALLOCATED).exists():
+        return False
+    return book(symbol).filter(waiting_for=Waiting.NOTHING).exists()
 
 
 # --- leaving the book --------------------------------------------------------------------

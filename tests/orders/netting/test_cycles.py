@@ -401,3 +401,34 @@ def test_an_order_about_to_expire_joins_no_cycle_and_is_refunded_at_its_expiry(
     assert soon.status == OrderStatus.SETTLING and soon.refund_usdt == 500 * USDT
     _settle_all()
     _check_conservation()
+
+
+def test_orders_that_joined_during_a_cycle_get_the_next_one_without_a_beat(
+    fake_broker, monkeypatch
+):
+    """A cycle_open that ends without a broker step (allocated at once, or nothing it could
+    do) kicks its symbol again when orders that wait for nothing are in the book and no
+    cycle is in flight: they joined while it was open. A stack without beat (the main
+    tests') stalled on them; with beat they waited up to a beat."""
+    from orders import tasks
+
+    fake_broker.set_quote("US.AAPL", "180")
+    _deposit(500)
+    assert cycles.book_has_newcomers("AAPL")
+    nxt = cycles.cycle_open(symbol="AAPL")  # takes it; its broker step is next
+    assert nxt is not None
+    _deposit(300)  # joins while the cycle is in flight
+    assert not cycles.book_has_newcomers("AAPL")  # the cycle's own end will take it
+    Cycle.objects.filter(pk=nxt.cycle_id).update(status=CycleStatus.ALLOCATED)
+    assert cycles.book_has_newcomers("AAPL")
+
+    kicks: list[str] = []
+    monkeypatch.setattr(tasks, "cycle_kick", kicks.append)
+    monkeypatch.setattr(tasks.cycles, "cycle_open", lambda *, symbol: None)
+    tasks.cycle_open("AAPL")
+    assert kicks == ["AAPL"]
+
+    # Orders waiting for their market are no newcomers: no kick (the beat looks again).
+    Order.objects.filter(symbol="AAPL", cycle__isnull=True).update(waiting_for="market")
+    tasks.cycle_open("AAPL")
+    assert kicks == ["AAPL"]
