@@ -19,9 +19,11 @@ from chain.client import ChainClient, chain_client
 from chain.exceptions import ChainUnavailable, TransactionRejected
 from chain.models import NonceSequence, SettlementBatch, SettlementStatus, SettlementTx
 from chain.services import (
+    _NONCE_TOO_LOW,
     Carrier,
     _carrier_view,
     _resign,
+    _says,
     _sync_members,
 )
 from core.audit import audit_record
@@ -87,23 +89,34 @@ def settlements_heal(*, from_block: int, actor: str = "chain.settlements_heal") 
     return reopened
 
 
-def _rebroadcast_waiting(client: ChainClient, carrier: Carrier, *, nonce: int) -> None:
+def _rebroadcast_waiting(client: ChainClient, carrier: Carrier, *, nonce: int) -> bool:
     """Send again the latest attempt of `carrier` at `nonce` unless the node has one of
-    them; a refusal or a silent node is left to `settlement_check` (which replaces a
-    refused transaction with the same nonce)."""
+    them. True when the nonce is taken care of: known to the node, accepted again, used
+    already ("nonce too low": the sequence moves), or the node did not answer (the next
+    heal asks again). False when the node refuses it for another reason (a fee below what
+    it takes, a cap of its own): the caller rebuilds the sequence as for a gap, signing
+    the same requests again."""
     attempts = list(carrier.attempts.filter(nonce=nonce).order_by("-id"))
-    if not attempts or any(client.transaction_known(a.tx_hash) for a in attempts):
-        return
+    if not attempts:
+        return False
+    if any(client.transaction_known(a.tx_hash) for a in attempts):
+        return True
     try:
         client.send_raw(attempts[0].raw_tx)
-    except (ChainUnavailable, TransactionRejected) as exc:
-        logger.warning("settlement %s at nonce %s could not be sent again: %s", carrier, nonce, exc)
-        return
+    except ChainUnavailable as exc:
+        logger.warning("settlement %s at nonce %s not sent again: %s", carrier, nonce, exc)
+        return True
+    except TransactionRejected as exc:
+        if _says(exc, _NONCE_TOO_LOW):
+            return True
+        logger.warning("settlement %s at nonce %s refused when sent again: %s", carrier, nonce, exc)
+        return False
     logger.warning(
         "settlement %s waited at the node's next nonce %s unknown to the node: sent again",
         carrier,
         nonce,
     )
+    return True
 
 
 def nonce_heal(*, actor: str = "chain.nonce_heal", client: ChainClient | None = None) -> int:
@@ -140,8 +153,8 @@ def nonce_heal(*, actor: str = "chain.nonce_heal", client: ChainClient | None = 
             # it was signed and both were mined) or dropped by the node: it is broadcast
             # again, the same signed transaction, and settlement_check replaces it with the
             # same nonce if the node refuses it. Never re-signed with another nonce.
-            _rebroadcast_waiting(client, waiting[0], nonce=pending)
-            continue
+            if _rebroadcast_waiting(client, waiting[0], nonce=pending):
+                continue
         with transaction.atomic():
             locked = NonceSequence.objects.select_for_update().get(pk=seq.pk)
             before = locked.next_nonce

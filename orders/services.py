@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from core.alerts import alert_raise
+from core.alerts import alert_raise, alert_resolve
 from core.audit import AuditEntry, audit_append_many, audit_record
 from core.bulk import bulk_copy_insert, bulk_ids_reserve
 from core.metrics import observe_stage
@@ -593,6 +593,8 @@ def order_close_vanished(*, order_id: int, actor: str) -> Order | None:
                     )
         except StaleOrderVersion:
             continue
+        # Its settlement's "request unknown" warning (orders.pipeline.settle) is answered.
+        alert_resolve(key=f"settlement_request_unknown:{order.pk}")
         logger.error(
             "order closed: its chain event vanished",
             extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "traded": traded},

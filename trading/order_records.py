@@ -393,11 +393,17 @@ def broker_order_sync(*, client_id: str, fee: bool = True) -> BrokerOrderState |
             # hold those fills yet: Futu's order push and its deal list are separate. Its
             # fills are the history's (one of its 10 per 30 s), never "nothing filled": the
             # 10,000-order chaos run allocated a cycle with 0 shares that had filled 83.
+            listed = order
             order = broker.query_order(
                 broker_order_id=record.broker_order_id, code=record.code, since=since
             )
-            if order is None:
-                return None
+            if order is None or not order.is_final or order.filled_qty < listed.filled_qty:
+                # Not yet in the history either (or a listing older than the push): the
+                # fills are on their way; the caller's next look finds them.
+                raise BrokerUnavailable(
+                    f"broker order {record.broker_order_id} is {listed.status} but its fills "
+                    "are not listed yet"
+                )
     if order.status == BrokerStatus.DISABLED:
         # Disabled orders can be enabled again from outside: cancel it for good.
         logger.warning("broker order %s is DISABLED: cancelling it", order.broker_order_id)

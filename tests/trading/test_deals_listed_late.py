@@ -40,9 +40,13 @@ def test_a_fill_pushed_before_its_deals_are_listed_is_read_from_the_history(fake
     assert synced.order.avg_fill_price == Decimal(250)
     record.refresh_from_db()
     assert record.final_at is not None and record.filled_qty == expected
-    assert len([c for c in fake_broker.calls if c.name == "query_order"]) >= 1
+    history = [
+        c for c in fake_broker.calls if c.name == "query_order" and c.kwargs["include_history"]
+    ]
+    assert len(history) == 1  # the fills came from the history, once
 
-    # The deals are listed later: they agree, no correction case.
+    # The deals are listed later: they agree, no correction case, no more history reads.
     fake_broker.list_held_deals()
     order_records.broker_order_sync(client_id="lag-1", fee=False)
     assert not BrokerFillCorrection.objects.exists()
+    assert len([c for c in fake_broker.calls if c.kwargs.get("include_history")]) == 1
