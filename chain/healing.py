@@ -40,11 +40,14 @@ def _carriers(**filters: object) -> list[Carrier]:
 def settlements_heal(*, from_block: int, actor: str = "chain.settlements_heal") -> int:
     """After a reorg that replaced blocks from `from_block` on: every settlement (or batch)
     Bronco recorded as mined there (CONFIRMED or REVERTED with a block number at or above it)
-    is checked against the node. One whose receipt is still canonical keeps its verdict (its
-    block number follows the re-mined block); one whose transaction vanished is reopened
-    (SENT, audited): `settlement_check` (the settle stage, the sweep) re-broadcasts the same
-    signed transaction, or signs the same request with a fresh nonce when its nonce went to
-    another. Then the nonce sequence is healed. Returns how many were reopened. Idempotent."""
+    is checked against the node. One whose transaction is still mined with the same outcome
+    keeps its verdict (its block number follows the re-mined block). One whose transaction
+    vanished, or was re-mined with the other outcome (transactions re-mined in another order:
+    a settlement whose request is no longer at its id reverts; one that reverted may now pass),
+    is reopened (SENT, audited): `settlement_check` (the settle stage, the sweep) judges the
+    new receipt (a revert is alerted as any), or re-broadcasts the same signed transaction,
+    or signs the same request with a fresh nonce when its nonce went to another. Then the
+    nonce sequence is healed. Returns how many were reopened. Idempotent."""
     client = chain_client()
     reopened = 0
     for carrier in _carriers(
@@ -57,18 +60,31 @@ def settlements_heal(*, from_block: int, actor: str = "chain.settlements_heal") 
             if locked.block_number is None or locked.block_number < from_block:
                 continue
             receipt = client.receipt(locked.tx_hash) if locked.tx_hash else None
-            if receipt is not None:
-                if receipt.block_number != locked.block_number:
-                    locked.block_number = receipt.block_number
-                    locked.save(update_fields=["block_number", "updated_at"])
-                    if isinstance(locked, SettlementBatch):
-                        _sync_members(locked)
+            verdict_holds = receipt is not None and receipt.succeeded == (
+                locked.status == SettlementStatus.CONFIRMED
+            )
+            if verdict_holds and receipt.block_number == locked.block_number:
                 continue
+            if verdict_holds:
+                locked.block_number = receipt.block_number
+                locked.save(update_fields=["block_number", "updated_at"])
+                if isinstance(locked, SettlementBatch):
+                    _sync_members(locked)
+                continue
+            # Vanished, or re-mined with the other outcome (the new order of transactions
+            # gave a confirmed settlement a revert, or a reverted one success): reopened, so
+            # settlement_check judges the receipt again, or sends it again when there is none.
+            reason = (
+                f"its transaction vanished in a reorg from block {from_block}"
+                if receipt is None
+                else f"re-mined in block {receipt.block_number} after a reorg from block "
+                f"{from_block} with the other outcome (status {receipt.status})"
+            )
             before = _carrier_view(locked)
             locked.status = SettlementStatus.SENT
             locked.block_number = None
             locked.confirmed_at = None
-            locked.last_error = f"its transaction vanished in a reorg from block {from_block}"
+            locked.last_error = reason
             locked.save()
             if isinstance(locked, SettlementBatch):
                 _sync_members(locked)
@@ -81,10 +97,15 @@ def settlements_heal(*, from_block: int, actor: str = "chain.settlements_heal") 
                     action="chain.settlement_reopened",
                     order_id=row.order_id,
                     before=before,
-                    after={"kind": row.kind, "onchain_id": int(row.onchain_id), "reason": "reorg"},
+                    after={
+                        "kind": row.kind,
+                        "onchain_id": int(row.onchain_id),
+                        "reason": "reorg",
+                        "detail": reason,
+                    },
                 )
             reopened += 1
-            logger.warning("settlement %s vanished in a reorg: reopened", locked)
+            logger.warning("settlement %s reopened: %s", locked, reason)
     nonce_heal(actor=actor, client=client)
     return reopened
 

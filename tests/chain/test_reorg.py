@@ -120,9 +120,10 @@ def settled_payees(client, contracts, from_block):
     return paid
 
 
-def test_a_reorg_beyond_the_confirmation_depth_never_pays_the_wrong_person(
-    anvil_factory, run_listener, settings
-):
+def chain_before_reorg(anvil_factory, settings, *, confirmations):
+    """A fresh node and contract set with the users' deposits signed, a snapshot to revert to,
+    and a listener config from the first block after it: (node, contracts, client, plan,
+    snapshot, start block, config)."""
     node = anvil_factory()
     contracts = deploy_contract_set(node)
     point_settings_at(settings, node, contracts)
@@ -130,7 +131,16 @@ def test_a_reorg_beyond_the_confirmation_depth_never_pays_the_wrong_person(
     plan = prepare(node, contracts)
     snapshot = node.rpc("evm_snapshot")
     start = client.block_number() + 1
-    config = listener_config(node, contracts, confirmations=2, start_block=start)
+    config = listener_config(node, contracts, confirmations=confirmations, start_block=start)
+    return node, contracts, client, plan, snapshot, start, config
+
+
+def test_a_reorg_beyond_the_confirmation_depth_never_pays_the_wrong_person(
+    anvil_factory, run_listener, settings
+):
+    node, contracts, client, plan, snapshot, start, config = chain_before_reorg(
+        anvil_factory, settings, confirmations=2
+    )
     last_user = USERS[-1]
     vanished = {(last_user, 3), (last_user, 4)}  # never mined again
 
@@ -268,3 +278,146 @@ def test_a_reorg_within_the_confirmation_depth_simply_re_reads(
     assert_orders_name_the_vault_records(client, contracts, orders)
     assert ChainEvent.objects.filter(name="Deposit").count() == len(orders)
     assert not Alert.objects.filter(key__startswith="chain.").exists()
+
+
+def test_a_settlement_re_mined_with_the_other_outcome_is_judged_again(
+    anvil_factory, run_listener, settings
+):
+    """A reorg re-mines transactions in another order: a settlement that was confirmed can
+    revert when re-mined (its deposit did not come back before it). The heal must not keep
+    the old verdict because a receipt exists: it reopens the settlement, the check judges
+    the new receipt (REVERTED, alerted), and nothing claims the user was paid."""
+    node, contracts, client, plan, snapshot, start, config = chain_before_reorg(
+        anvil_factory, settings, confirmations=1
+    )
+    key = USERS[0]
+    with run_listener(config, mode="poll") as listener:
+        client.send_raw(plan[key][0][3])
+        node.rpc("anvil_mine", [hex(2)])
+        wait_for(lambda: Order.objects.count() == 1, timeout=60)
+        order = Order.objects.get()
+        settlement_submit(request=request_of(order), actor="test")
+        wait_for(
+            lambda: (
+                settlement_check(kind="deposit", vault_id=int(order.onchain_id))
+                == SettlementState.CONFIRMED
+            )
+        )
+        row = SettlementTx.objects.get()
+        assert row.status == SettlementStatus.CONFIRMED and row.block_number >= start
+        raw = row.attempts.get(tx_hash=row.tx_hash).raw_tx
+
+        # The reorg: the settlement comes back from the mempool, its deposit does not.
+        assert node.rpc("evm_revert", [snapshot]) is True
+        client.send_raw(raw)
+        node.rpc("anvil_mine", [hex(4)])
+        receipt = client.receipt(row.tx_hash)
+        assert receipt is not None and not receipt.succeeded  # re-mined, reverted
+        wait_for(lambda: listener.stats.reorgs >= 1, timeout=30)
+
+    assert settlements_heal(from_block=start, actor="test") == 1
+    row.refresh_from_db()
+    assert row.status == SettlementStatus.SENT and "other outcome" in row.last_error
+    assert (
+        settlement_check(kind="deposit", vault_id=int(order.onchain_id)) == SettlementState.REVERTED
+    )
+    row.refresh_from_db()
+    assert row.status == SettlementStatus.REVERTED
+    assert row.block_number == receipt.block_number
+    assert Alert.objects.filter(key=f"chain.settlement_refused:{row.pk}").exists()
+    assert not selectors.is_settled(kind="deposit", onchain_id=int(order.onchain_id))
+    # A second heal finds the verdict holding: nothing reopened again.
+    assert settlements_heal(from_block=start, actor="test") == 0
+
+
+def test_a_deposit_re_mined_under_another_id_is_a_new_order_and_the_old_one_closes(
+    anvil_factory, run_listener, settings
+):
+    """A vault id counts the user's requests, so a reorg that drops (or reverts) one of a
+    user's requests gives that user's next request, re-mined from the same signed
+    transaction, another id. Bronco must not wait for the old id to come back: its order
+    closes with nothing paid (alerted), the re-mined request is an order of its own, and
+    nothing stays held."""
+    node = anvil_factory()
+    contracts = deploy_contract_set(node)
+    point_settings_at(settings, node, contracts)
+    client = node.client()
+    prepare(node, contracts)
+    user_key, funder_key = USERS[0], USERS[1]
+    user = address_of_key(user_key)
+    fees = client.fee_quote(min_priority_fee=10**9)
+
+    def signed(key, contract, address, fn, args, nonce):
+        return client.sign(
+            private_key=key,
+            contract=contract,
+            address=address,
+            fn=fn,
+            args=args,
+            nonce=nonce,
+            gas_limit=300_000,
+            max_fee_per_gas=4 * fees.base_fee_per_gas + 10**10,
+            max_priority_fee_per_gas=10**9,
+            chain_id=contracts.chain_id,
+        )
+
+    nonce = client.pending_nonce(user)
+    funding = signed(
+        funder_key,
+        "MockUSDT",
+        contracts.usdt,
+        "transfer",
+        (user, 600_000 * UNIT),
+        client.pending_nonce(address_of_key(funder_key)),
+    )
+    big = signed(
+        user_key, "BroncoVault", contracts.vault, "deposit",
+        (symbol_to_bytes32("AAPL"), 1_500_000 * UNIT), nonce,
+    )  # fmt: skip
+    small = signed(
+        user_key, "BroncoVault", contracts.vault, "deposit",
+        (symbol_to_bytes32("TSLA"), 250 * UNIT), nonce + 1,
+    )  # fmt: skip
+    snapshot = node.rpc("evm_snapshot")
+    start = client.block_number() + 1
+    config = listener_config(node, contracts, confirmations=2, start_block=start)
+    with run_listener(config, mode="poll") as listener:
+        for tx in (funding, big, small):
+            client.send_raw(tx.raw)
+        node.rpc("anvil_mine", [hex(3)])
+        wait_for(lambda: Order.objects.count() == 2, timeout=60)
+        before = {o.symbol: o for o in Order.objects.all()}
+
+        # The reorg: the user's two deposits come back, the funding does not. The big one
+        # reverts, so the small one takes its place in the user's count: another id.
+        assert node.rpc("evm_revert", [snapshot]) is True
+        client.send_raw(big.raw)
+        client.send_raw(small.raw)
+        node.rpc("anvil_mine", [hex(6)])
+        assert not client.receipt(big.tx_hash).succeeded
+        assert client.receipt(small.tx_hash).succeeded
+        wait_for(lambda: listener.stats.reorgs >= 1, timeout=30)
+        wait_for(
+            lambda: (
+                Order.objects.count() == 3
+                and Order.objects.filter(status=OrderStatus.FAILED).count() == 2
+                and not Order.objects.filter(held_at__isnull=False).exists()
+            ),
+            timeout=60,
+        )
+
+    live = ChainEvent.objects.get(name="Deposit", removed_at__isnull=True)
+    assert live.tx_hash.lower() == small.tx_hash.lower()
+    assert int(live.vault_id) != int(before["TSLA"].onchain_id)
+    new = Order.objects.get(onchain_id=live.vault_id)
+    assert (new.user_address, new.symbol, int(new.usdt_amount)) == (user, "TSLA", 250 * UNIT)
+    assert new.status != OrderStatus.FAILED and new.held_at is None
+    for old in before.values():
+        old.refresh_from_db()
+        assert old.status == OrderStatus.FAILED
+        assert (
+            int(client.call("BroncoVault", contracts.vault, "deposits", int(old.onchain_id))[0], 16)
+            == 0
+        )
+    assert_orders_name_the_vault_records(client, contracts, [new])
+    assert Alert.objects.filter(key="chain.request_vanished").exists()
