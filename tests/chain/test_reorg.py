@@ -17,6 +17,8 @@ from core.models import Alert
 from ops.reconciliation import Reconciliation
 from ops.reconciliation.chain import check_orders_against_chain, read_chain
 from orders.models import Order, OrderStatus
+from orders.pipeline import order_settle
+from orders.pipeline.common import settle_untraded
 from tests.fixtures.chain import (
     ALL_KEYS,
     OPERATOR_KEY,
@@ -25,6 +27,7 @@ from tests.fixtures.chain import (
     point_settings_at,
     wait_for,
 )
+from tests.fixtures.pipeline import fast_pipeline
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -330,14 +333,18 @@ def test_a_settlement_re_mined_with_the_other_outcome_is_judged_again(
     assert settlements_heal(from_block=start, actor="test") == 0
 
 
+@pytest.mark.parametrize("settling", [False, True], ids=["waiting", "settlement in flight"])
 def test_a_deposit_re_mined_under_another_id_is_a_new_order_and_the_old_one_closes(
-    anvil_factory, run_listener, settings
+    anvil_factory, run_listener, settings, settling
 ):
     """A vault id counts the user's requests, so a reorg that drops (or reverts) one of a
     user's requests gives that user's next request, re-mined from the same signed
     transaction, another id. Bronco must not wait for the old id to come back: its order
     closes with nothing paid (alerted), the re-mined request is an order of its own, and
-    nothing stays held."""
+    nothing stays held. With its settlement sent before the reorg (and sent again with the
+    replaced blocks' transactions: it reverts, the id is gone), the old order must not stay
+    SETTLING either (the 10,000-order chaos run's order 2120)."""
+    fast_pipeline(settings)
     node = anvil_factory()
     contracts = deploy_contract_set(node)
     point_settings_at(settings, node, contracts)
@@ -387,24 +394,38 @@ def test_a_deposit_re_mined_under_another_id_is_a_new_order_and_the_old_one_clos
         node.rpc("anvil_mine", [hex(3)])
         wait_for(lambda: Order.objects.count() == 2, timeout=60)
         before = {o.symbol: o for o in Order.objects.all()}
+        resent = [big.raw, small.raw]
+        if settling:
+            # The small deposit is refused and its refund sent: mined, not yet confirmed.
+            settings.CHAIN_SETTLEMENT_CONFIRMATIONS = 4
+            order = before["TSLA"]
+            settle_untraded(order, outcome=OrderStatus.FAILED, reason="test", stage="test")
+            assert order_settle(order_id=order.pk) is not None
+            order.refresh_from_db()
+            assert order.status == OrderStatus.SETTLING and order.settlement_tx_hash
+            resent.append(client.rpc("eth_getRawTransactionByHash", [order.settlement_tx_hash]))
 
         # The reorg: the user's two deposits come back, the funding does not. The big one
         # reverts, so the small one takes its place in the user's count: another id.
         assert node.rpc("evm_revert", [snapshot]) is True
-        client.send_raw(big.raw)
-        client.send_raw(small.raw)
+        for raw in resent:
+            client.send_raw(raw)
         node.rpc("anvil_mine", [hex(6)])
         assert not client.receipt(big.tx_hash).succeeded
         assert client.receipt(small.tx_hash).succeeded
         wait_for(lambda: listener.stats.reorgs >= 1, timeout=30)
-        wait_for(
-            lambda: (
+
+        def settled_or_closed() -> bool:
+            # The pipeline's settle stage follows the old order meanwhile, as it would.
+            for o in Order.objects.filter(status=OrderStatus.SETTLING):
+                order_settle(order_id=o.pk)
+            return (
                 Order.objects.count() == 3
                 and Order.objects.filter(status=OrderStatus.FAILED).count() == 2
                 and not Order.objects.filter(held_at__isnull=False).exists()
-            ),
-            timeout=60,
-        )
+            )
+
+        wait_for(settled_or_closed, timeout=60)
 
     live = ChainEvent.objects.get(name="Deposit", removed_at__isnull=True)
     assert live.tx_hash.lower() == small.tx_hash.lower()
