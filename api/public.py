@@ -46,6 +46,7 @@ TIMELINE_STAGES: dict[str, tuple[str, str]] = {
     "order.held": ("held", "On hold (chain reorganisation or vault refusal)"),
     "order.hold_released": ("released", "Hold released"),
     "order.closed_vanished": ("vanished", "Its transaction left the chain (reorganisation)"),
+    "order.revived": ("revived", "Its transaction came back on chain; the order settles"),
     "order.manual_refund": ("refund_requested", "A refund was requested"),
     "refund.sent": ("refund_sent", "Refund transaction sent"),
     "refund.confirmed": ("refund_confirmed", "Refund confirmed on chain"),

@@ -44,6 +44,7 @@ from orders.services import (
     order_release_hold,
     order_request_cancel,
     orders_create_from_chain_ids,
+    orders_revive_vanished,
 )
 
 logger = logging.getLogger(__name__)
@@ -335,7 +336,27 @@ def _act_on_batch(
                 request=requests.get((event.tx_hash, event.log_index)),
                 actor=actor,
             )
+    if not optimistic:  # an optimistic batch's orders are all new
+        _revive_closed(chain_id=chain_id, events=requested, actor=actor)
     return events, remined
+
+
+def _revive_closed(*, chain_id: int, events: Sequence[NewEvent], actor: str) -> None:
+    """A deposit or redeem recorded live whose order was closed because the request vanished
+    in a reorg: it was mined again after the close (its transaction waited in the pool), so
+    the user's USDT or tokens are in the vault again and the order must settle after all
+    (`orders.services.orders_revive_vanished`, alerted)."""
+    ids = [e.order_id for e in events if e.order_id is not None]
+    for order_id in orders_revive_vanished(order_ids=ids, actor=actor):
+        chain_alert_raise(
+            chain_id=chain_id,
+            kind="request_returned",
+            message=f"the request of order {order_id}, closed as vanished after a reorg, is "
+            "on chain again: the order was revived and settles",
+            details={"order_id": order_id},
+            actor=actor,
+            order_id=order_id,
+        )
 
 
 def _removed_unresolved(*, chain_id: int, events: Sequence[NewEvent]) -> set[tuple[str, int]]:
@@ -774,14 +795,20 @@ def reorg_holds_resolve(
     margin: int,
     on_chain: Callable[[str, int], bool],
     actor: str,
+    tx_pending: Callable[[str], bool] | None = None,
 ) -> int:
     """Close the orders whose Deposit/Redeem a reorg removed and the re-read did not find
     again once the checkpoint (which covers confirmed blocks only) passed the block it was
     in by `margin` blocks (the confirmation depth), and the vault does not hold the request
     at its id even unconfirmed (`on_chain(name, vault_id)`: a request re-mined later, still
-    unconfirmed, keeps its order held until it is read). Closed with nothing paid on chain
-    (`orders.services.order_close_vanished`, alerting when the order traded). Returns how
-    many were closed."""
+    unconfirmed, keeps its order held until it is read), and its transaction is not waiting
+    in the node's pool either (`tx_pending(tx_hash)`: a reorg returns the replaced blocks'
+    transactions to the pool, and one whose fee cap the base fee passed waits there, for a
+    minute in the 10,000-order chaos run; its order stays held until it is mined or the
+    node drops it). Closed with nothing paid on chain (`orders.services.order_close_vanished`,
+    alerting when the order traded); should the request be mined after all, its order is
+    revived when the listener records it (`orders.services.orders_revive_vanished`).
+    Returns how many were closed."""
     pending = ChainEvent.objects.filter(
         chain_id=chain_id,
         name__in=("Deposit", "Redeem"),
@@ -795,6 +822,8 @@ def reorg_holds_resolve(
             chain_id=chain_id, name=event.name, vault_id=event.vault_id, removed_at__isnull=True
         ).exists()
         if not live and on_chain(event.name, int(event.vault_id)):
+            continue
+        if not live and tx_pending is not None and tx_pending(event.tx_hash):
             continue
         with transaction.atomic():
             if not live and event.order_id is not None:

@@ -22,9 +22,10 @@ What it guarantees:
   their orders and raise a critical alert (`chain.deep_reorg`), rewind the checkpoint to the
   ancestor and re-read forward (`chain.ingest.chain_reorg_rewind`). Re-mined logs are taken
   once each, keyed by (chain, event, vault id); a re-mined request releases its order; one
-  still gone once the re-read passed its block and the confirmation depth closes its order
-  with nothing paid (`reorg_holds_resolve`). A reorg within the confirmation depth touches
-  nothing acted on: the range is simply read when it is confirmed.
+  still gone once the re-read passed its block and the confirmation depth, and not waiting in
+  the node's pool, closes its order with nothing paid (`reorg_holds_resolve`); one mined
+  after that revives its order, which settles after all. A reorg within the confirmation
+  depth touches nothing acted on: the range is simply read when it is confirmed.
 - A chain that got shorter (a reorg to fewer blocks than the head it was reading to, or than
   its checkpoint) never stops it: a block the node no longer has (`UnknownBlock`: "block out
   of range", "header not found", ...) or a range end that vanished or changed while its logs
@@ -321,6 +322,7 @@ class ChainListener:
                 checkpoint=result.checkpoint,
                 margin=self.config.confirmations,
                 on_chain=self._request_on_chain,
+                tx_pending=self._transaction_pending,
                 actor=ACTOR,
             )
 
@@ -441,6 +443,10 @@ class ChainListener:
         if self._alerted:
             self._alerted = False
             alert_resolve(key="chain.node_unreachable", actor=ACTOR)
+
+    def _transaction_pending(self, tx_hash: str) -> bool:
+        """Is the transaction waiting in the node's pool (known to it, not mined)?"""
+        return self.client.receipt(tx_hash) is None and self.client.transaction_known(tx_hash)
 
     def _request_on_chain(self, name: str, vault_id: int) -> bool:
         """Does the vault hold this deposit/redeem at its id now (even unconfirmed)?"""

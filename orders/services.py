@@ -601,3 +601,125 @@ def order_close_vanished(*, order_id: int, actor: str) -> Order | None:
         )
         return order
     raise StaleOrderVersion(order_id, 0)
+
+
+VANISHED_ACTIONS = ("order.closed_vanished", "order.revived")
+
+
+def vanished_last_actions(order_ids: Sequence[int]) -> dict[int, Any]:
+    """order id -> its latest `order.closed_vanished` / `order.revived` audit entry, for the
+    orders of `order_ids` that have one (one query)."""
+    from core.models import AuditLog
+
+    latest: dict[int, Any] = {}
+    for entry in AuditLog.objects.filter(
+        order_id__in=list(order_ids), action__in=VANISHED_ACTIONS
+    ).order_by("id"):
+        latest[entry.order_id] = entry
+    return latest
+
+
+def order_revive_vanished(*, order_id: int, actor: str) -> Order | None:
+    """An order closed because its request vanished in a reorg (`order_close_vanished`)
+    whose request is on chain after all: the same signed transaction was mined again later
+    (a real reorg returns it to the pool; one whose fee cap the base fee had passed waits
+    there until the fee falls). The user's USDT (or tokens) are in the vault again, so the
+    order must settle: FAILED -> SETTLING (`order.revived`, audited), and its settle run
+    starts after commit.
+
+    - Closed while SETTLING: it settles as it would have (its outcome and figures kept).
+    - Closed in the book or in a cycle (PENDING, EXECUTING; a cycle allocates only its
+      EXECUTING orders, so it took no part in one after the close): it settles with what
+      it had got and the rest returned, as an order leaving the book.
+
+    A critical alert says so (`order.revived:<id>`). Returns the order revived, or None when
+    `order_id` is not an order closed as vanished (nothing to do; idempotent). Raises
+    StaleOrderVersion when the order kept changing under it."""
+    from orders.selectors import order_usdt_remaining
+
+    for _ in range(_CANCEL_ATTEMPTS):
+        order = Order.objects.filter(pk=order_id).first()
+        if order is None or order.status != OrderStatus.FAILED:
+            return None
+        closing = vanished_last_actions([order.pk]).get(order.pk)
+        if closing is None or closing.action != "order.closed_vanished":
+            return None
+        was = (closing.before or {}).get("status")
+        buy = order.order_type == OrderType.BUY
+        changes: dict[str, Any]
+        if was == OrderStatus.SETTLING:
+            changes = {"outcome": (closing.before or {}).get("outcome") or OrderStatus.FAILED}
+        elif buy:
+            minted = int(order.tokens_minted)
+            changes = {"cycle": None, "refund_usdt": order_usdt_remaining(order)}
+            changes["outcome"] = OrderStatus.EXECUTED if minted else _untraded_outcome(order)
+        else:
+            changes = {
+                "cycle": None,
+                "tokens_returned": int(order.token_amount),
+                "outcome": _untraded_outcome(order),
+            }
+        try:
+            with transaction.atomic():
+                order = order_transition(
+                    order=order,
+                    to_status=OrderStatus.SETTLING,
+                    actor=actor,
+                    action="order.revived",
+                    last_error="its request was mined again after the reorg: it settles",
+                    **changes,
+                )
+                run_take_over(order_id=order.pk, stage=Stage.SETTLE)
+                alert_raise(
+                    key=f"order.revived:{order.pk}",
+                    message=f"order {order.pk}: its chain request, taken for vanished in a "
+                    "reorg, was mined again; the order settles after all (was "
+                    f"{was or 'unknown'} when closed)",
+                    severity="critical",
+                    source=actor,
+                    details={"order_id": order.pk, "tx_hash": order.chain_tx_hash, "was": was},
+                )
+        except StaleOrderVersion:
+            continue
+        logger.error(
+            "order revived: its chain request came back after it was closed",
+            extra={"order_id": order.pk, "tx_hash": order.chain_tx_hash},
+        )
+        return order
+    raise StaleOrderVersion(order_id, 0)
+
+
+def orders_revive_vanished(*, order_ids: Sequence[int], actor: str) -> list[int]:
+    """Of `order_ids` (orders whose chain request was just recorded live), revive those
+    closed as vanished (`order_revive_vanished`). One query when none is FAILED, which is
+    every batch but after a reorg. Returns the ids revived."""
+    if not order_ids:
+        return []
+    failed = list(
+        Order.objects.filter(pk__in=list(order_ids), status=OrderStatus.FAILED).values_list(
+            "pk", flat=True
+        )
+    )
+    if not failed:
+        return []
+    revived = []
+    for order_id, entry in vanished_last_actions(failed).items():
+        if entry.action != "order.closed_vanished":
+            continue
+        try:
+            if order_revive_vanished(order_id=order_id, actor=actor) is not None:
+                revived.append(order_id)
+        except OrderError as exc:  # never block the listener's batch: say so, loudly
+            alert_raise(
+                key=f"order.revive_failed:{order_id}",
+                message=f"order {order_id}: its request is on chain again but the order "
+                f"could not be revived ({exc}); settle it by hand",
+                severity="critical",
+                source=actor,
+                details={"order_id": order_id, "error": str(exc)},
+            )
+    return revived
+
+
+def _untraded_outcome(order: Order) -> str:
+    return OrderStatus.CANCELED if order.cancel_requested_at is not None else OrderStatus.FAILED

@@ -35,12 +35,17 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
 }
 
 # Transitions only one action may take: a deposit or redeem whose chain event vanished in a
-# reorg is closed with nothing settled (orders.services.order_close_vanished).
+# reorg is closed with nothing settled (orders.services.order_close_vanished); one whose
+# request is mined again after that is revived to settle after all
+# (orders.services.order_revive_vanished).
 ACTION_TRANSITIONS: Mapping[str, Mapping[str, frozenset[str]]] = {
     "order.closed_vanished": {
         S.PENDING: frozenset({S.FAILED}),
         S.EXECUTING: frozenset({S.FAILED}),
         S.SETTLING: frozenset({S.FAILED}),
+    },
+    "order.revived": {
+        S.FAILED: frozenset({S.SETTLING}),
     },
 }
 
@@ -80,7 +85,9 @@ def _apply(
     unknown = set(changes) - _MUTABLE_FIELDS
     if unknown:
         raise ValueError(f"not order fields a transition may set: {sorted(unknown)}")
-    if order.status in TERMINAL_STATUSES and (to_status or changes):
+    # A terminal order is final, but for a move its own action lists (order.revived).
+    named = ACTION_TRANSITIONS.get(action, {}).get(order.status, frozenset())
+    if order.status in TERMINAL_STATUSES and (to_status or changes) and to_status not in named:
         raise IllegalTransition(order.pk, order.status, to_status or order.status)
     if to_status is not None and not is_allowed(order.status, to_status, action):
         raise IllegalTransition(order.pk, order.status, to_status)

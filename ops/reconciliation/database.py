@@ -34,12 +34,17 @@ def vanished_order_ids() -> set[int]:
     """Pks of the orders closed because their Deposit / Redeem vanished in a reorg (audit
     action `order.closed_vanished`, written by `orders.services.order_close_vanished`): the
     request is not on chain, so no USDT or tokens came in for them and nothing may be paid
-    out; they are left out of the per-order conservation and of the vault's ledger."""
-    return set(
-        AuditLog.objects.filter(action="order.closed_vanished")
+    out; they are left out of the per-order conservation and of the vault's ledger. An order
+    revived after that (`order.revived`: its request was mined again) counts as any."""
+    latest: dict[int, str] = {}
+    for order_id, action in (
+        AuditLog.objects.filter(action__in=("order.closed_vanished", "order.revived"))
         .exclude(order_id=None)
-        .values_list("order_id", flat=True)
-    )
+        .order_by("id")
+        .values_list("order_id", "action")
+    ):
+        latest[order_id] = action
+    return {pk for pk, action in latest.items() if action == "order.closed_vanished"}
 
 
 def manual_refund(order: Order) -> int:

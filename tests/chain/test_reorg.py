@@ -5,6 +5,8 @@ every order ends settled (its request re-appeared) or closed with nothing paid (
 with alerts; the settlement records agree with the chain after the sender heals (vanished
 settlements re-sent, the nonce sequence rebuilt)."""
 
+import time
+
 import pytest
 
 from chain import selectors
@@ -13,9 +15,10 @@ from chain.healing import settlements_heal
 from chain.models import ChainEvent, NonceSequence, SettlementStatus, SettlementTx
 from chain.services import settlement_check, settlement_submit
 from chain.settlement import DepositSettlement, SettlementState
-from core.models import Alert
+from core.models import Alert, AuditLog
 from ops.reconciliation import Reconciliation
 from ops.reconciliation.chain import check_orders_against_chain, read_chain
+from ops.reconciliation.database import vanished_order_ids
 from orders.models import Order, OrderStatus
 from orders.pipeline import order_settle
 from orders.pipeline.common import settle_untraded
@@ -442,3 +445,118 @@ def test_a_deposit_re_mined_under_another_id_is_a_new_order_and_the_old_one_clos
         )
     assert_orders_name_the_vault_records(client, contracts, [new])
     assert Alert.objects.filter(key="chain.request_vanished").exists()
+
+
+def _settle_pending(until) -> bool:
+    """The pipeline's settle stage, as its runs would call it, then the condition."""
+    for o in Order.objects.filter(status=OrderStatus.SETTLING):
+        order_settle(order_id=o.pk)
+    return until()
+
+
+def test_a_request_mined_again_after_its_order_was_closed_revives_the_order(
+    anvil_factory, run_listener, settings
+):
+    """A reorg drops a deposit; Bronco closes its order as vanished (nothing in the pool,
+    nothing at its id). Later the same signed transaction is mined after all (a node that
+    had dropped it from its pool hears it again from a peer): the user's USDT is in the
+    vault again. The order must not stay FAILED with the money in the vault (the
+    10,000-order chaos run left 6 such deposits): it is revived, settles (here, untraded: a
+    full refund), and says so loudly."""
+    fast_pipeline(settings)
+    node, contracts, client, plan, snapshot, start, config = chain_before_reorg(
+        anvil_factory, settings, confirmations=1
+    )
+    key = USERS[0]
+    address, _symbol, amount, raw = plan[key][0]
+    with run_listener(config, mode="poll") as listener:
+        client.send_raw(raw)
+        node.rpc("anvil_mine", [hex(2)])
+        wait_for(lambda: Order.objects.count() == 1, timeout=60)
+        order = Order.objects.get()
+        paid_in = selectors.usdt_balance(address=address)
+
+        assert node.rpc("evm_revert", [snapshot]) is True
+        node.rpc("anvil_mine", [hex(6)])  # the deposit is gone, and in no pool
+        wait_for(lambda: listener.stats.reorgs >= 1, timeout=30)
+        wait_for(
+            lambda: Order.objects.filter(pk=order.pk, status=OrderStatus.FAILED).exists(),
+            timeout=60,
+        )
+        assert Alert.objects.filter(key="chain.request_vanished").exists()
+
+        client.send_raw(raw)  # mined after all: the same request, the same id
+        node.rpc("anvil_mine", [hex(2)])
+        assert selectors.usdt_balance(address=address) == paid_in
+        wait_for(
+            lambda: _settle_pending(
+                lambda: selectors.is_settled(kind="deposit", onchain_id=int(order.onchain_id))
+            ),
+            timeout=60,
+        )
+    order.refresh_from_db()
+    assert order.is_terminal and order.settlement_tx_hash
+    assert int(order.refund_usdt) == amount  # untraded when it was closed: a full refund
+    assert selectors.usdt_balance(address=address) == paid_in + amount
+    actions = list(
+        AuditLog.objects.filter(order_id=order.pk)
+        .filter(action__in=("order.closed_vanished", "order.revived", "order.settled"))
+        .order_by("id")
+        .values_list("action", flat=True)
+    )
+    assert actions == ["order.closed_vanished", "order.revived", "order.settled"]
+    assert Alert.objects.get(key=f"order.revived:{order.pk}").severity == "critical"
+    assert Alert.objects.filter(key="chain.request_returned").exists()
+    # reconcile's ledger counts it again: it is no longer an order that brought nothing in.
+    assert order.pk not in vanished_order_ids()
+
+
+def test_a_request_waiting_in_the_pool_after_a_reorg_keeps_its_order_held(
+    anvil_factory, run_listener, settings
+):
+    """The reorg returns a user's second deposit to the pool, where it waits (here behind a
+    nonce gap: the user's first deposit is not back yet; in the chaos run, behind a base fee
+    above its fee cap). Its order stays held, not closed as vanished, while the node has it;
+    the first deposit, in no pool, is closed. When the first is sent again both are mined:
+    the second's order is released, the first's revived."""
+    node, contracts, client, plan, snapshot, start, config = chain_before_reorg(
+        anvil_factory, settings, confirmations=1
+    )
+    first, second = plan[USERS[0]][0], plan[USERS[0]][1]
+    with run_listener(config, mode="poll") as listener:
+        client.send_raw(first[3])
+        client.send_raw(second[3])
+        node.rpc("anvil_mine", [hex(2)])
+        wait_for(lambda: Order.objects.count() == 2, timeout=60)
+        orders = {o.usdt_amount: o for o in Order.objects.all()}
+        gone, waiting = orders[first[2]], orders[second[2]]
+
+        assert node.rpc("evm_revert", [snapshot]) is True
+        second_hash = client.send_raw(second[3])  # back in the pool, behind the first's nonce
+        node.rpc("anvil_mine", [hex(8)])
+        assert client.receipt(second_hash) is None and client.transaction_known(second_hash)
+        wait_for(lambda: listener.stats.reorgs >= 1, timeout=30)
+        wait_for(
+            lambda: Order.objects.filter(pk=gone.pk, status=OrderStatus.FAILED).exists(),
+            timeout=30,
+        )
+        node.rpc("anvil_mine", [hex(2)])
+        wait_for(lambda: listener.stats.checkpoint >= client.block_number(), timeout=30)
+        time.sleep(1.0)  # more listener rounds, well past the replaced blocks
+        waiting.refresh_from_db()
+        assert waiting.status == OrderStatus.PENDING and waiting.held_at is not None
+
+        client.send_raw(first[3])  # both are mined now
+        node.rpc("anvil_mine", [hex(2)])
+        assert client.receipt(second_hash).succeeded
+        wait_for(
+            lambda: (
+                Order.objects.filter(pk=waiting.pk, held_at__isnull=True).exists()
+                and Order.objects.filter(pk=gone.pk, status=OrderStatus.SETTLING).exists()
+            ),
+            timeout=30,
+        )
+    waiting.refresh_from_db()
+    assert waiting.status == OrderStatus.PENDING
+    assert Alert.objects.filter(key=f"order.revived:{gone.pk}").exists()
+    assert not Alert.objects.filter(key=f"order.vanished_traded:{waiting.pk}").exists()
