@@ -670,6 +670,8 @@ def order_revive_vanished(*, order_id: int, actor: str) -> Order | None:
                     **changes,
                 )
                 run_take_over(order_id=order.pk, stage=Stage.SETTLE)
+                # What it traded is its own again, not a position for the operator to unwind.
+                alert_resolve(key=f"order.vanished_traded:{order.pk}")
                 alert_raise(
                     key=f"order.revived:{order.pk}",
                     message=f"order {order.pk}: its chain request, taken for vanished in a "
