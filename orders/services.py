@@ -606,15 +606,16 @@ def order_close_vanished(*, order_id: int, actor: str) -> Order | None:
 VANISHED_ACTIONS = ("order.closed_vanished", "order.revived")
 
 
-def vanished_last_actions(order_ids: Sequence[int]) -> dict[int, Any]:
+def vanished_last_actions(order_ids: Sequence[int] | None = None) -> dict[int, Any]:
     """order id -> its latest `order.closed_vanished` / `order.revived` audit entry, for the
-    orders of `order_ids` that have one (one query)."""
+    orders of `order_ids` (None: every order) that have one (one query)."""
     from core.models import AuditLog
 
+    entries = AuditLog.objects.filter(action__in=VANISHED_ACTIONS).exclude(order_id=None)
+    if order_ids is not None:
+        entries = entries.filter(order_id__in=list(order_ids))
     latest: dict[int, Any] = {}
-    for entry in AuditLog.objects.filter(
-        order_id__in=list(order_ids), action__in=VANISHED_ACTIONS
-    ).order_by("id"):
+    for entry in entries.order_by("id"):
         latest[entry.order_id] = entry
     return latest
 

@@ -59,6 +59,10 @@ class ChainView:
     vault_usdt: int
     usdt_in: int
     usdt_out: int
+    usdt_in_other: tuple[tuple[RawLog, int], ...] = ()
+    """Transfers into the vault that no Deposit explains: every transfer in of a transaction
+    with more of them than deposit ids (reserve fundings, and what should not be there):
+    (the Transfer log, USDT base units) each."""
 
 
 def read_chain() -> ChainView:
@@ -85,6 +89,7 @@ def read_chain() -> ChainView:
     cancels: list[CancelRequested] = []
     unreadable: list[tuple[RawLog, UndecodableLog]] = []
     withdrawn = 0
+    deposit_ids_by_tx: dict[str, set[int]] = defaultdict(set)
     for raw in _logs(address=contracts.vault, start=start, end=head):
         try:
             event = decode_log(raw)
@@ -95,6 +100,7 @@ def read_chain() -> ChainView:
         match event:
             case Deposit():
                 deposits[event.deposit_id] = event
+                deposit_ids_by_tx[raw.tx_hash.lower()].add(event.deposit_id)
             case Redeem():
                 redeems[event.redeem_id] = event
             case DepositSettled():
@@ -113,10 +119,11 @@ def read_chain() -> ChainView:
     usdt = chain_selectors.usdt_address()
     transfer = event_topic("Transfer", contract="MockUSDT")
     vault_topic = "0x" + contracts.vault[2:].lower().rjust(64, "0")
-    usdt_in = sum(
-        _transfer(r).units
+    transfers_in = [
+        (r, _transfer(r).units)
         for r in _logs(address=usdt, start=start, end=head, topics=[transfer, None, vault_topic])
-    )
+    ]
+    usdt_in = sum(units for _, units in transfers_in)
     usdt_out = sum(
         _transfer(r).units
         for r in _logs(address=usdt, start=start, end=head, topics=[transfer, vault_topic])
@@ -135,6 +142,7 @@ def read_chain() -> ChainView:
         vault_usdt=vault_usdt,
         usdt_in=usdt_in,
         usdt_out=usdt_out,
+        usdt_in_other=_transfers_unexplained(transfers_in, deposit_ids_by_tx),
     )
 
 
@@ -152,7 +160,45 @@ def _logs(*, address: str, start: int, end: int, topics: list | None = None) -> 
     for lo in range(start, end + 1, chunk):
         hi = min(lo + chunk - 1, end)
         logs.extend(client.get_logs(from_block=lo, to_block=hi, address=address, topics=topics))
-    return [log for log in logs if not log.removed]
+    seen: set[tuple[str, str, int]] = set()
+    out = []
+    for log in logs:  # a log the node served twice counts once
+        identity = (log.block_hash.lower(), log.tx_hash.lower(), log.log_index)
+        if not log.removed and identity not in seen:
+            seen.add(identity)
+            out.append(log)
+    return out
+
+
+def _transfers_unexplained(
+    transfers_in: list[tuple[RawLog, int]], deposit_ids_by_tx: dict[str, set[int]]
+) -> tuple[tuple[RawLog, int], ...]:
+    by_tx: dict[str, list[tuple[RawLog, int]]] = defaultdict(list)
+    for transfer in transfers_in:
+        by_tx[transfer[0].tx_hash.lower()].append(transfer)
+    return tuple(
+        transfer
+        for tx, transfers in by_tx.items()
+        if len(transfers) > len(deposit_ids_by_tx.get(tx, ()))
+        for transfer in transfers
+    )
+
+
+def _transfers_described(transfers: tuple[tuple[RawLog, int], ...], limit: int = 5) -> str:
+    """The transfers into the vault that no Deposit explains, each with whether its block is
+    the node's canonical block at that height (a node serving a replaced block's log shows
+    here as "not canonical")."""
+    client = chain_client()
+    parts = []
+    for raw, units in transfers[:limit]:
+        header = client.block(raw.block_number)
+        canonical = header is not None and header.hash.lower() == raw.block_hash.lower()
+        parts.append(
+            f"{units} from tx {raw.tx_hash} in block {raw.block_number}"
+            f"{'' if canonical else ' (not canonical)'}"
+        )
+    more = f" and {len(transfers) - limit} more" if len(transfers) > limit else ""
+    return "; ".join(parts) + more
 
 
 def check_orders_against_chain(
@@ -381,7 +427,9 @@ def check_chain_totals(
         result.add(
             "chain",
             "vault USDT",
-            f"balance {chain.vault_usdt} != transfers in {chain.usdt_in} - out {chain.usdt_out}",
+            f"balance {chain.vault_usdt} != transfers in {chain.usdt_in} - out {chain.usdt_out}"
+            f" ({chain.vault_usdt - chain.usdt_in + chain.usdt_out:+d}); transfers in no"
+            f" Deposit explains: {_transfers_described(chain.usdt_in_other) or 'none'}",
         )
     manual = manual_refunds_paid()
     expected_out = refunds + payouts + manual + chain.withdrawn

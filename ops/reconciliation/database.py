@@ -10,8 +10,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from chain.models import SettlementStatus, SettlementTx
-from core.models import AuditLog
 from orders.models import TERMINAL_STATUSES, Allocation, Order, OrderStatus, OrderType
+from orders.services import vanished_last_actions
 
 if TYPE_CHECKING:
     from ops.reconciliation import Reconciliation
@@ -36,15 +36,8 @@ def vanished_order_ids() -> set[int]:
     request is not on chain, so no USDT or tokens came in for them and nothing may be paid
     out; they are left out of the per-order conservation and of the vault's ledger. An order
     revived after that (`order.revived`: its request was mined again) counts as any."""
-    latest: dict[int, str] = {}
-    for order_id, action in (
-        AuditLog.objects.filter(action__in=("order.closed_vanished", "order.revived"))
-        .exclude(order_id=None)
-        .order_by("id")
-        .values_list("order_id", "action")
-    ):
-        latest[order_id] = action
-    return {pk for pk, action in latest.items() if action == "order.closed_vanished"}
+    latest = vanished_last_actions()
+    return {pk for pk, entry in latest.items() if entry.action == "order.closed_vanished"}
 
 
 def manual_refund(order: Order) -> int:

@@ -25,6 +25,7 @@ from orders.pipeline.common import settle_untraded
 from tests.fixtures.chain import (
     ALL_KEYS,
     OPERATOR_KEY,
+    ChainUser,
     deploy_contract_set,
     listener_config,
     point_settings_at,
@@ -40,48 +41,24 @@ SYMBOLS = ("AAPL", "TSLA", "NVDA")
 PER_USER = 5  # 25 deposits
 
 
-def signed_deposits(client, contracts, key):
-    """A user's deposits, signed once with consecutive nonces (so they can be re-mined)."""
-    address = address_of_key(key)
-    nonce = client.pending_nonce(address)
-    fees = client.fee_quote(min_priority_fee=10**9)
-    out = []
-    for k in range(PER_USER):
-        symbol = SYMBOLS[(k + len(out)) % len(SYMBOLS)]
-        amount = (100 + 37 * k + int(address[-4:], 16) % 50) * UNIT
-        out.append(
-            (
-                address,
-                symbol,
-                amount,
-                client.sign(
-                    private_key=key,
-                    contract="BroncoVault",
-                    address=contracts.vault,
-                    fn="deposit",
-                    args=(symbol_to_bytes32(symbol), amount),
-                    nonce=nonce + k,
-                    gas_limit=300_000,
-                    max_fee_per_gas=4 * fees.base_fee_per_gas + 10**10,
-                    max_priority_fee_per_gas=10**9,
-                    chain_id=contracts.chain_id,
-                ).raw,
-            )
-        )
-    return out
+def signed_deposits(node, contracts, key):
+    """A user's deposits, signed once with consecutive nonces (so they can be re-mined):
+    (address, symbol, USDT base units, raw transaction) each."""
+    user = ChainUser(node, contracts, key)
+    offset = int(user.address[-4:], 16) % 50
+    deposits = [
+        (SYMBOLS[2 * k % len(SYMBOLS)], (100 + 37 * k + offset) * UNIT) for k in range(PER_USER)
+    ]
+    raws = user.sign_deposits(deposits)
+    return [
+        (user.address, symbol, amount, raw)
+        for (symbol, amount), raw in zip(deposits, raws, strict=True)
+    ]
 
 
 def prepare(node, contracts):
-    client = node.client()
-    for key in USERS:
-        client.transact(
-            private_key=key,
-            contract="MockUSDT",
-            address=contracts.usdt,
-            fn="approve",
-            args=(contracts.vault, 2**256 - 1),
-        )
-    return {key: signed_deposits(client, contracts, key) for key in USERS}
+    """Every user's deposits, approved and signed (`signed_deposits`): key -> list."""
+    return {key: signed_deposits(node, contracts, key) for key in USERS}
 
 
 def mine_round_robin(client, plan, users, skip=frozenset()):
