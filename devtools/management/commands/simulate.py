@@ -162,7 +162,7 @@ def run_scenario(options: dict[str, Any], *, write: Any, flush: Any = None) -> d
         counts = driver.status_counts()
         events = _user_events() - events_before
         progress.show(sent=len(driver.state.sent), events=events, counts=counts, started=started)
-        if not sending and driver.finished():
+        if not sending and driver.finished(counts):
             finished = True
             break
         if time.monotonic() > deadline:
