@@ -390,6 +390,9 @@ def _figures(result: dict[str, Any], chaos: Chaos) -> dict[str, Any]:
         "alerts_opened": dict(alerts),
         "reconcile_ok": result["reconciliation"].get("ok"),
         "reconciliation": result["reconciliation"],
+        # What the load generator did not send (a user's redeem with no whole share to
+        # sell within its wait, a transaction that failed): the users', not Bronco's.
+        "not_sent": {"skipped": result["skipped"], "errors": result["errors"]},
     }
 
 
@@ -523,6 +526,9 @@ def main() -> int:
             ],
         )
     )
+    for kind, lines in figures["not_sent"].items():
+        for line in lines:
+            say(f"not sent ({kind}): {line}")
     if figures["refund_reasons"]:
         say("\nWhy the untraded orders ended as they did:")
         for reason, n in figures["refund_reasons"].items():
