@@ -12,7 +12,9 @@ back. The router imports a task's module when the sending process has not yet (a
 that sends `orders.tasks.*` by name), so a task can never silently land on the default queue.
 """
 
+import base64
 import importlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -118,3 +120,31 @@ def queue_depth(queue: str) -> int:
         except conn.channel_errors:
             conn.close()  # AMQP closes the channel on a failed passive declare: start afresh
             return 0
+
+
+def queued_tasks(queue: str, *, limit: int) -> list[tuple[str, list[Any], dict[str, Any]]] | None:
+    """The tasks waiting in `queue` on a Redis broker, oldest first, at most `limit` per
+    priority list: (task name, args, kwargs) each, read without taking them (LRANGE on
+    kombu's lists; a message that is not a JSON Celery task is left out). Tasks a worker
+    already holds are not there. None on another broker (RabbitMQ's queues cannot be read
+    without consuming them)."""
+    with current_app.pool.acquire(block=True) as conn:
+        if conn.transport.driver_type != "redis":
+            return None
+        channel = conn.default_channel
+        raw: list[bytes] = []
+        for priority in channel.priority_steps:
+            # kombu pushes on the left and pops on the right: the oldest is last.
+            raw += reversed(channel.client.lrange(channel._q_for_pri(queue, priority), -limit, -1))
+    out = []
+    for item in raw:
+        try:
+            message = json.loads(item)
+            body = message["body"]
+            if message["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args, kwargs, _embed = json.loads(body)
+            out.append((str(message["headers"]["task"]), list(args), dict(kwargs)))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out

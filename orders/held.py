@@ -14,7 +14,9 @@ renewal per batch of messages), so only a kill within milliseconds of a task's a
 costs the run its countdown plus a lease, as before.
 
 A task that waits in the broker (no worker holds it: a deep queue, or RabbitMQ's delayed
-delivery) keeps the lease its run set, which covers its countdown and queueing.
+delivery) keeps the lease its run set, which covers its countdown and queueing; on a Redis
+broker the scan also reads the queue and leaves a run whose task is still there
+(`orders.tasks._runs_queued`, `task_runs` here names a task's runs).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery.signals import task_received, worker_ready
@@ -54,6 +57,30 @@ def held_requests() -> tuple[list[Any], set[int]]:
     return [], set()
 
 
+def task_runs(
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    runs_into: dict[int, int],
+    cycles_into: set[int] | None = None,
+) -> None:
+    """Add the runs (order id -> generation) and cycle ids a task named `name` drives, as
+    it was sent (`args`, `kwargs`), to `runs_into` and `cycles_into`; nothing for other
+    tasks."""
+    if name in RUN_TASKS:
+        order_id, gen = (args[0] if args else kwargs.get("order_id")), kwargs.get("gen")
+        if order_id is not None and gen is not None:
+            runs_into[int(order_id)] = int(gen)
+    elif name in RUN_GROUP_TASKS:
+        for order_id, gen in args[0] if args else kwargs.get("runs_gens") or ():
+            runs_into[int(order_id)] = int(gen)
+    elif name in CYCLE_TASKS and cycles_into is not None:
+        cycle_id = args[0] if args else kwargs.get("cycle_id")
+        if cycle_id is not None:
+            cycles_into.add(int(cycle_id))
+
+
 def held_leases_renew() -> int:
     """Renew the leases of what this worker holds (`orders.runs.leases_renew`). Returns how
     many runs and cycles it vouched for."""
@@ -63,20 +90,14 @@ def held_leases_renew() -> int:
     working_cycles: set[int] = set()
     waiting_cycles: set[int] = set()
     for request in requests:
-        args, kwargs = request.args or (), request.kwargs or {}
         is_working = id(request) in working
-        if request.name in RUN_TASKS:
-            order_id, gen = (args[0] if args else kwargs.get("order_id")), kwargs.get("gen")
-            if order_id is not None and gen is not None:
-                (working_runs if is_working else waiting_runs)[int(order_id)] = int(gen)
-        elif request.name in RUN_GROUP_TASKS:
-            group = args[0] if args else kwargs.get("runs_gens") or ()
-            for order_id, gen in group:
-                (working_runs if is_working else waiting_runs)[int(order_id)] = int(gen)
-        elif request.name in CYCLE_TASKS:
-            cycle_id = args[0] if args else kwargs.get("cycle_id")
-            if cycle_id is not None:
-                (working_cycles if is_working else waiting_cycles).add(int(cycle_id))
+        task_runs(
+            request.name,
+            request.args or (),
+            request.kwargs or {},
+            runs_into=working_runs if is_working else waiting_runs,
+            cycles_into=working_cycles if is_working else waiting_cycles,
+        )
     runs.leases_renew(
         working_runs=working_runs,
         waiting_runs=waiting_runs,

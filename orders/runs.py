@@ -245,12 +245,15 @@ def runs_continue_many(*, gens: Mapping[int, int], nxt: Next, grouped: bool = Fa
 
 
 def runs_dead_claim(
-    *, limit: int = 500, stage: Stage | None = None
+    *, limit: int = 500, stage: Stage | None = None, queued: Mapping[int, int] | None = None
 ) -> Iterator[tuple[int, int, Next]]:
     """Claim open orders whose lease ran out (only those at `stage` when given, at most
     `limit`): each gets a new generation (and a fresh lease) in one conditional UPDATE, so two
     concurrent scans never claim the same order, and a run that renews its lease meanwhile is
-    not taken over. Yields (order id, new gen, stage)."""
+    not taken over. A run whose task still waits in the broker's queue (`queued`: order id ->
+    generation of the queued task) is not lost but late, and is left to it. Yields (order
+    id, new gen, stage)."""
+    queued = queued or {}
     now = timezone.now()
     statuses = [s for s, st in _STAGE_BY_STATUS.items() if stage in (None, st)]
     with transaction.atomic():
@@ -264,6 +267,8 @@ def runs_dead_claim(
         )
         claimed = []
         for pk, status, gen in rows:
+            if queued.get(pk) == gen:
+                continue
             taken = (
                 Order.objects.filter(pk=pk, run_gen=gen)
                 .filter(Q(run_lease_until__lt=now) | Q(run_lease_until__isnull=True))

@@ -328,3 +328,34 @@ def test_a_worker_holding_a_settle_group_vouches_for_each_of_its_runs():
     for order in (first, second):
         order.refresh_from_db()
         assert held - 2 < (order.run_lease_until - timezone.now()).total_seconds() <= held
+
+
+def test_a_run_whose_task_waits_in_its_queue_is_late_not_lost(settings):
+    """Under a load its workers cannot keep up with, a stage task waits in the broker's
+    queue longer than its run's lease. The scan leaves such a run to its queued task (a
+    re-drive would only send it to the back of the queue again) and re-drives it once the
+    task is gone."""
+    from orders.tasks import compensation_scan, order_validate, orders_settle_group
+
+    queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue.delete("default", "chain")  # what earlier tests left queued
+    runs.broker_lost_work()  # the epoch is known: this is no wipe
+    waiting_settle, lost_settle = OrderFactory.create_batch(2, status=OrderStatus.SETTLING)
+    waiting_validate = OrderFactory(status=OrderStatus.PENDING)
+    # A queued task of an older generation does not vouch for the current run.
+    superseded = OrderFactory(status=OrderStatus.SETTLING, run_gen=3)
+    orders_settle_group.apply_async(
+        args=[[[waiting_settle.pk, waiting_settle.run_gen], [superseded.pk, 2]]]
+    )
+    order_validate.apply_async(args=[waiting_validate.pk], kwargs={"gen": waiting_validate.run_gen})
+    _lease(waiting_settle, lost_settle, waiting_validate, superseded, seconds=-1)
+
+    assert compensation_scan() == 2
+    gens = dict(Order.objects.values_list("pk", "run_gen"))
+    assert gens[lost_settle.pk] == 1 and gens[superseded.pk] == 4
+    assert gens[waiting_settle.pk] == 0 and gens[waiting_validate.pk] == 0
+
+    queue.delete("default", "chain")  # the queued tasks are lost after all
+    assert compensation_scan() == 2
+    gens = dict(Order.objects.values_list("pk", "run_gen"))
+    assert gens[waiting_settle.pk] == 1 and gens[waiting_validate.pk] == 1
