@@ -253,7 +253,14 @@ def runs_dead_claim(
     not taken over. A run whose task still waits in the broker's queue (`queued`: order id ->
     generation of the queued task) is not lost but late, and is left to it. Yields (order
     id, new gen, stage)."""
-    queued = queued or {}
+    # Left out in the query, not after it: under a backlog the `limit` lowest expired ids
+    # are the queued ones, and a lost run behind them would never be reached.
+    by_gen: dict[int, list[int]] = {}
+    for order_id, queued_gen in (queued or {}).items():
+        by_gen.setdefault(queued_gen, []).append(order_id)
+    waiting = Q(pk__in=[])
+    for queued_gen, order_ids in by_gen.items():
+        waiting |= Q(run_gen=queued_gen, pk__in=order_ids)
     now = timezone.now()
     statuses = [s for s, st in _STAGE_BY_STATUS.items() if stage in (None, st)]
     with transaction.atomic():
@@ -261,14 +268,13 @@ def runs_dead_claim(
             Order.objects.filter(status__in=statuses)
             .filter(_RUN_DRIVEN)
             .filter(Q(run_lease_until__lt=now) | Q(run_lease_until__isnull=True))
+            .exclude(waiting)
             .order_by("pk")
             .select_for_update(skip_locked=True, of=("self",))
             .values_list("pk", "status", "run_gen")[:limit]
         )
         claimed = []
         for pk, status, gen in rows:
-            if queued.get(pk) == gen:
-                continue
             taken = (
                 Order.objects.filter(pk=pk, run_gen=gen)
                 .filter(Q(run_lease_until__lt=now) | Q(run_lease_until__isnull=True))

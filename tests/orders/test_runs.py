@@ -359,3 +359,16 @@ def test_a_run_whose_task_waits_in_its_queue_is_late_not_lost(settings):
     assert compensation_scan() == 2
     gens = dict(Order.objects.values_list("pk", "run_gen"))
     assert gens[waiting_settle.pk] == 1 and gens[waiting_validate.pk] == 1
+
+
+def test_runs_waiting_in_the_queue_never_hide_a_lost_one_behind_the_claim_limit():
+    """Under a backlog the lowest expired ids are the queued ones: a lost run behind them is
+    still claimed, whatever the limit."""
+    late = OrderFactory.create_batch(3, status=OrderStatus.SETTLING)
+    lost = OrderFactory(status=OrderStatus.SETTLING)
+    _lease(*late, lost, seconds=-1)
+    queued = {o.pk: o.run_gen for o in late}
+
+    claimed = list(runs.runs_dead_claim(limit=1, stage=Stage.SETTLE, queued=queued))
+
+    assert [pk for pk, _, _ in claimed] == [lost.pk]
