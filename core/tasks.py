@@ -127,7 +127,9 @@ def queued_tasks(queue: str, *, limit: int) -> list[tuple[str, list[Any], dict[s
     priority list: (task name, args, kwargs) each, read without taking them (LRANGE on
     kombu's lists; a message that is not a JSON Celery task is left out). Tasks a worker
     already holds are not there. None on another broker (RabbitMQ's queues cannot be read
-    without consuming them)."""
+    without consuming them). Reads kombu's own key names (`_q_for_pri`), without a
+    `global_keyprefix` transport option (Bronco sets none; with one this finds nothing, and
+    the scan falls back on leases alone)."""
     with current_app.pool.acquire(block=True) as conn:
         if conn.transport.driver_type != "redis":
             return None
@@ -141,10 +143,10 @@ def queued_tasks(queue: str, *, limit: int) -> list[tuple[str, list[Any], dict[s
         try:
             message = json.loads(item)
             body = message["body"]
-            if message["properties"].get("body_encoding") == "base64":
+            if (message.get("properties") or {}).get("body_encoding") == "base64":
                 body = base64.b64decode(body)
             args, kwargs, _embed = json.loads(body)
             out.append((str(message["headers"]["task"]), list(args), dict(kwargs)))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return out

@@ -285,6 +285,19 @@ def runs_dead_claim(
     yield from claimed
 
 
+def runs_overdue(runs_gens: Mapping[int, int]) -> list[int]:
+    """Of `runs_gens` (order id -> generation), the open orders still at that generation
+    whose lease ran out: runs whose task is late."""
+    if not runs_gens:
+        return []
+    now = timezone.now()
+    return list(
+        Order.objects.filter(_live(runs_gens), status__in=[s.value for s in OPEN_STATUSES])
+        .filter(Q(run_lease_until__lt=now) | Q(run_lease_until__isnull=True))
+        .values_list("pk", flat=True)
+    )
+
+
 # --- heartbeat: a run (or cycle step) that is working keeps its lease ----------------------
 
 _beat_lock = threading.Lock()

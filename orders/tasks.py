@@ -171,6 +171,13 @@ def compensation_scan() -> int:
         if room <= 0:
             continue
         queued = _runs_queued(task.bronco_queue, depth=depth)
+        if stage == Stage.VALIDATE and queued:
+            # Late, not lost, but its wait is Bronco's, not the user's: the deadline's grace
+            # as for a re-drive (settling orders have no deadline left to count).
+            runs.orders_deadline_extend(
+                order_ids=runs.runs_overdue(queued),
+                reason="its task waited in the queue past its lease",
+            )
         gens = {
             pk: gen for pk, gen, _ in runs.runs_dead_claim(stage=stage, limit=room, queued=queued)
         }
@@ -200,7 +207,10 @@ def _runs_queued(queue: str, *, depth: int) -> dict[int, int]:
         return {}
     found: dict[int, int] = {}
     for name, args, kwargs in queued_tasks(queue, limit=depth) or ():
-        held.task_runs(name, args, kwargs, runs_into=found)
+        try:
+            held.task_runs(name, args, kwargs, runs_into=found)
+        except (ValueError, TypeError, AttributeError):
+            continue  # not a task Bronco sent as it sends them: it vouches for nothing
     return found
 
 

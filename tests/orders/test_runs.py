@@ -349,11 +349,21 @@ def test_a_run_whose_task_waits_in_its_queue_is_late_not_lost(settings):
     )
     order_validate.apply_async(args=[waiting_validate.pk], kwargs={"gen": waiting_validate.run_gen})
     _lease(waiting_settle, lost_settle, waiting_validate, superseded, seconds=-1)
+    Order.objects.filter(pk=waiting_validate.pk).update(
+        deadline=timezone.now() + timezone.timedelta(seconds=5)
+    )
 
     assert compensation_scan() == 2
     gens = dict(Order.objects.values_list("pk", "run_gen"))
     assert gens[lost_settle.pk] == 1 and gens[superseded.pk] == 4
     assert gens[waiting_settle.pk] == 0 and gens[waiting_validate.pk] == 0
+    # Its wait is Bronco's: the late order's deadline gets the fault's grace all the same.
+    waiting_validate.refresh_from_db()
+    left = (waiting_validate.deadline - timezone.now()).total_seconds()
+    assert left > settings.ORDER_FAULT_DEADLINE_GRACE_SECONDS - 5
+    assert AuditLog.objects.filter(
+        order_id=waiting_validate.pk, action="order.deadline_extended"
+    ).exists()
 
     queue.delete("default", "chain")  # the queued tasks are lost after all
     assert compensation_scan() == 2
@@ -372,3 +382,24 @@ def test_runs_waiting_in_the_queue_never_hide_a_lost_one_behind_the_claim_limit(
     claimed = list(runs.runs_dead_claim(limit=1, stage=Stage.SETTLE, queued=queued))
 
     assert [pk for pk, _, _ in claimed] == [lost.pk]
+
+
+def test_a_malformed_message_in_a_stage_queue_never_stops_the_scan(settings):
+    """What the scan reads of the queue only ever spares runs: a message it cannot read
+    (not JSON, no properties, arguments that are no ids) is left out, and lost runs are
+    re-driven all the same."""
+    from orders.tasks import compensation_scan, order_validate
+
+    queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue.delete("default", "chain")
+    runs.broker_lost_work()
+    lost = OrderFactory(status=OrderStatus.PENDING)
+    order_validate.apply_async(args=["not-an-id"], kwargs={"gen": 0})
+    order_validate.apply_async(args=[{"order": lost.pk}], kwargs={"gen": 0})
+    queue.lpush("default", b"not json", json.dumps({"body": "", "properties": None}))
+    _lease(lost, seconds=-1)
+
+    assert compensation_scan() == 1
+    lost.refresh_from_db()
+    assert lost.run_gen == 1
+    queue.delete("default")
