@@ -403,7 +403,12 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--rate", type=float, default=2.0, help="offered deposits per second")
     parser.add_argument("--fault-interval", type=float, default=20.0)
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help="comma-separated, injected in the order given (default: all, in this order): "
+        + ", ".join(FAULTS),
+    )
     parser.add_argument("--rate-window", type=float, default=30.0)
     parser.add_argument("--deadline", type=int, default=300, help="ORDER_DEADLINE_SECONDS")
     parser.add_argument("--timeout", type=float, default=1800.0)
@@ -412,6 +417,8 @@ def main() -> int:
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
     unknown = set(faults) - set(FAULTS)
+    if not faults:
+        parser.error(f"--faults names no fault; known: {', '.join(FAULTS)}")
     if unknown:
         parser.error(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
 
