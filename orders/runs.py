@@ -211,9 +211,14 @@ def settle_groups_enqueue(*, gens: Mapping[int, int], countdown: float = 0.0) ->
 
 
 def _live(gens: Mapping[int, int]) -> Q:
-    alive = Q(pk__in=[])
+    """Orders still at the given generation (order id -> gen): one `pk IN` per distinct
+    generation, not one condition per order (a batch's runs mostly share a few)."""
+    by_gen: dict[int, list[int]] = {}
     for order_id, gen in gens.items():
-        alive |= Q(pk=order_id, run_gen=gen)
+        by_gen.setdefault(gen, []).append(order_id)
+    alive = Q(pk__in=[])
+    for gen, order_ids in by_gen.items():
+        alive |= Q(run_gen=gen, pk__in=order_ids)
     return alive
 
 
@@ -255,12 +260,7 @@ def runs_dead_claim(
     id, new gen, stage)."""
     # Left out in the query, not after it: under a backlog the `limit` lowest expired ids
     # are the queued ones, and a lost run behind them would never be reached.
-    by_gen: dict[int, list[int]] = {}
-    for order_id, queued_gen in (queued or {}).items():
-        by_gen.setdefault(queued_gen, []).append(order_id)
-    waiting = Q(pk__in=[])
-    for queued_gen, order_ids in by_gen.items():
-        waiting |= Q(run_gen=queued_gen, pk__in=order_ids)
+    waiting = _live(queued or {})
     now = timezone.now()
     statuses = [s for s, st in _STAGE_BY_STATUS.items() if stage in (None, st)]
     with transaction.atomic():
