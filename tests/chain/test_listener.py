@@ -56,8 +56,9 @@ def test_each_vault_event_becomes_exactly_one_chain_event(
         )
         red = user.redeem("AAPL", 4 * 10**17)
         txs = [d1.tx_hash, d2.tx_hash, cancel.tx_hash, red.tx_hash]
-        wait_for(lambda: len(events_for(txs)) == 4)
-        assert listener.stats.lag <= 1
+        # The listener counts a batch after its transaction commits: the rows can be seen
+        # a moment before the stats move, so the wait covers both.
+        wait_for(lambda: len(events_for(txs)) == 4 and listener.stats.lag <= 1)
 
     names = sorted(e.name for e in events_for(txs))
     assert names == ["CancelRequested", "Deposit", "Deposit", "Redeem"]
@@ -91,8 +92,7 @@ def test_overlapping_subscription_and_backfill_make_no_duplicate(
         # Replay: move the checkpoint back, as a crashed batch or a second listener would.
         ChainCursor.objects.filter(address=config.vault).update(block_number=config.start_block - 1)
         last = user.deposit("NVDA", 3 * 10**6)
-        wait_for(lambda: len(events_for([last.tx_hash])) == 1)
-        assert listener.stats.duplicates >= 14
+        wait_for(lambda: len(events_for([last.tx_hash])) == 1 and listener.stats.duplicates >= 14)
     all_txs = before + during + [last.tx_hash]
     assert len(events_for(all_txs)) == 15
     assert Order.objects.filter(chain_tx_hash__in=all_txs).count() == 15
@@ -219,8 +219,12 @@ def test_a_confirmed_event_that_vanishes_raises_an_alert_and_is_not_undone(
         wait_for(lambda: len(events_for([confirmed.tx_hash])) == 1)
         node.rpc("evm_revert", [snapshot])
         node.rpc("anvil_mine", [hex(3)])
-        wait_for(lambda: Alert.objects.filter(key__startswith="chain.").exists())
-        assert listener.stats.alerts >= 1
+        wait_for(
+            lambda: (
+                Alert.objects.filter(key__startswith="chain.").exists()
+                and listener.stats.alerts >= 1
+            )
+        )
     assert Alert.objects.filter(
         key__in=["chain.deep_reorg", "chain.confirmed_event_removed"]
     ).exists()
@@ -267,6 +271,8 @@ def test_foreign_and_malformed_logs_are_quarantined_and_the_listener_carries_on(
         unknown_cancel = user.request_cancel(user.deposit_id(early))
         good = user.deposit("AAPL", 2 * 10**6)
         wait_for(lambda: len(events_for([good.tx_hash])) == 1)
+        # Stats move after the batch's commit, a moment after its rows can be read.
+        wait_for(lambda: listener.stats.quarantined >= 4)
         assert listener.stats.quarantined == 4
 
     reasons = sorted(QuarantinedLog.objects.values_list("reason", flat=True))
