@@ -15,6 +15,7 @@ from django.db.models import F, Model
 from django.utils import timezone
 
 from core.audit import AuditEntry, audit_record, audit_record_many
+from core.bulk import bulk_update_values
 from orders.exceptions import IllegalTransition, StaleOrderVersion
 from orders.models import TERMINAL_STATUSES, Order, OrderStatus
 
@@ -58,6 +59,21 @@ _MUTABLE_FIELDS = frozenset(
 )
 
 
+# A foreign key's audit value is the related row's pk: read from its column (`cycle_id`),
+# since reading the attribute fetches the related row, one query per order of a cycle.
+_FK_COLUMNS = {f.name: f.attname for f in Order._meta.concrete_fields if f.is_relation}
+
+
+def _before(order: Order, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The audit entry's `before`: status, version and the current value of each field
+    `changes` sets (a foreign key as its pk, without loading the related row)."""
+    before = {"status": order.status, "version": order.version}
+    for name in changes:
+        column = _FK_COLUMNS.get(name)
+        before[name] = getattr(order, column) if column else _jsonable(getattr(order, name))
+    return before
+
+
 def is_allowed(from_status: str, to_status: str, action: str = "") -> bool:
     if to_status in TRANSITIONS.get(from_status, frozenset()):
         return True
@@ -95,8 +111,7 @@ def _apply(
     values: dict[str, Any] = dict(changes)
     if to_status is not None:
         values["status"] = to_status
-    before = {"status": order.status, "version": order.version}
-    before.update({k: _jsonable(getattr(order, k)) for k in changes})
+    before = _before(order, changes)
 
     with transaction.atomic():
         updated = Order.objects.filter(
@@ -159,8 +174,7 @@ def orders_transition_many(
     groups = _same_moves(moves)
     for order, to_status, changes in moves:
         to_status = to_status or order.status
-        before = {"status": order.status, "version": order.version}
-        before.update({k: _jsonable(getattr(order, k)) for k in changes})
+        before = _before(order, changes)
         for key, value in changes.items():
             setattr(order, key, value)
         order.status = to_status
@@ -174,7 +188,7 @@ def orders_transition_many(
         )
     with transaction.atomic():
         if groups is None:
-            Order.objects.bulk_update([o for o, _, _ in moves], sorted(fields), batch_size=500)
+            bulk_update_values(Order, [o for o, _, _ in moves], sorted(fields))
         else:
             # Moves that set the same values (a settlement batch: SETTLING -> its outcome)
             # are one plain UPDATE each, conditional on the status they leave.
@@ -226,8 +240,7 @@ def orders_record_many(
     now = timezone.now()
     entries = []
     for order in orders:
-        before = {"status": order.status, "version": order.version}
-        before.update({k: _jsonable(getattr(order, k)) for k in changes})
+        before = _before(order, changes)
         for key, value in changes.items():
             setattr(order, key, value)
         order.version += 1
@@ -238,8 +251,6 @@ def orders_record_many(
             AuditEntry(actor=actor, action=action, order_id=order.pk, before=before, after=after)
         )
     with transaction.atomic():
-        Order.objects.bulk_update(
-            list(orders), sorted({"version", "updated_at", *changes}), batch_size=500
-        )
+        bulk_update_values(Order, list(orders), sorted({"version", "updated_at", *changes}))
         audit_record_many(entries)
     return list(orders)

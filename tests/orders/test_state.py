@@ -197,3 +197,74 @@ def test_many_records_at_once_change_fields_without_moving_and_never_a_terminal_
     ] * 2
     done.refresh_from_db()
     assert done.settlement_tx_hash == ""
+
+
+@pytest.mark.django_db
+def test_many_moves_write_each_orders_own_values_and_audit_a_foreign_key_by_its_pk(
+    django_assert_max_num_queries,
+):
+    """A cycle's allocation moves hundreds of orders with values of their own: written in
+    one UPDATE per page (`core.bulk.bulk_update_values`), each order its own Decimal,
+    nullable and foreign-key values; the audit's `before` names the cycle by its pk,
+    read without loading the cycle (that was one query per order)."""
+    from decimal import Decimal
+
+    from django.db import transaction
+
+    from orders.models import Cycle, CycleStatus
+    from orders.state import orders_transition_many
+
+    cycle = Cycle.objects.create(
+        symbol="AAPL",
+        stock_code="US.AAPL",
+        status=CycleStatus.PLACED,
+        quote_price=Decimal(100),
+        ccy_per_usdt=Decimal(1),
+        lot_size=1,
+        fee_rate=Decimal(0),
+    )
+    made = [OrderFactory(status=S.EXECUTING) for _ in range(40)]
+    Order.objects.filter(pk__in=[o.pk for o in made]).update(cycle=cycle)
+    with transaction.atomic():
+        locked = list(
+            Order.objects.select_for_update().filter(pk__in=[o.pk for o in made]).order_by("pk")
+        )
+        moves = [
+            (
+                order,
+                S.SETTLING if i % 2 else S.PENDING,
+                {
+                    "cycle": None,
+                    "cost_usdt": 1000 + i,
+                    "filled_qty": Decimal("0.1234565") + i,  # numeric(24, 6): rounded there
+                    "avg_fill_price": None if i % 3 == 0 else Decimal("180.25"),
+                    "last_error": f"note {i}\ttab",
+                },
+            )
+            for i, order in enumerate(locked)
+        ]
+        with django_assert_max_num_queries(8):
+            orders_transition_many(moves=moves, actor="t", action="order.finalized")
+    for i, order in enumerate(Order.objects.filter(pk__in=[o.pk for o in made]).order_by("pk")):
+        assert order.status == (S.SETTLING if i % 2 else S.PENDING)
+        assert (order.version, order.cycle_id, int(order.cost_usdt)) == (1, None, 1000 + i)
+        assert order.filled_qty == Decimal("0.123457") + i  # PostgreSQL's rounding, as a save
+        assert order.avg_fill_price == (None if i % 3 == 0 else Decimal("180.25"))
+        assert order.last_error == f"note {i}\ttab"
+    entry = AuditLog.objects.filter(action="order.finalized", order_id=made[0].pk).get()
+    assert entry.before["cycle"] == cycle.pk and entry.after["cycle"] is None
+
+
+@pytest.mark.django_db
+def test_bulk_update_values_refuses_what_is_not_a_column_it_writes():
+    from core.bulk import bulk_update_values
+
+    order = OrderFactory()
+    with pytest.raises(ValueError, match="id"):
+        bulk_update_values(Order, [order], ["id"])
+    with pytest.raises(ValueError, match="allocations"):
+        bulk_update_values(Order, [order], ["allocations"])
+    assert bulk_update_values(Order, [], ["status"]) == 0
+    order.last_error = "x"
+    assert bulk_update_values(Order, [order], ["last_error"]) == 1
+    assert Order.objects.get(pk=order.pk).last_error == "x"
