@@ -224,7 +224,13 @@ def cycle_kick(symbol: str) -> bool:
     """Enqueue a cycle_open of `symbol` at its place slot (`orders.netting.slots`: cycles of
     all symbols take turns at Futu's place budget, the first to ask first) unless one is
     already queued (one per symbol at a time, through a Redis key that expires if its task
-    is lost). True when enqueued."""
+    is lost) or a cycle of the symbol is in flight: that cycle kicks the next when it ends
+    (`_cycle_follow`), and the scheduler's beat re-drives a symbol left waiting. A kick per
+    booked order during a cycle used to reserve a place slot each (slots every other symbol
+    then waited behind) and open a cycle that waited on the one in flight. True when
+    enqueued."""
+    if cycles.cycle_in_flight(symbol):
+        return False
     client = _redis()
     key = _CYCLE_OPEN_KEY.format(symbol)
     if not client.set(key, 1, nx=True, ex=_CYCLE_OPEN_TTL):

@@ -145,11 +145,16 @@ def symbols_waiting() -> list[str]:
     return list(seen)
 
 
+def cycle_in_flight(symbol: str) -> bool:
+    """Has `symbol` a cycle not yet allocated (at most one: `cycle_one_in_flight_per_symbol`)?"""
+    return Cycle.objects.filter(symbol=symbol).exclude(status=CycleStatus.ALLOCATED).exists()
+
+
 def book_has_newcomers(symbol: str) -> bool:
     """True when `symbol` has no cycle in flight and orders in its book that wait for
     nothing (no closed market, no price bound): orders that joined the book while the last
     cycle was open, for the next cycle now rather than at the next beat."""
-    if Cycle.objects.filter(symbol=symbol).exclude(status=CycleStatus.ALLOCATED).exists():
+    if cycle_in_flight(symbol):
         return False
     return book(symbol).filter(waiting_for=Waiting.NOTHING).exists()
 
@@ -288,6 +293,10 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     _leave_book(symbol, by_deadline=False)
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
+        return None
+    if cycle_in_flight(symbol):
+        # Its end kicks the next cycle. Going on would spend a quote, then wait on the
+        # inventory row while that cycle allocates, holding a broker worker.
         return None
     closed_state, skips_generation = market_wait.market_closed_look(code)
     if closed_state is not None:

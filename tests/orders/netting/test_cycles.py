@@ -432,3 +432,41 @@ def test_orders_that_joined_during_a_cycle_get_the_next_one_without_a_beat(
     Order.objects.filter(symbol="AAPL", cycle__isnull=True).update(waiting_for="market")
     tasks.cycle_open("AAPL")
     assert kicks == ["AAPL"]
+
+
+def test_a_symbol_with_a_cycle_in_flight_is_not_kicked_and_its_open_waits_on_nothing(
+    fake_broker, monkeypatch
+):
+    """While a cycle of a symbol is in flight, a kick (one per booked order) neither
+    reserves a place slot nor enqueues a cycle_open: the cycle's end kicks the next. A
+    cycle_open that finds one in flight anyway returns at once, without a quote and without
+    the inventory row (which the allocating cycle holds)."""
+    import redis as redis_lib
+    from django.conf import settings as django_settings
+
+    from orders import tasks
+    from orders.netting.slots import SLOT_KEY
+
+    client = redis_lib.Redis.from_url(django_settings.REDIS_URL)
+    client.delete(SLOT_KEY)
+    sent: list[str] = []
+    monkeypatch.setattr(tasks.cycle_open, "apply_async", lambda args, **kw: sent.append(args[0]))
+    _deposit(500)
+    nxt = cycles.cycle_open(symbol="AAPL")
+    assert nxt is not None and nxt.step == "place"
+    _deposit(300)  # booked while the cycle is in flight
+    assert tasks.cycle_kick("AAPL") is False
+    assert sent == [] and client.get(SLOT_KEY) is None  # no slot spent, nothing queued
+
+    quotes = len(fake_broker.calls_to("quote"))
+    assert cycles.cycle_open(symbol="AAPL") is None
+    assert len(fake_broker.calls_to("quote")) == quotes
+    assert Cycle.objects.filter(symbol="AAPL").count() == 1
+
+    # Once it is allocated, the next kick goes through and takes its slot.
+    cycles.cycle_place(cycle_id=nxt.cycle_id)
+    cycle = Cycle.objects.get(pk=nxt.cycle_id)
+    fake_broker.fill(cycle.futu_order_id)
+    assert cycles.cycle_poll(cycle_id=cycle.pk) is None
+    assert tasks.cycle_kick("AAPL") is True
+    assert sent == ["AAPL"] and client.get(SLOT_KEY) is not None
