@@ -22,9 +22,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.utils import timezone
-from psycopg2.extras import execute_values
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -224,12 +223,13 @@ def bulk_update_values(
     """Write `fields` (field names; a foreign key by its name, `cycle`) of the saved
     instances `objs` as they are in memory: one `UPDATE table SET f = v.f ... FROM (VALUES
     (pk, f, ...), ...) AS v WHERE table.pk = v.pk` per UPDATE_PAGE_ROWS objects, each value
-    cast to its column's type. What `QuerySet.bulk_update` writes, without its CASE WHEN per
-    field per object (building those expressions was a third of a netting cycle's time at
-    1,000 orders). Values go through each field's `get_db_prep_save`, as a save would.
-    Runs in the caller's transaction; database errors arrive as Django's. Returns the rows
-    updated (an object whose row is gone counts none). Raises ValueError for a field that
-    is not a concrete column other than the primary key."""
+    a bound parameter cast to its column's type. What `QuerySet.bulk_update` writes, without
+    its CASE WHEN per field per object (building those expressions was a third of a netting
+    cycle's time at 1,000 orders). Values go through each field's `get_db_prep_save`, and
+    related objects are checked as a save checks them (ValueError for an unsaved one). All
+    pages commit or roll back together, in the caller's transaction if there is one.
+    Returns the rows updated (an object whose row is gone counts none). Raises ValueError
+    for a field that is not a concrete column other than the primary key."""
     if not objs:
         return 0
     meta = model._meta
@@ -241,24 +241,28 @@ def bulk_update_values(
             )
     if not targets:
         return 0
+    for obj in objs:
+        obj._prepare_related_fields_for_save(operation_name="bulk_update_values", fields=targets)
     columns = [meta.pk, *targets]
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
+    pk = quote(meta.pk.column)
     names = ", ".join(quote(f.column) for f in columns)
     sets = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in targets)
-    sql = (
-        f"UPDATE {table} SET {sets} FROM (VALUES %s) AS v ({names}) "
-        f"WHERE {table}.{quote(meta.pk.column)} = v.{quote(meta.pk.column)}"
-    )
-    template = "(" + ", ".join(f"%s::{f.db_type(connection)}" for f in columns) + ")"
-    rows = [
-        tuple(f.get_db_prep_save(getattr(obj, f.attname), connection) for f in columns)
-        for obj in objs
-    ]
+    row = "(" + ", ".join(f"%s::{f.db_type(connection)}" for f in columns) + ")"
     updated = 0
-    with connection.cursor() as cursor, connection.wrap_database_errors:
-        for start in range(0, len(rows), UPDATE_PAGE_ROWS):
-            page = rows[start : start + UPDATE_PAGE_ROWS]
-            execute_values(cursor.cursor, sql, page, template=template, page_size=len(page))
-            updated += cursor.cursor.rowcount
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        for start in range(0, len(objs), UPDATE_PAGE_ROWS):
+            page = objs[start : start + UPDATE_PAGE_ROWS]
+            params = [
+                f.get_db_prep_save(getattr(obj, f.attname), connection)
+                for obj in page
+                for f in columns
+            ]
+            cursor.execute(
+                f"UPDATE {table} SET {sets} FROM (VALUES {', '.join([row] * len(page))}) "
+                f"AS v ({names}) WHERE {table}.{pk} = v.{pk}",
+                params,
+            )
+            updated += cursor.rowcount
     return updated

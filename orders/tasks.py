@@ -224,12 +224,13 @@ def cycle_kick(symbol: str) -> bool:
     """Enqueue a cycle_open of `symbol` at its place slot (`orders.netting.slots`: cycles of
     all symbols take turns at Futu's place budget, the first to ask first) unless one is
     already queued (one per symbol at a time, through a Redis key that expires if its task
-    is lost) or a cycle of the symbol is in flight: that cycle kicks the next when it ends
-    (`_cycle_follow`), and the scheduler's beat re-drives a symbol left waiting. A kick per
-    booked order during a cycle used to reserve a place slot each (slots every other symbol
-    then waited behind) and open a cycle that waited on the one in flight. True when
-    enqueued."""
-    if cycles.cycle_in_flight(symbol):
+    is lost) or a cycle of the symbol is in flight and no order has to leave its book (a
+    cancel, an expiry, a deadline: those leave at once, `cycles.book_has_leavers`). The
+    cycle in flight kicks the next when it ends (`_cycle_follow`), and the scheduler's beat
+    re-drives a symbol left waiting. A kick per booked order during a cycle used to reserve
+    a place slot each (slots every other symbol then waited behind) and open a cycle that
+    waited on the one in flight. True when enqueued."""
+    if cycles.cycle_in_flight(symbol) and not cycles.book_has_leavers(symbol):
         return False
     client = _redis()
     key = _CYCLE_OPEN_KEY.format(symbol)
@@ -326,6 +327,8 @@ def cycles_schedule() -> int:
         )
     for nxt in stalled:
         _cycle_follow(nxt)
+    for symbol in cycles.symbols_in_flight_with_leavers():
+        cycle_kick(symbol)  # its cancelled and late orders leave now, not after the cycle
     return sum(cycle_kick(symbol) for symbol in cycles.symbols_waiting())
 
 

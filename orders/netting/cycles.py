@@ -150,6 +150,21 @@ def cycle_in_flight(symbol: str) -> bool:
     return Cycle.objects.filter(symbol=symbol).exclude(status=CycleStatus.ALLOCATED).exists()
 
 
+def book_has_leavers(symbol: str) -> bool:
+    """Has the book of `symbol` orders that leave it at the next cycle_open: cancelled,
+    expired, or past their deadline (`waiting.leaving_book`)? A cycle in flight does not
+    hold them back."""
+    return book(symbol).filter(waiting.leaving_book(timezone.now(), by_deadline=True)).exists()
+
+
+def symbols_in_flight_with_leavers() -> list[str]:
+    """Symbols with a cycle in flight and orders that leave the book (`book_has_leavers`):
+    the scheduler's beat opens for them, which takes those orders out and then finds the
+    cycle in flight (`symbols_waiting` leaves such symbols out)."""
+    in_flight = Cycle.objects.exclude(status=CycleStatus.ALLOCATED).values_list("symbol", flat=True)
+    return [symbol for symbol in in_flight if book_has_leavers(symbol)]
+
+
 def book_has_newcomers(symbol: str) -> bool:
     """True when `symbol` has no cycle in flight and orders in its book that wait for
     nothing (no closed market, no price bound): orders that joined the book while the last
@@ -294,7 +309,8 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
         return None
-    if cycle_in_flight(symbol):
+    in_flight = cycle_in_flight(symbol)
+    if in_flight and not book_has_leavers(symbol):
         # Its end kicks the next cycle. Going on would spend a quote, then wait on the
         # inventory row while that cycle allocates, holding a broker worker.
         return None
@@ -318,6 +334,8 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
             market_wait.market_closed_note(code, quote.market_state, generation=skips_generation)
         return None
     _leave_book(symbol)
+    if in_flight:
+        return None  # those past their deadline have left; the cycle's end kicks the next
     fees = fee_schedule()
     rate = pricing.fx_rate(code)
     quoted = Pricing(quote.price, rate)

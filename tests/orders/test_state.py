@@ -201,7 +201,7 @@ def test_many_records_at_once_change_fields_without_moving_and_never_a_terminal_
 
 @pytest.mark.django_db
 def test_many_moves_write_each_orders_own_values_and_audit_a_foreign_key_by_its_pk(
-    django_assert_max_num_queries,
+    django_assert_max_num_queries, monkeypatch
 ):
     """A cycle's allocation moves hundreds of orders with values of their own: written in
     one UPDATE per page (`core.bulk.bulk_update_values`), each order its own Decimal,
@@ -209,10 +209,14 @@ def test_many_moves_write_each_orders_own_values_and_audit_a_foreign_key_by_its_
     read without loading the cycle (that was one query per order)."""
     from decimal import Decimal
 
-    from django.db import transaction
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
 
+    from core import bulk
     from orders.models import Cycle, CycleStatus
     from orders.state import orders_transition_many
+
+    monkeypatch.setattr(bulk, "UPDATE_PAGE_ROWS", 7)  # 40 orders: six pages
 
     cycle = Cycle.objects.create(
         symbol="AAPL",
@@ -243,8 +247,10 @@ def test_many_moves_write_each_orders_own_values_and_audit_a_foreign_key_by_its_
             )
             for i, order in enumerate(locked)
         ]
-        with django_assert_max_num_queries(8):
+        with django_assert_max_num_queries(14), CaptureQueriesContext(connection) as seen:
             orders_transition_many(moves=moves, actor="t", action="order.finalized")
+    updates = [q["sql"] for q in seen.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 6  # one per page of 7, not one per order
     for i, order in enumerate(Order.objects.filter(pk__in=[o.pk for o in made]).order_by("pk")):
         assert order.status == (S.SETTLING if i % 2 else S.PENDING)
         assert (order.version, order.cycle_id, int(order.cost_usdt)) == (1, None, 1000 + i)
@@ -268,3 +274,28 @@ def test_bulk_update_values_refuses_what_is_not_a_column_it_writes():
     order.last_error = "x"
     assert bulk_update_values(Order, [order], ["last_error"]) == 1
     assert Order.objects.get(pk=order.pk).last_error == "x"
+    # A related object that was never saved is refused, as a save refuses it (not NULL).
+    from decimal import Decimal
+
+    from orders.models import Cycle
+
+    order.cycle = Cycle(symbol="AAPL", stock_code="US.AAPL", quote_price=Decimal(1))
+    with pytest.raises(ValueError, match="unsaved"):
+        bulk_update_values(Order, [order], ["cycle"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_update_values_pages_commit_together_or_not_at_all(monkeypatch):
+    """Outside a transaction too: a page that fails rolls back the pages before it."""
+    from django.db import IntegrityError
+
+    from core import bulk
+
+    monkeypatch.setattr(bulk, "UPDATE_PAGE_ROWS", 2)
+    orders = [OrderFactory() for _ in range(4)]
+    for order in orders:
+        order.last_error = "changed"
+    orders[3].status = "NOT_A_STATUS"  # the CHECK constraint refuses the second page
+    with pytest.raises(IntegrityError):
+        bulk.bulk_update_values(Order, orders, ["last_error", "status"])
+    assert set(Order.objects.values_list("last_error", flat=True)) == {""}

@@ -439,8 +439,9 @@ def test_a_symbol_with_a_cycle_in_flight_is_not_kicked_and_its_open_waits_on_not
 ):
     """While a cycle of a symbol is in flight, a kick (one per booked order) neither
     reserves a place slot nor enqueues a cycle_open: the cycle's end kicks the next. A
-    cycle_open that finds one in flight anyway returns at once, without a quote and without
-    the inventory row (which the allocating cycle holds)."""
+    cycle_open that finds one in flight anyway returns at once, without a quote. An order
+    that has to leave the book (here a cancel) is not held back by the cycle: the kick goes
+    through, and the open takes it out and stops there."""
     import redis as redis_lib
     from django.conf import settings as django_settings
 
@@ -448,13 +449,13 @@ def test_a_symbol_with_a_cycle_in_flight_is_not_kicked_and_its_open_waits_on_not
     from orders.netting.slots import SLOT_KEY
 
     client = redis_lib.Redis.from_url(django_settings.REDIS_URL)
-    client.delete(SLOT_KEY)
+    client.delete(SLOT_KEY, "bronco:cycle-open:AAPL")
     sent: list[str] = []
     monkeypatch.setattr(tasks.cycle_open, "apply_async", lambda args, **kw: sent.append(args[0]))
     _deposit(500)
     nxt = cycles.cycle_open(symbol="AAPL")
     assert nxt is not None and nxt.step == "place"
-    _deposit(300)  # booked while the cycle is in flight
+    late = _deposit(300)  # booked while the cycle is in flight
     assert tasks.cycle_kick("AAPL") is False
     assert sent == [] and client.get(SLOT_KEY) is None  # no slot spent, nothing queued
 
@@ -463,10 +464,40 @@ def test_a_symbol_with_a_cycle_in_flight_is_not_kicked_and_its_open_waits_on_not
     assert len(fake_broker.calls_to("quote")) == quotes
     assert Cycle.objects.filter(symbol="AAPL").count() == 1
 
-    # Once it is allocated, the next kick goes through and takes its slot.
-    cycles.cycle_place(cycle_id=nxt.cycle_id)
-    cycle = Cycle.objects.get(pk=nxt.cycle_id)
-    fake_broker.fill(cycle.futu_order_id)
-    assert cycles.cycle_poll(cycle_id=cycle.pk) is None
+    # A cancel in the book during the cycle: kicked at once, and the open takes it out.
+    cancelled = _deposit(200)
+    assert cycles.symbols_in_flight_with_leavers() == []
+    Order.objects.filter(pk=cancelled.pk).update(cancel_requested_at=timezone.now())
+    assert cycles.symbols_in_flight_with_leavers() == ["AAPL"]  # the beat kicks it too
+    assert tasks.cycle_kick("AAPL") is True and sent == ["AAPL"]
+    client.delete("bronco:cycle-open:AAPL")
+    assert cycles.cycle_open(symbol="AAPL") is None
+    cancelled.refresh_from_db()
+    assert cancelled.status == OrderStatus.SETTLING and cancelled.refund_usdt == 200 * USDT
+    assert Cycle.objects.filter(symbol="AAPL").count() == 1  # and no second cycle
+    assert tasks.cycle_kick("AAPL") is False  # nothing leaves now: no kick again
+
+    # One past its deadline leaves too (after a quote says the market is open).
+    overdue = _deposit(250)
+    Order.objects.filter(pk=overdue.pk).update(deadline=timezone.now() - timedelta(seconds=1))
     assert tasks.cycle_kick("AAPL") is True
+    client.delete("bronco:cycle-open:AAPL")
+    assert cycles.cycle_open(symbol="AAPL") is None
+    overdue.refresh_from_db()
+    assert overdue.status == OrderStatus.SETTLING and overdue.refund_usdt == 250 * USDT
+    assert Cycle.objects.filter(symbol="AAPL").count() == 1
+    sent.clear()
+
+    # The cycle's own end (its poll task) kicks the next, which takes the late deposit.
+    cycles.cycle_place(cycle_id=nxt.cycle_id)
+    fake_broker.fill(Cycle.objects.get(pk=nxt.cycle_id).futu_order_id)
+    monkeypatch.setattr(tasks.cycle_place, "apply_async", lambda *a, **kw: None)
+    monkeypatch.setattr(tasks.cycle_poll, "apply_async", lambda *a, **kw: None)
+    tasks.cycle_poll(nxt.cycle_id)
+    assert Cycle.objects.get(pk=nxt.cycle_id).status == CycleStatus.ALLOCATED
     assert sent == ["AAPL"] and client.get(SLOT_KEY) is not None
+    client.delete("bronco:cycle-open:AAPL")
+    following = cycles.cycle_open(symbol="AAPL")
+    assert following is not None
+    late.refresh_from_db()
+    assert late.cycle_id == following.cycle_id
