@@ -2,8 +2,10 @@
 
 import pytest
 from django.db import DatabaseError, connection, transaction
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from core.audit import audit_record, audit_verify
+from core.audit import AuditEntry, audit_record, audit_record_many, audit_verify
 from core.exceptions import AuditImmutable
 from core.models import AuditLog
 from tests.factories import OrderFactory
@@ -80,3 +82,51 @@ def test_model_refuses_save_over_and_delete():
 def test_actor_is_required():
     with pytest.raises(ValueError, match="actor"):
         audit_record(actor="", action="x")
+
+
+# PostgreSQL stores no NUL character and UTF-8 no lone surrogate (refused before and after).
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+)
+_json_scalars = st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | _text
+_details = st.dictionaries(
+    _text,
+    _json_scalars
+    | st.lists(_json_scalars, max_size=3)
+    | st.dictionaries(_text, _json_scalars, max_size=3),
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    entries=st.lists(
+        st.builds(
+            AuditEntry,
+            actor=_text.filter(bool),
+            action=_text,
+            order_id=st.none() | st.integers(min_value=1, max_value=2**40),
+            before=st.none() | _details,
+            after=st.none() | _details,
+        ),
+        min_size=1,
+        max_size=40,  # both writes: INSERT below 32 entries, COPY from 32
+    )
+)
+def test_the_link_built_under_the_lock_is_the_documented_entry_hash(entries):
+    """`_chained_rows` builds each entry's hashed JSON before the chain's lock and adds
+    prev_hash and seq under it: the digest must be exactly `entry_hash` of the stored row,
+    which `audit_verify` recomputes for every row, for any text, nesting and numbers."""
+    with transaction.atomic():
+        audit_record_many(entries)
+        rows = list(AuditLog.objects.order_by("-seq")[: len(entries)])[::-1]
+        for row, entry in zip(rows, entries, strict=True):
+            assert (row.actor, row.action, row.order_id) == (
+                entry.actor,
+                entry.action,
+                entry.order_id,
+            )
+        assert audit_verify()[1] is None
+        transaction.set_rollback(True)
