@@ -31,7 +31,7 @@ from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import DateTimeField, F, Q, Value
+from django.db.models import DateTimeField, F, Q, QuerySet, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -315,6 +315,17 @@ def heartbeat_interval() -> float:
     return max(0.25, settings.ORDER_RUN_HELD_LEASE_SECONDS / 4)
 
 
+def _unlocked(queryset: QuerySet) -> QuerySet:
+    """`queryset`'s rows no other transaction holds, as a subquery of their ids: a lease
+    renewal skips a locked row rather than wait on it. The holder is a live step (often the
+    very task whose lease this renews, mid-transaction), and the scan's claim skips locked
+    rows too (`runs_dead_claim`), so nothing takes that run over while the lock is held;
+    the next beat renews it. Waiting instead made the beat queue behind its own task's
+    locks, and a renewal that had locked some of a batch's rows made that batch's
+    `skip_locked` selection leave them out (each then settled alone)."""
+    return queryset.select_for_update(skip_locked=True, of=("self",)).values("pk")
+
+
 def leases_renew(
     *,
     working_runs: Mapping[int, int] | None = None,
@@ -328,20 +339,38 @@ def leases_renew(
     `waiting_*`: a step's task this worker holds and has not started (waiting out its
     countdown, or for a pool slot): the lease no longer needs to cover that countdown, since
     the holder's heartbeat now vouches for it, so it is set, shortening it. A superseded
-    run's generation, or an allocated cycle, is left alone."""
+    run's generation, or an allocated cycle, is left alone.
+
+    Only leases that need it are written: a working lease with more than
+    ORDER_RUN_HELD_LEASE_SECONDS minus one beat interval still to run, or a waiting one
+    already within one interval of the new end, is left as it is (beats come every
+    `heartbeat_interval()`, so a lease never falls below two intervals ahead). A row another
+    transaction holds is skipped, not waited for (`_unlocked`)."""
     until = _held_until()
+    slack = timezone.timedelta(seconds=heartbeat_interval())
     later = Value(until, output_field=DateTimeField())
+    due = Q(run_lease_until__lt=until - slack) | Q(run_lease_until__isnull=True)
     if working_runs:
-        Order.objects.filter(_live(working_runs)).update(
-            run_lease_until=Greatest(F("run_lease_until"), later)
-        )
+        rows = Order.objects.filter(_live(working_runs)).filter(due)
+        _renew(rows, run_lease_until=Greatest(F("run_lease_until"), later))
     if waiting_runs:
-        Order.objects.filter(_live(waiting_runs)).update(run_lease_until=until)
+        rows = Order.objects.filter(_live(waiting_runs)).filter(due | Q(run_lease_until__gt=until))
+        _renew(rows, run_lease_until=until)
     open_cycles = Cycle.objects.exclude(status=CycleStatus.ALLOCATED)
+    cycle_due = Q(lease_until__lt=until - slack) | Q(lease_until__isnull=True)
     if working := set(working_cycles):
-        open_cycles.filter(pk__in=working).update(lease_until=Greatest(F("lease_until"), later))
+        rows = open_cycles.filter(pk__in=working).filter(cycle_due)
+        _renew(rows, lease_until=Greatest(F("lease_until"), later))
     if waiting := set(waiting_cycles) - working:
-        open_cycles.filter(pk__in=waiting).update(lease_until=until)
+        rows = open_cycles.filter(pk__in=waiting).filter(cycle_due | Q(lease_until__gt=until))
+        _renew(rows, lease_until=until)
+
+
+def _renew(rows: QuerySet, **values: object) -> None:
+    """UPDATE the rows of `rows` no other transaction holds, each statement its own short
+    transaction (see `_unlocked`)."""
+    with transaction.atomic():
+        rows.model.objects.filter(pk__in=_unlocked(rows)).update(**values)
 
 
 def _heartbeat_once() -> None:

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from core.models import AuditLog
@@ -300,6 +300,82 @@ def test_a_held_step_lease_is_the_holders_a_working_one_only_grows_a_superseded_
     runs.leases_renew(working_runs={working.pk: working.run_gen})
     working.refresh_from_db()
     assert (working.run_lease_until - timezone.now()).total_seconds() > held - 2
+
+
+def test_a_lease_with_most_of_its_time_left_is_not_written_again():
+    """A beat writes only the leases that need it: one renewed less than a beat interval
+    ago is left as it is, working or waiting, run or cycle (before, every beat rewrote
+    every row a worker held, several times a second under a backlog)."""
+    held = settings.ORDER_RUN_HELD_LEASE_SECONDS
+    working, waiting = OrderFactory.create_batch(2, status=OrderStatus.SETTLING)
+    _lease(working, waiting, seconds=held)
+    cycle = _cycle()
+    Cycle.objects.filter(pk=cycle.pk).update(
+        lease_until=timezone.now() + timezone.timedelta(seconds=held)
+    )
+    before = dict(
+        Order.objects.filter(pk__in=[working.pk, waiting.pk]).values_list("pk", "run_lease_until")
+    )
+    cycle_before = Cycle.objects.get(pk=cycle.pk).lease_until
+    time.sleep(0.05)
+
+    runs.leases_renew(
+        working_runs={working.pk: working.run_gen},
+        waiting_runs={waiting.pk: waiting.run_gen},
+        working_cycles=[cycle.pk],
+    )
+
+    after = dict(
+        Order.objects.filter(pk__in=[working.pk, waiting.pk]).values_list("pk", "run_lease_until")
+    )
+    assert after == before
+    assert Cycle.objects.get(pk=cycle.pk).lease_until == cycle_before
+
+
+@pytest.mark.django_db(transaction=True)  # another connection holds a row lock
+def test_a_lease_renewal_skips_a_row_another_transaction_holds_rather_than_wait():
+    """The beat must not queue behind a step's row locks (often its own task's, held to that
+    task's commit): it renews what is free and leaves a locked row to the next beat. Before,
+    it waited, and the rows it had locked meanwhile were left out of a settle batch's
+    `skip_locked` selection, each order then settled alone."""
+    held = settings.ORDER_RUN_HELD_LEASE_SECONDS
+    locked, free = OrderFactory.create_batch(2, status=OrderStatus.SETTLING)
+    _lease(locked, free, seconds=0.5)
+    taken, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                Order.objects.select_for_update().get(pk=locked.pk)
+                taken.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def renew():
+        try:
+            runs.leases_renew(working_runs={o.pk: o.run_gen for o in (locked, free)})
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    renewer.join(5)
+    try:
+        assert not renewer.is_alive()
+    finally:
+        release.set()
+        holder.join(10)
+        renewer.join(10)
+    left = {
+        o.pk: (o.run_lease_until - timezone.now()).total_seconds()
+        for o in Order.objects.filter(pk__in=[locked.pk, free.pk])
+    }
+    assert held - 2 < left[free.pk] <= held
+    assert left[locked.pk] < 0.5  # untouched: the next beat renews it
 
 
 def test_a_worker_holding_a_settle_group_vouches_for_each_of_its_runs():
