@@ -8,6 +8,8 @@ What it measures, from the vault log (when the watcher first read it) to the ord
 `order.settled` audit entry:
 - sustained deposits per second (settled deposits / (last settlement - first log)) and its
   ratio to the one-broker-order-per-deposit ceiling (15 per 30 s = 0.5 per second);
+- the steady state: deposits settled per second once the pipeline is full (first log + p99
+  to the last log), and the p50 of the first and last 10 s of sending (`_steady_state`);
 - p50 / p99 latency, and per stage (waiting for a cycle, the cycle, settlement);
 - place requests per 30 s (the most in any window; Futu allows 15);
 - settlement transactions per settled id, and gas per settled id batched (the run's own
@@ -30,6 +32,48 @@ from typing import Any
 USDT = 10**6
 SYMBOL_WEIGHTS = {"AAPL": 35, "NVDA": 25, "TSLA": 25, "TCEHY": 15}
 WARMUP_DEPOSIT_USDT = 2_000
+
+
+def _steady_state(
+    deposits: list[Any],
+    *,
+    log_times: dict[int, float],
+    settled_at: dict[int, float],
+    e2e: list[float],
+) -> dict[str, Any]:
+    """Whether the system keeps up with the offered rate, apart from filling and draining
+    the pipeline (which the sustained figure counts: settled / (last settlement - first
+    log) stays below the offered rate by the last order's latency, however fast the
+    system is). `deposits_per_second`: deposits settled between first log + the run's p99
+    latency (the pipeline is full) and the last log, over that span; equal to the offered
+    rate when nothing backs up. `p50_first_10s` / `p50_last_10s`: log -> settled p50 of the
+    deposits logged in the first and the last 10 s of sending; a backlog shows as growth."""
+    from devtools.report import percentile
+
+    if not e2e:
+        return dict.fromkeys(
+            ("deposits_per_second", "window_seconds", "p50_first_10s", "p50_last_10s")
+        )
+    first_log = min(log_times[o.pk] for o in deposits)
+    last_log = max(log_times[o.pk] for o in deposits)
+    start = first_log + percentile(e2e, 99)
+    settled = [o for o in deposits if start <= settled_at.get(o.pk, -1.0) <= last_log]
+    span = last_log - start
+
+    def p50_logged(lo: float, hi: float) -> float | None:
+        latencies = [
+            settled_at[o.pk] - log_times[o.pk]
+            for o in deposits
+            if o.pk in settled_at and lo <= log_times[o.pk] < hi
+        ]
+        return percentile(latencies, 50) if latencies else None
+
+    return {
+        "deposits_per_second": round(len(settled) / span, 2) if span > 0 else None,
+        "window_seconds": round(span, 1),
+        "p50_first_10s": p50_logged(first_log, first_log + 10),
+        "p50_last_10s": p50_logged(last_log - 10, last_log + 1),
+    }
 
 
 def load_average() -> str:
@@ -380,6 +424,7 @@ def run_batch_phase(
     e2e = [settled_at[o.pk] - log_times[o.pk] for o in dep_settled]
     e2e_all = [settled_at[o.pk] - log_times[o.pk] for o in orders if o.pk in settled_at]
     sustained = len(dep_settled) / (last_settled - first_log)
+    steady = _steady_state(deposits, log_times=log_times, settled_at=settled_at, e2e=e2e)
     stages = {row["stage"]: row for row in report.as_dict()["latency_seconds"]}
     result.update(
         {
@@ -402,6 +447,7 @@ def run_batch_phase(
             "finished": finished,
             "sustained_deposits_per_second": round(sustained, 2),
             "ratio_to_one_order_per_deposit_ceiling": round(sustained / 0.5, 1),
+            "steady_state": steady,
             "log_to_settled_seconds": {
                 "deposits_p50": percentile(e2e, 50),
                 "deposits_p99": percentile(e2e, 99),
@@ -450,6 +496,13 @@ def print_batch(r: dict[str, Any]) -> None:
     print(
         f"  sustained {r['sustained_deposits_per_second']} deposits/s log->settled = "
         f"{r['ratio_to_one_order_per_deposit_ceiling']}x the 0.5/s ceiling"
+    )
+    st = r["steady_state"]
+    print(
+        f"  steady state (pipeline full: from first log + p99 to last log, "
+        f"{st['window_seconds']} s): {st['deposits_per_second']} deposits/s settled; "
+        f"p50 of the first 10 s logged {st['p50_first_10s']} s, of the last 10 s "
+        f"{st['p50_last_10s']} s"
     )
     print(
         f"  deposits log->settled p50 {lat['deposits_p50']} s, p99 {lat['deposits_p99']} s "
