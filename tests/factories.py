@@ -1,9 +1,11 @@
 """factory-boy factories for Bronco's models."""
 
+from decimal import Decimal
+
 import factory
 from django.contrib.auth import get_user_model
 
-from orders.models import Order, OrderStatus, OrderType
+from orders.models import Cycle, CycleStatus, Order, OrderStatus, OrderType
 
 
 class OrderFactory(factory.django.DjangoModelFactory):
@@ -20,6 +22,21 @@ class OrderFactory(factory.django.DjangoModelFactory):
     symbol = "AAPL"
     stock_code = "US.AAPL"
     usdt_amount = 1_000 * 10**6
+
+
+class CycleFactory(factory.django.DjangoModelFactory):
+    """A netting cycle of AAPL at 100 USD a share, lots of one, no fee, placed."""
+
+    class Meta:
+        model = Cycle
+
+    symbol = "AAPL"
+    stock_code = "US.AAPL"
+    status = CycleStatus.PLACED
+    quote_price = Decimal(100)
+    ccy_per_usdt = Decimal(1)
+    lot_size = 1
+    fee_rate = Decimal(0)
 
 
 class UserFactory(factory.django.DjangoModelFactory):

@@ -6,8 +6,8 @@ import pytest
 from django.urls import reverse
 
 from core.audit import audit_record
-from orders.models import Allocation, Cycle, CycleStatus
-from tests.factories import OrderFactory, UserFactory
+from orders.models import Allocation, CycleStatus
+from tests.factories import CycleFactory, OrderFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -29,14 +29,10 @@ def order():
         futu_order_id="FUTU-777", client_id="bronco-order", chain_tx_hash="0x" + "ab" * 32
     )
     audit_record(actor="test", action="order.created", order_id=order.pk, after={"x": 1})
-    cycle = Cycle.objects.create(
-        symbol="AAPL",
-        stock_code="US.AAPL",
+    cycle = CycleFactory(
         status=CycleStatus.ALLOCATED,
         quote_price=Decimal("180"),
         price=Decimal("180.25"),
-        ccy_per_usdt=Decimal(1),
-        lot_size=1,
         fee_rate=Decimal("0.001"),
         futu_order_id="FUTU-CYCLE-1",
     )

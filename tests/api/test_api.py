@@ -16,8 +16,8 @@ from openapi_spec_validator import validate
 
 from core.audit import audit_record
 from core.money import TOKEN_UNIT, USDT_UNIT
-from orders.models import Allocation, Cycle, CycleStatus, OrderStatus, OrderType
-from tests.factories import OrderFactory
+from orders.models import Allocation, CycleStatus, OrderStatus, OrderType
+from tests.factories import CycleFactory, OrderFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -171,13 +171,9 @@ def _settled_deposit(**kw):
         settlement_tx_hash="0x" + "5e" * 32,
         **kw,
     )
-    cycle = Cycle.objects.create(
-        symbol="AAPL",
-        stock_code="US.AAPL",
+    cycle = CycleFactory(
         status=CycleStatus.ALLOCATED,
         quote_price=Decimal("198"),
-        ccy_per_usdt=Decimal(1),
-        lot_size=1,
         fee_rate=Decimal("0.001"),
         price=Decimal("198"),
         futu_order_id="FUTU-SECRET-2",

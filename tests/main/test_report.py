@@ -2,13 +2,12 @@
 mean."""
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import pytest
 
 from devtools.report import broker_order_rate
-from orders.models import Allocation, Cycle, CycleStatus
-from tests.factories import OrderFactory
+from orders.models import Allocation, CycleStatus
+from tests.factories import CycleFactory, OrderFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -20,14 +19,9 @@ def _placed_at(offsets: list[float]):
     orders = []
     for i, offset in enumerate(offsets):
         order = OrderFactory()
-        cycle = Cycle.objects.create(
+        cycle = CycleFactory(
             symbol=f"S{i}",
-            stock_code="US.AAPL",
             status=CycleStatus.ALLOCATED,
-            quote_price=Decimal(100),
-            ccy_per_usdt=Decimal(1),
-            lot_size=1,
-            fee_rate=Decimal(0),
             futu_order_id=str(1000 + i),
             placed_at=T0 + timedelta(seconds=offset),
         )

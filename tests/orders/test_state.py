@@ -11,7 +11,7 @@ from core.models import AuditLog
 from orders.exceptions import IllegalTransition, StaleOrderVersion
 from orders.models import TERMINAL_STATUSES, Order, OrderStatus
 from orders.state import TRANSITIONS, is_allowed, order_record, order_transition
-from tests.factories import OrderFactory
+from tests.factories import CycleFactory, OrderFactory
 
 S = OrderStatus
 ALLOWED = {
@@ -213,20 +213,11 @@ def test_many_moves_write_each_orders_own_values_and_audit_a_foreign_key_by_its_
     from django.test.utils import CaptureQueriesContext
 
     from core import bulk
-    from orders.models import Cycle, CycleStatus
     from orders.state import orders_transition_many
 
     monkeypatch.setattr(bulk, "UPDATE_PAGE_ROWS", 7)  # 40 orders: six pages
 
-    cycle = Cycle.objects.create(
-        symbol="AAPL",
-        stock_code="US.AAPL",
-        status=CycleStatus.PLACED,
-        quote_price=Decimal(100),
-        ccy_per_usdt=Decimal(1),
-        lot_size=1,
-        fee_rate=Decimal(0),
-    )
+    cycle = CycleFactory()
     made = [OrderFactory(status=S.EXECUTING) for _ in range(40)]
     Order.objects.filter(pk__in=[o.pk for o in made]).update(cycle=cycle)
     with transaction.atomic():

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from core.models import Alert
 from orders.models import Allocation, Cycle, CycleStatus, OrderStatus, OrderType
-from tests.factories import OrderFactory
+from tests.factories import CycleFactory, OrderFactory
 from trading import services
 from trading.compensation import AllocationShare, FillAllocations, fill_compensation
 from trading.futu.execution import HISTORY_REUSE_SECONDS
@@ -109,16 +109,11 @@ def test_a_reversal_after_settlement_opens_an_assessed_case_shown_in_the_admin(
         OrderFactory(status=OrderStatus.EXECUTED, symbol="AAPL", stock_code="US.AAPL")
         for _ in range(2)
     ]
-    cycle = Cycle.objects.create(
-        symbol="AAPL",
-        stock_code="US.AAPL",
+    cycle = CycleFactory(
         quote_price=Decimal("190"),
-        ccy_per_usdt=Decimal("1"),
-        lot_size=1,
         fee_rate=Decimal("0.001"),
         broker_units=3 * SHARE,
         limit_price=Decimal("191"),
-        status=CycleStatus.PLACED,
     )
     state = services.broker_order_submit(
         client_id=cycle.client_id,
