@@ -257,11 +257,17 @@ def runs_dead_claim(
     concurrent scans never claim the same order, and a run that renews its lease meanwhile is
     not taken over. A run whose task still waits in the broker's queue (`queued`: order id ->
     generation of the queued task) is not lost but late, and is left to it. Yields (order
-    id, new gen, stage)."""
+    id, new gen, stage).
+
+    A lease counts as run out one beat interval after its end (`heartbeat_interval()`): a
+    beat skips a row another transaction holds (`_unlocked`), so a step that held its rows
+    past its lease (a slow node call inside its transaction) is renewed by the first beat
+    after its commit, and this grace keeps the scan from taking it over in between (it
+    skips locked rows itself)."""
     # Left out in the query, not after it: under a backlog the `limit` lowest expired ids
     # are the queued ones, and a lost run behind them would never be reached.
     waiting = _live(queued or {})
-    now = timezone.now()
+    now = timezone.now() - timezone.timedelta(seconds=heartbeat_interval())
     statuses = [s for s, st in _STAGE_BY_STATUS.items() if stage in (None, st)]
     with transaction.atomic():
         rows = list(
@@ -342,12 +348,13 @@ def leases_renew(
     run's generation, or an allocated cycle, is left alone.
 
     Only leases that need it are written: a working lease with more than
-    ORDER_RUN_HELD_LEASE_SECONDS minus one beat interval still to run, or a waiting one
-    already within one interval of the new end, is left as it is (beats come every
-    `heartbeat_interval()`, so a lease never falls below two intervals ahead). A row another
-    transaction holds is skipped, not waited for (`_unlocked`)."""
+    ORDER_RUN_HELD_LEASE_SECONDS less half a beat interval still to run, or a waiting one
+    already within half an interval of the new end, is left as it is. Beats come every
+    `heartbeat_interval()` (the worker's held-work beat a little later: `orders.held`), so a
+    renewed lease stays about two intervals ahead. A row another transaction holds is
+    skipped, not waited for (`_unlocked`; the scan's grace covers it, `runs_dead_claim`)."""
     until = _held_until()
-    slack = timezone.timedelta(seconds=heartbeat_interval())
+    slack = timezone.timedelta(seconds=heartbeat_interval() / 2)
     later = Value(until, output_field=DateTimeField())
     due = Q(run_lease_until__lt=until - slack) | Q(run_lease_until__isnull=True)
     if working_runs:

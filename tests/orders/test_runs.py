@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from core.models import AuditLog
 from orders import runs
-from orders.models import Cycle, CycleStatus, Order, OrderStatus
+from orders.models import Cycle, Order, OrderStatus
 from orders.services import order_broker_pushed
 from orders.stages import Next, Stage
-from tests.factories import OrderFactory
+from tests.factories import CycleFactory, OrderFactory
 from trading.broker import BrokerOrder, BrokerStatus, Side
 
 pytestmark = pytest.mark.django_db
@@ -131,14 +131,9 @@ def _pushed(*pushes):
 
 
 def _cycle(symbol: str = "AAPL"):
-    return Cycle.objects.create(
+    return CycleFactory(
         symbol=symbol,
         stock_code=f"US.{symbol}",
-        status=CycleStatus.PLACED,
-        quote_price=Decimal(100),
-        ccy_per_usdt=Decimal(1),
-        lot_size=1,
-        fee_rate=Decimal(0),
         broker_units=10 * 10**18,
         futu_order_id="77",
     )
@@ -302,10 +297,11 @@ def test_a_held_step_lease_is_the_holders_a_working_one_only_grows_a_superseded_
     assert (working.run_lease_until - timezone.now()).total_seconds() > held - 2
 
 
-def test_a_lease_with_most_of_its_time_left_is_not_written_again():
-    """A beat writes only the leases that need it: one renewed less than a beat interval
-    ago is left as it is, working or waiting, run or cycle (before, every beat rewrote
-    every row a worker held, several times a second under a backlog)."""
+def test_a_lease_with_most_of_its_time_left_is_not_written_again(settings):
+    """A beat writes only the leases that need it: one renewed less than half a beat
+    interval ago is left as it is, working or waiting, run or cycle (before, every beat
+    rewrote every row a worker held, several times a second under a backlog)."""
+    settings.ORDER_RUN_HELD_LEASE_SECONDS = 40  # half an interval: 5 s, whatever the load
     held = settings.ORDER_RUN_HELD_LEASE_SECONDS
     working, waiting = OrderFactory.create_batch(2, status=OrderStatus.SETTLING)
     _lease(working, waiting, seconds=held)
@@ -330,6 +326,18 @@ def test_a_lease_with_most_of_its_time_left_is_not_written_again():
     )
     assert after == before
     assert Cycle.objects.get(pk=cycle.pk).lease_until == cycle_before
+
+
+def test_a_lease_that_ran_out_less_than_a_beat_ago_is_not_claimed_yet(settings):
+    """A beat skips rows another transaction holds, so a step that held its rows past its
+    lease is renewed by the first beat after its commit: until one beat interval past a
+    lease's end the scan leaves the run to it."""
+    settings.ORDER_RUN_HELD_LEASE_SECONDS = 40  # a beat every 10 s
+    just, long_ago = OrderFactory.create_batch(2, status=OrderStatus.SETTLING)
+    _lease(just, seconds=-3)
+    _lease(long_ago, seconds=-15)
+
+    assert set(_claim()) == {long_ago.pk}
 
 
 @pytest.mark.django_db(transaction=True)  # another connection holds a row lock
