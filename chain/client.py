@@ -548,10 +548,12 @@ class ChainClient:
         )
 
     def request(self, method: str, params: list[Any]) -> Any:
-        """One JSON-RPC call, its `result` as the node sent it (JSON: hex strings). A JSON-RPC
-        error is classified like any other (`chain.node_errors.rpc_error`)."""
+        """One JSON-RPC call, its `result` as the node sent it (JSON: hex strings; None for
+        the node's null). A JSON-RPC error is classified like any other
+        (`chain.node_errors.rpc_error`); an answer with neither `result` nor `error` raises
+        ChainUnavailable (as web3's BadResponseFormat did), never passes for a null."""
         response = self._run(self._w3.provider.make_request, method, params)
-        error = response.get("error")
+        error = response.get("error") if isinstance(response, dict) else None
         if error is not None:
             if isinstance(error, dict):
                 code = error.get("code")
@@ -559,7 +561,9 @@ class ChainClient:
                     code if isinstance(code, int) else None, str(error.get("message", ""))
                 )
             raise node_errors.rpc_error(None, str(error))
-        return response.get("result")
+        if not isinstance(response, dict) or "result" not in response:
+            raise ChainUnavailable(f"{method}: the node answered neither a result nor an error")
+        return response["result"]
 
     def receipt_event(self, receipt: Receipt, *, address: str, event_type: type[EventT]) -> EventT:
         """The `event_type` log that `address` emitted in `receipt`'s transaction (e.g. the
@@ -753,6 +757,8 @@ class ChainClient:
         few hundred logs that web3's formatters would turn into AttributeDicts and HexBytes
         (a tenth of the chain worker's time at 200 deposits/s), and none is read."""
         r = self.request("eth_getTransactionReceipt", [tx_hash])
+        if r is not None and not isinstance(r, dict):
+            raise ChainUnavailable(f"eth_getTransactionReceipt answered {type(r).__name__}")
         return _receipt(r) if r and r.get("blockNumber") is not None else None
 
     def transaction_known(self, tx_hash: str) -> bool:

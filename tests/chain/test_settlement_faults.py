@@ -150,3 +150,33 @@ def test_a_node_without_a_usable_fee_suggestion_still_gets_the_settlement(
         )
         assert settlement_check(kind="deposit", vault_id=deposit_id) == SettlementState.CONFIRMED
         assert proxy.calls["eth_maxPriorityFeePerGas"] >= 1
+
+
+@pytest.mark.parametrize("answer", [{}, {"result": "0x1"}], ids=["no result", "not an object"])
+def test_a_receipt_answer_that_is_neither_a_result_nor_an_error_is_not_taken_for_none(
+    own_chain, chain_user, settings, answer
+):
+    """Read raw (no web3 formatting), a receipt the node garbles must not pass for "no
+    receipt yet": that would have a confirmed settlement re-broadcast or healed as
+    vanished. It is a node fault (ChainUnavailable), retried like any other."""
+    from chain.client import ChainClient
+    from chain.exceptions import ChainUnavailable
+
+    node, contracts = own_chain
+    deposit_id = _deposit(chain_user(5, node=node, contracts=contracts))
+    row = _submit(deposit_id)
+    mined = row.attempts.get().tx_hash
+
+    def garble(request, forward):
+        if request.get("method") in ("eth_getTransactionReceipt", "eth_getTransactionByHash"):
+            return Reply({"jsonrpc": "2.0", "id": request.get("id"), **answer})
+        return None
+
+    with MisbehavingNode(node.rpc_url, garble) as proxy:
+        client = ChainClient(proxy.url)
+        with pytest.raises(ChainUnavailable):
+            client.receipt(mined)
+        if "result" not in answer:
+            with pytest.raises(ChainUnavailable):
+                client.transaction_known(mined)
+    assert node.client().receipt(mined).succeeded
