@@ -26,12 +26,25 @@ _JSON_PLAIN = (str, int, bool, type(None))
 
 def _canonical(value: Any) -> Any:
     """JSON-normal form: what the row will hold after a round trip through the database.
-    A flat dict of str keys and str/int/bool/None values already is (the common entry)."""
+    A flat dict of str keys and str/int/bool/None values already is (the common entry).
+    A float is kept as its text (`repr`): jsonb holds a number as a numeric and gives
+    1e16 back as 10000000000000000 and -0.0 as 0, whose JSON is not what was hashed, and
+    the chain would call the untouched entry altered."""
     if type(value) is dict and all(
         type(k) is str and type(v) in _JSON_PLAIN for k, v in value.items()
     ):
         return dict(value)
-    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+    return json.loads(json.dumps(_floats_as_text(value), cls=DjangoJSONEncoder))
+
+
+def _floats_as_text(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _floats_as_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_floats_as_text(v) for v in value]
+    return value
 
 
 def entry_hash(

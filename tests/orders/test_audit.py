@@ -138,3 +138,22 @@ def test_the_link_built_under_the_lock_is_the_documented_entry_hash(copy_from, e
             )
         assert audit_verify()[1] is None
         transaction.set_rollback(True)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1e16, -0.0, 1.5e-7, 0.1, 2.5, float(2**60)],
+    ids=["1e16", "negative-zero", "1.5e-7", "0.1", "2.5", "2**60"],
+)
+def test_a_float_in_an_entry_survives_the_database_round_trip_and_the_chain_verifies(value):
+    """PostgreSQL's jsonb keeps a number as a numeric: 1e16 comes back as 10000000000000000
+    and -0.0 as 0, whose JSON differs from what was hashed, so the chain reported an
+    untouched entry as altered. A float is kept as its text (repr), which round-trips."""
+    order = OrderFactory()
+    audit_record(actor="test", action="timed", order_id=order.pk, after={"seconds": value})
+    audit_record_many(
+        [AuditEntry(actor="test", action="timed", order_id=order.pk, before={"s": [value]})]
+    )
+
+    assert audit_verify() == (2, None)
+    assert AuditLog.objects.get(action="timed", before={}).after == {"seconds": repr(value)}
