@@ -230,7 +230,7 @@ def cycle_kick(symbol: str) -> bool:
     re-drives a symbol left waiting. A kick per booked order during a cycle used to reserve
     a place slot each (slots every other symbol then waited behind) and open a cycle that
     waited on the one in flight. True when enqueued."""
-    if cycles.cycle_in_flight(symbol) and not cycles.book_has_leavers(symbol):
+    if cycles.open_waits_on_flight(symbol):
         return False
     client = _redis()
     key = _CYCLE_OPEN_KEY.format(symbol)

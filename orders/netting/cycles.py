@@ -157,6 +157,13 @@ def book_has_leavers(symbol: str) -> bool:
     return book(symbol).filter(waiting.leaving_book(timezone.now(), by_deadline=True)).exists()
 
 
+def open_waits_on_flight(symbol: str) -> bool:
+    """True when opening a cycle of `symbol` now would only wait on the one in flight: a
+    cycle is in flight and no order has to leave the book (`book_has_leavers`). Its end
+    kicks the next (`orders.tasks._cycle_follow`)."""
+    return cycle_in_flight(symbol) and not book_has_leavers(symbol)
+
+
 def symbols_in_flight_with_leavers() -> list[str]:
     """Symbols with a cycle in flight and orders that leave the book (`book_has_leavers`):
     the scheduler's beat opens for them, which takes those orders out and then finds the
@@ -309,10 +316,9 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
         return None
-    in_flight = cycle_in_flight(symbol)
-    if in_flight and not book_has_leavers(symbol):
-        # Its end kicks the next cycle. Going on would spend a quote, then wait on the
-        # inventory row while that cycle allocates, holding a broker worker.
+    if open_waits_on_flight(symbol):
+        # Going on would spend a quote, then wait on the inventory row while that cycle
+        # allocates, holding a broker worker.
         return None
     closed_state, skips_generation = market_wait.market_closed_look(code)
     if closed_state is not None:
@@ -334,7 +340,7 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
             market_wait.market_closed_note(code, quote.market_state, generation=skips_generation)
         return None
     _leave_book(symbol)
-    if in_flight:
+    if cycle_in_flight(symbol):
         return None  # those past their deadline have left; the cycle's end kicks the next
     fees = fee_schedule()
     rate = pricing.fx_rate(code)
