@@ -384,6 +384,12 @@ def _heartbeat_once() -> None:
     """Renew the lease of every run and cycle step working in this process."""
     with _beat_lock:
         beating_runs, beating_cycles = dict(_beating_runs), set(_beating_cycles)
+    if not beating_runs and not beating_cycles:
+        # Nothing working here: the thread keeps no database session open between steps
+        # (it would hold a connection per idle pool child, and keep a test database from
+        # being dropped).
+        connection.close()
+        return
     leases_renew(working_runs=beating_runs, working_cycles=beating_cycles)
 
 
