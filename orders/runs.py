@@ -373,6 +373,21 @@ def leases_renew(
         _renew(rows, lease_until=until)
 
 
+def leases_hold(order_ids: Iterable[int]) -> None:
+    """Renew the leases of orders whose rows the caller's transaction holds locked, to at
+    least now + ORDER_RUN_HELD_LEASE_SECONDS, before it commits. For a step that calls
+    the node or the broker under its rows' locks: a beat skips locked rows (`_unlocked`),
+    and a lease that ran out during a long hold would otherwise be stale at the commit, open
+    to the scan until the next beat. Never waits (the caller holds the locks); not audited
+    (bookkeeping, as every lease write)."""
+    ids = list(order_ids)
+    if ids:
+        later = Value(_held_until(), output_field=DateTimeField())
+        Order.objects.filter(pk__in=ids).update(
+            run_lease_until=Greatest(F("run_lease_until"), later)
+        )
+
+
 def _renew(rows: QuerySet, **values: object) -> None:
     """UPDATE the rows of `rows` no other transaction holds, each statement its own short
     transaction (see `_unlocked`)."""
@@ -493,7 +508,7 @@ def runs_expire_all() -> tuple[int, int]:
     orders = (
         Order.objects.filter(status__in=[s.value for s in OPEN_STATUSES])
         .filter(_RUN_DRIVEN)
-        .update(run_lease_until=now - timezone.timedelta(seconds=1))
+        .update(run_lease_until=now - timezone.timedelta(seconds=heartbeat_interval() + 1))
     )
     cycles = Cycle.objects.exclude(status=CycleStatus.ALLOCATED).update(
         lease_until=now + timezone.timedelta(seconds=cycle_holder_grace())

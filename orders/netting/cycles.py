@@ -53,7 +53,7 @@ from orders.netting.allocation import (
     buyer_demand,
     plan_cycle,
 )
-from orders.runs import run_take_over, runs_take_over_many
+from orders.runs import heartbeat_interval, run_take_over, runs_take_over_many
 from orders.selectors import order_usdt_remaining
 from orders.stages import Stage
 from orders.state import order_transition, orders_transition_many
@@ -726,14 +726,19 @@ def cycles_fees_record(*, limit: int = FEES_PER_RUN) -> int:
 
 
 def cycles_stalled() -> list[CycleNext]:
-    """Cycles in flight whose steps stopped (their lease ran out): the step to re-drive."""
-    now = timezone.now()
+    """Cycles in flight whose steps stopped: the step to re-drive. As for an order's run
+    (`orders.runs.runs_dead_claim`), a lease counts as run out one beat interval after its
+    end, and a cycle whose row another transaction holds is working and left alone: a beat
+    skips a locked row, and the first beat after that transaction's commit renews it."""
+    cutoff = timezone.now() - timedelta(seconds=heartbeat_interval())
     found = []
-    for cycle_id, status in (
-        Cycle.objects.exclude(status=CycleStatus.ALLOCATED)
-        .filter(lease_until__lt=now)
-        .values_list("pk", "status")
-    ):
-        Cycle.objects.filter(pk=cycle_id).update(lease_until=_lease())
-        found.append(CycleNext("place" if status == CycleStatus.OPEN else "poll", cycle_id))
+    with transaction.atomic():
+        for cycle_id, status in (
+            Cycle.objects.exclude(status=CycleStatus.ALLOCATED)
+            .filter(lease_until__lt=cutoff)
+            .select_for_update(skip_locked=True)
+            .values_list("pk", "status")
+        ):
+            Cycle.objects.filter(pk=cycle_id).update(lease_until=_lease())
+            found.append(CycleNext("place" if status == CycleStatus.OPEN else "poll", cycle_id))
     return found

@@ -31,6 +31,7 @@ from orders.pipeline.common import (
     settlement_kind,
     stage_actor,
 )
+from orders.runs import leases_hold
 from orders.services import order_hold, order_release_hold
 from orders.state import order_transition, orders_transition_many
 from refunds import selectors as refund_selectors
@@ -241,7 +242,7 @@ def _submit_recorded(batch: list[Order], *, actor: str) -> list[Order]:
         settlements = settlement_sender().submit_batch(
             [settlement_request(o, last_cycles=last) for o in batch], actor=actor
         )
-    return orders_transition_many(
+    moved = orders_transition_many(
         moves=[
             (o, None, {"settlement_tx_hash": s.tx_hash})
             for o, s in zip(batch, settlements, strict=True)
@@ -249,6 +250,9 @@ def _submit_recorded(batch: list[Order], *, actor: str) -> list[Order]:
         actor=actor,
         action="order.settlement_sent",
     )
+    # The node calls above ran under these rows' locks, which the beats skip.
+    leases_hold(o.pk for o in batch)
+    return moved
 
 
 def _request_alert_key(order_id: int) -> str:

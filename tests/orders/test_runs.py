@@ -30,6 +30,11 @@ def _lease(*orders, seconds):
     )
 
 
+def _expired() -> float:
+    """Seconds (negative) that put a lease past the scan's grace (one beat interval)."""
+    return -(runs.heartbeat_interval() + 1)
+
+
 def _claim():
     return {pk: (gen, nxt) for pk, gen, nxt in runs.runs_dead_claim()}
 
@@ -42,7 +47,7 @@ def test_the_scan_takes_over_each_run_driven_order_whose_lease_ran_out_at_its_st
     # In the book or in a cycle: the cycles drive these, not a run of their own.
     booked = OrderFactory(status=OrderStatus.PENDING, booked_at=timezone.now())
     in_cycle = OrderFactory(status=OrderStatus.EXECUTING)
-    _lease(pending, settling, done, booked, in_cycle, seconds=-1)
+    _lease(pending, settling, done, booked, in_cycle, seconds=_expired())
     _lease(alive, seconds=60)
 
     claimed = _claim()
@@ -77,7 +82,7 @@ def test_each_step_renews_the_lease_to_cover_its_countdown(settings):
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_scans_claim_disjoint_sets():
     orders = [OrderFactory(status=OrderStatus.SETTLING) for _ in range(60)]
-    _lease(*orders, seconds=-1)
+    _lease(*orders, seconds=_expired())
     barrier = threading.Barrier(2)
     results: list[list[int]] = []
     lock = threading.Lock()
@@ -180,7 +185,7 @@ def test_a_working_step_keeps_its_lease_by_heartbeat_and_never_shortens_one(sett
             seconds=95
         )
         assert Order.objects.get(pk=superseded.pk).run_lease_until < now  # not its run
-    _lease(working, seconds=-1)
+    _lease(working, seconds=_expired())
     time.sleep(1.0)
     assert Order.objects.get(pk=working.pk).run_lease_until < timezone.now()  # step ended
 
@@ -263,7 +268,7 @@ def test_the_scan_never_fills_a_stage_queue_past_its_bound(settings):
     from orders.tasks import compensation_scan
 
     dead = OrderFactory.create_batch(3, status=OrderStatus.PENDING)
-    _lease(*dead, seconds=-1)
+    _lease(*dead, seconds=_expired())
     queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     queue.delete("default")  # what earlier tests left queued
     runs.broker_lost_work()  # the epoch is known: this is no wipe
@@ -338,6 +343,36 @@ def test_a_lease_that_ran_out_less_than_a_beat_ago_is_not_claimed_yet(settings):
     _lease(long_ago, seconds=-15)
 
     assert set(_claim()) == {long_ago.pk}
+
+
+def test_a_cycle_lease_that_ran_out_less_than_a_beat_ago_is_not_stalled_yet(settings):
+    from orders.netting.cycles import cycles_stalled
+
+    settings.ORDER_RUN_HELD_LEASE_SECONDS = 40  # a beat every 10 s
+    just, long_ago = _cycle(), _cycle("TSLA")
+    now = timezone.now()
+    Cycle.objects.filter(pk=just.pk).update(lease_until=now - timezone.timedelta(seconds=3))
+    Cycle.objects.filter(pk=long_ago.pk).update(lease_until=now - timezone.timedelta(seconds=15))
+
+    assert [n.cycle_id for n in cycles_stalled()] == [long_ago.pk]
+
+
+def test_a_step_holding_its_rows_renews_their_leases_before_it_commits():
+    """`leases_hold`: what a step that called the node under its rows' locks does before
+    its commit, so no lease that ran out meanwhile is stale when the locks go."""
+    held = settings.ORDER_RUN_HELD_LEASE_SECONDS
+    ran_out, long_lease = OrderFactory.create_batch(2, status=OrderStatus.SETTLING)
+    _lease(ran_out, seconds=-30)
+    _lease(long_lease, seconds=600)
+    with transaction.atomic():
+        list(Order.objects.select_for_update().filter(pk__in=[ran_out.pk, long_lease.pk]))
+        runs.leases_hold([ran_out.pk, long_lease.pk])
+    left = {
+        o.pk: (o.run_lease_until - timezone.now()).total_seconds()
+        for o in Order.objects.filter(pk__in=[ran_out.pk, long_lease.pk])
+    }
+    assert held - 2 < left[ran_out.pk] <= held
+    assert left[long_lease.pk] > 590  # never shortened
 
 
 @pytest.mark.django_db(transaction=True)  # another connection holds a row lock
@@ -432,7 +467,7 @@ def test_a_run_whose_task_waits_in_its_queue_is_late_not_lost(settings):
         args=[[[waiting_settle.pk, waiting_settle.run_gen], [superseded.pk, 2]]]
     )
     order_validate.apply_async(args=[waiting_validate.pk], kwargs={"gen": waiting_validate.run_gen})
-    _lease(waiting_settle, lost_settle, waiting_validate, superseded, seconds=-1)
+    _lease(waiting_settle, lost_settle, waiting_validate, superseded, seconds=_expired())
     Order.objects.filter(pk=waiting_validate.pk).update(
         deadline=timezone.now() + timezone.timedelta(seconds=5)
     )
@@ -460,7 +495,7 @@ def test_runs_waiting_in_the_queue_never_hide_a_lost_one_behind_the_claim_limit(
     still claimed, whatever the limit."""
     late = OrderFactory.create_batch(3, status=OrderStatus.SETTLING)
     lost = OrderFactory(status=OrderStatus.SETTLING)
-    _lease(*late, lost, seconds=-1)
+    _lease(*late, lost, seconds=_expired())
     queued = {o.pk: o.run_gen for o in late}
 
     claimed = list(runs.runs_dead_claim(limit=1, stage=Stage.SETTLE, queued=queued))
@@ -481,7 +516,7 @@ def test_a_malformed_message_in_a_stage_queue_never_stops_the_scan(settings):
     order_validate.apply_async(args=["not-an-id"], kwargs={"gen": 0})
     order_validate.apply_async(args=[{"order": lost.pk}], kwargs={"gen": 0})
     queue.lpush("default", b"not json", json.dumps({"body": "", "properties": None}))
-    _lease(lost, seconds=-1)
+    _lease(lost, seconds=_expired())
 
     assert compensation_scan() == 1
     lost.refresh_from_db()
