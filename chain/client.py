@@ -543,6 +543,8 @@ class ChainClient:
         # The raw JSON, not `w3.eth.get_logs`: web3's result formatters (checksums, HexBytes,
         # AttributeDicts per field) were a third of a 100,000-log backfill's time.
         entries = self.request("eth_getLogs", [params])
+        if not isinstance(entries, list):
+            raise ChainUnavailable(f"eth_getLogs answered {type(entries).__name__}, not a list")
         return sorted(
             (_raw_log_json(e) for e in entries), key=lambda r: (r.block_number, r.log_index)
         )

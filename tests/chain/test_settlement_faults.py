@@ -180,3 +180,22 @@ def test_a_receipt_answer_that_is_neither_a_result_nor_an_error_is_not_taken_for
             with pytest.raises(ChainUnavailable):
                 client.transaction_known(mined)
     assert node.client().receipt(mined).succeeded
+
+
+@pytest.mark.parametrize("result", [None, {"logs": []}], ids=["null", "an object"])
+def test_a_log_answer_that_is_not_a_list_is_a_node_fault(own_chain, result):
+    """A listener reading such an answer must retry it as a node fault, not die on a
+    TypeError outside its handlers."""
+    from chain.client import ChainClient
+    from chain.exceptions import ChainUnavailable
+
+    node, contracts = own_chain
+
+    def garble(request, forward):
+        if request.get("method") == "eth_getLogs":
+            return Reply(rpc_result(request, result))
+        return None
+
+    with MisbehavingNode(node.rpc_url, garble) as proxy:
+        with pytest.raises(ChainUnavailable):
+            ChainClient(proxy.url).get_logs(from_block=0, to_block=1, address=contracts.vault)
