@@ -227,6 +227,8 @@ def _send_batched(order: Order) -> bool:
             if len(batch) == 1:
                 raise
             _submit_recorded([me], actor=actor)
+        # The node calls above ran under these rows' locks, which the beats skip.
+        leases_hold(o.pk for o in batch)
     return True
 
 
@@ -242,7 +244,7 @@ def _submit_recorded(batch: list[Order], *, actor: str) -> list[Order]:
         settlements = settlement_sender().submit_batch(
             [settlement_request(o, last_cycles=last) for o in batch], actor=actor
         )
-    moved = orders_transition_many(
+    return orders_transition_many(
         moves=[
             (o, None, {"settlement_tx_hash": s.tx_hash})
             for o, s in zip(batch, settlements, strict=True)
@@ -250,9 +252,6 @@ def _submit_recorded(batch: list[Order], *, actor: str) -> list[Order]:
         actor=actor,
         action="order.settlement_sent",
     )
-    # The node calls above ran under these rows' locks, which the beats skip.
-    leases_hold(o.pk for o in batch)
-    return moved
 
 
 def _request_alert_key(order_id: int) -> str:
@@ -423,12 +422,16 @@ def _send_batch(chunk: list[Order], out: GroupNext) -> list[Order]:
         if not locked:
             return []
         try:
-            return _submit_recorded(locked, actor=actor)
+            sent = _submit_recorded(locked, actor=actor)
         except SettlementRejected:
             # One bad element: each goes alone, so only it is held and alerted.
             for order in locked:
                 out.alone[order.pk] = Next(SETTLE)
-            return []
+            sent = []
+        # The node calls above ran under these rows' locks, which the beats skip: sent or
+        # refused, their leases are renewed before the locks go.
+        leases_hold(o.pk for o in locked)
+        return sent
 
 
 def _confirm_group(*, kind: str, orders: list[Order], out: GroupNext) -> None:

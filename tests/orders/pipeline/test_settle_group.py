@@ -168,3 +168,27 @@ def test_a_reverted_batch_goes_back_to_each_order_held_alerted_and_retried(fake_
     assert sorted(_settled_entries(ids)) == ids
     assert len(fake_sender.paid) == 4
     assert not Order.objects.filter(pk__in=ids, held_at__isnull=False).exists()
+
+
+def test_a_refused_batch_leaves_its_orders_leases_renewed_as_a_sent_one_does(fake_sender, settings):
+    """The batch's node calls ran under its rows' locks, which the lease beats skip: the
+    step renews those leases before its commit whatever the vault said, so none that ran
+    out meanwhile is stale when the locks go (`orders.runs.leases_hold`)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.CHAIN_SETTLEMENT_BATCH_MAX = 3  # two batches: the three refused, the two sent
+    refused, sent = _settling(3), _settling(2)
+    Order.objects.filter(pk__in=[o.pk for o in refused + sent]).update(
+        run_lease_until=timezone.now() - timedelta(seconds=30)
+    )
+    fake_sender.script("deposit", int(refused[0].onchain_id), Outcome.REFUSE)
+
+    out = orders_settle_group(order_ids=[o.pk for o in refused + sent])
+
+    assert set(out.alone) == {o.pk for o in refused}  # the refused batch, each alone
+    assert out.follow == [[o.pk for o in sent]]
+    held = settings.ORDER_RUN_HELD_LEASE_SECONDS
+    for order in Order.objects.filter(pk__in=[o.pk for o in refused + sent]):
+        assert (order.run_lease_until - timezone.now()).total_seconds() > held - 2
