@@ -510,8 +510,10 @@ def runs_expire_all() -> tuple[int, int]:
         .filter(_RUN_DRIVEN)
         .update(run_lease_until=now - timezone.timedelta(seconds=heartbeat_interval() + 1))
     )
+    # A beat short of the grace: the cycle scheduler re-drives a lease only a beat past its
+    # end (`cycles_stalled`), which makes up the rest.
     cycles = Cycle.objects.exclude(status=CycleStatus.ALLOCATED).update(
-        lease_until=now + timezone.timedelta(seconds=cycle_holder_grace())
+        lease_until=now + timezone.timedelta(seconds=cycle_holder_grace() - heartbeat_interval())
     )
     return orders, cycles
 
