@@ -545,9 +545,13 @@ class ChainClient:
         entries = self.request("eth_getLogs", [params])
         if not isinstance(entries, list):
             raise ChainUnavailable(f"eth_getLogs answered {type(entries).__name__}, not a list")
-        return sorted(
-            (_raw_log_json(e) for e in entries), key=lambda r: (r.block_number, r.log_index)
-        )
+        try:
+            logs = [_raw_log_json(e) for e in entries]
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            # The node's answer, not a vault log we cannot decode (those are quarantined):
+            # retried as any node fault.
+            raise ChainUnavailable(f"eth_getLogs answered a malformed log: {exc!r}") from exc
+        return sorted(logs, key=lambda r: (r.block_number, r.log_index))
 
     def request(self, method: str, params: list[Any]) -> Any:
         """One JSON-RPC call, its `result` as the node sent it (JSON: hex strings; None for

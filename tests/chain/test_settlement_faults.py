@@ -182,7 +182,11 @@ def test_a_receipt_answer_that_is_neither_a_result_nor_an_error_is_not_taken_for
     assert node.client().receipt(mined).succeeded
 
 
-@pytest.mark.parametrize("result", [None, {"logs": []}], ids=["null", "an object"])
+@pytest.mark.parametrize(
+    "result",
+    [None, {"logs": []}, [None], [{"blockNumber": "0x1"}]],
+    ids=["null", "an object", "a null log", "a log without its fields"],
+)
 def test_a_log_answer_that_is_not_a_list_is_a_node_fault(own_chain, result):
     """A listener reading such an answer must retry it as a node fault, not die on a
     TypeError outside its handlers."""
