@@ -559,7 +559,9 @@ class ChainClient:
         (`chain.node_errors.rpc_error`); an answer with neither `result` nor `error` raises
         ChainUnavailable (as web3's BadResponseFormat did), never passes for a null."""
         response = self._run(self._w3.provider.make_request, method, params)
-        error = response.get("error") if isinstance(response, dict) else None
+        if not isinstance(response, dict):
+            raise ChainUnavailable(f"{method}: the node answered {type(response).__name__}")
+        error = response.get("error")
         if error is not None:
             if isinstance(error, dict):
                 code = error.get("code")
@@ -567,7 +569,7 @@ class ChainClient:
                     code if isinstance(code, int) else None, str(error.get("message", ""))
                 )
             raise node_errors.rpc_error(None, str(error))
-        if not isinstance(response, dict) or "result" not in response:
+        if "result" not in response:
             raise ChainUnavailable(f"{method}: the node answered neither a result nor an error")
         return response["result"]
 

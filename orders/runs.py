@@ -259,15 +259,13 @@ def runs_dead_claim(
     generation of the queued task) is not lost but late, and is left to it. Yields (order
     id, new gen, stage).
 
-    A lease counts as run out one beat interval after its end (`heartbeat_interval()`): a
-    beat skips a row another transaction holds (`_unlocked`), so a step that held its rows
-    past its lease (a slow node call inside its transaction) is renewed by the first beat
-    after its commit, and this grace keeps the scan from taking it over in between (it
-    skips locked rows itself)."""
+    A lease counts as run out one beat interval after its end (`lease_ran_out_before`):
+    a step that held its rows past its lease (a slow node call inside its transaction) is
+    renewed by the first beat after its commit, and the scan skips locked rows itself."""
     # Left out in the query, not after it: under a backlog the `limit` lowest expired ids
     # are the queued ones, and a lost run behind them would never be reached.
     waiting = _live(queued or {})
-    now = timezone.now() - timezone.timedelta(seconds=heartbeat_interval())
+    now = lease_ran_out_before()
     statuses = [s for s, st in _STAGE_BY_STATUS.items() if stage in (None, st)]
     with transaction.atomic():
         rows = list(
@@ -319,6 +317,14 @@ def _held_until() -> timezone.datetime:
 def heartbeat_interval() -> float:
     """Seconds between heartbeats: a quarter of the held lease."""
     return max(0.25, settings.ORDER_RUN_HELD_LEASE_SECONDS / 4)
+
+
+def lease_ran_out_before() -> timezone.datetime:
+    """A lease (a run's or a cycle step's) ending before this has run out: now less one
+    beat interval. A beat skips a row another transaction holds (`_unlocked`), so a step
+    that held its rows past its lease is renewed by the first beat after its commit; the
+    takeovers (`runs_dead_claim`, `orders.netting.cycles.cycles_stalled`) wait that long."""
+    return timezone.now() - timezone.timedelta(seconds=heartbeat_interval())
 
 
 def _unlocked(queryset: QuerySet) -> QuerySet:
@@ -508,7 +514,7 @@ def runs_expire_all() -> tuple[int, int]:
     orders = (
         Order.objects.filter(status__in=[s.value for s in OPEN_STATUSES])
         .filter(_RUN_DRIVEN)
-        .update(run_lease_until=now - timezone.timedelta(seconds=heartbeat_interval() + 1))
+        .update(run_lease_until=lease_ran_out_before() - timezone.timedelta(seconds=1))
     )
     # A beat short of the grace: the cycle scheduler re-drives a lease only a beat past its
     # end (`cycles_stalled`), which makes up the rest.

@@ -53,7 +53,7 @@ from orders.netting.allocation import (
     buyer_demand,
     plan_cycle,
 )
-from orders.runs import heartbeat_interval, run_take_over, runs_take_over_many
+from orders.runs import lease_ran_out_before, run_take_over, runs_take_over_many
 from orders.selectors import order_usdt_remaining
 from orders.stages import Stage
 from orders.state import order_transition, orders_transition_many
@@ -728,9 +728,9 @@ def cycles_fees_record(*, limit: int = FEES_PER_RUN) -> int:
 def cycles_stalled() -> list[CycleNext]:
     """Cycles in flight whose steps stopped: the step to re-drive. As for an order's run
     (`orders.runs.runs_dead_claim`), a lease counts as run out one beat interval after its
-    end, and a cycle whose row another transaction holds is working and left alone: a beat
-    skips a locked row, and the first beat after that transaction's commit renews it."""
-    cutoff = timezone.now() - timedelta(seconds=heartbeat_interval())
+    end (`lease_ran_out_before`), and a cycle whose row another transaction holds is
+    working and left alone."""
+    cutoff = lease_ran_out_before()
     found = []
     with transaction.atomic():
         for cycle_id, status in (
