@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,7 +290,7 @@ def stack_environment(*, db_name: str, redis_url: str, extra: dict[str, str] | N
     a benchmark's own stack needs, set in this process before Django reads its settings:
     its own database `db_name` (beside DATABASE_URL's), `redis_url`, the chain and OpenD on
     those ports, `extra` on top. Returns {name: port}."""
-    ports = {name: free_port() for name in STACK_PORT_NAMES}
+    ports = free_ports(STACK_PORT_NAMES)
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bronco")
     os.environ.update(
         {
@@ -321,6 +321,19 @@ def free_port(preferred: int = 0) -> int:
                 continue
             return sock.getsockname()[1]
     raise PortTaken(preferred)
+
+
+def free_ports(names: Iterable[str]) -> dict[str, int]:
+    """A free port for each of `names`, no two the same (`free_port` lets its port go
+    before returning it, so two calls can return one port: two children then race for it,
+    and one fails with "Address already in use")."""
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in ports.values():
+            port = free_port()
+        ports[name] = port
+    return ports
 
 
 class PortTaken(Exception):

@@ -221,10 +221,10 @@ def test_killed_make_run_leaves_nothing_and_the_next_starts_on_the_same_ports(
     """`make run` (run_stack) SIGKILLed: its children end, its ports are free again, and a
     second run_stack on the same fixed ports and the same var/ (token file, beat schedule,
     chain and broker state of the killed one) comes up and stops cleanly."""
-    from devtools.processes import free_port
+    from devtools.processes import free_ports
 
     names = ("web", "flower", "anvil", "opend", "opend-control", "vault")
-    ports = {name: free_port() for name in names}
+    ports = free_ports(names)
     marker = f"BRONCO_STACK_TEST={stack_env['BRONCO_STACK_TEST']}".encode()
     argv = [
         *(sys.executable, "manage.py", "run_stack", "--no-scenario"),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools import processes
 from devtools.processes import MARKER, own_token, spawn, stop_group, sweep_orphans
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,3 +133,12 @@ def test_child_carries_the_chain_of_orchestrators():
     )
     out, _ = child.communicate(timeout=30)
     assert out.decode().split() == ["1.2", own_token()]
+
+
+def test_free_ports_never_hands_out_one_port_twice(monkeypatch):
+    """`free_port` lets its port go before returning it, so it can return the same one
+    again (here 20001 twice in a row, as it may by chance): a stack's two children then
+    raced for one port and one failed with "Address already in use"."""
+    picks = iter([20001, 20001, 20002, 20001, 20003])
+    monkeypatch.setattr(processes, "free_port", lambda preferred=0: next(picks))
+    assert processes.free_ports(["a", "b", "c"]) == {"a": 20001, "b": 20002, "c": 20003}
