@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import time
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 USDT = 10**6
@@ -147,8 +148,14 @@ def _reset_metrics() -> None:
         metrics_redis().delete(metrics_key(metric.name))
 
 
+def _shares(token_units: int) -> Decimal:
+    return Decimal(int(token_units)) / 10**18
+
+
 def _cycle_profile(order_ids: list[int]) -> dict[str, Any]:
-    from orders.models import Allocation, Cycle
+    from orders.models import Allocation, Cycle, HouseInventory
+
+    held = dict(HouseInventory.objects.values_list("symbol", "token_units"))
 
     cycle_ids = set(
         Allocation.objects.filter(order_id__in=order_ids).values_list("cycle_id", flat=True)
@@ -170,6 +177,14 @@ def _cycle_profile(order_ids: list[int]) -> dict[str, Any]:
         out[symbol] = {
             "cycles": len(cycles),
             "to_broker": sum(1 for c in cycles if c.futu_order_id),
+            # covered by crossing and inventory: no place request
+            "covered": sum(1 for c in cycles if not c.futu_order_id),
+            "inventory_end_shares": str(_shares(held.get(symbol, 0)).quantize(Decimal("0.001"))),
+            "inventory_end_usdt": str(
+                (
+                    _shares(held.get(symbol, 0)) * cycles[-1].quote_price / cycles[-1].ccy_per_usdt
+                ).quantize(Decimal(1))
+            ),
             "interval_mean_s": round(statistics.mean(gaps), 2) if gaps else None,
             "open_to_place_p50_s": round(statistics.median(to_place), 3) if to_place else None,
             "place_to_allocated_p50_s": round(statistics.median(to_alloc), 3) if to_alloc else None,

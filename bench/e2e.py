@@ -49,7 +49,16 @@ ANVIL_ARGS = "--block-time 1 --gas-limit 300000000"
 DEADLINE = 300
 
 
-def _configure() -> dict[str, int]:
+# The house's inventory settings of the batched run (README "Buy-ahead"): each symbol's
+# place slot comes every ~8 s (four symbols share 15 place requests per 30 s), so a broker
+# cycle buys 12 s of the symbol's net demand ahead, and the cycles in between trade from
+# inventory. At 200 deposits/s AAPL's share is about 15,000 USDT/s: 12 s of it needs a cap
+# of about 180,000 USDT, and 250,000 leaves room for the demand's swings.
+BUY_AHEAD_SECONDS = 12.0
+INVENTORY_CAP_USDT = 250_000
+
+
+def _configure(*, buy_ahead: float, inventory_cap_usdt: int) -> dict[str, int]:
     """Ports and environment before Django reads its settings: this process reads the
     chain, the database and the broker the children use."""
     return stack_environment(
@@ -58,6 +67,8 @@ def _configure() -> dict[str, int]:
         extra={
             "ORDER_DEADLINE_SECONDS": str(DEADLINE),
             "BRONCO_ANVIL_ARGS": os.environ.get("BRONCO_ANVIL_ARGS", ANVIL_ARGS),
+            "NETTING_BUY_AHEAD_SECONDS": str(buy_ahead),
+            "NETTING_INVENTORY_CAP_USDT": str(inventory_cap_usdt),
         },
     )
 
@@ -181,9 +192,24 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="batched: for how long")
     parser.add_argument("--depositors", type=int, default=200, help="batched: depositing users")
     parser.add_argument("--redeemers", type=int, default=40, help="batched: redeeming users")
+    parser.add_argument(
+        "--buy-ahead",
+        type=float,
+        default=BUY_AHEAD_SECONDS,
+        help="seconds of net demand a broker cycle buys ahead (NETTING_BUY_AHEAD_SECONDS; "
+        "0: off, every book waits for its place slot)",
+    )
+    parser.add_argument(
+        "--inventory-cap-usdt",
+        type=int,
+        default=INVENTORY_CAP_USDT,
+        help="house inventory cap per symbol (NETTING_INVENTORY_CAP_USDT)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "e2e.json"))
     args = parser.parse_args()
-    ports = _configure()
+    if args.buy_ahead < 0 or args.inventory_cap_usdt < 0:
+        parser.error("--buy-ahead and --inventory-cap-usdt are never negative")
+    ports = _configure(buy_ahead=args.buy_ahead, inventory_cap_usdt=args.inventory_cap_usdt)
 
     import django
 
@@ -212,6 +238,10 @@ def main() -> int:
                     "machine": {"cpus": os.cpu_count()},
                     "duration_seconds": round(time.time() - started, 1),
                     "command": " ".join(["bench/e2e.py", *sys.argv[1:]]),
+                    "inventory": {
+                        "buy_ahead_seconds": args.buy_ahead,
+                        "cap_usdt_per_symbol": args.inventory_cap_usdt,
+                    },
                     "batched": result,
                 },
                 indent=2,
