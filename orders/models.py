@@ -346,7 +346,8 @@ class Allocation(models.Model):
 
 class HouseInventory(models.Model):
     """Shares Bronco holds at the broker that no token represents, per symbol (10^-18 share
-    units). Never negative (a CHECK); capped by NETTING_INVENTORY_CAP_LOTS lots."""
+    units). Never negative (a CHECK); capped by `orders.netting.cycles.inventory_cap_units`
+    (NETTING_INVENTORY_CAP_LOTS lots, or NETTING_INVENTORY_CAP_USDT worth)."""
 
     symbol = models.CharField(max_length=32, unique=True)
     token_units = UintField(default=0)

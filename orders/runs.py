@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -182,9 +183,37 @@ def runs_take_over_many(*, order_ids: Sequence[int], stage: Stage) -> None:
     if stage == Stage.SETTLE:
         # Settled by the batch: one task sends (and then follows) a batch of them, rather
         # than one task per order racing the others for their row locks.
-        transaction.on_commit(lambda: settle_groups_enqueue(gens=gens), robust=True)
+        transaction.on_commit(lambda: _settle_groups_enqueue_or_defer(gens), robust=True)
         return
     transaction.on_commit(lambda: run_enqueue_many(gens=gens, nxt=Next(stage)), robust=True)
+
+
+_settle_deferred: ContextVar[dict[int, int] | None] = ContextVar("settle_deferred", default=None)
+
+
+@contextmanager
+def settle_groups_deferred() -> Iterator[None]:
+    """Within it, the settle runs that allocations take over (`runs_take_over_many`) are
+    published together when it ends, rather than one set of group tasks per transaction:
+    the covered cycles of several symbols in one beat settle in one batched transaction,
+    not one small one each (more transactions than the chain worker sends). What committed
+    is published even when the block raises; a process that dies inside it loses only
+    time (each run's lease runs out and the scan re-drives it)."""
+    token = _settle_deferred.set({})
+    try:
+        yield
+    finally:
+        gens = _settle_deferred.get() or {}
+        _settle_deferred.reset(token)
+        settle_groups_enqueue(gens=gens)
+
+
+def _settle_groups_enqueue_or_defer(gens: Mapping[int, int]) -> None:
+    deferred = _settle_deferred.get()
+    if deferred is None:
+        settle_groups_enqueue(gens=gens)
+    else:
+        deferred.update(gens)
 
 
 def settle_groups_enqueue(*, gens: Mapping[int, int], countdown: float = 0.0) -> None:

@@ -10,6 +10,7 @@ order), the scan and the cycle scheduler touch the database alone (`default`).
 
 import logging
 import socket
+import uuid
 
 import redis
 from celery import Task
@@ -329,7 +330,44 @@ def cycles_schedule() -> int:
         _cycle_follow(nxt)
     for symbol in cycles.symbols_in_flight_with_leavers():
         cycle_kick(symbol)  # its cancelled and late orders leave now, not after the cycle
+    if settings.NETTING_COVERED_CYCLES:
+        token = uuid.uuid4().hex
+        if _redis().set(_COVERED_KEY, token, nx=True, ex=_COVERED_TTL):
+            cycles_open_covered.apply_async(args=[token], expires=_COVERED_TTL)
     return sum(cycle_kick(symbol) for symbol in cycles.symbols_waiting())
+
+
+# One covered pass at a time: the key names the pass's token, and lives as long as a pass
+# may run (its time limit) or wait in the queue (its expiry).
+_COVERED_KEY = "bronco:cycles-covered"
+_COVERED_TTL = 15
+# Deletes the key only while it still names this pass (a later pass's key stays).
+_DELETE_IF_MINE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@bronco_task(
+    name="orders.tasks.cycles_open_covered",
+    queue=QUEUE_BROKER,
+    soft_time_limit=_COVERED_TTL - 5,
+    time_limit=_COVERED_TTL,
+)
+def cycles_open_covered(token: str = "") -> int:
+    """Beat (through `cycles_schedule`, one pass at a time): symbols whose house inventory
+    squares their book trade from it now, on one snapshot for all
+    (`cycles.cycles_open_covered`). The place slots `cycles_schedule` reserves are not
+    touched: a slot whose book a covered cycle emptied opens nothing, or with a buy-ahead
+    tops the inventory up. Returns the cycles it allocated."""
+    try:
+        with cycles.step_timer("cycles_open_covered"):
+            return cycles.cycles_open_covered()
+    finally:
+        if token:
+            _redis().eval(_DELETE_IF_MINE, 1, _COVERED_KEY, token)
 
 
 @bronco_task(name="orders.tasks.ping", queue=QUEUE_DEFAULT, soft_time_limit=10, time_limit=20)

@@ -31,6 +31,8 @@ EXPECTED_QUEUES = {
     "orders.tasks.cycle_poll": "broker",
     "orders.tasks.cycles_schedule": "default",
     "orders.tasks.cycles_fees_record": "broker",
+    # trades symbols whose inventory covers their book, on one snapshot
+    "orders.tasks.cycles_open_covered": "broker",
     # settle sends and confirms the settlement transaction
     "orders.tasks.order_settle": "chain",
     # ... and by the batch: sends a batch of settling orders, then follows its transaction

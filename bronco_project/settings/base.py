@@ -194,6 +194,20 @@ NETTING_FEE_RATE = env_decimal("NETTING_FEE_RATE", "0.001")
 NETTING_FEE_FLAT_USDT = env_decimal("NETTING_FEE_FLAT_USDT", "0")
 # House inventory per symbol is kept at most this many lots (whole lots above it are sold).
 NETTING_INVENTORY_CAP_LOTS = env_int("NETTING_INVENTORY_CAP_LOTS", 2)
+# ... or, when larger, this much USDT of it at the cycle's quote (whole lots; 0 = none): the
+# house's market risk per symbol, which a buy-ahead needs room in.
+NETTING_INVENTORY_CAP_USDT = env_decimal("NETTING_INVENTORY_CAP_USDT", "0")
+# Buy-ahead (0 = off): a cycle at its place slot also tops the inventory up, within 90% of
+# the cap, to what the symbol's net demand of this many seconds needs (its rate over the
+# last NETTING_BUY_AHEAD_WINDOW_SECONDS of cycles), so the cycles until its next place slot
+# are covered by inventory and trade without a place request (orders.netting.cycles).
+NETTING_BUY_AHEAD_SECONDS = env_float("NETTING_BUY_AHEAD_SECONDS", 0.0)
+NETTING_BUY_AHEAD_WINDOW_SECONDS = env_float("NETTING_BUY_AHEAD_WINDOW_SECONDS", 30.0)
+# Covered cycles: at every scheduling beat, symbols whose book the house inventory covers
+# trade from it at once in the regular session, on one snapshot request for all of them
+# (no place request, no place slot to wait for); a book it does not cover waits for its
+# place slot.
+NETTING_COVERED_CYCLES = env_bool("NETTING_COVERED_CYCLES", True)
 # Beat opens cycles this often (for every symbol with orders waiting, oldest first).
 NETTING_CYCLE_SECONDS = env_int("NETTING_CYCLE_SECONDS", 1)
 # Beat reads the broker's fee of allocated cycles this often (Bronco's cost, after the fact).

@@ -9,8 +9,9 @@ unit per component.
 A cycle, for one symbol:
 1. `plan_cycle`: at the quote, each buyer's USDT becomes a demand in token units (after
    Bronco's fee), each seller's tokens a supply; the net (demand - supply) less what the
-   house inventory can give is bought in whole lots, and inventory above its cap is sold in
-   whole lots. Returns the signed broker quantity (0: nothing goes to the broker).
+   house inventory can give is bought in whole lots (with a target, up to the target: a
+   buy-ahead, so later cycles are covered without the broker), and inventory above its cap
+   is sold in whole lots. Returns the signed broker quantity (0: nothing goes to the broker).
 2. `allocate_cycle`: with the broker's fill F (signed token units, whole lots) at its average
    price (or the quote when F = 0), every participant trades at that one price. Sellers are
    always filled in full (crossed against buyers, sold at the broker, or taken into
@@ -166,20 +167,27 @@ def plan_cycle(
     lot_shares: int,
     inventory_units: int,
     inventory_cap_units: int,
+    inventory_target_units: int = 0,
 ) -> CyclePlan:
-    """The broker quantity of a cycle priced at `quote` (see the module docstring). Raises
-    ValueError for a non-positive lot or a negative inventory or cap."""
+    """The broker quantity of a cycle priced at `quote` (see the module docstring).
+
+    After crossing, the inventory would hold `inventory - net` (negative: short of the
+    buyers' demand). Below `inventory_target_units` (0: only what squares the book; kept
+    at most a lot under the cap, so a whole-lot buy never passes it) the cycle buys whole
+    lots up to the target; above `inventory_cap_units` it sells whole lots down to the cap;
+    otherwise nothing goes to the broker. Raises ValueError for a non-positive lot or a
+    negative inventory, cap or target."""
     if lot_shares <= 0 or inventory_units < 0 or inventory_cap_units < 0:
         raise ValueError("lot must be positive; inventory and cap never negative")
+    if inventory_target_units < 0:
+        raise ValueError("the inventory target is never negative")
     lot = lot_shares * TOKEN_UNITS_PER_SHARE
     demand = sum(buyer_demand(b, quote, fees) for b in buyers)
     supply = sum(s.token_units for s in sellers)
-    net = demand - supply
-    if net > 0:
-        need = net - inventory_units
-        lots = -(-need // lot) if need > 0 else 0
-        return CyclePlan(demand, supply, lots * lot)
-    after = inventory_units - net  # inventory if it takes every share the sellers bring
+    after = inventory_units - (demand - supply)  # inventory if the broker does nothing
+    target = max(min(inventory_target_units, inventory_cap_units - lot), 0)
+    if after < target:
+        return CyclePlan(demand, supply, -(-(target - after) // lot) * lot)
     if after > inventory_cap_units:
         lots = min(-(-(after - inventory_cap_units) // lot), after // lot)
         return CyclePlan(demand, supply, -lots * lot)

@@ -24,9 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
+import redis
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from core.alerts import alert_raise
@@ -53,12 +56,18 @@ from orders.netting.allocation import (
     buyer_demand,
     plan_cycle,
 )
-from orders.runs import lease_ran_out_before, run_take_over, runs_take_over_many
+from orders.runs import (
+    lease_ran_out_before,
+    run_take_over,
+    runs_take_over_many,
+    settle_groups_deferred,
+)
 from orders.selectors import order_usdt_remaining
 from orders.stages import Stage
 from orders.state import order_transition, orders_transition_many
 from trading import market_wait, pricing
 from trading import services as broker
+from trading.broker import Quote
 from trading.exceptions import (
     BrokerRejected,
     BrokerUnavailable,
@@ -67,6 +76,7 @@ from trading.exceptions import (
     PlacementInFlight,
     RateLimited,
 )
+from trading.market_calendar import REGULAR, session_of_state
 
 logger = logging.getLogger(__name__)
 
@@ -305,32 +315,96 @@ def _inventory(symbol: str) -> HouseInventory:
     return HouseInventory.objects.select_for_update().get(symbol=symbol)
 
 
-def cycle_open(*, symbol: str) -> CycleNext | None:
-    """Take every order of `symbol` in the book into a new cycle priced on one fresh quote.
-    When crossing and inventory square it, it is allocated at once at the quote (no broker
-    request); otherwise its broker order is to be placed. None when there is nothing to do
-    (empty book, a cycle already in flight, no tradable quote now: the orders wait). A quote
-    that finds the market closed stops the quotes of the symbol's code until the next
-    session opens (`trading.market_wait`)."""
+def inventory_cap_units(quoted: Pricing, lot_shares: int) -> int:
+    """The house inventory's cap for a symbol (token units): NETTING_INVENTORY_CAP_LOTS
+    lots, or NETTING_INVENTORY_CAP_USDT worth at `quoted` in whole lots when that is more."""
+    lot = lot_shares * TOKEN_UNITS_PER_SHARE
+    by_lots = settings.NETTING_INVENTORY_CAP_LOTS * lot
+    by_value = quoted.units_for(usdt_to_units(settings.NETTING_INVENTORY_CAP_USDT)) // lot * lot
+    return max(by_lots, by_value)
+
+
+_BUY_AHEAD_PAUSED = "bronco:buy-ahead-paused:{}"
+
+
+def buy_ahead_pause(symbol: str) -> None:
+    """Stop `symbol`'s buy-ahead for NETTING_BUY_AHEAD_WINDOW_SECONDS (the account lacked
+    the buying power for it)."""
+    seconds = max(int(settings.NETTING_BUY_AHEAD_WINDOW_SECONDS), 1)
+    redis.Redis.from_url(settings.REDIS_URL).set(_BUY_AHEAD_PAUSED.format(symbol), 1, ex=seconds)
+    logger.warning("buy-ahead of %s paused for %s s: the account's buying power", symbol, seconds)
+
+
+def buy_ahead_units(symbol: str) -> int:
+    """What the buy-ahead keeps in inventory for `symbol` (token units; 0 when
+    NETTING_BUY_AHEAD_SECONDS is 0): its net demand (demand less supply of its cycles) over
+    the last NETTING_BUY_AHEAD_WINDOW_SECONDS, as a rate, times NETTING_BUY_AHEAD_SECONDS.
+    A deposit carried over several cycles counts in each, and so does one its price bound
+    left out: the rate errs high, within the cap. 0 while paused (`buy_ahead_pause`)."""
+    ahead = settings.NETTING_BUY_AHEAD_SECONDS
+    window = settings.NETTING_BUY_AHEAD_WINDOW_SECONDS
+    if ahead <= 0 or window <= 0:
+        return 0
+    if redis.Redis.from_url(settings.REDIS_URL).exists(_BUY_AHEAD_PAUSED.format(symbol)):
+        return 0
+    since = timezone.now() - timedelta(seconds=window)
+    totals = Cycle.objects.filter(symbol=symbol, created_at__gte=since).aggregate(
+        demand=Sum("demand_units"), supply=Sum("supply_units")
+    )
+    net = int(totals["demand"] or 0) - int(totals["supply"] or 0)
+    if net <= 0:
+        return 0
+    return int(Fraction(net) * Fraction(ahead) / Fraction(window))
+
+
+def cycle_open(
+    *, symbol: str, quote: Quote | None = None, covered_only: bool = False
+) -> CycleNext | None:
+    """Take every order of `symbol` in the book into a new cycle priced on one fresh quote
+    (`quote` when the caller just took it, else one snapshot request). When crossing and
+    inventory square it, it is allocated at once at the quote (no broker request);
+    otherwise its broker order is to be placed. With a buy-ahead (`buy_ahead_units`) a
+    cycle at its place slot also tops the inventory up to the target, even when its book
+    alone would not need the broker (the slot is the symbol's turn at the place budget).
+    With `covered_only` (no place slot: `cycles_open_covered`, regular session only) a book
+    the inventory does not square makes no cycle and waits for its place slot. None when there is
+    nothing to do (empty book, a cycle already in flight, no tradable quote now: the orders
+    wait). A quote that finds the market closed stops the quotes of the symbol's code until
+    the next session opens (`trading.market_wait`)."""
+    return _open(symbol=symbol, quote=quote, covered_only=covered_only)[0]
+
+
+def _open(
+    *,
+    symbol: str,
+    quote: Quote | None,
+    covered_only: bool,
+    skips_generation: int | None = None,
+) -> tuple[CycleNext | None, bool]:
+    """`cycle_open`, and whether it made a cycle. With a `quote` the caller took, pass the
+    market skips' generation it read before taking it (`market_wait.market_closed_look`)."""
     _leave_book(symbol, by_deadline=False)
     code = settings.BRONCO_SYMBOLS.get(symbol, "")
     if not code or not book(symbol).exists():
-        return None
+        return None, False
     if open_waits_on_flight(symbol):
         # Going on would spend a quote, then wait on the inventory row while that cycle
         # allocates, holding a broker worker.
-        return None
-    closed_state, skips_generation = market_wait.market_closed_look(code)
+        return None, False
+    closed_state, generation_now = market_wait.market_closed_look(code)
+    if skips_generation is None:
+        skips_generation = generation_now
     if closed_state is not None:
         # Known closed until the next session opens: no quote (Futu's snapshot budget).
         waiting.book_wait_for_market(orders=book(symbol), market_state=closed_state, actor=ACTOR)
-        return None
-    try:
-        quote = broker.broker_quote(code=code)
-    except (NoQuote, BrokerUnavailable, RateLimited) as exc:
-        logger.info("cycle of %s waits: %s", symbol, exc)
-        _leave_book_unquoted(symbol, exc)
-        return None
+        return None, False
+    if quote is None:
+        try:
+            quote = broker.broker_quote(code=code)
+        except (NoQuote, BrokerUnavailable, RateLimited) as exc:
+            logger.info("cycle of %s waits: %s", symbol, exc)
+            _leave_book_unquoted(symbol, exc)
+            return None, False
     if quote.suspended or not quote.market_open:
         logger.info("cycle of %s waits: market %s", symbol, quote.market_state or "closed")
         waiting.book_wait_for_market(
@@ -338,13 +412,19 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
         )
         if not quote.market_open:
             market_wait.market_closed_note(code, quote.market_state, generation=skips_generation)
-        return None
+        return None, False
+    if covered_only and session_of_state(quote.market_state) != REGULAR:
+        # The snapshot's price is the regular session's last: outside it, only a broker
+        # order (at its place slot) prices the book.
+        return None, False
     _leave_book(symbol)
     if cycle_in_flight(symbol):
-        return None  # those past their deadline have left; the cycle's end kicks the next
+        # Those past their deadline have left; the cycle's end kicks the next.
+        return None, False
     fees = fee_schedule()
     rate = pricing.fx_rate(code)
     quoted = Pricing(quote.price, rate)
+    target = 0 if covered_only else buy_ahead_units(symbol)
     try:
         with transaction.atomic():
             inventory = _inventory(symbol)
@@ -358,10 +438,11 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
             )
             orders = [o for o in bounded.orders if _joinable(o)]
             if not orders:
-                return None
+                return None, False
             participants = [_participant(o) for o in orders]
             buyers = [p for p in participants if isinstance(p, Buyer)]
             sellers = [p for p in participants if isinstance(p, Seller)]
+            cap = inventory_cap_units(quoted, quote.lot_size)
             plan = plan_cycle(
                 buyers=buyers,
                 sellers=sellers,
@@ -369,10 +450,13 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
                 fees=fees,
                 lot_shares=quote.lot_size,
                 inventory_units=int(inventory.token_units),
-                inventory_cap_units=settings.NETTING_INVENTORY_CAP_LOTS
-                * quote.lot_size
-                * TOKEN_UNITS_PER_SHARE,
+                inventory_cap_units=cap,
+                # A tenth of the cap left for price moves: a cap in USDT holds fewer shares
+                # as the price rises, and inventory at it would be sold and bought back.
+                inventory_target_units=min(target, cap * 9 // 10),
             )
+            if covered_only and plan.broker_units:
+                return None, False  # no cycle: the book waits for its place slot
             limit = None
             if plan.broker_units > 0:
                 limit = pricing.buy_limit_price(quote)
@@ -414,11 +498,74 @@ def cycle_open(*, symbol: str) -> CycleNext | None:
             )
             if plan.broker_units == 0:
                 _allocate(cycle=cycle, inventory=inventory, filled_units=0, price=quote.price)
-                return None
+                return None, True
     except IntegrityError:
         logger.info("a cycle of %s is already in flight", symbol)
-        return None
-    return CycleNext("place", cycle.pk)
+        return None, False
+    return CycleNext("place", cycle.pk), True
+
+
+def symbols_covered_candidates() -> dict[str, int]:
+    """Symbols waiting (`symbols_waiting`, longest first) whose house inventory holds
+    anything and whose market is not known closed: those a covered cycle may serve, each
+    with the market skips' generation read now (before their snapshot is taken). A book
+    crossing alone would square, with no inventory, waits for its slot."""
+    waiting_now = symbols_waiting()
+    if not waiting_now:
+        return {}
+    stocked = set(
+        HouseInventory.objects.filter(symbol__in=waiting_now, token_units__gt=0).values_list(
+            "symbol", flat=True
+        )
+    )
+    found = {}
+    for symbol in waiting_now:
+        code = settings.BRONCO_SYMBOLS.get(symbol, "")
+        if symbol not in stocked or not code:
+            continue
+        closed_state, generation = market_wait.market_closed_look(code)
+        if closed_state is None:
+            found[symbol] = generation
+    return found
+
+
+def cycles_open_covered() -> int:
+    """Covered cycles (NETTING_COVERED_CYCLES): every symbol waiting whose inventory squares
+    its book in the regular session trades now from inventory at one fresh quote, without
+    a place request; the others' books are left for their place slots. One snapshot request
+    quotes them all (Futu: up to 400 codes a request, 60 requests per 30 s; at one beat a
+    second this spends 30 of them, the place-slot cycles 15 more). OpenD refuses a whole
+    snapshot when one code in it is unknown: then no covered cycle runs (logged) and the
+    place-slot cycles, one code each, go on. The cycles settle in one batch
+    (`settle_groups_deferred`); one symbol's failure is logged and the others go on.
+    Returns how many cycles it allocated."""
+    if not settings.NETTING_COVERED_CYCLES:
+        return 0
+    candidates = symbols_covered_candidates()
+    if not candidates:
+        return 0
+    codes = {symbol: settings.BRONCO_SYMBOLS[symbol] for symbol in candidates}
+    try:
+        quotes = broker.broker_quotes(codes=list(codes.values()))
+    except (NoQuote, BrokerUnavailable, RateLimited) as exc:
+        logger.warning("covered cycles wait: %s", exc)
+        return 0
+    opened = 0
+    with settle_groups_deferred():  # one settlement batch for all symbols' cycles
+        for symbol, code in codes.items():
+            quote = quotes.get(code)
+            if quote is None:
+                continue
+            try:
+                opened += _open(
+                    symbol=symbol,
+                    quote=quote,
+                    covered_only=True,
+                    skips_generation=candidates[symbol],
+                )[1]
+            except Exception:
+                logger.exception("covered cycle of %s failed; its place slot still comes", symbol)
+    return opened
 
 
 def _lease(countdown: float = 0.0) -> timezone.datetime:
@@ -452,7 +599,15 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
             limit_price=cycle.limit_price,
             fee=False,  # Bronco's cost, read after allocation (cycles_fees_record)
         )
-    except (RateLimited, PlacementInFlight, InsufficientBuyingPower) as exc:
+    except InsufficientBuyingPower as exc:
+        if not _buys_ahead(cycle):
+            return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
+        # The buy-ahead made the order too large for the account: the cycle ends with what
+        # crossing and inventory give (the rest of each deposit waits for the next cycle),
+        # and the symbol's buy-ahead pauses, so the next cycle asks only what its book needs.
+        buy_ahead_pause(cycle.symbol)
+        return _allocate_unplaced(cycle_id=cycle.pk, reason=f"buying power: {exc}")
+    except (RateLimited, PlacementInFlight) as exc:
         return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
     except BrokerUnavailable:
         return CycleNext("place", cycle.pk, settings.NETTING_BROKER_RETRY_SECONDS)
@@ -464,14 +619,7 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
             source=ACTOR,
             details={"cycle_id": cycle.pk},
         )
-        with transaction.atomic():
-            inventory = _inventory(cycle.symbol)
-            cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
-            if cycle.status != CycleStatus.OPEN:
-                return None
-            cycle.last_error = f"broker rejected: {exc}"
-            _allocate(cycle=cycle, inventory=inventory, filled_units=0, price=cycle.quote_price)
-        return None
+        return _allocate_unplaced(cycle_id=cycle.pk, reason=f"broker rejected: {exc}")
     Cycle.objects.filter(pk=cycle.pk, status=CycleStatus.OPEN).update(
         status=CycleStatus.PLACED,
         futu_order_id=placed.broker_order_id,
@@ -481,6 +629,37 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
         # Filled (or ended) at once: allocate now rather than a poll interval later.
         return _allocate_final(cycle_id=cycle_id, state=placed)
     return CycleNext("poll", cycle_id, settings.ORDER_POLL_INTERVAL_SECONDS)
+
+
+def _lock_cycle(cycle_id: int, status: str) -> tuple[Cycle, HouseInventory] | None:
+    """Inside a transaction: lock the symbol's inventory row, then the cycle (the lock
+    order), and return both while the cycle is still in `status` (None otherwise)."""
+    cycle = Cycle.objects.get(pk=cycle_id)
+    inventory = _inventory(cycle.symbol)
+    cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
+    return (cycle, inventory) if cycle.status == status else None
+
+
+def _allocate_unplaced(*, cycle_id: int, reason: str) -> None:
+    """The cycle's order was refused (nothing placed): allocate it at its quote with
+    nothing from the broker (crossing and inventory only; what remains of each deposit
+    waits for the next cycle), once."""
+    with transaction.atomic():
+        locked = _lock_cycle(cycle_id, CycleStatus.OPEN)
+        if locked is None:
+            return None
+        cycle, inventory = locked
+        cycle.last_error = reason
+        _allocate(cycle=cycle, inventory=inventory, filled_units=0, price=cycle.quote_price)
+    return None
+
+
+def _buys_ahead(cycle: Cycle) -> bool:
+    """Does the cycle's broker order buy more than its book needs (a buy-ahead part)?"""
+    lot = int(cycle.lot_size) * TOKEN_UNITS_PER_SHARE
+    short = int(cycle.demand_units) - int(cycle.supply_units) - int(cycle.inventory_before)
+    need = -(-short // lot) * lot if short > 0 else 0
+    return int(cycle.broker_units) > need
 
 
 # --- poll --------------------------------------------------------------------------------
@@ -537,11 +716,10 @@ def _allocate_final(*, cycle_id: int, state: broker.BrokerOrderState) -> None:
     price: the cycle keeps the fee when the broker already told it, and
     `cycles_fees_record` reads it later otherwise (off the cycle's critical path)."""
     with transaction.atomic():
-        cycle = Cycle.objects.get(pk=cycle_id)
-        inventory = _inventory(cycle.symbol)
-        cycle = Cycle.objects.select_for_update().get(pk=cycle_id)
-        if cycle.status != CycleStatus.PLACED:
+        locked = _lock_cycle(cycle_id, CycleStatus.PLACED)
+        if locked is None:
             return None
+        cycle, inventory = locked
         sign = 1 if cycle.broker_units > 0 else -1
         filled = sign * int(state.filled_qty) * TOKEN_UNITS_PER_SHARE
         price = state.avg_fill_price if filled else cycle.quote_price

@@ -62,6 +62,7 @@ def _check(alloc, buyers, sellers, pricing, fees):
     lot=st.sampled_from([1, 100]),
     inventory=st.integers(min_value=0, max_value=300 * SHARE),
     cap_lots=st.integers(min_value=1, max_value=3),
+    target_lots=st.sampled_from([0, 0, 1, 2, 5]),
     filled_fraction=st.fractions(min_value=0, max_value=1),
     slip=st.decimals(min_value=Decimal("-0.02"), max_value=Decimal("0.02"), places=3),
 )
@@ -75,6 +76,7 @@ def test_any_cycle_conserves_exactly(
     lot,
     inventory,
     cap_lots,
+    target_lots,
     filled_fraction,
     slip,
 ):
@@ -91,9 +93,20 @@ def test_any_cycle_conserves_exactly(
         lot_shares=lot,
         inventory_units=inventory,
         inventory_cap_units=cap,
+        inventory_target_units=target_lots * lot * SHARE,
     )
     lot_units = lot * SHARE
     assert plan.broker_units % lot_units == 0
+    # What the broker does not do, the cap and target ask (a buy stays a lot below the cap).
+    crossed = inventory - plan.net_units
+    target = max(min(target_lots * lot_units, cap - lot_units), 0)
+    if plan.broker_units > 0:
+        assert crossed < target <= crossed + plan.broker_units < target + lot_units
+    elif plan.broker_units < 0:
+        assert crossed > cap and crossed + plan.broker_units >= 0
+        assert crossed + plan.broker_units <= cap or crossed + plan.broker_units < lot_units
+    else:
+        assert target <= crossed <= cap
     # The broker fills some whole lots of the order, at a price near the quote.
     lots = abs(plan.broker_units) // lot_units
     filled = (
@@ -118,9 +131,12 @@ def test_any_cycle_conserves_exactly(
             assert abs(Fraction(d * available, sum(demands)) - fill.token_units) < 1
     else:
         assert [f.token_units for f in alloc.buyers] == demands
-    # A full fill at the quote squares the book: inventory within its cap, or below a lot.
+    # A full fill at the quote squares the book: inventory within its cap, or below a lot,
+    # and at least the target a buy-ahead asked.
     if filled == plan.broker_units and pricing.price == quote:
         assert alloc.inventory_after <= max(cap, inventory) or alloc.inventory_after < lot_units
+        if plan.broker_units > 0:
+            assert alloc.inventory_after >= target
 
 
 @given(
@@ -280,6 +296,54 @@ def test_inventory_above_its_cap_is_sold_in_whole_lots():
     )
     # 280 shares to hold against a cap of 100: sell 2 lots, keep 80.
     assert plan.broker_units == -200 * SHARE
+
+
+def test_a_buy_ahead_tops_the_inventory_up_to_its_target_in_whole_lots():
+    """20 USDT into a 180 USD stock with 10 shares to keep: 11 shares go to the broker
+    (0.11 share for the buyer, the rest is the target plus the lot's remainder)."""
+    fees = FeeSchedule(rate=Decimal(0))
+    quote = Pricing(Decimal(180), Decimal(1))
+    plan = plan_cycle(
+        buyers=[Buyer(1, 20 * USDT)],
+        sellers=[],
+        quote=quote,
+        fees=fees,
+        lot_shares=1,
+        inventory_units=0,
+        inventory_cap_units=50 * SHARE,
+        inventory_target_units=10 * SHARE,
+    )
+    assert plan.broker_units == 11 * SHARE
+    # At the target already: nothing goes to the broker.
+    plan = plan_cycle(
+        buyers=[Buyer(1, 20 * USDT)],
+        sellers=[],
+        quote=quote,
+        fees=fees,
+        lot_shares=1,
+        inventory_units=12 * SHARE,
+        inventory_cap_units=50 * SHARE,
+        inventory_target_units=10 * SHARE,
+    )
+    assert plan.broker_units == 0
+
+
+def test_a_buy_ahead_target_stays_a_lot_below_the_cap():
+    """A target at the cap would make the lot's remainder pass it, and the next cycle
+    would sell it back: the target is kept a lot below."""
+    fees = FeeSchedule(rate=Decimal(0))
+    plan = plan_cycle(
+        buyers=[Buyer(1, 100 * USDT)],
+        sellers=[],
+        quote=Pricing(Decimal(10), Decimal(1)),
+        fees=fees,
+        lot_shares=100,
+        inventory_units=0,
+        inventory_cap_units=300 * SHARE,
+        inventory_target_units=1_000 * SHARE,
+    )
+    # 10 shares wanted, 200 kept (300 - a lot): 210 -> 3 lots, 290 left, under the cap.
+    assert plan.broker_units == 300 * SHARE
 
 
 def test_carry_over_over_several_cycles_conserves_each_deposit():

@@ -3,6 +3,7 @@ Redis only): buys only, sells only, crossed with a net, fully crossed, partial f
 over, cancels before and after the first cycle, a HK deposit far below one lot, inventory
 at its cap and empty. Every case checks conservation to the base unit."""
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -12,7 +13,7 @@ from django.utils import timezone
 from orders.models import Allocation, Cycle, CycleStatus, HouseInventory, Order, OrderStatus
 from orders.netting import cycles
 from orders.pipeline import order_settle, order_validate
-from tests.factories import OrderFactory
+from tests.factories import CycleFactory, OrderFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -501,3 +502,240 @@ def test_a_symbol_with_a_cycle_in_flight_is_not_kicked_and_its_open_waits_on_not
     assert following is not None
     late.refresh_from_db()
     assert late.cycle_id == following.cycle_id
+
+
+# --- covered cycles and the buy-ahead ------------------------------------------------------
+
+
+def _stock(shares, symbol="AAPL", code="US.AAPL"):
+    """House inventory of `shares` bought by an earlier cycle's broker order (so the
+    per-symbol conservation holds)."""
+    units = shares * SHARE
+    CycleFactory(
+        symbol=symbol,
+        stock_code=code,
+        status=CycleStatus.ALLOCATED,
+        broker_units=units,
+        filled_units=units,
+        inventory_after=units,
+    )
+    HouseInventory.objects.update_or_create(symbol=symbol, defaults={"token_units": units})
+
+
+def test_a_book_the_inventory_covers_trades_at_once_without_a_place_request(fake_broker):
+    """A covered cycle: AAPL's inventory holds 3 shares and its book wants about 1.6; it
+    trades from inventory at the quote, and TCEHY's covered book too, on one snapshot for
+    both. No place request, no place slot."""
+    _stock(3)
+    _stock(50, "TCEHY", "HK.00700")
+    small = [_deposit(100), _deposit(200)]
+    hk = _deposit(100, symbol="TCEHY", code="HK.00700")
+    assert cycles.cycles_open_covered() == 2
+    assert fake_broker.placed == []
+    assert [c.kwargs["codes"] for c in fake_broker.calls_to("quotes")] == [
+        ["US.AAPL", "HK.00700"]  # one snapshot, the longest waiting first
+    ]
+    assert fake_broker.calls_to("quote") == []
+    for order in [*small, hk]:
+        order.refresh_from_db()
+        assert order.status == OrderStatus.SETTLING and order.tokens_minted > 0
+        assert order.avg_fill_price in (Decimal(180), Decimal(380))
+    cycle = Cycle.objects.filter(symbol="AAPL").latest("pk")
+    assert cycle.broker_units == 0 and cycle.futu_order_id == "" and cycle.price == 180
+    _settle_all()
+    _check_conservation()
+    _check_conservation("TCEHY")
+
+
+def test_a_book_the_inventory_does_not_cover_waits_for_its_place_slot_untouched(fake_broker):
+    _stock(1)
+    order = _deposit(500)  # about 2.8 shares against 1 held
+    assert cycles.cycles_open_covered() == 0
+    assert Cycle.objects.count() == 1 and fake_broker.placed == []
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PENDING and order.cycle_id is None
+    assert cycles.book("AAPL").filter(pk=order.pk).exists()
+    # Its place slot's cycle takes it as always.
+    _run_cycle(fake_broker, price="180")
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLING
+
+
+def test_no_inventory_no_snapshot(fake_broker, settings):
+    _deposit(100)
+    assert cycles.cycles_open_covered() == 0
+    assert fake_broker.calls_to("quotes") == []
+    _stock(3)
+    settings.NETTING_COVERED_CYCLES = False
+    assert cycles.cycles_open_covered() == 0
+    assert fake_broker.calls_to("quotes") == []
+
+
+def test_the_buy_ahead_keeps_the_recent_net_demand_of_its_seconds_within_the_cap(
+    fake_broker, settings
+):
+    """30 shares of net demand over the last 30 s: 1 share a second; 10 s ahead keeps 10
+    shares. The slot cycle buys them with its own book's, and the next deposits are covered
+    without a place request. A cap in USDT bounds it."""
+    settings.NETTING_BUY_AHEAD_SECONDS = 10
+    settings.NETTING_BUY_AHEAD_WINDOW_SECONDS = 30
+    settings.NETTING_INVENTORY_CAP_USDT = Decimal(10_000)  # 55 shares at 180
+    CycleFactory(  # its orders' bounds left them out: demand and supply counted, no trade
+        status=CycleStatus.ALLOCATED,
+        demand_units=40 * SHARE,
+        supply_units=10 * SHARE,
+        inventory_before=0,
+        inventory_after=0,
+    )
+    assert cycles.buy_ahead_units("AAPL") == 10 * SHARE
+    assert cycles.buy_ahead_units("TSLA") == 0
+    _deposit(180)  # just under a share after the fee
+    cycle = _run_cycle(fake_broker, price="180")
+    assert fake_broker.placed[-1].qty == 11
+    assert 10 * SHARE <= cycle.inventory_after < 11 * SHARE
+    later = _deposit(500)
+    assert cycles.cycles_open_covered() == 1
+    assert len(fake_broker.placed) == 1
+    later.refresh_from_db()
+    assert later.status == OrderStatus.SETTLING and later.avg_fill_price == 180
+
+    # A lower cap (5 shares' worth; the target is 4): the inventory left after this
+    # cycle's deposit, about 6.2 shares, is above it, and whole lots are sold down to it.
+    settings.NETTING_INVENTORY_CAP_USDT = Decimal(900)
+    _deposit(180)
+    cycle = _run_cycle(fake_broker, price="180")
+    assert (fake_broker.placed[-1].side, fake_broker.placed[-1].qty) == ("SELL", 2)
+    assert 4 * SHARE <= cycle.inventory_after <= 5 * SHARE
+    settings.NETTING_BUY_AHEAD_SECONDS = 0
+    assert cycles.buy_ahead_units("AAPL") == 0
+    _settle_all()
+    _check_conservation()
+
+
+def test_the_inventory_cap_is_the_larger_of_its_lots_and_its_usdt(settings):
+    quoted = cycles.Pricing(Decimal(180), Decimal(1))
+    settings.NETTING_INVENTORY_CAP_LOTS = 2
+    settings.NETTING_INVENTORY_CAP_USDT = Decimal(0)
+    assert cycles.inventory_cap_units(quoted, 1) == 2 * SHARE
+    settings.NETTING_INVENTORY_CAP_USDT = Decimal(1000)  # 5.55 shares: 5 whole lots
+    assert cycles.inventory_cap_units(quoted, 1) == 5 * SHARE
+    assert cycles.inventory_cap_units(quoted, 100) == 200 * SHARE  # lots win
+
+
+def test_the_covered_cycles_of_one_beat_settle_in_one_batch(fake_broker, settings):
+    """Each allocation publishes its orders' settle group; the covered cycles of one beat
+    publish theirs together, so two symbols' orders go out in one settlement batch."""
+    import base64
+
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete("chain")
+    _stock(2)  # at its cap (2 lots): 0.55 share taken leaves it under
+    _stock(50, "TCEHY", "HK.00700")
+    ids = [_deposit(100).pk, _deposit(100, symbol="TCEHY", code="HK.00700").pk]
+    assert cycles.cycles_open_covered() == 2
+    groups = []
+    for raw in client.lrange("chain", 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == "orders.tasks.orders_settle_group"
+        groups.append(json.loads(base64.b64decode(message["body"]))[0][0])
+    client.delete("chain")
+    assert [sorted(pk for pk, _ in group) for group in groups] == [sorted(ids)]
+
+
+def test_outside_the_regular_session_a_covered_book_waits_for_its_slot(fake_broker):
+    """Pre-market the snapshot's price is still the last regular session's: only a broker
+    order prices the book, at its place slot."""
+    _stock(2)
+    fake_broker.set_quote("US.AAPL", "180", market_state="PRE_MARKET_BEGIN")
+    order = _deposit(100)
+    assert cycles.cycles_open_covered() == 0
+    assert Cycle.objects.count() == 1  # the stock's own
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PENDING and order.cycle_id is None
+
+
+def test_one_symbols_failure_leaves_the_others_covered(fake_broker, monkeypatch):
+    from trading import pricing
+
+    _stock(2)
+    _stock(50, "TCEHY", "HK.00700")
+    fx_rate = pricing.fx_rate
+
+    def broken_for_hk(code):
+        if code.startswith("HK."):
+            raise ValueError("no HKD rate")
+        return fx_rate(code)
+
+    monkeypatch.setattr(pricing, "fx_rate", broken_for_hk)
+    hk = _deposit(100, symbol="TCEHY", code="HK.00700")  # waits longest: tried first
+    us = _deposit(100)
+    assert cycles.cycles_open_covered() == 1
+    hk.refresh_from_db()
+    us.refresh_from_db()
+    assert hk.status == OrderStatus.PENDING and us.status == OrderStatus.SETTLING
+
+
+def test_a_buy_ahead_the_account_cannot_pay_ends_the_cycle_and_pauses(fake_broker, settings):
+    """The buy-ahead made the order larger than the buying power: the cycle ends with what
+    crossing and inventory give (nothing here: the deposit waits), the symbol's buy-ahead
+    pauses, and the next cycle asks only what its book needs."""
+    settings.NETTING_BUY_AHEAD_SECONDS = 10
+    settings.NETTING_INVENTORY_CAP_USDT = Decimal(10_000)
+    CycleFactory(
+        status=CycleStatus.ALLOCATED,
+        demand_units=40 * SHARE,
+        supply_units=10 * SHARE,
+        inventory_before=0,
+        inventory_after=0,
+    )
+    fake_broker.set_cash("USD", 1_000)  # 5 shares at 180, not 11
+    order = _deposit(180)
+    nxt = cycles.cycle_open(symbol="AAPL")
+    cycle = Cycle.objects.get(pk=nxt.cycle_id)
+    assert cycle.broker_units == 11 * SHARE
+    assert cycles.cycle_place(cycle_id=cycle.pk) is None
+    cycle.refresh_from_db()
+    assert cycle.status == CycleStatus.ALLOCATED and "buying power" in cycle.last_error
+    assert fake_broker.placed == []
+    assert cycles.buy_ahead_units("AAPL") == 0
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PENDING and order.tokens_minted == 0
+    cycle = _run_cycle(fake_broker, price="180")
+    assert fake_broker.placed[-1].qty == 1
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLING
+    _settle_all()
+    _check_conservation()
+
+
+def test_the_scheduling_beat_sends_one_covered_pass_at_a_time(fake_broker, settings):
+    import redis as redis_lib
+
+    from orders import tasks
+
+    client = redis_lib.Redis.from_url(settings.REDIS_URL)
+    queue = redis_lib.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete(tasks._COVERED_KEY)
+    queue.delete("broker")
+
+    def covered_passes():
+        return [
+            json.loads(raw)["headers"]["task"]
+            for raw in queue.lrange("broker", 0, -1)
+            if json.loads(raw)["headers"]["task"] == "orders.tasks.cycles_open_covered"
+        ]
+
+    tasks.cycles_schedule()
+    tasks.cycles_schedule()
+    assert len(covered_passes()) == 1
+    token = client.get(tasks._COVERED_KEY).decode()
+    tasks.cycles_open_covered("another pass's token")
+    assert client.get(tasks._COVERED_KEY).decode() == token  # not its key to free
+    tasks.cycles_open_covered(token)
+    assert client.get(tasks._COVERED_KEY) is None
+    settings.NETTING_COVERED_CYCLES = False
+    queue.delete("broker")
+    tasks.cycles_schedule()
+    assert covered_passes() == [] and client.get(tasks._COVERED_KEY) is None
