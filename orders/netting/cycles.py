@@ -33,6 +33,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from core.alerts import alert_raise
+from core.exceptions import TIME_LIMITS
 from core.metrics import observe_stage
 from core.money import market_to_usdt_units_up, usdt_to_units
 from orders.models import (
@@ -563,6 +564,8 @@ def cycles_open_covered() -> int:
                     covered_only=True,
                     skips_generation=candidates[symbol],
                 )[1]
+            except TIME_LIMITS:
+                raise
             except Exception:
                 logger.exception("covered cycle of %s failed; its place slot still comes", symbol)
     return opened
@@ -602,9 +605,19 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
     except InsufficientBuyingPower as exc:
         if not _buys_ahead(cycle):
             return CycleNext("place", cycle.pk, max(exc.retry_after, 0.05))
-        # The buy-ahead made the order too large for the account: the cycle ends with what
-        # crossing and inventory give (the rest of each deposit waits for the next cycle),
-        # and the symbol's buy-ahead pauses, so the next cycle asks only what its book needs.
+        # The buy-ahead made the order too large for the account: its client id is closed
+        # first (an earlier attempt that reached the broker is followed instead), then the
+        # cycle ends with what crossing and inventory give (the rest of each deposit waits
+        # for the next cycle), and the symbol's buy-ahead pauses, so the next cycle asks
+        # only what its book needs.
+        try:
+            found = broker.broker_order_abandon(client_id=cycle.client_id)
+        except (PlacementInFlight, RateLimited) as wait:
+            return CycleNext("place", cycle.pk, max(wait.retry_after, 0.05))
+        except BrokerUnavailable:
+            return CycleNext("place", cycle.pk, settings.NETTING_BROKER_RETRY_SECONDS)
+        if found is not None:
+            return _placed(cycle_id=cycle.pk, state=found)
         buy_ahead_pause(cycle.symbol)
         return _allocate_unplaced(cycle_id=cycle.pk, reason=f"buying power: {exc}")
     except (RateLimited, PlacementInFlight) as exc:
@@ -620,14 +633,19 @@ def cycle_place(*, cycle_id: int) -> CycleNext | None:
             details={"cycle_id": cycle.pk},
         )
         return _allocate_unplaced(cycle_id=cycle.pk, reason=f"broker rejected: {exc}")
-    Cycle.objects.filter(pk=cycle.pk, status=CycleStatus.OPEN).update(
+    return _placed(cycle_id=cycle.pk, state=placed)
+
+
+def _placed(*, cycle_id: int, state: broker.BrokerOrderState) -> CycleNext | None:
+    """The cycle's order is at the broker: the cycle is PLACED and followed."""
+    Cycle.objects.filter(pk=cycle_id, status=CycleStatus.OPEN).update(
         status=CycleStatus.PLACED,
-        futu_order_id=placed.broker_order_id,
+        futu_order_id=state.broker_order_id,
         lease_until=_lease(settings.ORDER_POLL_INTERVAL_SECONDS),
     )
-    if placed.is_final:
+    if state.is_final:
         # Filled (or ended) at once: allocate now rather than a poll interval later.
-        return _allocate_final(cycle_id=cycle_id, state=placed)
+        return _allocate_final(cycle_id=cycle_id, state=state)
     return CycleNext("poll", cycle_id, settings.ORDER_POLL_INTERVAL_SECONDS)
 
 

@@ -14,6 +14,7 @@ from orders.models import Allocation, Cycle, CycleStatus, HouseInventory, Order,
 from orders.netting import cycles
 from orders.pipeline import order_settle, order_validate
 from tests.factories import CycleFactory, OrderFactory
+from trading.models import BrokerOrderRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -702,6 +703,14 @@ def test_a_buy_ahead_the_account_cannot_pay_ends_the_cycle_and_pauses(fake_broke
     assert cycles.buy_ahead_units("AAPL") == 0
     order.refresh_from_db()
     assert order.status == OrderStatus.PENDING and order.tokens_minted == 0
+    # Its client id is closed: a late retry of its place step (a re-drive) places nothing,
+    # even with the cash there.
+    fake_broker.set_cash("USD", 10_000_000)
+    assert cycles.cycle_place(cycle_id=cycle.pk) is None
+    assert fake_broker.placed == []
+    record = BrokerOrderRecord.objects.get(client_id=cycle.client_id)
+    assert record.status == BrokerOrderRecord.ABANDONED
+    fake_broker.set_cash("USD", 1_000)
     cycle = _run_cycle(fake_broker, price="180")
     assert fake_broker.placed[-1].qty == 1
     order.refresh_from_db()
