@@ -144,6 +144,12 @@ def buyer_demand(buyer: Buyer, pricing: Pricing, fees: FeeSchedule) -> int:
     return pricing.units_for(max_cost(buyer.usdt_units, fees, prior_units=buyer.prior_cost_units))
 
 
+def whole_lots_up(units: int, lot_units: int) -> int:
+    """`units` (token units, >= 0) rounded up to whole lots of `lot_units`: what a buy of
+    at least `units` sends to the broker."""
+    return -(-units // lot_units) * lot_units
+
+
 @dataclass(frozen=True)
 class CyclePlan:
     """What a cycle sends to the broker: `broker_units` signed token units (+ buy, - sell),
@@ -187,7 +193,7 @@ def plan_cycle(
     after = inventory_units - (demand - supply)  # inventory if the broker does nothing
     target = max(min(inventory_target_units, inventory_cap_units - lot), 0)
     if after < target:
-        return CyclePlan(demand, supply, -(-(target - after) // lot) * lot)
+        return CyclePlan(demand, supply, whole_lots_up(target - after, lot))
     if after > inventory_cap_units:
         lots = min(-(-(after - inventory_cap_units) // lot), after // lot)
         return CyclePlan(demand, supply, -lots * lot)

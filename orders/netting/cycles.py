@@ -56,6 +56,7 @@ from orders.netting.allocation import (
     allocate_cycle,
     buyer_demand,
     plan_cycle,
+    whole_lots_up,
 )
 from orders.runs import (
     lease_ran_out_before,
@@ -368,10 +369,10 @@ def cycle_open(
     cycle at its place slot also tops the inventory up to the target, even when its book
     alone would not need the broker (the slot is the symbol's turn at the place budget).
     With `covered_only` (no place slot: `cycles_open_covered`, regular session only) a book
-    the inventory does not square makes no cycle and waits for its place slot. None when there is
-    nothing to do (empty book, a cycle already in flight, no tradable quote now: the orders
-    wait). A quote that finds the market closed stops the quotes of the symbol's code until
-    the next session opens (`trading.market_wait`)."""
+    the inventory does not square makes no cycle and waits for its place slot. None when
+    there is nothing to do (empty book, a cycle already in flight, no tradable quote now:
+    the orders wait). A quote that finds the market closed stops the quotes of the symbol's
+    code until the next session opens (`trading.market_wait`)."""
     return _open(symbol=symbol, quote=quote, covered_only=covered_only)[0]
 
 
@@ -676,8 +677,7 @@ def _buys_ahead(cycle: Cycle) -> bool:
     """Does the cycle's broker order buy more than its book needs (a buy-ahead part)?"""
     lot = int(cycle.lot_size) * TOKEN_UNITS_PER_SHARE
     short = int(cycle.demand_units) - int(cycle.supply_units) - int(cycle.inventory_before)
-    need = -(-short // lot) * lot if short > 0 else 0
-    return int(cycle.broker_units) > need
+    return int(cycle.broker_units) > whole_lots_up(max(short, 0), lot)
 
 
 # --- poll --------------------------------------------------------------------------------
