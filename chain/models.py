@@ -162,6 +162,14 @@ class SettlementKind(models.TextChoices):
     REFUND = "refund", "refundDeposit"
 
 
+class BatchKind(models.TextChoices):
+    """What a batched settlement transaction settles, and the vault function it calls."""
+
+    DEPOSIT = "deposit", "settleDeposits"
+    REDEEM = "redeem", "settleRedeems"
+    MIXED = "mixed", "settleBatch (deposits and redeems)"
+
+
 class SettlementStatus(models.TextChoices):
     SIGNED = "SIGNED", "Signed, not yet seen by the node"
     SENT = "SENT", "Sent, waiting for confirmations"
@@ -258,12 +266,13 @@ class SettlementTx(models.Model):
 
 
 class SettlementBatch(models.Model):
-    """One batched settlement transaction (settleDeposits / settleRedeems) carrying many ids:
-    each id keeps its own SettlementTx (linked here), so `settlement_check` per id works; the
-    batch holds the nonce, its attempts and the receipt verdict for all of them."""
+    """One batched settlement transaction (settleDeposits / settleRedeems, or settleBatch for
+    deposits and redeems together) carrying many ids: each id keeps its own SettlementTx
+    (linked here, with its own kind), so `settlement_check` per id works; the batch holds the
+    nonce, its attempts and the receipt verdict for all of them."""
 
     chain_id = models.BigIntegerField()
-    kind = models.CharField(max_length=8, choices=SettlementKind.choices)
+    kind = models.CharField(max_length=8, choices=BatchKind.choices)
     sender = models.CharField(max_length=42)
     nonce = models.BigIntegerField(null=True, blank=True)
     status = models.CharField(
@@ -287,7 +296,7 @@ class SettlementBatch(models.Model):
                 fields=("chain_id", "sender", "nonce"), name="settlementbatch_unique_nonce"
             ),
             models.CheckConstraint(
-                condition=Q(kind__in=["deposit", "redeem"]), name="settlementbatch_kind_valid"
+                condition=Q(kind__in=BatchKind.values), name="settlementbatch_kind_valid"
             ),
         ]
 

@@ -45,6 +45,7 @@ from chain.exceptions import (
     TransactionRejected,
 )
 from chain.models import (
+    BatchKind,
     NonceSequence,
     SettlementAttempt,
     SettlementBatch,
@@ -60,6 +61,7 @@ from chain.settlement import (
     Settlement,
     SettlementRequest,
     SettlementState,
+    batch_call,
 )
 from core.audit import AuditEntry, audit_record, audit_record_many
 from core.secrets import SecretUnavailable, VaultUnavailable, get_secret
@@ -185,8 +187,7 @@ def _vault_call_of(carrier: Carrier) -> tuple[str, tuple]:
     """The vault function and arguments that `carrier`'s transaction calls."""
     if isinstance(carrier, SettlementBatch):
         members = carrier.settlements.order_by("id")
-        elements = [request_of_row(m).batch_element() for m in members]  # type: ignore[union-attr]
-        return BATCH_CALLS[SettlementKind(carrier.kind)], (elements,)
+        return batch_call([request_of_row(m) for m in members])  # type: ignore[misc]
     return request_of_row(carrier).vault_call()
 
 
@@ -624,12 +625,17 @@ def _batch_skipped(
     except ChainError as exc:
         logger.warning("batch %s: could not read its skipped ids: %s", batch.pk, exc)
         return
+    # SettlementSkipped(uint8 indexed kind, uint256 indexed id): a mixed batch holds both.
+    kind_of_code = {1: SettlementKind.DEPOSIT, 2: SettlementKind.REDEEM}
     skipped = {
-        int(log.topics[2], 16)
+        (kind_of_code.get(int(log.topics[1], 16)), int(log.topics[2], 16))
         for log in logs
         if log.tx_hash.lower() == receipt.tx_hash.lower() and len(log.topics) > 2
     }
-    for row in batch.settlements.filter(onchain_id__in=skipped):
+    rows = batch.settlements.filter(onchain_id__in=[vault_id for _, vault_id in skipped])
+    for row in rows:
+        if (row.kind, int(row.onchain_id)) not in skipped:
+            continue
         before = _audit_view(row)
         settled_by = _settlement_event_tx(client=client, row=row)
         if settled_by is not None:
@@ -927,9 +933,10 @@ def settlement_resubmit(
 def settlements_submit_batch(
     *, requests: Sequence[DepositSettlement | RedeemSettlement], actor: str
 ) -> list[SettlementTx]:
-    """Settle many deposits (settleDeposits) or many redeems (settleRedeems) in batched
-    transactions of at most CHAIN_SETTLEMENT_BATCH_MAX ids, each id's SettlementTx linked to
-    its SettlementBatch (so `settlement_check` per id follows the batch).
+    """Settle many deposits and redeems in batched transactions of at most
+    CHAIN_SETTLEMENT_BATCH_MAX ids (settleDeposits, settleRedeems, or settleBatch when a
+    transaction carries both kinds: deposits first, then redeems), each id's SettlementTx
+    linked to its SettlementBatch (so `settlement_check` per id follows the batch).
 
     Idempotent per id, as `settlement_submit`: an id already submitted is returned as it
     stands (ValueError when asked with other amounts) and not sent again; an id the vault
@@ -940,35 +947,38 @@ def settlements_submit_batch(
     order of `requests`.
     """
     kinds = {request.kind for request in requests}
-    if len(kinds) > 1 or kinds - set(BATCH_CALLS):
-        raise ValueError(f"a batch settles deposits or redeems, one kind at a time: {kinds}")
+    if kinds - set(BATCH_CALLS):
+        raise ValueError(f"a batch settles deposits and redeems only: {kinds}")
     if not requests:
         return []
-    (kind,) = kinds
     chain_id = settings.CHAIN_ID
-    by_id: dict[int, SettlementTx] = {}
-    fresh: list[DepositSettlement | RedeemSettlement] = []
+    by_id: dict[tuple[str, int], SettlementTx] = {}
+    fresh: dict[tuple[str, int], DepositSettlement | RedeemSettlement] = {}
     recorded = {
-        int(row.onchain_id): row
+        (row.kind, int(row.onchain_id)): row
         for row in SettlementTx.objects.filter(
-            chain_id=chain_id, kind=kind, onchain_id__in=[r.vault_id for r in requests]
+            chain_id=chain_id, kind__in=kinds, onchain_id__in=[r.vault_id for r in requests]
         )
     }
     for request in requests:
-        existing = recorded.get(request.vault_id)
+        key = (request.kind, request.vault_id)
+        existing = recorded.get(key)
         if existing is not None:
             _check_same(existing, request)
-            by_id[request.vault_id] = existing
-        elif request.vault_id not in {r.vault_id for r in fresh}:
-            fresh.append(request)
+            by_id[key] = existing
+        else:
+            fresh.setdefault(key, request)
     if fresh:
+        # Deposits first, then redeems: settleBatch's order, so a mixed batch's rows in id
+        # order are its call's elements in order.
+        fresh_in_order = sorted(fresh.values(), key=lambda r: list(BATCH_CALLS).index(r.kind))
         key = _operator_key()
         sender = address_of_key(key)
         size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
-        for start in range(0, len(fresh), size):
-            chunk = fresh[start : start + size]
+        for start in range(0, len(fresh_in_order), size):
+            chunk = fresh_in_order[start : start + size]
             by_id.update(_batch_submit_chunk(chunk=chunk, key=key, sender=sender, actor=actor))
-    return [by_id[request.vault_id] for request in requests]
+    return [by_id[(request.kind, request.vault_id)] for request in requests]
 
 
 def _batch_submit_chunk(
@@ -977,17 +987,18 @@ def _batch_submit_chunk(
     key: str,
     sender: str,
     actor: str,
-) -> dict[int, SettlementTx]:
+) -> dict[tuple[str, int], SettlementTx]:
     chain_id = settings.CHAIN_ID
     client = chain_client()
     vault = contract_set().vault
-    kind = chunk[0].kind
-    out: dict[int, SettlementTx] = {}
+    kinds = {request.kind for request in chunk}
+    batch_kind = BatchKind(kinds.pop()) if len(kinds) == 1 else BatchKind.MIXED
+    out: dict[tuple[str, int], SettlementTx] = {}
     # No per-id "already settled?" read first (one eth_call per id was most of a batch's
     # cost): the vault skips a settled id with SettlementSkipped, so it is never paid twice,
     # and the confirmation records such an id as already settled (`_batch_skipped`).
     to_send = list(chunk)
-    fn, args = BATCH_CALLS[kind], ([r.batch_element() for r in to_send],)
+    fn, args = batch_call(to_send)
     # Encoded once, before the nonce lock: signing under it is then only the signature.
     call = client.prepare(contract="BroncoVault", address=vault, fn=fn, args=args)
     try:
@@ -1015,7 +1026,7 @@ def _batch_submit_chunk(
             with transaction.atomic():
                 batch = SettlementBatch.objects.create(
                     chain_id=chain_id,
-                    kind=kind,
+                    kind=batch_kind,
                     sender=sender,
                     nonce=nonce,
                     tx_hash=signed.tx_hash,
@@ -1026,7 +1037,7 @@ def _batch_submit_chunk(
                     [
                         SettlementTx(
                             chain_id=chain_id,
-                            kind=kind,
+                            kind=request.kind,
                             **_row_values(request),
                             order_id=request.order_id,
                             sender=sender,
@@ -1049,11 +1060,11 @@ def _batch_submit_chunk(
             transaction.on_commit(lambda: _broadcast(pk=batch_pk, raw=raw, actor=actor, batch=True))
     if rows is None:
         for request in to_send:
-            out[request.vault_id] = settlement_submit(request=request, actor=actor)
+            out[(request.kind, request.vault_id)] = settlement_submit(request=request, actor=actor)
         return out
     # As inserted: broadcasting happens after the caller's commit, so nothing moved them.
     for row in rows:
-        out[int(row.onchain_id)] = row
+        out[(row.kind, int(row.onchain_id))] = row
     return out
 
 

@@ -9,7 +9,8 @@ it settles as Bronco saw it on chain (user, symbol, the deposit's USDT or the re
 the vault refuses a request whose record at that id differs, DepositMismatch/RedeemMismatch),
 and its amounts for what they pay (a refund, a payout, tokens minted or returned), in base
 units. The vault settles each (kind, vault id) at most once, and so does every sender;
-`submit_batch` settles many ids of one kind per transaction with the same checks.
+`submit_batch` settles many ids per transaction with the same checks (deposits and redeems
+together in one `settleBatch` when both wait).
 """
 
 from __future__ import annotations
@@ -194,8 +195,26 @@ class RefundPayment:
         )
 
 
-# The batched vault call per kind (refunds are never batched).
+# The batched vault call per kind (refunds are never batched), and the one for both kinds.
 BATCH_CALLS = {SettlementKind.DEPOSIT: "settleDeposits", SettlementKind.REDEEM: "settleRedeems"}
+MIXED_BATCH_CALL = "settleBatch"
+
+
+def batch_call(requests: Sequence[DepositSettlement | RedeemSettlement]) -> tuple[str, tuple]:
+    """The vault function and arguments that settle `requests` in one transaction:
+    settleDeposits or settleRedeems when all are of one kind, settleBatch(deposits, redeems)
+    when both are there (each list in the order given). Raises ValueError for no request or
+    one of another kind (a refund is never batched)."""
+    kinds = {request.kind for request in requests}
+    if not kinds or kinds - set(BATCH_CALLS):
+        raise ValueError(f"a batch settles deposits and redeems, at least one: {kinds}")
+    if len(kinds) == 1:
+        (kind,) = kinds
+        return BATCH_CALLS[kind], ([r.batch_element() for r in requests],)
+    return MIXED_BATCH_CALL, tuple(
+        [r.batch_element() for r in requests if r.kind == kind] for kind in BATCH_CALLS
+    )
+
 
 SettlementRequest = DepositSettlement | RedeemSettlement | RefundPayment
 
@@ -228,8 +247,9 @@ class SettlementSender(Protocol):
     def submit_batch(
         self, requests: Sequence[DepositSettlement | RedeemSettlement], *, actor: str
     ) -> list[Settlement]:
-        """Send many settlements of one kind in as few transactions as the gas bound allows
-        (settings.CHAIN_SETTLEMENT_BATCH_MAX ids per transaction), one settlement per id as
+        """Send many settlements in as few transactions as the gas bound allows
+        (settings.CHAIN_SETTLEMENT_BATCH_MAX ids per transaction, deposits and redeems
+        together in one settleBatch when both are there), one settlement per id as
         `submit` keeps it: an id already submitted is returned as it stands (ValueError if
         asked with other amounts) and not sent again, an id the vault reports settled is
         CONFIRMED with `already_settled`. Returns one Settlement per request, in order;

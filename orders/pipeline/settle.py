@@ -13,6 +13,7 @@ from chain.exceptions import SettlementRejected
 from chain.settlement import (
     DepositSettlement,
     RedeemSettlement,
+    Settlement,
     SettlementState,
     settlement_sender,
 )
@@ -360,10 +361,8 @@ def orders_settle_group(*, order_ids: Sequence[int]) -> GroupNext:
         sent_now = _send_group(unsent, out)
         # Just broadcast (after commit): the first receipt can only come with the next block.
         _follow_by_tx(sent_now, out)
-    for kind in ("deposit", "redeem"):
-        mine = [o for o in sent_before if settlement_kind(o) == kind]
-        if mine:
-            _confirm_group(kind=kind, orders=mine, out=out)
+    if sent_before:
+        _confirm_group(orders=sent_before, out=out)
     return out
 
 
@@ -375,8 +374,10 @@ def _follow_by_tx(orders: Sequence[Order], out: GroupNext) -> None:
 
 
 def _send_group(orders: list[Order], out: GroupNext) -> list[Order]:
-    """Send the settlements of `orders` (unsent, not held) in batches of one kind each, as
-    far as the reserve covers what they pay. Each batch is its own transaction: its rows
+    """Send the settlements of `orders` (unsent, not held) in batches of up to
+    CHAIN_SETTLEMENT_BATCH_MAX ids, deposits and redeems together (the vault's settleBatch:
+    one transaction, not one per kind), as far as the reserve covers what they pay. Each
+    batch is its own transaction: its rows
     locked (skip locked), sent, its orders' hashes recorded in one bulk transition, then
     committed, so the audit chain's lock (taken by the first audit append, held to commit)
     never waits on another batch's node requests. Orders another worker holds the lock of
@@ -395,10 +396,8 @@ def _send_group(orders: list[Order], out: GroupNext) -> list[Order]:
         covered.append(order)
     size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
     sent: list[Order] = []
-    for kind in ("deposit", "redeem"):
-        mine = [o for o in covered if settlement_kind(o) == kind]
-        for start in range(0, len(mine), size):
-            sent.extend(_send_batch(mine[start : start + size], out))
+    for start in range(0, len(covered), size):
+        sent.extend(_send_batch(covered[start : start + size], out))
     return sent
 
 
@@ -434,15 +433,32 @@ def _send_batch(chunk: list[Order], out: GroupNext) -> list[Order]:
         return sent
 
 
-def _confirm_group(*, kind: str, orders: list[Order], out: GroupNext) -> None:
-    """Check the sent settlements of `orders` (one kind) with one `check_many`, settle the
-    confirmed ones in bulk, hand the reverted (and any unknown) to their own stage, and ask
-    to follow the pending ones per transaction."""
+def _confirm_group(*, orders: list[Order], out: GroupNext) -> None:
+    """Check the sent settlements of `orders` with one `check_many` per kind (a transaction
+    that carries both kinds is judged by the first and only read by the second), settle the
+    confirmed ones in one bulk transition, hand the reverted (and any unknown) to their own
+    stage, and ask to follow the pending ones per transaction."""
     actor = stage_actor("settle")
-    by_id = {int(o.onchain_id): o for o in orders}
-    found = settlement_sender().check_many(kind=kind, vault_ids=list(by_id), actor=actor)
     confirmed: dict[int, str] = {}
     pending: list[Order] = []
+    for kind in ("deposit", "redeem"):
+        by_id = {int(o.onchain_id): o for o in orders if settlement_kind(o) == kind}
+        if by_id:
+            found = settlement_sender().check_many(kind=kind, vault_ids=list(by_id), actor=actor)
+            _sort_checked(by_id, found, confirmed=confirmed, pending=pending, out=out)
+    _follow_by_tx(pending, out)
+    if confirmed:
+        _settle_confirmed(confirmed, out)
+
+
+def _sort_checked(
+    by_id: dict[int, Order],
+    found: Mapping[int, Settlement],
+    *,
+    confirmed: dict[int, str],
+    pending: list[Order],
+    out: GroupNext,
+) -> None:
     for vault_id, order in by_id.items():
         settlement = found.get(vault_id)
         if settlement is None or settlement.state == SettlementState.REVERTED:
@@ -451,9 +467,6 @@ def _confirm_group(*, kind: str, orders: list[Order], out: GroupNext) -> None:
             confirmed[order.pk] = settlement.tx_hash
         else:
             pending.append(order)
-    _follow_by_tx(pending, out)
-    if confirmed:
-        _settle_confirmed(confirmed, out)
 
 
 def _settle_confirmed(tx_by_order: dict[int, str], out: GroupNext) -> None:

@@ -207,17 +207,14 @@ def test_the_fake_batch_skips_settled_ids_and_refuses_a_mismatched_batch_whole()
         fake.submit_batch([deposit(4), deposit(5)], actor="test")
     assert fake.settlement(kind="deposit", vault_id=4) is None  # nothing of it recorded
     assert [r.vault_id for r in fake.submissions] == [1, 2, 3]
-    with pytest.raises(ValueError, match="one kind"):
-        fake.submit_batch(
-            [
-                deposit(6),
-                RedeemSettlement(
-                    redeem_id=6,
-                    payout_usdt_units=1,
-                    return_token_units=0,
-                    redeem_token_units=9,
-                    **NAMED,
-                ),
-            ],
-            actor="test",
-        )
+    redeem = RedeemSettlement(
+        redeem_id=6, payout_usdt_units=1, return_token_units=0, redeem_token_units=9, **NAMED
+    )
+    mixed = fake.submit_batch([deposit(6), redeem], actor="test")  # as settleBatch: both kinds
+    assert [(s.kind, s.vault_id) for s in mixed] == [("deposit", 6), ("redeem", 6)]
+    assert mixed[0].tx_hash == mixed[1].tx_hash
+    refund = RefundPayment(
+        refund_id=9, deposit_id=6, refund_usdt_units=3, deposit_usdt_units=100, **NAMED
+    )
+    with pytest.raises(ValueError, match="deposits and redeems only"):
+        fake.submit_batch([deposit(8), refund], actor="test")

@@ -12,7 +12,14 @@ from chain.exceptions import SettlementRejected
 from chain.models import SettlementBatch, SettlementStatus, SettlementTx
 from chain.services import ChainSettlementSender, settlement_check, settlement_submit
 from chain.settlement import SettlementState
-from tests.fixtures.chain import DEPLOYER_KEY, OPERATOR_KEY, named_deposit, wait_for
+from tests.fixtures.chain import (
+    DEPLOYER_KEY,
+    OPERATOR_KEY,
+    fund_vault,
+    named_deposit,
+    named_redeem,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
@@ -23,6 +30,16 @@ def confirmed(vault_id):
     return wait_for(
         lambda: settlement_check(kind="deposit", vault_id=vault_id) == SettlementState.CONFIRMED
     )
+
+
+def settle_unrecorded(node, contracts, request) -> str:
+    """Settle `request` alone with the operator's key in a transaction Bronco has no record
+    of (as one whose record was lost); returns its hash."""
+    fn, args = request.vault_call()
+    client = node.client()
+    return client.transact(
+        private_key=OPERATOR_KEY, contract="BroncoVault", address=contracts.vault, fn=fn, args=args
+    ).tx_hash
 
 
 def test_a_batch_settles_many_ids_in_few_transactions_each_checked_per_id(
@@ -89,19 +106,7 @@ def test_an_id_settled_by_a_transaction_whose_record_was_lost_is_skipped_and_rec
     user = chain_user(5, node=node, contracts=contracts)
     ids = [user.deposit_id(user.deposit("AAPL", 9 * UNIT)) for _ in range(3)]
     requests = [named_deposit(i, mint_token_units=0, refund_usdt_units=9 * UNIT) for i in ids]
-    # Settled by the operator's key in a transaction Bronco has no record of.
-    fn, args = requests[0].vault_call()
-    settled_by = (
-        node.client()
-        .transact(
-            private_key=OPERATOR_KEY,
-            contract="BroncoVault",
-            address=contracts.vault,
-            fn=fn,
-            args=args,
-        )
-        .tx_hash
-    )
+    settled_by = settle_unrecorded(node, contracts, requests[0])
     assert selectors.is_settled(kind="deposit", onchain_id=ids[0])
     balance = selectors.usdt_balance(address=user.address)
 
@@ -116,3 +121,55 @@ def test_an_id_settled_by_a_transaction_whose_record_was_lost_is_skipped_and_rec
     assert not any(rows[i].already_settled for i in ids[1:])
     # Paid once: only the two ids the batch settled paid now.
     assert selectors.usdt_balance(address=user.address) == balance + 2 * 9 * UNIT
+
+
+def test_deposits_and_redeems_settle_together_in_one_settle_batch_transaction(
+    own_chain, chain_user, settings
+):
+    """A batch holding both kinds is one settleBatch transaction: each id settles once and
+    is checked per id under its own kind; an id of either kind already settled is skipped
+    (SettlementSkipped names its kind) and recorded as such, and the user is paid once."""
+    node, contracts = own_chain
+    settings.CHAIN_SETTLEMENT_BATCH_MAX = 10
+    user = chain_user(4, node=node, contracts=contracts)
+    minted = user.deposit_id(user.deposit("AAPL", 20 * UNIT))
+    settlement_submit(
+        request=named_deposit(minted, mint_token_units=TOKEN, refund_usdt_units=0), actor="t"
+    )
+    confirmed(minted)
+    fund_vault(node, contracts, user, 50 * UNIT)
+    deposits = [user.deposit_id(user.deposit("AAPL", 9 * UNIT)) for _ in range(2)]
+    redeems = [user.redeem_id(user.redeem("AAPL", TOKEN // 4)) for _ in range(2)]
+    first_redeem = named_redeem(redeems[0], payout_usdt_units=UNIT, return_token_units=0)
+    settled_by = settle_unrecorded(node, contracts, first_redeem)
+    balance = selectors.usdt_balance(address=user.address)
+    requests = [
+        named_redeem(redeems[1], payout_usdt_units=2 * UNIT, return_token_units=0),
+        named_deposit(deposits[0], mint_token_units=0, refund_usdt_units=9 * UNIT),
+        first_redeem,
+        named_deposit(deposits[1], mint_token_units=0, refund_usdt_units=9 * UNIT),
+    ]
+    views = ChainSettlementSender().submit_batch(requests, actor="test")
+    assert [(v.kind, v.vault_id) for v in views] == [(r.kind, r.vault_id) for r in requests]
+    (batch,) = SettlementBatch.objects.all()
+    assert batch.kind == "mixed"
+    kinds = [(r.kind, r.vault_id) for r in requests]
+    assert wait_for(
+        lambda: all(
+            settlement_check(kind=kind, vault_id=vault_id) == SettlementState.CONFIRMED
+            for kind, vault_id in kinds
+        )
+    )
+    batch.refresh_from_db()
+    assert batch.status == SettlementStatus.CONFIRMED
+    rows = {(r.kind, int(r.onchain_id)): r for r in SettlementTx.objects.filter(batch=batch)}
+    assert sorted(rows) == sorted(kinds)
+    skipped = rows[("redeem", redeems[0])]
+    assert skipped.already_settled and skipped.tx_hash == settled_by
+    assert not any(r.already_settled for key, r in rows.items() if key != ("redeem", redeems[0]))
+    assert {r.tx_hash for key, r in rows.items() if r is not skipped} == {batch.tx_hash}
+    for vault_id in deposits:
+        assert selectors.is_settled(kind="deposit", onchain_id=vault_id)
+    assert selectors.is_settled(kind="redeem", onchain_id=redeems[1])
+    # Paid once: two refunds and one payout now, nothing again for the skipped redeem.
+    assert selectors.usdt_balance(address=user.address) == balance + 2 * 9 * UNIT + 2 * UNIT

@@ -170,8 +170,8 @@ class FakeSettlementSender:
         self, requests: Sequence[DepositSettlement | RedeemSettlement], *, actor: str
     ) -> list[Settlement]:
         kinds = {r.kind for r in requests}
-        if len(kinds) > 1 or kinds - {SettlementKind.DEPOSIT, SettlementKind.REDEEM}:
-            raise ValueError(f"a batch settles deposits or redeems, one kind at a time: {kinds}")
+        if kinds - {SettlementKind.DEPOSIT, SettlementKind.REDEEM}:
+            raise ValueError(f"a batch settles deposits and redeems only: {kinds}")
         for request in requests:  # the whole batch is refused before anything is recorded
             existing = self._entries.get((request.kind, request.vault_id))
             if existing is not None:

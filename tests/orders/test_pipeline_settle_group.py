@@ -9,18 +9,20 @@ from django.db import transaction
 from chain import selectors as chain_selectors
 from chain.client import ChainClient
 from chain.models import SettlementBatch, SettlementStatus, SettlementTx
+from chain.services import settlement_submit
 from core.models import Alert, AuditLog
 from core.money import USDT_UNIT
 from orders.models import Order, OrderStatus
 from orders.pipeline import SETTLE, Next, order_settle, orders_settle_group
 from orders.pipeline.common import settle_untraded
 from refunds.models import Refund, RefundOrigin
-from tests.fixtures.chain import drain_vault, fund_vault, wait_for
-from tests.fixtures.pipeline import chain_deposit, fast_pipeline
+from tests.fixtures.chain import drain_vault, fund_vault, named_deposit, wait_for
+from tests.fixtures.pipeline import chain_deposit, chain_redeem, fast_pipeline
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db(transaction=True)]
 
 N = 8
+TOKEN = 10**18
 
 
 @pytest.fixture
@@ -108,6 +110,58 @@ def test_a_batch_of_orders_confirms_with_one_receipt_read_and_settles_each_once(
     assert _settled_entries(ids) == sorted(ids)
     assert refunds.count() == N and SettlementBatch.objects.count() == 1
     assert chain_selectors.usdt_balance(address=user.address) == balance_before + paid
+
+
+def test_deposits_and_redeems_of_a_group_settle_in_one_transaction(
+    own_chain, chain_user, receipts, settings
+):
+    """Both kinds in one group: one settleBatch transaction (not one per kind), followed
+    with one receipt read per step, each order settling once with what it is owed."""
+    node, contracts = own_chain
+    fast_pipeline(settings)
+    user = chain_user(5, node=node, contracts=contracts)
+    minted = chain_deposit(user, contracts, "AAPL", 50 * USDT_UNIT)
+    settlement_submit(
+        request=named_deposit(int(minted.onchain_id), mint_token_units=TOKEN, refund_usdt_units=0),
+        actor="test",
+    )
+    assert wait_for(
+        lambda: chain_selectors.is_settled(kind="deposit", onchain_id=int(minted.onchain_id))
+    )
+    orders = []
+    for i in range(3):
+        orders.append(chain_deposit(user, contracts, "AAPL", (10 + i) * USDT_UNIT))
+        if i < 2:
+            orders.append(chain_redeem(user, contracts, "AAPL", TOKEN // 4))
+    for order in orders:
+        settle_untraded(order, outcome=OrderStatus.FAILED, reason="test: refused", stage="test")
+    ids = [o.pk for o in orders]
+    usdt_before = chain_selectors.usdt_balance(address=user.address)
+    tokens_before = chain_selectors.token_balance(symbol="AAPL", address=user.address)
+
+    sent = orders_settle_group(order_ids=ids)
+    assert sent.alone == {} and sent.follow == [sorted(ids)]
+    (batch,) = SettlementBatch.objects.exclude(settlements__order_id=minted.pk).distinct()
+    assert batch.kind == "mixed"
+    follow = sent.follow
+    while follow:
+        (ids_,) = follow
+        before = len(receipts)
+        out = orders_settle_group(order_ids=ids_)
+        assert len(receipts) - before == 1  # one read for the transaction, both kinds in it
+        assert out.alone == {}
+        follow = out.follow
+    assert set(Order.objects.filter(pk__in=ids).values_list("status", flat=True)) == {
+        OrderStatus.FAILED
+    }
+    assert _settled_entries(ids) == sorted(ids)
+    assert set(Order.objects.filter(pk__in=ids).values_list("settlement_tx_hash", flat=True)) == {
+        batch.tx_hash
+    }
+    refunded = sum((10 + i) * USDT_UNIT for i in range(3))
+    assert chain_selectors.usdt_balance(address=user.address) == usdt_before + refunded
+    returned = chain_selectors.token_balance(symbol="AAPL", address=user.address)
+    assert returned == tokens_before + 2 * (TOKEN // 4)
 
 
 def test_a_reverted_batch_is_held_and_alerted_per_order_and_retried_once_the_vault_accepts(

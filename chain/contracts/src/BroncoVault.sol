@@ -492,6 +492,23 @@ contract BroncoVault is AccessControl, Pausable {
         }
     }
 
+    /// @notice Settles many deposits and many redeems in one transaction, each list as
+    /// settleDeposits and settleRedeems do it (a settled id is skipped with
+    /// SettlementSkipped; any other invalid element reverts the whole batch). One transaction
+    /// instead of two when a netting cycle settles both sides; EmptyBatch when both are empty.
+    function settleBatch(
+        DepositSettlement[] calldata depositItems,
+        RedeemSettlement[] calldata redeemItems
+    ) external onlyRole(OPERATOR_ROLE) {
+        if (depositItems.length == 0 && redeemItems.length == 0) revert EmptyBatch();
+        for (uint256 i = 0; i < depositItems.length; i++) {
+            _settleDeposit(depositItems[i], true);
+        }
+        for (uint256 i = 0; i < redeemItems.length; i++) {
+            _settleRedeem(redeemItems[i], true);
+        }
+    }
+
     /// @notice Manual refund of part of a deposit not yet settled, paid to the depositor.
     /// Names the deposit (DepositMismatch otherwise); each refund id pays at most once
     /// (RefundIdUsed), so a retried transaction never pays twice; manual refunds together

@@ -72,9 +72,12 @@ def test_a_batch_of_orders_is_sent_once_followed_by_one_check_and_settles_each_o
     assert refunds.count() == 12 and len(fake_sender.submissions) == 12
 
 
-def test_deposits_and_redeems_go_in_batches_of_their_kind_bounded_by_the_setting(
+def test_deposits_and_redeems_go_in_the_same_batches_bounded_by_the_setting(
     fake_sender, settings
 ):
+    """Both kinds ride in one transaction (the vault's settleBatch): a group of 6 deposits
+    and 3 redeems, at most 4 ids a batch, is 3 transactions, not the 4 that batches of one
+    kind need; a follow-up checks each kind it holds once."""
     settings.CHAIN_SETTLEMENT_BATCH_MAX = 4
     deposits = _settling(6)
     redeems = _settling(
@@ -88,12 +91,25 @@ def test_deposits_and_redeems_go_in_batches_of_their_kind_bounded_by_the_setting
     )
     ids = [o.pk for o in deposits + redeems]
     out = orders_settle_group(order_ids=ids)
-    assert sorted(len(batch) for batch in fake_sender.batches) == [2, 3, 4]
-    assert sorted(len(f) for f in out.follow) == [2, 3, 4]
+    assert [len(batch) for batch in fake_sender.batches] == [4, 4, 1]
+    assert [sorted({r.kind for r in batch}) for batch in fake_sender.batches] == [
+        ["deposit"],
+        ["deposit", "redeem"],
+        ["redeem"],
+    ]
+    assert sorted(len(f) for f in out.follow) == [1, 4, 4]
     for follow in out.follow:  # each transaction followed on its own
         assert orders_settle_group(order_ids=follow).follow == []
-    assert len(fake_sender.check_many_calls) == 3
+    assert sorted((kind, len(ids_)) for kind, ids_ in fake_sender.check_many_calls) == [
+        ("deposit", 2),
+        ("deposit", 4),
+        ("redeem", 1),
+        ("redeem", 2),
+    ]
     assert sorted(_settled_entries(ids)) == sorted(ids)
+    assert set(Order.objects.filter(pk__in=ids).values_list("status", flat=True)) == {
+        OrderStatus.EXECUTED
+    }
     # Only deposits with a refund get an automatic refund record.
     assert Refund.objects.filter(origin=RefundOrigin.AUTOMATIC).count() == 6
 
