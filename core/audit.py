@@ -6,7 +6,9 @@ take sequence numbers one after another and each row links to the true previous 
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -95,10 +97,13 @@ def audit_record(
     order_id: int | None = None,
     before: dict | None = None,
     after: dict | None = None,
-) -> AuditLog:
+) -> AuditLog | None:
     """Append one entry. Runs inside the caller's transaction (atomic if there is none), so
-    the entry commits or rolls back together with the change it describes."""
+    the entry commits or rolls back together with the change it describes. Within
+    `audit_deferred` it is kept and appended when that block ends (None is returned)."""
     entry = AuditEntry(actor=actor, action=action, order_id=order_id, before=before, after=after)
+    if _defer([entry]):
+        return None
     with transaction.atomic():
         (row,) = _chained_rows([entry])
         return AuditLog.objects.create(**row)
@@ -111,12 +116,75 @@ _COPY_FROM = 32
 def audit_record_many(entries: Sequence[AuditEntry]) -> int:
     """Append entries in the given order with one lock, one read of the chain's tail and one
     INSERT (one COPY from _COPY_FROM entries: a cycle's hundreds of orders). Same
-    transaction rules as `audit_record`. Returns how many were appended."""
+    transaction rules as `audit_record`, and kept the same way within `audit_deferred`.
+    Returns how many were appended (or kept)."""
+    if _defer(entries):
+        return len(entries)
     with transaction.atomic():
         rows = _chained_rows(entries)
         if len(rows) >= _COPY_FROM:
             return bulk_copy_insert(AuditLog, rows)
         return len(AuditLog.objects.bulk_create([AuditLog(**row) for row in rows]))
+
+
+# The entries of the innermost `audit_deferred` block, each with the on-commit marker that
+# tells whether the savepoint it was recorded in was rolled back since.
+_deferred: ContextVar[list[tuple[AuditEntry, Callable[[], None]]] | None] = ContextVar(
+    "audit_deferred", default=None
+)
+
+
+@contextmanager
+def audit_deferred() -> Iterator[None]:
+    """Within it (inside a transaction), `audit_record` and `audit_record_many` keep their
+    entries, and the block's end appends them in one go, in the order recorded, still inside
+    the caller's transaction. The chain's lock is held from the first append to the commit
+    and serialises every writer of every process, so a transaction that does much after its
+    first entry (a netting cycle allocating hundreds of orders, a settlement batch) should
+    append at its end: it then holds the lock for the append and the commit only.
+
+    The entries commit or roll back with the transaction as before. An entry recorded in a
+    savepoint that was rolled back (a caught exception inside the block) is dropped, as
+    Django drops that savepoint's on-commit callbacks: each entry carries a no-op on-commit
+    marker, and only entries whose marker is still pending are appended. An exception out
+    of the block appends nothing. Nested blocks append at the outermost one's end. Each
+    entry's time is when the block appends it. Raises RuntimeError outside a transaction."""
+    if _deferred.get() is not None:
+        yield
+        return
+    conn = transaction.get_connection()
+    if not conn.in_atomic_block:
+        raise RuntimeError("audit_deferred must run inside a transaction")
+    token = _deferred.set([])
+    try:
+        yield
+        kept = _deferred.get() or []
+    finally:
+        _deferred.reset(token)
+    # Django keeps (savepoint ids, callback, robust) per on_commit, and drops a rolled-back
+    # savepoint's entries (tests/orders/test_audit_deferred.py checks it still does).
+    pending = {id(item[1]) for item in conn.run_on_commit}
+    entries = [entry for entry, marker in kept if id(marker) in pending]
+    if entries:
+        audit_record_many(entries)
+
+
+def _defer(entries: Sequence[AuditEntry]) -> bool:
+    """Keep `entries` for the enclosing `audit_deferred` block; False when there is none.
+    Raises ValueError for an entry without an actor, as an append would."""
+    kept = _deferred.get()
+    if kept is None:
+        return False
+    for entry in entries:
+        if not entry.actor:
+            raise ValueError("an audit entry must name its actor")
+
+    def marker() -> None:
+        """Pending until commit; gone if its savepoint rolls back."""
+
+    transaction.on_commit(marker)
+    kept.extend((entry, marker) for entry in entries)
+    return True
 
 
 def audit_append_many(entries: Sequence[AuditEntry]) -> int:

@@ -33,6 +33,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from core.alerts import alert_raise
+from core.audit import audit_deferred
 from core.exceptions import TIME_LIMITS
 from core.metrics import observe_stage
 from core.money import market_to_usdt_units_up, usdt_to_units
@@ -245,7 +246,7 @@ def _leave_book(
     deadline. `deadline_reason` replaces the usual reason of one leaving by its deadline."""
     now = timezone.now()
     leaving_q = waiting.leaving_book(now, by_deadline=by_deadline, deadline_by=deadline_by)
-    with transaction.atomic():
+    with transaction.atomic(), audit_deferred():
         leaving = list(book(symbol).filter(leaving_q).values_list("pk", flat=True))
         for order in (
             Order.objects.filter(pk__in=leaving, status=S.PENDING, cycle__isnull=True)
@@ -428,7 +429,9 @@ def _open(
     quoted = Pricing(quote.price, rate)
     target = 0 if covered_only else buy_ahead_units(symbol)
     try:
-        with transaction.atomic():
+        # The audit chain's lock, taken by the first append, is held to the commit: the
+        # entries go in at the end, not before the cycle's allocation.
+        with transaction.atomic(), audit_deferred():
             inventory = _inventory(symbol)
             bounded = bounds.cycle_participants(
                 list(book(symbol).select_for_update(skip_locked=True, of=("self",)).order_by("pk")),
@@ -663,7 +666,7 @@ def _allocate_unplaced(*, cycle_id: int, reason: str) -> None:
     """The cycle's order was refused (nothing placed): allocate it at its quote with
     nothing from the broker (crossing and inventory only; what remains of each deposit
     waits for the next cycle), once."""
-    with transaction.atomic():
+    with transaction.atomic(), audit_deferred():
         locked = _lock_cycle(cycle_id, CycleStatus.OPEN)
         if locked is None:
             return None
@@ -733,7 +736,7 @@ def _allocate_final(*, cycle_id: int, state: broker.BrokerOrderState) -> None:
     quote when nothing filled), once. The broker's fee is Bronco's cost, not the user's
     price: the cycle keeps the fee when the broker already told it, and
     `cycles_fees_record` reads it later otherwise (off the cycle's critical path)."""
-    with transaction.atomic():
+    with transaction.atomic(), audit_deferred():
         locked = _lock_cycle(cycle_id, CycleStatus.PLACED)
         if locked is None:
             return None

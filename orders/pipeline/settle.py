@@ -18,7 +18,7 @@ from chain.settlement import (
     settlement_sender,
 )
 from core.alerts import alert_raise, alert_resolve
-from core.audit import audit_record
+from core.audit import audit_deferred, audit_record
 from core.models import Alert
 from core.money import TOKEN_UNIT
 from orders.models import Allocation, Order, OrderType
@@ -403,7 +403,9 @@ def _send_group(orders: list[Order], out: GroupNext) -> list[Order]:
 
 def _send_batch(chunk: list[Order], out: GroupNext) -> list[Order]:
     actor = stage_actor("settle")
-    with transaction.atomic():
+    # The audit entries go in at the end: the chain's lock is not held over the orders'
+    # UPDATE and lease renewals.
+    with transaction.atomic(), audit_deferred():
         locked = list(
             Order.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(
@@ -475,7 +477,7 @@ def _settle_confirmed(tx_by_order: dict[int, str], out: GroupNext) -> None:
     SETTLING and is skipped; a held one goes to its own stage, which releases the hold),
     their automatic refunds recorded in bulk, their latencies observed once."""
     actor = stage_actor("settle")
-    with transaction.atomic():
+    with transaction.atomic(), audit_deferred():
         locked = list(
             Order.objects.select_for_update(of=("self",))
             .filter(pk__in=list(tx_by_order), status=S.SETTLING)

@@ -72,9 +72,7 @@ def test_a_batch_of_orders_is_sent_once_followed_by_one_check_and_settles_each_o
     assert refunds.count() == 12 and len(fake_sender.submissions) == 12
 
 
-def test_deposits_and_redeems_go_in_the_same_batches_bounded_by_the_setting(
-    fake_sender, settings
-):
+def test_deposits_and_redeems_go_in_the_same_batches_bounded_by_the_setting(fake_sender, settings):
     """Both kinds ride in one transaction (the vault's settleBatch): a group of 6 deposits
     and 3 redeems, at most 4 ids a batch, is 3 transactions, not the 4 that batches of one
     kind need; a follow-up checks each kind it holds once."""
