@@ -522,3 +522,24 @@ def test_a_malformed_message_in_a_stage_queue_never_stops_the_scan(settings):
     lost.refresh_from_db()
     assert lost.run_gen == 1
     queue.delete("default")
+
+
+def test_a_group_step_renews_only_the_leases_near_their_end(settings):
+    """`runs_step_begin_many` returns every live run, superseded ones left out, and writes
+    only a lease with less than half of ORDER_RUN_LEASE_SECONDS left (the step's heartbeat
+    renews the rest while it works)."""
+    settings.ORDER_RUN_LEASE_SECONDS = 8
+    fresh, near, superseded = OrderFactory.create_batch(3, status=OrderStatus.SETTLING)
+    _lease(fresh, superseded, seconds=7)
+    _lease(near, seconds=2)
+    before = dict(Order.objects.values_list("pk", "run_lease_until"))
+    time.sleep(0.05)
+
+    live = runs.runs_step_begin_many(
+        gens={fresh.pk: fresh.run_gen, near.pk: near.run_gen, superseded.pk: superseded.run_gen - 1}
+    )
+
+    assert live == {fresh.pk: fresh.run_gen, near.pk: near.run_gen}
+    after = dict(Order.objects.values_list("pk", "run_lease_until"))
+    assert after[fresh.pk] == before[fresh.pk] and after[superseded.pk] == before[superseded.pk]
+    assert after[near.pk] > before[near.pk] + timezone.timedelta(seconds=5)
