@@ -55,6 +55,7 @@ from chain.models import (
 )
 from chain.settlement import (
     BATCH_CALLS,
+    MIXED_BATCH_CALL,
     DepositSettlement,
     RedeemSettlement,
     RefundPayment,
@@ -186,8 +187,12 @@ Carrier = SettlementTx | SettlementBatch
 def _vault_call_of(carrier: Carrier) -> tuple[str, tuple]:
     """The vault function and arguments that `carrier`'s transaction calls."""
     if isinstance(carrier, SettlementBatch):
-        members = carrier.settlements.order_by("id")
-        return batch_call([request_of_row(m) for m in members])  # type: ignore[misc]
+        members = [request_of_row(m) for m in carrier.settlements.order_by("id")]
+        if not members:  # every id left it (very rare): an empty call, which reverts
+            if carrier.kind == BatchKind.MIXED:
+                return MIXED_BATCH_CALL, ([], [])
+            return BATCH_CALLS[SettlementKind(carrier.kind)], ([],)
+        return batch_call(members)  # type: ignore[arg-type]
     return request_of_row(carrier).vault_call()
 
 
@@ -972,13 +977,46 @@ def settlements_submit_batch(
         # Deposits first, then redeems: settleBatch's order, so a mixed batch's rows in id
         # order are its call's elements in order.
         fresh_in_order = sorted(fresh.values(), key=lambda r: list(BATCH_CALLS).index(r.kind))
+        groups = [fresh_in_order]
+        if len({r.kind for r in fresh_in_order}) > 1 and not vault_settles_mixed():
+            groups = [[r for r in fresh_in_order if r.kind == kind] for kind in BATCH_CALLS]
         key = _operator_key()
         sender = address_of_key(key)
         size = max(1, settings.CHAIN_SETTLEMENT_BATCH_MAX)
-        for start in range(0, len(fresh_in_order), size):
-            chunk = fresh_in_order[start : start + size]
-            by_id.update(_batch_submit_chunk(chunk=chunk, key=key, sender=sender, actor=actor))
+        for group in groups:
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                by_id.update(_batch_submit_chunk(chunk=chunk, key=key, sender=sender, actor=actor))
     return [by_id[(request.kind, request.vault_id)] for request in requests]
+
+
+# Whether the vault at (chain id, address) has settleBatch, asked once per process.
+_mixed_by_vault: dict[tuple[int, str], bool] = {}
+
+
+def vault_settles_mixed(*, vault: str | None = None) -> bool:
+    """Whether the vault (default: the deployed one) has settleBatch (deposits and redeems
+    in one transaction): its runtime code's function dispatcher holds the selector (solc:
+    PUSH4 <selector>). A vault deployed before settleBatch existed has not: its batches go
+    one kind each, as before, with a warning. One eth_getCode per process and vault; raises
+    what the node client raises when it cannot answer."""
+    chain_id, vault = settings.CHAIN_ID, vault or contract_set().vault
+    known = _mixed_by_vault.get((chain_id, vault))
+    if known is None:
+        client = chain_client()
+        selector = client.prepare(
+            contract="BroncoVault", address=vault, fn=MIXED_BATCH_CALL, args=([], [])
+        ).data[:10]
+        known = b"\x63" + bytes.fromhex(selector[2:]) in client.code_at(vault)
+        if not known:
+            logger.warning(
+                "the vault %s has no %s: deposits and redeems settle in separate batches "
+                "(deploy the current BroncoVault to send them together)",
+                vault,
+                MIXED_BATCH_CALL,
+            )
+        _mixed_by_vault[(chain_id, vault)] = known
+    return known
 
 
 def _batch_submit_chunk(
@@ -1008,6 +1046,13 @@ def _batch_submit_chunk(
             f"{fn}({[r.vault_id for r in to_send]}): {exc.error_name or exc} {exc.error_args}",
             error_name=exc.error_name or "",
         ) from exc
+    gas_limit = gas * settings.CHAIN_GAS_LIMIT_PERCENT // 100
+    if gas_limit > settings.CHAIN_TX_GAS_CAP and len(chunk) > 1:
+        # Above what one transaction may use (EIP-7825): two halves, each estimated anew.
+        half = len(chunk) // 2
+        for part in (chunk[:half], chunk[half:]):
+            out.update(_batch_submit_chunk(chunk=part, key=key, sender=sender, actor=actor))
+        return out
     fees = client.fee_quote(min_priority_fee=settings.CHAIN_MIN_PRIORITY_FEE_WEI)
     tip = fees.max_priority_fee_per_gas
     max_fee = min(2 * fees.base_fee_per_gas + tip, settings.CHAIN_MAX_FEE_PER_GAS_WEI)
@@ -1017,7 +1062,7 @@ def _batch_submit_chunk(
             private_key=key,
             call=call,
             nonce=nonce,
-            gas_limit=gas * settings.CHAIN_GAS_LIMIT_PERCENT // 100,
+            gas_limit=gas_limit,
             max_fee_per_gas=max_fee,
             max_priority_fee_per_gas=min(tip, max_fee),
             chain_id=chain_id,

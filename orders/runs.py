@@ -219,8 +219,8 @@ def _settle_groups_enqueue_or_defer(gens: Mapping[int, int]) -> None:
 def settle_groups_enqueue(*, gens: Mapping[int, int], countdown: float = 0.0) -> None:
     """Publish `orders.tasks.orders_settle_group` for the settle runs `gens` (order id ->
     generation), CHAIN_SETTLEMENT_BATCH_MAX orders per task, after `countdown` seconds:
-    each task carries every run it drives, renews all their leases, and hands an order back
-    to its own `order_settle` task when it needs one. A lost group task costs only time:
+    each task carries every run it drives, renews the leases near their end, and hands an
+    order back to its own `order_settle` task when it needs one. A lost group task costs only time:
     each order's lease runs out and the scan re-drives it alone."""
     if not gens:
         return

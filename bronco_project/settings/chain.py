@@ -90,10 +90,14 @@ CHAIN_SETTLEMENT_CONFIRMATIONS = env_int(
 CHAIN_SETTLEMENT_STUCK_SECONDS = env_float("CHAIN_SETTLEMENT_STUCK_SECONDS", 120.0)
 # Ids per batched settlement transaction (settleBatch / settleDeposits / settleRedeems): one
 # element costs about 55-90k gas (54k measured by bench/e2e.py), so 200 take 11-18M gas,
-# within a 30M block gas limit with room for others. Each transaction costs its estimate,
+# within a 30M block gas limit; a batch above one transaction's cap (CHAIN_TX_GAS_CAP) is
+# halved. Each transaction costs its estimate,
 # nonce, broadcast and receipt whatever its size: bench/e2e.py at 200/s settled 147/s with
 # 100 against 173/s with 200. Lower it on a chain with a smaller block gas limit.
 CHAIN_SETTLEMENT_BATCH_MAX = env_int("CHAIN_SETTLEMENT_BATCH_MAX", 200)
+# The most gas one transaction may use: 2^24 since EIP-7825 (Osaka). A settlement batch whose
+# gas limit (estimate x CHAIN_GAS_LIMIT_PERCENT) would pass it is sent as two halves.
+CHAIN_TX_GAS_CAP = env_int("CHAIN_TX_GAS_CAP", 2**24)
 CHAIN_FEE_BUMP_PERCENT = env_int("CHAIN_FEE_BUMP_PERCENT", 20)
 CHAIN_MIN_PRIORITY_FEE_WEI = env_int("CHAIN_MIN_PRIORITY_FEE_WEI", 1_000_000_000)
 # The most a settlement pays per gas: a replacement the market prices higher is sent at this

@@ -234,10 +234,11 @@ def _send_batched(order: Order) -> bool:
 
 
 def _submit_recorded(batch: list[Order], *, actor: str) -> list[Order]:
-    """Send the settlements of `batch` (one kind, row-locked by the caller) in one vault
-    transaction and record each order's hash: one UPDATE and one audit append for the batch
-    (the audit chain's lock is held until the caller's transaction commits, and every other
-    writer waits for it). The send runs in a savepoint, so a refusal leaves no rows behind.
+    """Send the settlements of `batch` (deposits and redeems, row-locked by the caller) in
+    one vault transaction (or more: `submit_batch` splits what one cannot carry) and record
+    each order's hash: one UPDATE and one audit append for the batch (the audit chain's lock
+    is held until the caller's transaction commits, and every other writer waits for it).
+    The send runs in a savepoint, so a refusal leaves no rows behind.
     Returns the orders as they now are. Raises SettlementRejected when the vault would
     refuse the batch."""
     with transaction.atomic():

@@ -5,12 +5,19 @@ an id settled earlier skipped, a mismatched batch refused before anything is sen
 from dataclasses import replace
 
 import pytest
+from django.conf import settings
 
-from chain import selectors
+from chain import selectors, services
 from chain.client import address_of_key
 from chain.exceptions import SettlementRejected
 from chain.models import SettlementBatch, SettlementStatus, SettlementTx
-from chain.services import ChainSettlementSender, settlement_check, settlement_submit
+from chain.services import (
+    ChainSettlementSender,
+    _vault_call_of,
+    settlement_check,
+    settlement_submit,
+    vault_settles_mixed,
+)
 from chain.settlement import SettlementState
 from tests.fixtures.chain import (
     DEPLOYER_KEY,
@@ -173,3 +180,85 @@ def test_deposits_and_redeems_settle_together_in_one_settle_batch_transaction(
     assert selectors.is_settled(kind="redeem", onchain_id=redeems[1])
     # Paid once: two refunds and one payout now, nothing again for the skipped redeem.
     assert selectors.usdt_balance(address=user.address) == balance + 2 * 9 * UNIT + 2 * UNIT
+
+
+def _a_redeem_and_a_deposit(user):
+    """`user` gets a token (a deposit settled first), then redeems half of it and deposits:
+    (the first deposit's id, a settlement of the redeem returning it all, one of the deposit
+    refunding it all)."""
+    minted = user.deposit_id(user.deposit("TSLA", 30 * UNIT))
+    settlement_submit(
+        request=named_deposit(minted, mint_token_units=TOKEN, refund_usdt_units=0), actor="t"
+    )
+    confirmed(minted)
+    redeem = user.redeem_id(user.redeem("TSLA", TOKEN // 2))
+    deposit = user.deposit_id(user.deposit("TSLA", 8 * UNIT))
+    return (
+        minted,
+        named_redeem(redeem, payout_usdt_units=0, return_token_units=TOKEN // 2),
+        named_deposit(deposit, mint_token_units=0, refund_usdt_units=8 * UNIT),
+    )
+
+
+def test_a_mixed_batch_is_re_signed_with_the_calldata_it_was_sent_with(
+    own_chain, chain_user, settings
+):
+    """A replacement or a re-sign rebuilds a batch's call from its rows in id order: for a
+    mixed batch that is settleBatch(deposits, redeems) exactly as first sent."""
+    node, contracts = own_chain
+    minted, redeem, deposit = _a_redeem_and_a_deposit(chain_user(6, node=node, contracts=contracts))
+    ChainSettlementSender().submit_batch([redeem, deposit], actor="test")
+    (batch,) = SettlementBatch.objects.exclude(settlements__onchain_id=minted)
+    fn, args = _vault_call_of(batch)
+    assert fn == "settleBatch"
+    client = node.client()
+    sent = client.rpc("eth_getTransactionByHash", [batch.tx_hash])
+    rebuilt = client.prepare(contract="BroncoVault", address=contracts.vault, fn=fn, args=args)
+    assert sent["input"] == rebuilt.data
+
+
+def test_a_vault_without_settle_batch_gets_one_batch_per_kind(own_chain, chain_user, monkeypatch):
+    """Only a vault whose code has settleBatch is sent mixed batches; an older one (here
+    the USDT contract stands in: it has no settleBatch) gets one batch per kind."""
+    node, contracts = own_chain
+    assert vault_settles_mixed() is True
+    assert vault_settles_mixed(vault=contracts.usdt) is False
+    minted, redeem, deposit = _a_redeem_and_a_deposit(chain_user(7, node=node, contracts=contracts))
+    # As the check answers for a vault deployed before settleBatch existed.
+    monkeypatch.setitem(services._mixed_by_vault, (settings.CHAIN_ID, contracts.vault), False)
+    ChainSettlementSender().submit_batch([deposit, redeem], actor="test")
+    kinds = SettlementBatch.objects.exclude(settlements__onchain_id=minted).values_list(
+        "kind", flat=True
+    )
+    assert sorted(kinds) == ["deposit", "redeem"]
+    assert wait_for(
+        lambda: (
+            settlement_check(kind="redeem", vault_id=redeem.vault_id) == SettlementState.CONFIRMED
+        )
+    )
+    confirmed(deposit.vault_id)
+
+
+def test_a_batch_above_one_transaction_s_gas_cap_is_sent_in_halves(own_chain, chain_user, settings):
+    """CHAIN_TX_GAS_CAP (EIP-7825's 2^24 by default) bounds each transaction's gas limit: a
+    chunk whose limit would pass it is halved until each part fits."""
+    node, contracts = own_chain
+    user = chain_user(8, node=node, contracts=contracts)
+    ids = [user.deposit_id(user.deposit("NVDA", (5 + i) * UNIT)) for i in range(4)]
+    requests = [named_deposit(i, mint_token_units=0, refund_usdt_units=UNIT) for i in ids]
+    client = node.client()
+    one = client.estimate_gas(
+        contract="BroncoVault",
+        address=contracts.vault,
+        fn="settleDeposits",
+        args=([requests[0].batch_element()],),
+        sender=address_of_key(OPERATOR_KEY),
+    )
+    settings.CHAIN_TX_GAS_CAP = 2 * one * settings.CHAIN_GAS_LIMIT_PERCENT // 100
+    ChainSettlementSender().submit_batch(requests, actor="test")
+    batches = list(SettlementBatch.objects.all())
+    assert len(batches) >= 2
+    limits = [a.gas_limit for b in batches for a in b.attempts.all()]
+    assert limits and max(limits) <= settings.CHAIN_TX_GAS_CAP
+    for vault_id in ids:
+        confirmed(vault_id)
