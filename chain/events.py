@@ -265,6 +265,8 @@ class RedeemFilled(ContractEvent):
 class SettlementSkipped(ContractEvent):
     """A batch element whose id was already settled: nothing paid (kind 1 deposit, 2 redeem)."""
 
+    # The vault's KIND_DEPOSIT / KIND_REDEEM: the `kind` topic -> the settlement kind.
+    KINDS: ClassVar[dict[int, str]] = {1: "deposit", 2: "redeem"}
     ABI_NAME = "SettlementSkipped"
     ABI_ARGS = {"kind": "kind", "id": "vault_id"}
     kind: int

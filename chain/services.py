@@ -36,6 +36,7 @@ from chain.client import (
     event_topic,
 )
 from chain.deployment import contract_set
+from chain.events import SettlementSkipped
 from chain.exceptions import (
     ChainError,
     ChainUnavailable,
@@ -631,9 +632,8 @@ def _batch_skipped(
         logger.warning("batch %s: could not read its skipped ids: %s", batch.pk, exc)
         return
     # SettlementSkipped(uint8 indexed kind, uint256 indexed id): a mixed batch holds both.
-    kind_of_code = {1: SettlementKind.DEPOSIT, 2: SettlementKind.REDEEM}
     skipped = {
-        (kind_of_code.get(int(log.topics[1], 16)), int(log.topics[2], 16))
+        (SettlementSkipped.KINDS.get(int(log.topics[1], 16)), int(log.topics[2], 16))
         for log in logs
         if log.tx_hash.lower() == receipt.tx_hash.lower() and len(log.topics) > 2
     }

@@ -175,9 +175,7 @@ def _defer(entries: Sequence[AuditEntry]) -> bool:
     kept = _deferred.get()
     if kept is None:
         return False
-    for entry in entries:
-        if not entry.actor:
-            raise ValueError("an audit entry must name its actor")
+    _require_actors(entries)
 
     def marker() -> None:
         """Pending until commit; gone if its savepoint rolls back."""
@@ -211,6 +209,13 @@ def _hashed_prefix(
     )
 
 
+def _require_actors(entries: Sequence[AuditEntry]) -> None:
+    """Raises ValueError for an entry without an actor."""
+    for entry in entries:
+        if not entry.actor:
+            raise ValueError("an audit entry must name its actor")
+
+
 def _chained_rows(entries: Sequence[AuditEntry]) -> list[dict[str, Any]]:
     """The rows for `entries`, linked to the chain's tail under the advisory lock (held to
     the end of the caller's transaction). Everything but the link is built before the lock
@@ -219,9 +224,7 @@ def _chained_rows(entries: Sequence[AuditEntry]) -> list[dict[str, Any]]:
     when it was built, so two writers' entries may be a few milliseconds out of time order
     against their sequence; the chain's order is `seq`. Raises ValueError for an entry
     without an actor."""
-    for entry in entries:
-        if not entry.actor:
-            raise ValueError("an audit entry must name its actor")
+    _require_actors(entries)
     if not entries:
         return []
     created_at = timezone.now()

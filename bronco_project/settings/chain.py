@@ -91,9 +91,9 @@ CHAIN_SETTLEMENT_STUCK_SECONDS = env_float("CHAIN_SETTLEMENT_STUCK_SECONDS", 120
 # Ids per batched settlement transaction (settleBatch / settleDeposits / settleRedeems): one
 # element costs about 55-90k gas (54k measured by bench/e2e.py), so 200 take 11-18M gas,
 # within a 30M block gas limit; a batch above one transaction's cap (CHAIN_TX_GAS_CAP) is
-# halved. Each transaction costs its estimate,
-# nonce, broadcast and receipt whatever its size: bench/e2e.py at 200/s settled 147/s with
-# 100 against 173/s with 200. Lower it on a chain with a smaller block gas limit.
+# halved. Each transaction costs its estimate, nonce, broadcast and receipt whatever its
+# size: bench/e2e.py at 200/s settled 147/s with 100 against 173/s with 200. Lower it on a
+# chain with a smaller block gas limit.
 CHAIN_SETTLEMENT_BATCH_MAX = env_int("CHAIN_SETTLEMENT_BATCH_MAX", 200)
 # The most gas one transaction may use: 2^24 since EIP-7825 (Osaka). A settlement batch whose
 # gas limit (estimate x CHAIN_GAS_LIMIT_PERCENT) would pass it is sent as two halves.

@@ -378,13 +378,12 @@ def _send_group(orders: list[Order], out: GroupNext) -> list[Order]:
     """Send the settlements of `orders` (unsent, not held) in batches of up to
     CHAIN_SETTLEMENT_BATCH_MAX ids, deposits and redeems together (the vault's settleBatch:
     one transaction, not one per kind), as far as the reserve covers what they pay. Each
-    batch is its own transaction: its rows
-    locked (skip locked), sent, its orders' hashes recorded in one bulk transition, then
-    committed, so the audit chain's lock (taken by the first audit append, held to commit)
-    never waits on another batch's node requests. Orders another worker holds the lock of
-    (it is sending them) are left to their own run; so are those the reserve does not
-    cover (the per-order stage alerts and waits) and those of a batch the vault would
-    refuse. Returns the orders sent, with their hashes."""
+    batch is its own transaction: its rows locked (skip locked), sent, its orders' hashes
+    recorded in one bulk transition, then committed, so the audit chain's lock (taken by
+    the first audit append, held to commit) never waits on another batch's node requests.
+    Orders another worker holds the lock of (it is sending them) are left to their own run;
+    so are those the reserve does not cover (the per-order stage alerts and waits) and
+    those of a batch the vault would refuse. Returns the orders sent, with their hashes."""
     balance, floor = refund_selectors.reserve_available()
     room = balance - floor
     covered: list[Order] = []
@@ -438,7 +437,8 @@ def _send_batch(chunk: list[Order], out: GroupNext) -> list[Order]:
 
 def _confirm_group(*, orders: list[Order], out: GroupNext) -> None:
     """Check the sent settlements of `orders` with one `check_many` per kind (a transaction
-    that carries both kinds is judged by the first and only read by the second), settle the
+    that carries both kinds is checked by each: once the first has judged it final, the
+    second only reads the rows; while it is pending, both read its receipt), settle the
     confirmed ones in one bulk transition, hand the reverted (and any unknown) to their own
     stage, and ask to follow the pending ones per transaction."""
     actor = stage_actor("settle")
